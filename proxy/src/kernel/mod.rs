@@ -1,0 +1,1 @@
+//! Kernel filter (placeholder; being written).

@@ -1,0 +1,2 @@
+//! The `trustgate` binary (placeholder; being written).
+fn main() {}

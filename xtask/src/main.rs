@@ -1,0 +1,2 @@
+//! Developer entry points (placeholder; being written).
+fn main() {}
