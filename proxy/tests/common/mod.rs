@@ -1,0 +1,27 @@
+//! Helpers shared by the integration tests: skipping (or, in CI, failing) when a tool
+//! or a capability is missing. Each test file pulls this in with `mod common;`.
+#![allow(dead_code, reason = "each test crate uses a different subset of the helpers")]
+
+use std::path::PathBuf;
+
+/// When this variable is set (`.ci/run` sets it), a test that would skip for lack of a
+/// tool or a capability fails instead.
+pub const REQUIRE_ALL_ENV: &str = "TRUSTGATE_REQUIRE_ALL";
+
+/// Skips the calling test with a loud line saying why, or panics when skipping is not
+/// allowed here. Call as `if !ok { return skip("why"); }`.
+pub fn skip(why: &str) {
+    if std::env::var_os(REQUIRE_ALL_ENV).is_some() {
+        panic!("cannot run: {why}; {REQUIRE_ALL_ENV} is set, so this is a failure, not a skip");
+    }
+    eprintln!("SKIPPED: {why} (set {REQUIRE_ALL_ENV}=1 to make this a failure)");
+}
+
+/// The path of an executable found on `PATH`, if any.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
