@@ -1,1 +1,381 @@
-//! Kernel filter (placeholder; being written).
+//! The kernel trust filter: loads the eBPF object, fills its maps from the
+//! [`TrustList`], attaches the XDP program to interfaces or the socket filter to
+//! listening sockets (falling back to classic BPF when eBPF cannot be loaded), updates
+//! the maps in place on reload, reads the counters, and detaches on drop.
+//!
+//! [`Kernel`] owns every attachment: dropping it detaches the programs (XDP links go
+//! with the `Ebpf` value; socket filters are detached from the listeners explicitly).
+//! Sockets already accepted keep the filter they inherited until they close.
+
+mod classic;
+mod load;
+mod maps;
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+
+use aya::Ebpf;
+use aya::programs::{ProgramError, SocketFilter, TestRun, TestRunOptions, Xdp, XdpMode};
+use proxy_common::{SOCKET_COUNTERS_MAP, SOCKET_PROGRAM, XDP_COUNTERS_MAP, XDP_PROGRAM};
+use tracing::{info, warn};
+
+pub use classic::TooLong;
+pub use maps::ProgramCounters;
+
+use crate::trust::TrustList;
+
+/// Where the filter is enforced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// No kernel filter: user space alone checks peers.
+    Off,
+    /// A socket filter on each listening socket (eBPF, else classic BPF).
+    Socket,
+    /// XDP on these interfaces, judging SYNs to the protected ports.
+    Xdp {
+        interfaces: Vec<String>,
+        attach: XdpAttach,
+    },
+}
+
+/// How to attach XDP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// Native (driver) mode, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+/// The mode an interface got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpAttached {
+    Native,
+    Generic,
+}
+
+/// The kind of filter a listening socket got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketFilterKind {
+    Ebpf,
+    Classic,
+}
+
+/// What is attached where, for logs, `trustgate check` and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Attachment {
+    Xdp { interface: String, mode: XdpAttached },
+    Socket { local: Option<SocketAddr>, kind: SocketFilterKind },
+}
+
+/// Which program a test run or a counter read is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Program {
+    Xdp,
+    Socket,
+}
+
+/// Why the kernel filter could not be set up or updated.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("this binary carries no eBPF object: run `cargo xtask build-ebpf`, then rebuild trustgate")]
+    ObjectMissing,
+    #[error("permission denied while {action}: the eBPF modes need CAP_BPF and CAP_NET_ADMIN (run as root or grant them, e.g. AmbientCapabilities= in the systemd unit); without them use mode = \"socket\", which falls back to classic BPF, or mode = \"off\"")]
+    Permission {
+        action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the kernel's verifier rejected program `{program}`; its log:\n{log}")]
+    Verifier { program: &'static str, log: String },
+    #[error("`{name}` is missing from the eBPF object: it does not match this binary; rebuild with `cargo xtask build-ebpf`")]
+    MissingInObject { name: &'static str },
+    #[error("loading the eBPF object")]
+    Object(#[source] aya::EbpfError),
+    #[error("{action} program `{program}`")]
+    Program {
+        program: &'static str,
+        action: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("interface `{interface}` (kernel_filter.interfaces) does not exist on this host: check `ip link`")]
+    InterfaceNotFound { interface: String },
+    #[error("attaching XDP to `{interface}` in {mode} mode")]
+    AttachXdp {
+        interface: String,
+        mode: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("attaching the socket filter to the listener on {local:?}")]
+    AttachSocket {
+        local: Option<SocketAddr>,
+        #[source]
+        source: io::Error,
+    },
+    #[error("map `{map}`")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{count} trusted {family} prefixes; the kernel maps hold at most {max}")]
+    TooManyPrefixes {
+        family: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error(transparent)]
+    ClassicTooLong(#[from] TooLong),
+    #[error("the {0:?} program is not loaded in this mode")]
+    NotLoaded(Program),
+}
+
+/// A listener the socket filter was attached to; its duplicate fd lets us detach.
+struct ProtectedSocket {
+    fd: OwnedFd,
+    local: Option<SocketAddr>,
+    kind: SocketFilterKind,
+}
+
+/// The loaded and attached filter.
+pub struct Kernel {
+    plan: Plan,
+    /// The eBPF object; `None` in `Off` mode and when socket mode fell back to classic.
+    ebpf: Option<Ebpf>,
+    trust: TrustList,
+    xdp: Vec<(String, XdpAttached)>,
+    sockets: Vec<ProtectedSocket>,
+}
+
+impl Kernel {
+    /// Loads what `plan` needs and, for XDP, attaches to every interface with `ports`
+    /// protected. Socket filters are attached later, per listener, by
+    /// [`Kernel::protect_listener`]. In socket mode an eBPF load failure falls back to
+    /// classic BPF with a warning; in XDP mode every failure is an error.
+    pub fn start(plan: Plan, trust: &TrustList, ports: &[u16], observe_only: bool) -> Result<Kernel, KernelError> {
+        let mut kernel = Kernel {
+            plan: plan.clone(),
+            ebpf: None,
+            trust: trust.clone(),
+            xdp: Vec::new(),
+            sockets: Vec::new(),
+        };
+        match &plan {
+            Plan::Off => {}
+            Plan::Socket => match load_socket(trust, observe_only) {
+                Ok(ebpf) => kernel.ebpf = Some(ebpf),
+                Err(err) => {
+                    warn!(error = %err, "eBPF socket filter unavailable; falling back to classic BPF (no kernel counters)");
+                    classic::program(trust)?;
+                }
+            },
+            Plan::Xdp { interfaces, attach } => {
+                let mut ebpf = load::object()?;
+                maps::sync_trust(&mut ebpf, trust)?;
+                maps::set_ports(&mut ebpf, ports)?;
+                maps::set_config(&mut ebpf, observe_only)?;
+                let xdp = xdp_program(&mut ebpf)?;
+                xdp.load().map_err(|e| load::from_program_load(XDP_PROGRAM, e))?;
+                for interface in interfaces {
+                    let mode = attach_xdp(xdp, interface, *attach)?;
+                    info!(interface = %interface, mode = ?mode, "XDP trust filter attached");
+                    kernel.xdp.push((interface.clone(), mode));
+                }
+                kernel.ebpf = Some(ebpf);
+            }
+        }
+        Ok(kernel)
+    }
+
+    /// The plan this filter was started with.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Attaches the socket filter to a listening socket (socket mode only; a no-op
+    /// otherwise, returning `None`). Attach before the socket accepts anything.
+    pub fn protect_listener(&mut self, socket: impl AsFd) -> Result<Option<SocketFilterKind>, KernelError> {
+        if self.plan != Plan::Socket {
+            return Ok(None);
+        }
+        let sock = socket2::SockRef::from(&socket);
+        let local = sock.local_addr().ok().and_then(|a| a.as_socket());
+        let attach_err = |source| KernelError::AttachSocket { local, source };
+        let kind = match &self.ebpf {
+            Some(ebpf) => {
+                let prog: &SocketFilter = ebpf
+                    .program(SOCKET_PROGRAM)
+                    .ok_or(KernelError::MissingInObject { name: SOCKET_PROGRAM })?
+                    .try_into()
+                    .map_err(|source| KernelError::Program {
+                        program: SOCKET_PROGRAM,
+                        action: "finding",
+                        source,
+                    })?;
+                prog.attach(socket.as_fd()).map_err(|source| KernelError::Program {
+                    program: SOCKET_PROGRAM,
+                    action: "attaching",
+                    source,
+                })?;
+                SocketFilterKind::Ebpf
+            }
+            None => {
+                sock.attach_filter(&classic::program(&self.trust)?).map_err(attach_err)?;
+                SocketFilterKind::Classic
+            }
+        };
+        let fd = socket.as_fd().try_clone_to_owned().map_err(attach_err)?;
+        info!(listener = ?local, kind = ?kind, "socket trust filter attached");
+        self.sockets.push(ProtectedSocket { fd, local, kind });
+        Ok(Some(kind))
+    }
+
+    /// Replaces the trusted list in the kernel, in place: the eBPF tries are updated
+    /// (new prefixes added before stale ones are removed), classic filters regenerated
+    /// and swapped on each listener. Nothing is detached; established connections are
+    /// untouched.
+    pub fn sync(&mut self, trust: &TrustList) -> Result<(), KernelError> {
+        match (&self.plan, &mut self.ebpf) {
+            (Plan::Off, _) => {}
+            (_, Some(ebpf)) => maps::sync_trust(ebpf, trust)?,
+            (Plan::Socket, None) => {
+                let program = classic::program(trust)?;
+                for s in &self.sockets {
+                    socket2::SockRef::from(&s.fd)
+                        .attach_filter(&program)
+                        .map_err(|source| KernelError::AttachSocket { local: s.local, source })?;
+                }
+            }
+            (Plan::Xdp { .. }, None) => {}
+        }
+        self.trust = trust.clone();
+        Ok(())
+    }
+
+    /// What is attached where.
+    pub fn attachments(&self) -> Vec<Attachment> {
+        let xdp = self.xdp.iter().map(|(interface, mode)| Attachment::Xdp {
+            interface: interface.clone(),
+            mode: *mode,
+        });
+        let sockets = self.sockets.iter().map(|s| Attachment::Socket {
+            local: s.local,
+            kind: s.kind,
+        });
+        xdp.chain(sockets).collect()
+    }
+
+    /// A program's counters, summed over CPUs; `None` when that program is not loaded
+    /// (other mode, or classic fallback, which keeps no counters).
+    pub fn counters(&self, program: Program) -> Result<Option<ProgramCounters>, KernelError> {
+        let Some(ebpf) = &self.ebpf else { return Ok(None) };
+        let loaded = matches!(
+            (program, &self.plan),
+            (Program::Xdp, Plan::Xdp { .. }) | (Program::Socket, Plan::Socket)
+        );
+        if !loaded {
+            return Ok(None);
+        }
+        let map = match program {
+            Program::Xdp => XDP_COUNTERS_MAP,
+            Program::Socket => SOCKET_COUNTERS_MAP,
+        };
+        maps::counters(ebpf, map).map(Some)
+    }
+
+    /// Runs the loaded program on a crafted frame with BPF_PROG_TEST_RUN, `repeat`
+    /// times, and returns its verdict (XDP action, or bytes kept by the socket filter)
+    /// and the kernel's mean time per run. For tests and benchmarks. XDP frames start at
+    /// Ethernet; socket-filter frames too (the kernel strips the Ethernet header).
+    pub fn test_run(&self, program: Program, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration), KernelError> {
+        let ebpf = self.ebpf.as_ref().ok_or(KernelError::NotLoaded(program))?;
+        let name = match program {
+            Program::Xdp => XDP_PROGRAM,
+            Program::Socket => SOCKET_PROGRAM,
+        };
+        let prog = ebpf.program(name).ok_or(KernelError::NotLoaded(program))?;
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.repeat = repeat.max(1);
+        let run_err = |source| KernelError::Program {
+            program: name,
+            action: "test-running",
+            source,
+        };
+        let result = match program {
+            Program::Xdp => <&Xdp>::try_from(prog).map_err(run_err)?.test_run(opts),
+            Program::Socket => <&SocketFilter>::try_from(prog).map_err(run_err)?.test_run(opts),
+        }
+        .map_err(run_err)?;
+        Ok((result.return_value, result.duration))
+    }
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        for s in &self.sockets {
+            if let Err(err) = socket2::SockRef::from(&s.fd).detach_filter() {
+                warn!(listener = ?s.local, error = %err, "detaching the socket filter failed");
+            }
+        }
+        // XDP links are detached when `ebpf` drops.
+    }
+}
+
+fn load_socket(trust: &TrustList, observe_only: bool) -> Result<Ebpf, KernelError> {
+    let mut ebpf = load::object()?;
+    maps::sync_trust(&mut ebpf, trust)?;
+    maps::set_config(&mut ebpf, observe_only)?;
+    let prog: &mut SocketFilter = ebpf
+        .program_mut(SOCKET_PROGRAM)
+        .ok_or(KernelError::MissingInObject { name: SOCKET_PROGRAM })?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            program: SOCKET_PROGRAM,
+            action: "finding",
+            source,
+        })?;
+    prog.load().map_err(|e| load::from_program_load(SOCKET_PROGRAM, e))?;
+    Ok(ebpf)
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
+    ebpf.program_mut(XDP_PROGRAM)
+        .ok_or(KernelError::MissingInObject { name: XDP_PROGRAM })?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            program: XDP_PROGRAM,
+            action: "finding",
+            source,
+        })
+}
+
+fn attach_xdp(xdp: &mut Xdp, interface: &str, attach: XdpAttach) -> Result<XdpAttached, KernelError> {
+    let try_mode = |xdp: &mut Xdp, mode: XdpMode, name: &'static str| {
+        xdp.attach(interface, mode).map(|_| ()).map_err(|source| match source {
+            ProgramError::UnknownInterface { .. } => KernelError::InterfaceNotFound {
+                interface: interface.to_string(),
+            },
+            source => KernelError::AttachXdp {
+                interface: interface.to_string(),
+                mode: name,
+                source,
+            },
+        })
+    };
+    match attach {
+        XdpAttach::Native => try_mode(xdp, XdpMode::Driver, "native").map(|()| XdpAttached::Native),
+        XdpAttach::Generic => try_mode(xdp, XdpMode::Skb, "generic").map(|()| XdpAttached::Generic),
+        XdpAttach::Auto => match try_mode(xdp, XdpMode::Driver, "native") {
+            Ok(()) => Ok(XdpAttached::Native),
+            Err(KernelError::InterfaceNotFound { interface }) => Err(KernelError::InterfaceNotFound { interface }),
+            Err(err) => {
+                info!(interface = %interface, error = %err, "native XDP unavailable; trying generic");
+                try_mode(xdp, XdpMode::Skb, "generic").map(|()| XdpAttached::Generic)
+            }
+        },
+    }
+}

@@ -2,6 +2,8 @@
 //! or a capability is missing. Each test file pulls this in with `mod common;`.
 #![allow(dead_code, reason = "each test crate uses a different subset of the helpers")]
 
+pub mod frames;
+
 use std::path::PathBuf;
 
 /// When this variable is set (`.ci/run` sets it), a test that would skip for lack of a

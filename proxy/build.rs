@@ -1,0 +1,34 @@
+//! Embeds the eBPF object that `cargo xtask build-ebpf` built, so the binary carries
+//! its kernel programs. When the object is missing, an empty one is embedded and the
+//! loader fails at run time with "run `cargo xtask build-ebpf`": plain `cargo build` and
+//! the host tests keep working without the eBPF toolchain.
+
+use std::path::PathBuf;
+
+fn main() {
+    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    let objects = manifest.join("../target/ebpf/bpfel-unknown-none");
+    // The object of the same profile first, then the other one.
+    let profiles = match std::env::var("PROFILE").as_deref() {
+        Ok("release") => ["release", "debug"],
+        _ => ["debug", "release"],
+    };
+    let dest = out.join("trustgate.bpf.o");
+    let found = profiles
+        .iter()
+        .map(|p| objects.join(p).join("proxy-ebpf"))
+        .find(|p| p.is_file());
+    for profile in profiles {
+        println!("cargo:rerun-if-changed={}", objects.join(profile).join("proxy-ebpf").display());
+    }
+    match found {
+        Some(object) => {
+            std::fs::copy(&object, &dest).expect("copying the eBPF object into OUT_DIR");
+        }
+        None => {
+            std::fs::write(&dest, b"").expect("writing an empty eBPF object into OUT_DIR");
+            println!("cargo:warning=no eBPF object found: run `cargo xtask build-ebpf`; the kernel filter will not load");
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Typed access to the filter's maps: pushes a [`TrustList`] into the LPM tries (new
+//! entries first, then stale ones removed, so no prefix that stays trusted is ever
+//! missing), fills the protected ports and the config record, reads the counters.
+
+use std::collections::BTreeSet;
+
+use aya::Ebpf;
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use proxy_common::{
+    CONFIG_MAP, CONFIG_OBSERVE_ONLY, COUNTER_SLOTS, Counter, FilterConfig, Ipv4Bytes, Ipv6Bytes,
+    MAX_TRUSTED_PREFIXES, PROTECTED_PORTS_MAP, TRUSTED, TRUSTED_V4_MAP, TRUSTED_V6_MAP,
+};
+
+use super::KernelError;
+use crate::trust::TrustList;
+
+/// Per-counter totals (summed over CPUs) of one program, indexed by [`Counter`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProgramCounters([u64; COUNTER_SLOTS as usize]);
+
+impl ProgramCounters {
+    /// The total of one counter.
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0[counter as usize]
+    }
+}
+
+/// Makes the tries hold exactly the prefixes of `trust`.
+pub(super) fn sync_trust(ebpf: &mut Ebpf, trust: &TrustList) -> Result<(), KernelError> {
+    for (family, count) in [("IPv4", trust.v4().len()), ("IPv6", trust.v6().len())] {
+        if count > MAX_TRUSTED_PREFIXES as usize {
+            return Err(KernelError::TooManyPrefixes {
+                family,
+                count,
+                max: MAX_TRUSTED_PREFIXES as usize,
+            });
+        }
+    }
+    let v4: BTreeSet<(u32, Ipv4Bytes)> = trust
+        .v4()
+        .iter()
+        .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+        .collect();
+    let v6: BTreeSet<(u32, Ipv6Bytes)> = trust
+        .v6()
+        .iter()
+        .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+        .collect();
+    sync_trie(ebpf, TRUSTED_V4_MAP, &v4)?;
+    sync_trie(ebpf, TRUSTED_V6_MAP, &v6)
+}
+
+fn sync_trie<K>(ebpf: &mut Ebpf, name: &'static str, want: &BTreeSet<(u32, K)>) -> Result<(), KernelError>
+where
+    K: aya::Pod + Ord + Copy,
+{
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingInObject { name })?;
+    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(|source| map_error(name, source))?;
+    let have: BTreeSet<(u32, K)> = trie
+        .keys()
+        .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+        .collect::<Result<_, _>>()
+        .map_err(|source| map_error(name, source))?;
+    for (len, addr) in want.difference(&have) {
+        trie.insert(&Key::new(*len, *addr), TRUSTED, 0)
+            .map_err(|source| map_error(name, source))?;
+    }
+    for (len, addr) in have.difference(want) {
+        trie.remove(&Key::new(*len, *addr))
+            .map_err(|source| map_error(name, source))?;
+    }
+    Ok(())
+}
+
+/// Makes the protected-ports map hold exactly `ports`.
+pub(super) fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), KernelError> {
+    let name = PROTECTED_PORTS_MAP;
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingInObject { name })?;
+    let mut hash: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map).map_err(|source| map_error(name, source))?;
+    let have: Vec<u16> = hash
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(|source| map_error(name, source))?;
+    for port in ports {
+        hash.insert(port, TRUSTED, 0).map_err(|source| map_error(name, source))?;
+    }
+    for port in have.iter().filter(|p| !ports.contains(p)) {
+        hash.remove(port).map_err(|source| map_error(name, source))?;
+    }
+    Ok(())
+}
+
+/// Writes the config record both programs read.
+pub(super) fn set_config(ebpf: &mut Ebpf, observe_only: bool) -> Result<(), KernelError> {
+    let name = CONFIG_MAP;
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingInObject { name })?;
+    let mut array: Array<&mut MapData, FilterConfig> = Array::try_from(map).map_err(|source| map_error(name, source))?;
+    let flags = if observe_only { CONFIG_OBSERVE_ONLY } else { 0 };
+    array.set(0, FilterConfig { flags }, 0).map_err(|source| map_error(name, source))
+}
+
+/// Sums one program's per-CPU counters.
+pub(super) fn counters(ebpf: &Ebpf, name: &'static str) -> Result<ProgramCounters, KernelError> {
+    let map = ebpf.map(name).ok_or(KernelError::MissingInObject { name })?;
+    let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|source| map_error(name, source))?;
+    let mut totals = ProgramCounters::default();
+    for counter in Counter::ALL {
+        let values = array
+            .get(&(counter as u32), 0)
+            .map_err(|source| map_error(name, source))?;
+        totals.0[counter as usize] = values.iter().sum();
+    }
+    Ok(totals)
+}
+
+fn map_error(map: &'static str, source: MapError) -> KernelError {
+    KernelError::Map { map, source }
+}

@@ -1,0 +1,358 @@
+//! The eBPF programs on crafted frames, through BPF_PROG_TEST_RUN on the loaded object:
+//! every case asserts the verdict and which counter moved. Needs CAP_BPF; without it
+//! each test skips loudly (and fails where TRUSTGATE_REQUIRE_ALL is set).
+
+mod common;
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use common::frames::{self, *};
+use proxy::kernel::{Kernel, KernelError, Plan, Program, ProgramCounters, XdpAttach};
+use proxy::trust::TrustList;
+use proxy_common::Counter;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const PORT: u16 = 8443;
+const OTHER_PORT: u16 = 22;
+
+const TRUSTED4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
+const UNTRUSTED4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
+const TRUSTED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+const UNTRUSTED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 7);
+
+fn list(nets: &[&str]) -> TrustList {
+    TrustList::new(nets.iter().map(|s| s.parse().expect("test prefix")))
+}
+
+fn default_list() -> TrustList {
+    list(&["192.0.2.0/24", "2001:db8::/64"])
+}
+
+/// A loaded program (not attached anywhere) and a way to run it and read counters.
+struct Harness {
+    kernel: Kernel,
+    program: Program,
+}
+
+impl Harness {
+    fn xdp(trust: &TrustList) -> Option<Harness> {
+        Self::start(
+            Plan::Xdp {
+                interfaces: Vec::new(),
+                attach: XdpAttach::Auto,
+            },
+            trust,
+            Program::Xdp,
+        )
+    }
+
+    fn socket(trust: &TrustList) -> Option<Harness> {
+        Self::start(Plan::Socket, trust, Program::Socket)
+    }
+
+    fn start(plan: Plan, trust: &TrustList, program: Program) -> Option<Harness> {
+        match Kernel::start(plan, trust, &[PORT], false) {
+            Ok(kernel) => {
+                // Socket mode falls back to classic BPF silently when eBPF cannot load;
+                // these tests are about the eBPF program, so that is a skip too.
+                if kernel.counters(program).ok().flatten().is_none() {
+                    common::skip("the eBPF socket filter did not load (no CAP_BPF?)");
+                    return None;
+                }
+                Some(Harness { kernel, program })
+            }
+            Err(err @ (KernelError::Permission { .. } | KernelError::ObjectMissing)) => {
+                common::skip(&format!("cannot load the eBPF object: {err}"));
+                None
+            }
+            Err(err) => panic!("loading the eBPF object failed: {err:#?}"),
+        }
+    }
+
+    fn counters(&self) -> ProgramCounters {
+        self.kernel
+            .counters(self.program)
+            .expect("reading counters")
+            .expect("program loaded")
+    }
+
+    /// Runs `frame`, asserts the verdict, and returns which counters moved.
+    fn run(&self, frame: &[u8]) -> (u32, Vec<Counter>) {
+        let before = self.counters();
+        let (verdict, _) = self
+            .kernel
+            .test_run(self.program, frame, 1)
+            .expect("BPF_PROG_TEST_RUN");
+        let after = self.counters();
+        let moved = Counter::ALL
+            .into_iter()
+            .filter(|c| after.get(*c) != before.get(*c))
+            .collect();
+        (verdict, moved)
+    }
+
+    fn assert_xdp(&self, frame: &[u8], verdict: u32, moved: &[Counter], case: &str) {
+        let (got, got_moved) = self.run(frame);
+        assert_eq!(got, verdict, "{case}: verdict (1 = drop, 2 = pass)");
+        assert_eq!(got_moved, moved, "{case}: counters that moved");
+    }
+}
+
+const SEEN4_PASSED: &[Counter] = &[Counter::SynSeenV4, Counter::SynPassedV4];
+const SEEN4_DROPPED: &[Counter] = &[Counter::SynSeenV4, Counter::SynDroppedV4];
+const SEEN6_PASSED: &[Counter] = &[Counter::SynSeenV6, Counter::SynPassedV6];
+const SEEN6_DROPPED: &[Counter] = &[Counter::SynSeenV6, Counter::SynDroppedV6];
+const MALFORMED: &[Counter] = &[Counter::DroppedMalformed];
+const NONE: &[Counter] = &[];
+
+#[test]
+fn xdp_trusted_syn_passes_untrusted_syn_drops() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    h.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "trusted v4");
+    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "untrusted v4");
+    h.assert_xdp(&tcp6(TRUSTED6, PORT, SYN), XDP_PASS, SEEN6_PASSED, "trusted v6");
+    h.assert_xdp(&tcp6(UNTRUSTED6, PORT, SYN), XDP_DROP, SEEN6_DROPPED, "untrusted v6");
+}
+
+#[test]
+fn xdp_passes_every_other_segment_from_untrusted_sources() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    for (flags, name) in [
+        (SYN | ACK, "SYN-ACK"),
+        (ACK, "ACK"),
+        (RST, "RST"),
+        (PSH | ACK, "data"),
+        (0, "no flags"),
+    ] {
+        h.assert_xdp(&tcp4(UNTRUSTED4, PORT, flags), XDP_PASS, NONE, name);
+        h.assert_xdp(&tcp6(UNTRUSTED6, PORT, flags), XDP_PASS, NONE, name);
+    }
+}
+
+#[test]
+fn xdp_passes_syn_to_unprotected_port_and_non_tcp() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    h.assert_xdp(&tcp4(UNTRUSTED4, OTHER_PORT, SYN), XDP_PASS, NONE, "v4 other port");
+    h.assert_xdp(&tcp6(UNTRUSTED6, OTHER_PORT, SYN), XDP_PASS, NONE, "v6 other port");
+    let udp = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, UDP, 0, Frag::default(), &[0u8; 8]));
+    h.assert_xdp(&udp, XDP_PASS, NONE, "udp");
+    let arp = eth(&[], 0x0806, &[0u8; 28]);
+    h.assert_xdp(&arp, XDP_PASS, NONE, "arp");
+}
+
+#[test]
+fn xdp_looks_through_one_and_two_vlan_tags_but_not_three() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let inner = ipv4(UNTRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
+    let trusted = ipv4(TRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
+    h.assert_xdp(&eth(&[ETH_P_8021Q], ETH_P_IP, &inner), XDP_DROP, SEEN4_DROPPED, "802.1Q");
+    h.assert_xdp(&eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &inner), XDP_DROP, SEEN4_DROPPED, "QinQ");
+    h.assert_xdp(&eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &trusted), XDP_PASS, SEEN4_PASSED, "QinQ trusted");
+    let v6 = ipv6(UNTRUSTED6, TCP, &frames::tcp(PORT, SYN));
+    h.assert_xdp(&eth(&[ETH_P_8021Q], ETH_P_IPV6, &v6), XDP_DROP, SEEN6_DROPPED, "802.1Q v6");
+    let three = eth(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP, &trusted);
+    h.assert_xdp(&three, XDP_DROP, MALFORMED, "three tags fail closed");
+    // A tag cut short.
+    let cut = eth(&[], ETH_P_8021Q, &[0u8; 2]);
+    h.assert_xdp(&cut, XDP_DROP, MALFORMED, "cut VLAN tag");
+}
+
+#[test]
+fn xdp_skips_ipv4_options() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    for words in [1u8, 4, 10] {
+        let untrusted = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, words, Frag::default(), &frames::tcp(PORT, SYN)));
+        h.assert_xdp(&untrusted, XDP_DROP, SEEN4_DROPPED, &format!("{words} option words"));
+        let trusted = eth(&[], ETH_P_IP, &ipv4(TRUSTED4, TCP, words, Frag::default(), &frames::tcp(PORT, SYN)));
+        h.assert_xdp(&trusted, XDP_PASS, SEEN4_PASSED, &format!("{words} option words, trusted"));
+        // The options hide an ACK: the program must read the real flags, past them.
+        let ack = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, words, Frag::default(), &frames::tcp(PORT, ACK)));
+        h.assert_xdp(&ack, XDP_PASS, NONE, &format!("{words} option words, ACK"));
+    }
+    let mut bad_ihl = ipv4(UNTRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
+    bad_ihl[0] = 0x44;
+    h.assert_xdp(&eth(&[], ETH_P_IP, &bad_ihl), XDP_DROP, MALFORMED, "IHL below 5");
+}
+
+#[test]
+fn xdp_judges_first_fragments_and_passes_later_ones() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let first = Frag { more: true, offset: 0 };
+    let whole_first = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)));
+    h.assert_xdp(&whole_first, XDP_DROP, SEEN4_DROPPED, "first fragment with whole TCP header");
+    let tiny = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)[..8]));
+    h.assert_xdp(&tiny, XDP_DROP, MALFORMED, "tiny first fragment, untrusted");
+    let tiny_trusted = eth(&[], ETH_P_IP, &ipv4(TRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)[..8]));
+    h.assert_xdp(&tiny_trusted, XDP_PASS, NONE, "tiny first fragment, trusted");
+    let later = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, 0, Frag { more: false, offset: 1 }, &[0u8; 12]));
+    h.assert_xdp(&later, XDP_PASS, NONE, "non-first fragment");
+}
+
+#[test]
+fn xdp_walks_each_ipv6_extension_header() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let syn = frames::tcp(PORT, SYN);
+    for (kind, name) in [
+        (HOPOPTS, "hop-by-hop"),
+        (ROUTING, "routing"),
+        (FRAGMENT, "fragment"),
+        (DSTOPTS, "destination options"),
+        (AH, "authentication header"),
+    ] {
+        let payload = [ext(kind, TCP, 1), syn.clone()].concat();
+        h.assert_xdp(&eth(&[], ETH_P_IPV6, &ipv6(UNTRUSTED6, kind, &payload)), XDP_DROP, SEEN6_DROPPED, name);
+        h.assert_xdp(&eth(&[], ETH_P_IPV6, &ipv6(TRUSTED6, kind, &payload)), XDP_PASS, SEEN6_PASSED, name);
+    }
+}
+
+#[test]
+fn xdp_walks_a_chain_of_extension_headers_up_to_its_limit() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let syn = frames::tcp(PORT, SYN);
+    let chain = |n: usize| {
+        let kinds = [HOPOPTS, DSTOPTS, ROUTING, FRAGMENT, DSTOPTS, ROUTING, DSTOPTS, DSTOPTS, DSTOPTS, DSTOPTS];
+        let mut payload = Vec::new();
+        for i in 0..n {
+            let next = if i + 1 < n { kinds[i + 1] } else { TCP };
+            payload.extend(ext(kinds[i], next, (i % 3) as u8));
+        }
+        payload.extend(&syn);
+        ipv6(UNTRUSTED6, kinds[0], &payload)
+    };
+    let limit = proxy_common::MAX_IPV6_EXT_HEADERS;
+    h.assert_xdp(&eth(&[], ETH_P_IPV6, &chain(4)), XDP_DROP, SEEN6_DROPPED, "chain of 4");
+    h.assert_xdp(&eth(&[], ETH_P_IPV6, &chain(limit)), XDP_DROP, SEEN6_DROPPED, "chain at the limit");
+    h.assert_xdp(&eth(&[], ETH_P_IPV6, &chain(limit + 1)), XDP_DROP, MALFORMED, "chain past the limit");
+    // Past the limit from a trusted source: passes (the source is known and trusted).
+    let mut trusted = chain(limit + 1);
+    trusted[8..24].copy_from_slice(&TRUSTED6.octets());
+    h.assert_xdp(&eth(&[], ETH_P_IPV6, &trusted), XDP_PASS, NONE, "trusted chain past the limit");
+    // A non-first IPv6 fragment carries no TCP header.
+    let later = ipv6(UNTRUSTED6, FRAGMENT, &[ext_fragment(TCP, 3, false), vec![0u8; 16]].concat());
+    h.assert_xdp(&eth(&[], ETH_P_IPV6, &later), XDP_PASS, NONE, "non-first v6 fragment");
+}
+
+#[test]
+fn xdp_fails_closed_on_frames_cut_at_every_length() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    for (frame, ip_end, name) in [
+        (tcp4(UNTRUSTED4, PORT, SYN), 14 + 20, "v4"),
+        (tcp6(UNTRUSTED6, PORT, SYN), 14 + 40, "v6"),
+    ] {
+        let full = frame.len();
+        for len in 14..full {
+            // Whatever is cut (IP header, TCP header), an untrusted SYN never passes.
+            let (verdict, moved) = h.run(&frame[..len]);
+            assert_eq!(verdict, XDP_DROP, "{name} cut at {len} of {full}");
+            assert_eq!(moved, MALFORMED, "{name} cut at {len}: counters");
+            let _ = ip_end;
+        }
+    }
+    for (frame, ip_end, name) in [
+        (tcp4(TRUSTED4, PORT, SYN), 14 + 20, "trusted v4"),
+        (tcp6(TRUSTED6, PORT, SYN), 14 + 40, "trusted v6"),
+    ] {
+        for len in 14..frame.len() {
+            let (verdict, _) = h.run(&frame[..len]);
+            // Before the source address is whole nothing is known: drop. After it, a
+            // trusted source passes even with its TCP header cut.
+            let expect = if len < ip_end { XDP_DROP } else { XDP_PASS };
+            assert_eq!(verdict, expect, "{name} cut at {len}");
+        }
+    }
+}
+
+#[test]
+fn xdp_judges_ipv4_mapped_sources_by_the_ipv4_trie() {
+    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let mapped_trusted = TRUSTED4.to_ipv6_mapped();
+    let mapped_untrusted = UNTRUSTED4.to_ipv6_mapped();
+    h.assert_xdp(&tcp6(mapped_trusted, PORT, SYN), XDP_PASS, SEEN4_PASSED, "mapped trusted");
+    h.assert_xdp(&tcp6(mapped_untrusted, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "mapped untrusted");
+    // An IPv6 prefix covering the mapped range does not trust mapped sources.
+    let Some(h6) = Harness::xdp(&list(&["::ffff:0.0.0.0/96"])) else { return };
+    h6.assert_xdp(&tcp6(mapped_trusted, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "mapped vs v6 prefix");
+}
+
+#[test]
+fn xdp_prefix_lengths_zero_full_and_overlapping() {
+    let Some(all) = Harness::xdp(&list(&["0.0.0.0/0", "::/0"])) else { return };
+    all.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "/0 v4");
+    all.assert_xdp(&tcp6(UNTRUSTED6, PORT, SYN), XDP_PASS, SEEN6_PASSED, "/0 v6");
+    let Some(hosts) = Harness::xdp(&list(&["192.0.2.10/32", "2001:db8::10/128"])) else { return };
+    hosts.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "/32 exact");
+    hosts.assert_xdp(&tcp4(Ipv4Addr::new(192, 0, 2, 11), PORT, SYN), XDP_DROP, SEEN4_DROPPED, "/32 neighbour");
+    hosts.assert_xdp(&tcp6(TRUSTED6, PORT, SYN), XDP_PASS, SEEN6_PASSED, "/128 exact");
+    hosts.assert_xdp(&tcp6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11), PORT, SYN), XDP_DROP, SEEN6_DROPPED, "/128 neighbour");
+    let Some(overlap) = Harness::xdp(&list(&["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32"])) else { return };
+    for addr in [Ipv4Addr::new(10, 9, 9, 9), Ipv4Addr::new(10, 1, 9, 9), Ipv4Addr::new(10, 1, 2, 3)] {
+        overlap.assert_xdp(&tcp4(addr, PORT, SYN), XDP_PASS, SEEN4_PASSED, &format!("overlap {addr}"));
+    }
+    overlap.assert_xdp(&tcp4(Ipv4Addr::new(11, 1, 2, 3), PORT, SYN), XDP_DROP, SEEN4_DROPPED, "outside overlap");
+}
+
+#[test]
+fn xdp_with_an_empty_trie_drops_every_syn_to_a_protected_port() {
+    let Some(h) = Harness::xdp(&TrustList::default()) else { return };
+    h.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "empty v4");
+    h.assert_xdp(&tcp6(TRUSTED6, PORT, SYN), XDP_DROP, SEEN6_DROPPED, "empty v6");
+    h.assert_xdp(&tcp4(TRUSTED4, OTHER_PORT, SYN), XDP_PASS, NONE, "empty, other port");
+}
+
+#[test]
+fn xdp_trie_updates_in_place_take_effect() {
+    let Some(mut h) = Harness::xdp(&list(&["192.0.2.0/24"])) else { return };
+    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "before");
+    h.kernel.sync(&list(&["192.0.2.0/24", "203.0.113.0/24"])).expect("sync");
+    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "added");
+    h.kernel.sync(&list(&["203.0.113.0/24"])).expect("sync");
+    h.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "removed");
+}
+
+#[test]
+fn observe_only_counts_but_passes() {
+    let plan = Plan::Xdp {
+        interfaces: Vec::new(),
+        attach: XdpAttach::Auto,
+    };
+    let kernel = match Kernel::start(plan, &default_list(), &[PORT], true) {
+        Ok(k) => k,
+        Err(err) => return common::skip(&format!("cannot load the eBPF object: {err}")),
+    };
+    let h = Harness {
+        kernel,
+        program: Program::Xdp,
+    };
+    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_PASS, &[Counter::SynSeenV4, Counter::ObservedOnly], "observed");
+}
+
+#[test]
+fn socket_filter_judges_syns_by_source_only() {
+    let Some(h) = Harness::socket(&default_list()) else { return };
+    let keep = |frame: &[u8]| (frame.len() - 14) as u32;
+    let cases = [
+        (tcp4(TRUSTED4, PORT, SYN), true, SEEN4_PASSED, "trusted v4"),
+        (tcp4(UNTRUSTED4, PORT, SYN), false, SEEN4_DROPPED, "untrusted v4"),
+        // No port map: the socket is the protected port.
+        (tcp4(UNTRUSTED4, OTHER_PORT, SYN), false, SEEN4_DROPPED, "untrusted v4, any port"),
+        (tcp6(TRUSTED6, PORT, SYN), true, SEEN6_PASSED, "trusted v6"),
+        (tcp6(UNTRUSTED6, PORT, SYN), false, SEEN6_DROPPED, "untrusted v6"),
+        (tcp6(TRUSTED4.to_ipv6_mapped(), PORT, SYN), true, SEEN4_PASSED, "mapped trusted"),
+        (tcp4(UNTRUSTED4, PORT, ACK), true, NONE, "untrusted ACK"),
+        (tcp4(UNTRUSTED4, PORT, SYN | ACK), true, NONE, "untrusted SYN-ACK"),
+        (tcp6(UNTRUSTED6, PORT, RST), true, NONE, "untrusted RST"),
+    ];
+    for (frame, pass, moved, name) in cases {
+        let (verdict, got_moved) = h.run(&frame);
+        let expect = if pass { keep(&frame) } else { 0 };
+        assert_eq!(verdict, expect, "{name}: bytes kept (0 = drop)");
+        assert_eq!(got_moved, moved, "{name}: counters");
+    }
+    let ext_chain = ipv6(UNTRUSTED6, HOPOPTS, &[ext(HOPOPTS, DSTOPTS, 0), ext(DSTOPTS, TCP, 2), frames::tcp(PORT, SYN)].concat());
+    let (verdict, moved) = h.run(&eth(&[], ETH_P_IPV6, &ext_chain));
+    assert_eq!((verdict, moved.as_slice()), (0, SEEN6_DROPPED), "v6 behind extension headers");
+    let cut = &tcp4(UNTRUSTED4, PORT, SYN)[..14 + 20 + 10];
+    let (verdict, moved) = h.run(cut);
+    assert_eq!((verdict, moved.as_slice()), (0, MALFORMED), "cut TCP header");
+}
