@@ -108,16 +108,40 @@ const NONE: &[Counter] = &[];
 
 #[test]
 fn xdp_trusted_syn_passes_untrusted_syn_drops() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
-    h.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "trusted v4");
-    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "untrusted v4");
-    h.assert_xdp(&tcp6(TRUSTED6, PORT, SYN), XDP_PASS, SEEN6_PASSED, "trusted v6");
-    h.assert_xdp(&tcp6(UNTRUSTED6, PORT, SYN), XDP_DROP, SEEN6_DROPPED, "untrusted v6");
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
+    h.assert_xdp(
+        &tcp4(TRUSTED4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "trusted v4",
+    );
+    h.assert_xdp(
+        &tcp4(UNTRUSTED4, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "untrusted v4",
+    );
+    h.assert_xdp(
+        &tcp6(TRUSTED6, PORT, SYN),
+        XDP_PASS,
+        SEEN6_PASSED,
+        "trusted v6",
+    );
+    h.assert_xdp(
+        &tcp6(UNTRUSTED6, PORT, SYN),
+        XDP_DROP,
+        SEEN6_DROPPED,
+        "untrusted v6",
+    );
 }
 
 #[test]
 fn xdp_passes_every_other_segment_from_untrusted_sources() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
     for (flags, name) in [
         (SYN | ACK, "SYN-ACK"),
         (ACK, "ACK"),
@@ -132,10 +156,26 @@ fn xdp_passes_every_other_segment_from_untrusted_sources() {
 
 #[test]
 fn xdp_passes_syn_to_unprotected_port_and_non_tcp() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
-    h.assert_xdp(&tcp4(UNTRUSTED4, OTHER_PORT, SYN), XDP_PASS, NONE, "v4 other port");
-    h.assert_xdp(&tcp6(UNTRUSTED6, OTHER_PORT, SYN), XDP_PASS, NONE, "v6 other port");
-    let udp = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, UDP, 0, Frag::default(), &[0u8; 8]));
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
+    h.assert_xdp(
+        &tcp4(UNTRUSTED4, OTHER_PORT, SYN),
+        XDP_PASS,
+        NONE,
+        "v4 other port",
+    );
+    h.assert_xdp(
+        &tcp6(UNTRUSTED6, OTHER_PORT, SYN),
+        XDP_PASS,
+        NONE,
+        "v6 other port",
+    );
+    let udp = eth(
+        &[],
+        ETH_P_IP,
+        &ipv4(UNTRUSTED4, UDP, 0, Frag::default(), &[0u8; 8]),
+    );
     h.assert_xdp(&udp, XDP_PASS, NONE, "udp");
     let arp = eth(&[], 0x0806, &[0u8; 28]);
     h.assert_xdp(&arp, XDP_PASS, NONE, "arp");
@@ -143,15 +183,41 @@ fn xdp_passes_syn_to_unprotected_port_and_non_tcp() {
 
 #[test]
 fn xdp_looks_through_one_and_two_vlan_tags_but_not_three() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
     let inner = ipv4(UNTRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
     let trusted = ipv4(TRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
-    h.assert_xdp(&eth(&[ETH_P_8021Q], ETH_P_IP, &inner), XDP_DROP, SEEN4_DROPPED, "802.1Q");
-    h.assert_xdp(&eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &inner), XDP_DROP, SEEN4_DROPPED, "QinQ");
-    h.assert_xdp(&eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &trusted), XDP_PASS, SEEN4_PASSED, "QinQ trusted");
+    h.assert_xdp(
+        &eth(&[ETH_P_8021Q], ETH_P_IP, &inner),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "802.1Q",
+    );
+    h.assert_xdp(
+        &eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &inner),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "QinQ",
+    );
+    h.assert_xdp(
+        &eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &trusted),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "QinQ trusted",
+    );
     let v6 = ipv6(UNTRUSTED6, TCP, &frames::tcp(PORT, SYN));
-    h.assert_xdp(&eth(&[ETH_P_8021Q], ETH_P_IPV6, &v6), XDP_DROP, SEEN6_DROPPED, "802.1Q v6");
-    let three = eth(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IP, &trusted);
+    h.assert_xdp(
+        &eth(&[ETH_P_8021Q], ETH_P_IPV6, &v6),
+        XDP_DROP,
+        SEEN6_DROPPED,
+        "802.1Q v6",
+    );
+    let three = eth(
+        &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
+        ETH_P_IP,
+        &trusted,
+    );
     h.assert_xdp(&three, XDP_DROP, MALFORMED, "three tags fail closed");
     // A tag cut short.
     let cut = eth(&[], ETH_P_8021Q, &[0u8; 2]);
@@ -160,38 +226,127 @@ fn xdp_looks_through_one_and_two_vlan_tags_but_not_three() {
 
 #[test]
 fn xdp_skips_ipv4_options() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
     for words in [1u8, 4, 10] {
-        let untrusted = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, words, Frag::default(), &frames::tcp(PORT, SYN)));
-        h.assert_xdp(&untrusted, XDP_DROP, SEEN4_DROPPED, &format!("{words} option words"));
-        let trusted = eth(&[], ETH_P_IP, &ipv4(TRUSTED4, TCP, words, Frag::default(), &frames::tcp(PORT, SYN)));
-        h.assert_xdp(&trusted, XDP_PASS, SEEN4_PASSED, &format!("{words} option words, trusted"));
+        let untrusted = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                UNTRUSTED4,
+                TCP,
+                words,
+                Frag::default(),
+                &frames::tcp(PORT, SYN),
+            ),
+        );
+        h.assert_xdp(
+            &untrusted,
+            XDP_DROP,
+            SEEN4_DROPPED,
+            &format!("{words} option words"),
+        );
+        let trusted = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                TRUSTED4,
+                TCP,
+                words,
+                Frag::default(),
+                &frames::tcp(PORT, SYN),
+            ),
+        );
+        h.assert_xdp(
+            &trusted,
+            XDP_PASS,
+            SEEN4_PASSED,
+            &format!("{words} option words, trusted"),
+        );
         // The options hide an ACK: the program must read the real flags, past them.
-        let ack = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, words, Frag::default(), &frames::tcp(PORT, ACK)));
+        let ack = eth(
+            &[],
+            ETH_P_IP,
+            &ipv4(
+                UNTRUSTED4,
+                TCP,
+                words,
+                Frag::default(),
+                &frames::tcp(PORT, ACK),
+            ),
+        );
         h.assert_xdp(&ack, XDP_PASS, NONE, &format!("{words} option words, ACK"));
     }
     let mut bad_ihl = ipv4(UNTRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
     bad_ihl[0] = 0x44;
-    h.assert_xdp(&eth(&[], ETH_P_IP, &bad_ihl), XDP_DROP, MALFORMED, "IHL below 5");
+    h.assert_xdp(
+        &eth(&[], ETH_P_IP, &bad_ihl),
+        XDP_DROP,
+        MALFORMED,
+        "IHL below 5",
+    );
 }
 
 #[test]
 fn xdp_judges_first_fragments_and_passes_later_ones() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
-    let first = Frag { more: true, offset: 0 };
-    let whole_first = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)));
-    h.assert_xdp(&whole_first, XDP_DROP, SEEN4_DROPPED, "first fragment with whole TCP header");
-    let tiny = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)[..8]));
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
+    let first = Frag {
+        more: true,
+        offset: 0,
+    };
+    let whole_first = eth(
+        &[],
+        ETH_P_IP,
+        &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)),
+    );
+    h.assert_xdp(
+        &whole_first,
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "first fragment with whole TCP header",
+    );
+    let tiny = eth(
+        &[],
+        ETH_P_IP,
+        &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)[..8]),
+    );
     h.assert_xdp(&tiny, XDP_DROP, MALFORMED, "tiny first fragment, untrusted");
-    let tiny_trusted = eth(&[], ETH_P_IP, &ipv4(TRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)[..8]));
-    h.assert_xdp(&tiny_trusted, XDP_PASS, NONE, "tiny first fragment, trusted");
-    let later = eth(&[], ETH_P_IP, &ipv4(UNTRUSTED4, TCP, 0, Frag { more: false, offset: 1 }, &[0u8; 12]));
+    let tiny_trusted = eth(
+        &[],
+        ETH_P_IP,
+        &ipv4(TRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)[..8]),
+    );
+    h.assert_xdp(
+        &tiny_trusted,
+        XDP_PASS,
+        NONE,
+        "tiny first fragment, trusted",
+    );
+    let later = eth(
+        &[],
+        ETH_P_IP,
+        &ipv4(
+            UNTRUSTED4,
+            TCP,
+            0,
+            Frag {
+                more: false,
+                offset: 1,
+            },
+            &[0u8; 12],
+        ),
+    );
     h.assert_xdp(&later, XDP_PASS, NONE, "non-first fragment");
 }
 
 #[test]
 fn xdp_walks_each_ipv6_extension_header() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
     let syn = frames::tcp(PORT, SYN);
     for (kind, name) in [
         (HOPOPTS, "hop-by-hop"),
@@ -201,17 +356,32 @@ fn xdp_walks_each_ipv6_extension_header() {
         (AH, "authentication header"),
     ] {
         let payload = [ext(kind, TCP, 1), syn.clone()].concat();
-        h.assert_xdp(&eth(&[], ETH_P_IPV6, &ipv6(UNTRUSTED6, kind, &payload)), XDP_DROP, SEEN6_DROPPED, name);
-        h.assert_xdp(&eth(&[], ETH_P_IPV6, &ipv6(TRUSTED6, kind, &payload)), XDP_PASS, SEEN6_PASSED, name);
+        h.assert_xdp(
+            &eth(&[], ETH_P_IPV6, &ipv6(UNTRUSTED6, kind, &payload)),
+            XDP_DROP,
+            SEEN6_DROPPED,
+            name,
+        );
+        h.assert_xdp(
+            &eth(&[], ETH_P_IPV6, &ipv6(TRUSTED6, kind, &payload)),
+            XDP_PASS,
+            SEEN6_PASSED,
+            name,
+        );
     }
 }
 
 #[test]
 fn xdp_walks_a_chain_of_extension_headers_up_to_its_limit() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
     let syn = frames::tcp(PORT, SYN);
     let chain = |n: usize| {
-        let kinds = [HOPOPTS, DSTOPTS, ROUTING, FRAGMENT, DSTOPTS, ROUTING, DSTOPTS, DSTOPTS, DSTOPTS, DSTOPTS];
+        let kinds = [
+            HOPOPTS, DSTOPTS, ROUTING, FRAGMENT, DSTOPTS, ROUTING, DSTOPTS, DSTOPTS, DSTOPTS,
+            DSTOPTS,
+        ];
         let mut payload = Vec::new();
         for i in 0..n {
             let next = if i + 1 < n { kinds[i + 1] } else { TCP };
@@ -221,21 +391,52 @@ fn xdp_walks_a_chain_of_extension_headers_up_to_its_limit() {
         ipv6(UNTRUSTED6, kinds[0], &payload)
     };
     let limit = proxy_common::MAX_IPV6_EXT_HEADERS;
-    h.assert_xdp(&eth(&[], ETH_P_IPV6, &chain(4)), XDP_DROP, SEEN6_DROPPED, "chain of 4");
-    h.assert_xdp(&eth(&[], ETH_P_IPV6, &chain(limit)), XDP_DROP, SEEN6_DROPPED, "chain at the limit");
-    h.assert_xdp(&eth(&[], ETH_P_IPV6, &chain(limit + 1)), XDP_DROP, MALFORMED, "chain past the limit");
+    h.assert_xdp(
+        &eth(&[], ETH_P_IPV6, &chain(4)),
+        XDP_DROP,
+        SEEN6_DROPPED,
+        "chain of 4",
+    );
+    h.assert_xdp(
+        &eth(&[], ETH_P_IPV6, &chain(limit)),
+        XDP_DROP,
+        SEEN6_DROPPED,
+        "chain at the limit",
+    );
+    h.assert_xdp(
+        &eth(&[], ETH_P_IPV6, &chain(limit + 1)),
+        XDP_DROP,
+        MALFORMED,
+        "chain past the limit",
+    );
     // Past the limit from a trusted source: passes (the source is known and trusted).
     let mut trusted = chain(limit + 1);
     trusted[8..24].copy_from_slice(&TRUSTED6.octets());
-    h.assert_xdp(&eth(&[], ETH_P_IPV6, &trusted), XDP_PASS, NONE, "trusted chain past the limit");
+    h.assert_xdp(
+        &eth(&[], ETH_P_IPV6, &trusted),
+        XDP_PASS,
+        NONE,
+        "trusted chain past the limit",
+    );
     // A non-first IPv6 fragment carries no TCP header.
-    let later = ipv6(UNTRUSTED6, FRAGMENT, &[ext_fragment(TCP, 3, false), vec![0u8; 16]].concat());
-    h.assert_xdp(&eth(&[], ETH_P_IPV6, &later), XDP_PASS, NONE, "non-first v6 fragment");
+    let later = ipv6(
+        UNTRUSTED6,
+        FRAGMENT,
+        &[ext_fragment(TCP, 3, false), vec![0u8; 16]].concat(),
+    );
+    h.assert_xdp(
+        &eth(&[], ETH_P_IPV6, &later),
+        XDP_PASS,
+        NONE,
+        "non-first v6 fragment",
+    );
 }
 
 #[test]
 fn xdp_fails_closed_on_frames_cut_at_every_length() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
     for (frame, ip_end, name) in [
         (tcp4(UNTRUSTED4, PORT, SYN), 14 + 20, "v4"),
         (tcp6(UNTRUSTED6, PORT, SYN), 14 + 40, "v6"),
@@ -265,49 +466,154 @@ fn xdp_fails_closed_on_frames_cut_at_every_length() {
 
 #[test]
 fn xdp_judges_ipv4_mapped_sources_by_the_ipv4_trie() {
-    let Some(h) = Harness::xdp(&default_list()) else { return };
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
     let mapped_trusted = TRUSTED4.to_ipv6_mapped();
     let mapped_untrusted = UNTRUSTED4.to_ipv6_mapped();
-    h.assert_xdp(&tcp6(mapped_trusted, PORT, SYN), XDP_PASS, SEEN4_PASSED, "mapped trusted");
-    h.assert_xdp(&tcp6(mapped_untrusted, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "mapped untrusted");
+    h.assert_xdp(
+        &tcp6(mapped_trusted, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "mapped trusted",
+    );
+    h.assert_xdp(
+        &tcp6(mapped_untrusted, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "mapped untrusted",
+    );
     // An IPv6 prefix covering the mapped range does not trust mapped sources.
-    let Some(h6) = Harness::xdp(&list(&["::ffff:0.0.0.0/96"])) else { return };
-    h6.assert_xdp(&tcp6(mapped_trusted, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "mapped vs v6 prefix");
+    let Some(h6) = Harness::xdp(&list(&["::ffff:0.0.0.0/96"])) else {
+        return;
+    };
+    h6.assert_xdp(
+        &tcp6(mapped_trusted, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "mapped vs v6 prefix",
+    );
 }
 
 #[test]
 fn xdp_prefix_lengths_zero_full_and_overlapping() {
-    let Some(all) = Harness::xdp(&list(&["0.0.0.0/0", "::/0"])) else { return };
-    all.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "/0 v4");
-    all.assert_xdp(&tcp6(UNTRUSTED6, PORT, SYN), XDP_PASS, SEEN6_PASSED, "/0 v6");
-    let Some(hosts) = Harness::xdp(&list(&["192.0.2.10/32", "2001:db8::10/128"])) else { return };
-    hosts.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "/32 exact");
-    hosts.assert_xdp(&tcp4(Ipv4Addr::new(192, 0, 2, 11), PORT, SYN), XDP_DROP, SEEN4_DROPPED, "/32 neighbour");
-    hosts.assert_xdp(&tcp6(TRUSTED6, PORT, SYN), XDP_PASS, SEEN6_PASSED, "/128 exact");
-    hosts.assert_xdp(&tcp6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11), PORT, SYN), XDP_DROP, SEEN6_DROPPED, "/128 neighbour");
-    let Some(overlap) = Harness::xdp(&list(&["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32"])) else { return };
-    for addr in [Ipv4Addr::new(10, 9, 9, 9), Ipv4Addr::new(10, 1, 9, 9), Ipv4Addr::new(10, 1, 2, 3)] {
-        overlap.assert_xdp(&tcp4(addr, PORT, SYN), XDP_PASS, SEEN4_PASSED, &format!("overlap {addr}"));
+    let Some(all) = Harness::xdp(&list(&["0.0.0.0/0", "::/0"])) else {
+        return;
+    };
+    all.assert_xdp(
+        &tcp4(UNTRUSTED4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "/0 v4",
+    );
+    all.assert_xdp(
+        &tcp6(UNTRUSTED6, PORT, SYN),
+        XDP_PASS,
+        SEEN6_PASSED,
+        "/0 v6",
+    );
+    let Some(hosts) = Harness::xdp(&list(&["192.0.2.10/32", "2001:db8::10/128"])) else {
+        return;
+    };
+    hosts.assert_xdp(
+        &tcp4(TRUSTED4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "/32 exact",
+    );
+    hosts.assert_xdp(
+        &tcp4(Ipv4Addr::new(192, 0, 2, 11), PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "/32 neighbour",
+    );
+    hosts.assert_xdp(
+        &tcp6(TRUSTED6, PORT, SYN),
+        XDP_PASS,
+        SEEN6_PASSED,
+        "/128 exact",
+    );
+    hosts.assert_xdp(
+        &tcp6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11), PORT, SYN),
+        XDP_DROP,
+        SEEN6_DROPPED,
+        "/128 neighbour",
+    );
+    let Some(overlap) = Harness::xdp(&list(&["10.0.0.0/8", "10.1.0.0/16", "10.1.2.3/32"])) else {
+        return;
+    };
+    for addr in [
+        Ipv4Addr::new(10, 9, 9, 9),
+        Ipv4Addr::new(10, 1, 9, 9),
+        Ipv4Addr::new(10, 1, 2, 3),
+    ] {
+        overlap.assert_xdp(
+            &tcp4(addr, PORT, SYN),
+            XDP_PASS,
+            SEEN4_PASSED,
+            &format!("overlap {addr}"),
+        );
     }
-    overlap.assert_xdp(&tcp4(Ipv4Addr::new(11, 1, 2, 3), PORT, SYN), XDP_DROP, SEEN4_DROPPED, "outside overlap");
+    overlap.assert_xdp(
+        &tcp4(Ipv4Addr::new(11, 1, 2, 3), PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "outside overlap",
+    );
 }
 
 #[test]
 fn xdp_with_an_empty_trie_drops_every_syn_to_a_protected_port() {
-    let Some(h) = Harness::xdp(&TrustList::default()) else { return };
-    h.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "empty v4");
-    h.assert_xdp(&tcp6(TRUSTED6, PORT, SYN), XDP_DROP, SEEN6_DROPPED, "empty v6");
-    h.assert_xdp(&tcp4(TRUSTED4, OTHER_PORT, SYN), XDP_PASS, NONE, "empty, other port");
+    let Some(h) = Harness::xdp(&TrustList::default()) else {
+        return;
+    };
+    h.assert_xdp(
+        &tcp4(TRUSTED4, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "empty v4",
+    );
+    h.assert_xdp(
+        &tcp6(TRUSTED6, PORT, SYN),
+        XDP_DROP,
+        SEEN6_DROPPED,
+        "empty v6",
+    );
+    h.assert_xdp(
+        &tcp4(TRUSTED4, OTHER_PORT, SYN),
+        XDP_PASS,
+        NONE,
+        "empty, other port",
+    );
 }
 
 #[test]
 fn xdp_trie_updates_in_place_take_effect() {
-    let Some(mut h) = Harness::xdp(&list(&["192.0.2.0/24"])) else { return };
-    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "before");
-    h.kernel.sync(&list(&["192.0.2.0/24", "203.0.113.0/24"])).expect("sync");
-    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_PASS, SEEN4_PASSED, "added");
+    let Some(mut h) = Harness::xdp(&list(&["192.0.2.0/24"])) else {
+        return;
+    };
+    h.assert_xdp(
+        &tcp4(UNTRUSTED4, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "before",
+    );
+    h.kernel
+        .sync(&list(&["192.0.2.0/24", "203.0.113.0/24"]))
+        .expect("sync");
+    h.assert_xdp(
+        &tcp4(UNTRUSTED4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "added",
+    );
     h.kernel.sync(&list(&["203.0.113.0/24"])).expect("sync");
-    h.assert_xdp(&tcp4(TRUSTED4, PORT, SYN), XDP_DROP, SEEN4_DROPPED, "removed");
+    h.assert_xdp(
+        &tcp4(TRUSTED4, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "removed",
+    );
 }
 
 #[test]
@@ -324,23 +630,55 @@ fn observe_only_counts_but_passes() {
         kernel,
         program: Program::Xdp,
     };
-    h.assert_xdp(&tcp4(UNTRUSTED4, PORT, SYN), XDP_PASS, &[Counter::SynSeenV4, Counter::ObservedOnly], "observed");
+    h.assert_xdp(
+        &tcp4(UNTRUSTED4, PORT, SYN),
+        XDP_PASS,
+        &[Counter::SynSeenV4, Counter::ObservedOnly],
+        "observed",
+    );
 }
 
 #[test]
 fn socket_filter_judges_syns_by_source_only() {
-    let Some(h) = Harness::socket(&default_list()) else { return };
+    let Some(h) = Harness::socket(&default_list()) else {
+        return;
+    };
     let keep = |frame: &[u8]| (frame.len() - 14) as u32;
     let cases = [
         (tcp4(TRUSTED4, PORT, SYN), true, SEEN4_PASSED, "trusted v4"),
-        (tcp4(UNTRUSTED4, PORT, SYN), false, SEEN4_DROPPED, "untrusted v4"),
+        (
+            tcp4(UNTRUSTED4, PORT, SYN),
+            false,
+            SEEN4_DROPPED,
+            "untrusted v4",
+        ),
         // No port map: the socket is the protected port.
-        (tcp4(UNTRUSTED4, OTHER_PORT, SYN), false, SEEN4_DROPPED, "untrusted v4, any port"),
+        (
+            tcp4(UNTRUSTED4, OTHER_PORT, SYN),
+            false,
+            SEEN4_DROPPED,
+            "untrusted v4, any port",
+        ),
         (tcp6(TRUSTED6, PORT, SYN), true, SEEN6_PASSED, "trusted v6"),
-        (tcp6(UNTRUSTED6, PORT, SYN), false, SEEN6_DROPPED, "untrusted v6"),
-        (tcp6(TRUSTED4.to_ipv6_mapped(), PORT, SYN), true, SEEN4_PASSED, "mapped trusted"),
+        (
+            tcp6(UNTRUSTED6, PORT, SYN),
+            false,
+            SEEN6_DROPPED,
+            "untrusted v6",
+        ),
+        (
+            tcp6(TRUSTED4.to_ipv6_mapped(), PORT, SYN),
+            true,
+            SEEN4_PASSED,
+            "mapped trusted",
+        ),
         (tcp4(UNTRUSTED4, PORT, ACK), true, NONE, "untrusted ACK"),
-        (tcp4(UNTRUSTED4, PORT, SYN | ACK), true, NONE, "untrusted SYN-ACK"),
+        (
+            tcp4(UNTRUSTED4, PORT, SYN | ACK),
+            true,
+            NONE,
+            "untrusted SYN-ACK",
+        ),
         (tcp6(UNTRUSTED6, PORT, RST), true, NONE, "untrusted RST"),
     ];
     for (frame, pass, moved, name) in cases {
@@ -349,10 +687,27 @@ fn socket_filter_judges_syns_by_source_only() {
         assert_eq!(verdict, expect, "{name}: bytes kept (0 = drop)");
         assert_eq!(got_moved, moved, "{name}: counters");
     }
-    let ext_chain = ipv6(UNTRUSTED6, HOPOPTS, &[ext(HOPOPTS, DSTOPTS, 0), ext(DSTOPTS, TCP, 2), frames::tcp(PORT, SYN)].concat());
+    let ext_chain = ipv6(
+        UNTRUSTED6,
+        HOPOPTS,
+        &[
+            ext(HOPOPTS, DSTOPTS, 0),
+            ext(DSTOPTS, TCP, 2),
+            frames::tcp(PORT, SYN),
+        ]
+        .concat(),
+    );
     let (verdict, moved) = h.run(&eth(&[], ETH_P_IPV6, &ext_chain));
-    assert_eq!((verdict, moved.as_slice()), (0, SEEN6_DROPPED), "v6 behind extension headers");
+    assert_eq!(
+        (verdict, moved.as_slice()),
+        (0, SEEN6_DROPPED),
+        "v6 behind extension headers"
+    );
     let cut = &tcp4(UNTRUSTED4, PORT, SYN)[..14 + 20 + 10];
     let (verdict, moved) = h.run(cut);
-    assert_eq!((verdict, moved.as_slice()), (0, MALFORMED), "cut TCP header");
+    assert_eq!(
+        (verdict, moved.as_slice()),
+        (0, MALFORMED),
+        "cut TCP header"
+    );
 }

@@ -50,7 +50,9 @@ const DROP: u32 = 0;
 
 /// The generated program is longer than the kernel accepts.
 #[derive(Debug, thiserror::Error)]
-#[error("the trusted list needs a classic BPF filter of {needed} instructions; the kernel accepts {MAX_INSTRUCTIONS}: shorten trusted_proxies or use the eBPF modes")]
+#[error(
+    "the trusted list needs a classic BPF filter of {needed} instructions; the kernel accepts {MAX_INSTRUCTIONS}: shorten trusted_proxies or use the eBPF modes"
+)]
 pub struct TooLong {
     pub needed: usize,
 }
@@ -64,15 +66,24 @@ pub fn program(trust: &TrustList) -> Result<Vec<SockFilter>, TooLong> {
     p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, TCP_SYN, 1, 0));
     p.push(stmt(BPF_RET | BPF_K, ACCEPT));
     // Dispatch on the family: IPv6 jumps over the IPv4 block.
-    p.push(stmt(BPF_LD | BPF_H | BPF_ABS, offset(SKF_AD_OFF + SKF_AD_PROTOCOL)));
+    p.push(stmt(
+        BPF_LD | BPF_H | BPF_ABS,
+        offset(SKF_AD_OFF + SKF_AD_PROTOCOL),
+    ));
     p.push(jump(BPF_JMP | BPF_JEQ | BPF_K, ETH_P_IPV6, 0, 1));
     let ja_to_v6 = p.len();
     p.push(stmt(BPF_JMP | BPF_JA, 0));
     let v4_start = p.len();
-    v4_block(&mut p, trust.v4().iter().map(|n| (n.network(), n.prefix_len())));
+    v4_block(
+        &mut p,
+        trust.v4().iter().map(|n| (n.network(), n.prefix_len())),
+    );
     let v6_start = p.len();
     p[ja_to_v6] = stmt(BPF_JMP | BPF_JA, (v6_start - v4_start) as u32);
-    v6_block(&mut p, trust.v6().iter().map(|n| (n.network(), n.prefix_len())));
+    v6_block(
+        &mut p,
+        trust.v6().iter().map(|n| (n.network(), n.prefix_len())),
+    );
     if p.len() > MAX_INSTRUCTIONS {
         return Err(TooLong { needed: p.len() });
     }
@@ -81,7 +92,10 @@ pub fn program(trust: &TrustList) -> Result<Vec<SockFilter>, TooLong> {
 
 /// X = source; for each prefix: A = X & mask; if A == net return ACCEPT. Then DROP.
 fn v4_block(p: &mut Vec<SockFilter>, prefixes: impl Iterator<Item = (Ipv4Addr, u8)>) {
-    p.push(stmt(BPF_LD | BPF_W | BPF_ABS, offset(SKF_NET_OFF + IPV4_SRC_OFFSET)));
+    p.push(stmt(
+        BPF_LD | BPF_W | BPF_ABS,
+        offset(SKF_NET_OFF + IPV4_SRC_OFFSET),
+    ));
     p.push(stmt(BPF_MISC | BPF_TAX, 0));
     for (net, len) in prefixes {
         if len == 0 {

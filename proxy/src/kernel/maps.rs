@@ -51,12 +51,19 @@ pub(super) fn sync_trust(ebpf: &mut Ebpf, trust: &TrustList) -> Result<(), Kerne
     sync_trie(ebpf, TRUSTED_V6_MAP, &v6)
 }
 
-fn sync_trie<K>(ebpf: &mut Ebpf, name: &'static str, want: &BTreeSet<(u32, K)>) -> Result<(), KernelError>
+fn sync_trie<K>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    want: &BTreeSet<(u32, K)>,
+) -> Result<(), KernelError>
 where
     K: aya::Pod + Ord + Copy,
 {
-    let map = ebpf.map_mut(name).ok_or(KernelError::MissingInObject { name })?;
-    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(|source| map_error(name, source))?;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(KernelError::MissingInObject { name })?;
+    let mut trie: LpmTrie<&mut MapData, K, u8> =
+        LpmTrie::try_from(map).map_err(|source| map_error(name, source))?;
     let have: BTreeSet<(u32, K)> = trie
         .keys()
         .map(|k| k.map(|k| (k.prefix_len(), k.data())))
@@ -76,17 +83,22 @@ where
 /// Makes the protected-ports map hold exactly `ports`.
 pub(super) fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), KernelError> {
     let name = PROTECTED_PORTS_MAP;
-    let map = ebpf.map_mut(name).ok_or(KernelError::MissingInObject { name })?;
-    let mut hash: HashMap<&mut MapData, u16, u8> = HashMap::try_from(map).map_err(|source| map_error(name, source))?;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(KernelError::MissingInObject { name })?;
+    let mut hash: HashMap<&mut MapData, u16, u8> =
+        HashMap::try_from(map).map_err(|source| map_error(name, source))?;
     let have: Vec<u16> = hash
         .keys()
         .collect::<Result<_, _>>()
         .map_err(|source| map_error(name, source))?;
     for port in ports {
-        hash.insert(port, TRUSTED, 0).map_err(|source| map_error(name, source))?;
+        hash.insert(port, TRUSTED, 0)
+            .map_err(|source| map_error(name, source))?;
     }
     for port in have.iter().filter(|p| !ports.contains(p)) {
-        hash.remove(port).map_err(|source| map_error(name, source))?;
+        hash.remove(port)
+            .map_err(|source| map_error(name, source))?;
     }
     Ok(())
 }
@@ -94,16 +106,24 @@ pub(super) fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), KernelErro
 /// Writes the config record both programs read.
 pub(super) fn set_config(ebpf: &mut Ebpf, observe_only: bool) -> Result<(), KernelError> {
     let name = CONFIG_MAP;
-    let map = ebpf.map_mut(name).ok_or(KernelError::MissingInObject { name })?;
-    let mut array: Array<&mut MapData, FilterConfig> = Array::try_from(map).map_err(|source| map_error(name, source))?;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(KernelError::MissingInObject { name })?;
+    let mut array: Array<&mut MapData, FilterConfig> =
+        Array::try_from(map).map_err(|source| map_error(name, source))?;
     let flags = if observe_only { CONFIG_OBSERVE_ONLY } else { 0 };
-    array.set(0, FilterConfig { flags }, 0).map_err(|source| map_error(name, source))
+    array
+        .set(0, FilterConfig { flags }, 0)
+        .map_err(|source| map_error(name, source))
 }
 
 /// Sums one program's per-CPU counters.
 pub(super) fn counters(ebpf: &Ebpf, name: &'static str) -> Result<ProgramCounters, KernelError> {
-    let map = ebpf.map(name).ok_or(KernelError::MissingInObject { name })?;
-    let array: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(map).map_err(|source| map_error(name, source))?;
+    let map = ebpf
+        .map(name)
+        .ok_or(KernelError::MissingInObject { name })?;
+    let array: PerCpuArray<&MapData, u64> =
+        PerCpuArray::try_from(map).map_err(|source| map_error(name, source))?;
     let mut totals = ProgramCounters::default();
     for counter in Counter::ALL {
         let values = array

@@ -65,8 +65,14 @@ pub enum SocketFilterKind {
 /// What is attached where, for logs, `trustgate check` and metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attachment {
-    Xdp { interface: String, mode: XdpAttached },
-    Socket { local: Option<SocketAddr>, kind: SocketFilterKind },
+    Xdp {
+        interface: String,
+        mode: XdpAttached,
+    },
+    Socket {
+        local: Option<SocketAddr>,
+        kind: SocketFilterKind,
+    },
 }
 
 /// Which program a test run or a counter read is about.
@@ -79,9 +85,13 @@ pub enum Program {
 /// Why the kernel filter could not be set up or updated.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("this binary carries no eBPF object: run `cargo xtask build-ebpf`, then rebuild trustgate")]
+    #[error(
+        "this binary carries no eBPF object: run `cargo xtask build-ebpf`, then rebuild trustgate"
+    )]
     ObjectMissing,
-    #[error("permission denied while {action}: the eBPF modes need CAP_BPF and CAP_NET_ADMIN (run as root or grant them, e.g. AmbientCapabilities= in the systemd unit); without them use mode = \"socket\", which falls back to classic BPF, or mode = \"off\"")]
+    #[error(
+        "permission denied while {action}: the eBPF modes need CAP_BPF and CAP_NET_ADMIN (run as root or grant them, e.g. AmbientCapabilities= in the systemd unit); without them use mode = \"socket\", which falls back to classic BPF, or mode = \"off\""
+    )]
     Permission {
         action: &'static str,
         #[source]
@@ -89,7 +99,9 @@ pub enum KernelError {
     },
     #[error("the kernel's verifier rejected program `{program}`; its log:\n{log}")]
     Verifier { program: &'static str, log: String },
-    #[error("`{name}` is missing from the eBPF object: it does not match this binary; rebuild with `cargo xtask build-ebpf`")]
+    #[error(
+        "`{name}` is missing from the eBPF object: it does not match this binary; rebuild with `cargo xtask build-ebpf`"
+    )]
     MissingInObject { name: &'static str },
     #[error("loading the eBPF object")]
     Object(#[source] aya::EbpfError),
@@ -100,7 +112,9 @@ pub enum KernelError {
         #[source]
         source: ProgramError,
     },
-    #[error("interface `{interface}` (kernel_filter.interfaces) does not exist on this host: check `ip link`")]
+    #[error(
+        "interface `{interface}` (kernel_filter.interfaces) does not exist on this host: check `ip link`"
+    )]
     InterfaceNotFound { interface: String },
     #[error("attaching XDP to `{interface}` in {mode} mode")]
     AttachXdp {
@@ -155,7 +169,12 @@ impl Kernel {
     /// protected. Socket filters are attached later, per listener, by
     /// [`Kernel::protect_listener`]. In socket mode an eBPF load failure falls back to
     /// classic BPF with a warning; in XDP mode every failure is an error.
-    pub fn start(plan: Plan, trust: &TrustList, ports: &[u16], observe_only: bool) -> Result<Kernel, KernelError> {
+    pub fn start(
+        plan: Plan,
+        trust: &TrustList,
+        ports: &[u16],
+        observe_only: bool,
+    ) -> Result<Kernel, KernelError> {
         let mut kernel = Kernel {
             plan: plan.clone(),
             ebpf: None,
@@ -178,7 +197,8 @@ impl Kernel {
                 maps::set_ports(&mut ebpf, ports)?;
                 maps::set_config(&mut ebpf, observe_only)?;
                 let xdp = xdp_program(&mut ebpf)?;
-                xdp.load().map_err(|e| load::from_program_load(XDP_PROGRAM, e))?;
+                xdp.load()
+                    .map_err(|e| load::from_program_load(XDP_PROGRAM, e))?;
                 for interface in interfaces {
                     let mode = attach_xdp(xdp, interface, *attach)?;
                     info!(interface = %interface, mode = ?mode, "XDP trust filter attached");
@@ -197,7 +217,10 @@ impl Kernel {
 
     /// Attaches the socket filter to a listening socket (socket mode only; a no-op
     /// otherwise, returning `None`). Attach before the socket accepts anything.
-    pub fn protect_listener(&mut self, socket: impl AsFd) -> Result<Option<SocketFilterKind>, KernelError> {
+    pub fn protect_listener(
+        &mut self,
+        socket: impl AsFd,
+    ) -> Result<Option<SocketFilterKind>, KernelError> {
         if self.plan != Plan::Socket {
             return Ok(None);
         }
@@ -208,22 +231,26 @@ impl Kernel {
             Some(ebpf) => {
                 let prog: &SocketFilter = ebpf
                     .program(SOCKET_PROGRAM)
-                    .ok_or(KernelError::MissingInObject { name: SOCKET_PROGRAM })?
+                    .ok_or(KernelError::MissingInObject {
+                        name: SOCKET_PROGRAM,
+                    })?
                     .try_into()
                     .map_err(|source| KernelError::Program {
                         program: SOCKET_PROGRAM,
                         action: "finding",
                         source,
                     })?;
-                prog.attach(socket.as_fd()).map_err(|source| KernelError::Program {
-                    program: SOCKET_PROGRAM,
-                    action: "attaching",
-                    source,
-                })?;
+                prog.attach(socket.as_fd())
+                    .map_err(|source| KernelError::Program {
+                        program: SOCKET_PROGRAM,
+                        action: "attaching",
+                        source,
+                    })?;
                 SocketFilterKind::Ebpf
             }
             None => {
-                sock.attach_filter(&classic::program(&self.trust)?).map_err(attach_err)?;
+                sock.attach_filter(&classic::program(&self.trust)?)
+                    .map_err(attach_err)?;
                 SocketFilterKind::Classic
             }
         };
@@ -246,7 +273,10 @@ impl Kernel {
                 for s in &self.sockets {
                     socket2::SockRef::from(&s.fd)
                         .attach_filter(&program)
-                        .map_err(|source| KernelError::AttachSocket { local: s.local, source })?;
+                        .map_err(|source| KernelError::AttachSocket {
+                            local: s.local,
+                            source,
+                        })?;
                 }
             }
             (Plan::Xdp { .. }, None) => {}
@@ -271,7 +301,9 @@ impl Kernel {
     /// A program's counters, summed over CPUs; `None` when that program is not loaded
     /// (other mode, or classic fallback, which keeps no counters).
     pub fn counters(&self, program: Program) -> Result<Option<ProgramCounters>, KernelError> {
-        let Some(ebpf) = &self.ebpf else { return Ok(None) };
+        let Some(ebpf) = &self.ebpf else {
+            return Ok(None);
+        };
         let loaded = matches!(
             (program, &self.plan),
             (Program::Xdp, Plan::Xdp { .. }) | (Program::Socket, Plan::Socket)
@@ -290,7 +322,12 @@ impl Kernel {
     /// times, and returns its verdict (XDP action, or bytes kept by the socket filter)
     /// and the kernel's mean time per run. For tests and benchmarks. XDP frames start at
     /// Ethernet; socket-filter frames too (the kernel strips the Ethernet header).
-    pub fn test_run(&self, program: Program, frame: &[u8], repeat: u32) -> Result<(u32, std::time::Duration), KernelError> {
+    pub fn test_run(
+        &self,
+        program: Program,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), KernelError> {
         let ebpf = self.ebpf.as_ref().ok_or(KernelError::NotLoaded(program))?;
         let name = match program {
             Program::Xdp => XDP_PROGRAM,
@@ -307,7 +344,9 @@ impl Kernel {
         };
         let result = match program {
             Program::Xdp => <&Xdp>::try_from(prog).map_err(run_err)?.test_run(opts),
-            Program::Socket => <&SocketFilter>::try_from(prog).map_err(run_err)?.test_run(opts),
+            Program::Socket => <&SocketFilter>::try_from(prog)
+                .map_err(run_err)?
+                .test_run(opts),
         }
         .map_err(run_err)?;
         Ok((result.return_value, result.duration))
@@ -331,14 +370,17 @@ fn load_socket(trust: &TrustList, observe_only: bool) -> Result<Ebpf, KernelErro
     maps::set_config(&mut ebpf, observe_only)?;
     let prog: &mut SocketFilter = ebpf
         .program_mut(SOCKET_PROGRAM)
-        .ok_or(KernelError::MissingInObject { name: SOCKET_PROGRAM })?
+        .ok_or(KernelError::MissingInObject {
+            name: SOCKET_PROGRAM,
+        })?
         .try_into()
         .map_err(|source| KernelError::Program {
             program: SOCKET_PROGRAM,
             action: "finding",
             source,
         })?;
-    prog.load().map_err(|e| load::from_program_load(SOCKET_PROGRAM, e))?;
+    prog.load()
+        .map_err(|e| load::from_program_load(SOCKET_PROGRAM, e))?;
     Ok(ebpf)
 }
 
@@ -353,25 +395,33 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
         })
 }
 
-fn attach_xdp(xdp: &mut Xdp, interface: &str, attach: XdpAttach) -> Result<XdpAttached, KernelError> {
+fn attach_xdp(
+    xdp: &mut Xdp,
+    interface: &str,
+    attach: XdpAttach,
+) -> Result<XdpAttached, KernelError> {
     let try_mode = |xdp: &mut Xdp, mode: XdpMode, name: &'static str| {
-        xdp.attach(interface, mode).map(|_| ()).map_err(|source| match source {
-            ProgramError::UnknownInterface { .. } => KernelError::InterfaceNotFound {
-                interface: interface.to_string(),
-            },
-            source => KernelError::AttachXdp {
-                interface: interface.to_string(),
-                mode: name,
-                source,
-            },
-        })
+        xdp.attach(interface, mode)
+            .map(|_| ())
+            .map_err(|source| match source {
+                ProgramError::UnknownInterface { .. } => KernelError::InterfaceNotFound {
+                    interface: interface.to_string(),
+                },
+                source => KernelError::AttachXdp {
+                    interface: interface.to_string(),
+                    mode: name,
+                    source,
+                },
+            })
     };
     match attach {
         XdpAttach::Native => try_mode(xdp, XdpMode::Driver, "native").map(|()| XdpAttached::Native),
         XdpAttach::Generic => try_mode(xdp, XdpMode::Skb, "generic").map(|()| XdpAttached::Generic),
         XdpAttach::Auto => match try_mode(xdp, XdpMode::Driver, "native") {
             Ok(()) => Ok(XdpAttached::Native),
-            Err(KernelError::InterfaceNotFound { interface }) => Err(KernelError::InterfaceNotFound { interface }),
+            Err(KernelError::InterfaceNotFound { interface }) => {
+                Err(KernelError::InterfaceNotFound { interface })
+            }
             Err(err) => {
                 info!(interface = %interface, error = %err, "native XDP unavailable; trying generic");
                 try_mode(xdp, XdpMode::Skb, "generic").map(|()| XdpAttached::Generic)
