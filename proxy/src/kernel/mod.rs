@@ -32,6 +32,9 @@ pub enum Plan {
     Off,
     /// A socket filter on each listening socket (eBPF, else classic BPF).
     Socket,
+    /// The classic-BPF socket filter only: what `Socket` falls back to, chosen
+    /// directly (no privilege needed, no counters).
+    ClassicSocket,
     /// XDP on these interfaces, judging SYNs to the protected ports.
     Xdp {
         interfaces: Vec<String>,
@@ -184,6 +187,9 @@ impl Kernel {
         };
         match &plan {
             Plan::Off => {}
+            Plan::ClassicSocket => {
+                classic::program(trust)?;
+            }
             Plan::Socket => match load_socket(trust, observe_only) {
                 Ok(ebpf) => kernel.ebpf = Some(ebpf),
                 Err(err) => {
@@ -221,7 +227,7 @@ impl Kernel {
         &mut self,
         socket: impl AsFd,
     ) -> Result<Option<SocketFilterKind>, KernelError> {
-        if self.plan != Plan::Socket {
+        if !matches!(self.plan, Plan::Socket | Plan::ClassicSocket) {
             return Ok(None);
         }
         let sock = socket2::SockRef::from(&socket);
@@ -268,7 +274,7 @@ impl Kernel {
         match (&self.plan, &mut self.ebpf) {
             (Plan::Off, _) => {}
             (_, Some(ebpf)) => maps::sync_trust(ebpf, trust)?,
-            (Plan::Socket, None) => {
+            (Plan::Socket | Plan::ClassicSocket, None) => {
                 let program = classic::program(trust)?;
                 for s in &self.sockets {
                     socket2::SockRef::from(&s.fd)

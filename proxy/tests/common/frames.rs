@@ -111,7 +111,12 @@ pub fn ipv6(src: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
     p[6] = next;
     p[7] = 64;
     p[8..24].copy_from_slice(&src.octets());
-    p[24..40].copy_from_slice(&"2001:db8:ffff::1".parse::<Ipv6Addr>().expect("literal").octets());
+    p[24..40].copy_from_slice(
+        &"2001:db8:ffff::1"
+            .parse::<Ipv6Addr>()
+            .expect("literal")
+            .octets(),
+    );
     p.extend_from_slice(payload);
     p
 }
@@ -130,7 +135,11 @@ pub fn eth(vlans: &[u16], ethertype: u16, payload: &[u8]) -> Vec<u8> {
 
 /// An untagged IPv4 TCP frame.
 pub fn tcp4(src: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
-    eth(&[], ETH_P_IP, &ipv4(src, TCP, 0, Frag::default(), &tcp(dport, flags)))
+    eth(
+        &[],
+        ETH_P_IP,
+        &ipv4(src, TCP, 0, Frag::default(), &tcp(dport, flags)),
+    )
 }
 
 /// An untagged IPv6 TCP frame with no extension headers.

@@ -1,8 +1,12 @@
 //! Helpers shared by the integration tests: skipping (or, in CI, failing) when a tool
 //! or a capability is missing. Each test file pulls this in with `mod common;`.
-#![allow(dead_code, reason = "each test crate uses a different subset of the helpers")]
+#![allow(
+    dead_code,
+    reason = "each test crate uses a different subset of the helpers"
+)]
 
 pub mod frames;
+pub mod netns;
 
 use std::path::PathBuf;
 

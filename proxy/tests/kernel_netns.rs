@@ -1,0 +1,332 @@
+//! The kernel filter end to end on a real kernel: a namespace joined to the host by a
+//! veth pair, a listener on the host end, clients in the namespace at a trusted and an
+//! untrusted address, IPv4 and IPv6. For XDP (generic and native) and the socket filter
+//! (eBPF and classic): the untrusted client's connect times out (no SYN-ACK, no RST),
+//! the trusted one connects, counters move, reloads apply in place, and dropping the
+//! filter detaches it. Needs root (namespaces) and CAP_BPF; skips loudly without.
+
+mod common;
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use common::netns::Lab;
+use ipnet::IpNet;
+use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttach, XdpAttached};
+use proxy::trust::TrustList;
+use proxy_common::Counter;
+
+/// Long enough for a SYN-ACK over veth, short enough to keep the suite quick. A SYN
+/// dropped by the filter gets no answer at all, so this is what the untrusted client
+/// sees.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+
+fn lab() -> Option<Lab> {
+    match Lab::new() {
+        Ok(lab) => Some(lab),
+        Err(why) => {
+            common::skip(&format!("cannot build a network namespace: {why}"));
+            None
+        }
+    }
+}
+
+fn start(plan: Plan, trust: &TrustList, ports: &[u16]) -> Option<Kernel> {
+    match Kernel::start(plan, trust, ports, false) {
+        Ok(kernel) => Some(kernel),
+        Err(err @ (KernelError::Permission { .. } | KernelError::ObjectMissing)) => {
+            common::skip(&format!("cannot load the eBPF object: {err}"));
+            None
+        }
+        Err(err) => panic!("starting the kernel filter: {err:#?}"),
+    }
+}
+
+fn host(addr: impl Into<IpAddr>) -> IpNet {
+    IpNet::from(addr.into())
+}
+
+fn trust(nets: &[IpNet]) -> TrustList {
+    TrustList::new(nets.iter().copied())
+}
+
+/// A listener that echoes what it reads, on its own threads; Drop stops it.
+struct Echo {
+    listener: TcpListener,
+    addr: SocketAddr,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Echo {
+    fn bind(addr: SocketAddr) -> Echo {
+        let listener = TcpListener::bind(addr).expect("binding the echo listener");
+        let addr = listener.local_addr().expect("local addr");
+        Echo {
+            listener,
+            addr,
+            accept: None,
+        }
+    }
+
+    /// Starts accepting (after any filter has been attached).
+    fn serve(mut self) -> Echo {
+        let listener = self.listener.try_clone().expect("cloning the listener");
+        self.accept = Some(std::thread::spawn(move || {
+            while let Ok((mut conn, _)) = listener.accept() {
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while let Ok(n @ 1..) = conn.read(&mut buf) {
+                        if conn.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        }));
+        self
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        // Shutting a listening socket down wakes the blocked accept() with an error.
+        let _ = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Both);
+        if let Some(handle) = self.accept.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn roundtrip(stream: &mut TcpStream, msg: &[u8]) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    stream.write_all(msg).expect("write");
+    let mut got = vec![0u8; msg.len()];
+    stream.read_exact(&mut got).expect("echo");
+    assert_eq!(got, msg);
+}
+
+fn assert_connects(lab: &Lab, src: IpAddr, dst: SocketAddr, case: &str) -> TcpStream {
+    let mut stream = lab
+        .connect(src, dst, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{case}: {src} -> {dst} should connect: {e}"));
+    roundtrip(&mut stream, case.as_bytes());
+    stream
+}
+
+fn assert_times_out(lab: &Lab, src: IpAddr, dst: SocketAddr, case: &str) {
+    match lab.connect(src, dst, CONNECT_TIMEOUT) {
+        Ok(_) => panic!("{case}: {src} -> {dst} connected; its SYN should have been dropped"),
+        // A RST would be ConnectionRefused: the filter must answer nothing at all.
+        Err(e) => assert_eq!(
+            e.kind(),
+            io::ErrorKind::TimedOut,
+            "{case}: {src} -> {dst}: {e}"
+        ),
+    }
+}
+
+fn counter(kernel: &Kernel, program: Program, c: Counter) -> u64 {
+    kernel
+        .counters(program)
+        .expect("reading counters")
+        .expect("the eBPF program is loaded")
+        .get(c)
+}
+
+/// Socket mode on v4 and v6 listeners, then detach by drop.
+fn socket_mode(plan: Plan, expect: SocketFilterKind) {
+    let Some(lab) = lab() else { return };
+    let list = trust(&[host(lab.trusted4), host(lab.trusted6)]);
+    let Some(mut kernel) = start(plan, &list, &[]) else {
+        return;
+    };
+    let s4 = Echo::bind(SocketAddr::new(lab.host4.into(), 0));
+    let s6 = Echo::bind(SocketAddr::new(lab.host6.into(), 0));
+    for s in [&s4, &s6] {
+        let kind = kernel.protect_listener(&s.listener).expect("attaching");
+        if kind != Some(expect) {
+            return common::skip(&format!(
+                "wanted a {expect:?} socket filter, got {kind:?} (no CAP_BPF?)"
+            ));
+        }
+    }
+    let (s4, s6) = (s4.serve(), s6.serve());
+    assert_connects(&lab, lab.trusted4.into(), s4.addr, "trusted v4");
+    assert_times_out(&lab, lab.untrusted4.into(), s4.addr, "untrusted v4");
+    assert_connects(&lab, lab.trusted6.into(), s6.addr, "trusted v6");
+    assert_times_out(&lab, lab.untrusted6.into(), s6.addr, "untrusted v6");
+    if expect == SocketFilterKind::Ebpf {
+        for c in [
+            Counter::SynPassedV4,
+            Counter::SynDroppedV4,
+            Counter::SynPassedV6,
+            Counter::SynDroppedV6,
+        ] {
+            assert!(
+                counter(&kernel, Program::Socket, c) >= 1,
+                "{c:?} should have moved"
+            );
+        }
+    }
+    // Dropping the filter detaches it: the untrusted client now gets in.
+    drop(kernel);
+    assert_connects(
+        &lab,
+        lab.untrusted4.into(),
+        s4.addr,
+        "untrusted v4 after detach",
+    );
+    assert_connects(
+        &lab,
+        lab.untrusted6.into(),
+        s6.addr,
+        "untrusted v6 after detach",
+    );
+}
+
+#[test]
+fn socket_filter_ebpf_drops_untrusted_syns_v4_and_v6() {
+    socket_mode(Plan::Socket, SocketFilterKind::Ebpf);
+}
+
+#[test]
+fn socket_filter_classic_drops_untrusted_syns_v4_and_v6() {
+    socket_mode(Plan::ClassicSocket, SocketFilterKind::Classic);
+}
+
+fn xdp_mode(attach: XdpAttach, expect: XdpAttached) {
+    let Some(lab) = lab() else { return };
+    let s4 = Echo::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
+    let s6 = Echo::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0));
+    let unprotected = Echo::bind(SocketAddr::new(lab.host4.into(), 0)).serve();
+    let list = trust(&[host(lab.trusted4), host(lab.trusted6)]);
+    let plan = Plan::Xdp {
+        interfaces: vec![lab.host_if.clone()],
+        attach,
+    };
+    let Some(kernel) = start(plan, &list, &[s4.addr.port(), s6.addr.port()]) else {
+        return;
+    };
+    let (s4, s6) = (s4.serve(), s6.serve());
+    assert_eq!(
+        kernel.attachments(),
+        vec![proxy::kernel::Attachment::Xdp {
+            interface: lab.host_if.clone(),
+            mode: expect
+        }]
+    );
+    assert!(lab.host_has_xdp(), "ip link should show the program");
+    let d4 = SocketAddr::new(lab.host4.into(), s4.addr.port());
+    let d6 = SocketAddr::new(lab.host6.into(), s6.addr.port());
+    assert_connects(&lab, lab.trusted4.into(), d4, "trusted v4");
+    assert_times_out(&lab, lab.untrusted4.into(), d4, "untrusted v4");
+    assert_connects(&lab, lab.trusted6.into(), d6, "trusted v6");
+    assert_times_out(&lab, lab.untrusted6.into(), d6, "untrusted v6");
+    assert_connects(
+        &lab,
+        lab.untrusted4.into(),
+        unprotected.addr,
+        "untrusted v4 to an unprotected port",
+    );
+    for c in [
+        Counter::SynPassedV4,
+        Counter::SynDroppedV4,
+        Counter::SynPassedV6,
+        Counter::SynDroppedV6,
+    ] {
+        assert!(
+            counter(&kernel, Program::Xdp, c) >= 1,
+            "{c:?} should have moved"
+        );
+    }
+    drop(kernel);
+    assert!(!lab.host_has_xdp(), "dropping the filter must detach XDP");
+    assert_connects(&lab, lab.untrusted4.into(), d4, "untrusted v4 after detach");
+}
+
+#[test]
+fn xdp_generic_on_veth_drops_untrusted_syns_v4_and_v6() {
+    xdp_mode(XdpAttach::Generic, XdpAttached::Generic);
+}
+
+#[test]
+fn xdp_native_on_veth_drops_untrusted_syns_v4_and_v6() {
+    xdp_mode(XdpAttach::Native, XdpAttached::Native);
+}
+
+/// Adding a prefix lets a refused client in; removing it refuses new connections
+/// again while the connection made in between stays up.
+fn reload(plan: Plan) {
+    let Some(lab) = lab() else { return };
+    let echo = Echo::bind(SocketAddr::new(lab.host4.into(), 0));
+    let before = trust(&[host(lab.trusted4)]);
+    let Some(mut kernel) = start(plan, &before, &[echo.addr.port()]) else {
+        return;
+    };
+    kernel.protect_listener(&echo.listener).expect("attaching");
+    let echo = echo.serve();
+    assert_times_out(&lab, lab.untrusted4.into(), echo.addr, "before the reload");
+    kernel
+        .sync(&trust(&[host(lab.trusted4), host(lab.untrusted4)]))
+        .expect("adding a prefix");
+    let mut established =
+        assert_connects(&lab, lab.untrusted4.into(), echo.addr, "after adding it");
+    kernel.sync(&before).expect("removing the prefix");
+    assert_times_out(&lab, lab.untrusted4.into(), echo.addr, "after removing it");
+    roundtrip(&mut established, b"still up after the prefix was removed");
+    assert_connects(&lab, lab.trusted4.into(), echo.addr, "trusted throughout");
+}
+
+#[test]
+fn reload_in_place_with_the_ebpf_socket_filter() {
+    reload(Plan::Socket);
+}
+
+#[test]
+fn reload_in_place_with_the_classic_socket_filter() {
+    reload(Plan::ClassicSocket);
+}
+
+#[test]
+fn reload_in_place_with_xdp() {
+    let Some(lab) = lab() else { return };
+    let echo = Echo::bind(SocketAddr::new(lab.host4.into(), 0));
+    let before = trust(&[host(lab.trusted4)]);
+    let plan = Plan::Xdp {
+        interfaces: vec![lab.host_if.clone()],
+        attach: XdpAttach::Generic,
+    };
+    let Some(mut kernel) = start(plan, &before, &[echo.addr.port()]) else {
+        return;
+    };
+    let echo = echo.serve();
+    assert_times_out(&lab, lab.untrusted4.into(), echo.addr, "before the reload");
+    kernel
+        .sync(&trust(&[host(lab.trusted4), host(lab.untrusted4)]))
+        .expect("adding a prefix");
+    let mut established =
+        assert_connects(&lab, lab.untrusted4.into(), echo.addr, "after adding it");
+    kernel.sync(&before).expect("removing the prefix");
+    assert_times_out(&lab, lab.untrusted4.into(), echo.addr, "after removing it");
+    roundtrip(&mut established, b"still up after the prefix was removed");
+}
+
+#[test]
+fn unknown_interface_is_named_in_the_error() {
+    let plan = Plan::Xdp {
+        interfaces: vec!["tgnosuchif0".into()],
+        attach: XdpAttach::Auto,
+    };
+    match Kernel::start(plan, &trust(&[host(Ipv4Addr::LOCALHOST)]), &[80], false) {
+        Err(KernelError::InterfaceNotFound { interface }) => assert_eq!(interface, "tgnosuchif0"),
+        Err(err @ (KernelError::Permission { .. } | KernelError::ObjectMissing)) => {
+            common::skip(&format!("cannot load the eBPF object: {err}"))
+        }
+        Err(other) => panic!("expected InterfaceNotFound, got {other:#?}"),
+        Ok(_) => panic!("attaching to a missing interface succeeded"),
+    }
+}
