@@ -13,7 +13,8 @@ pub const SOCKET_PROGRAM: &str = "trustgate_socket";
 pub const TRUSTED_V4_MAP: &str = "TRUSTED_V4";
 /// LPM trie of trusted IPv6 prefixes: key `Key<Ipv6Bytes>`, value [`TRUSTED`].
 pub const TRUSTED_V6_MAP: &str = "TRUSTED_V6";
-/// Hash of protected TCP destination ports (host byte order) judged by the XDP program.
+/// Array of [`PORT_SLOTS`] flags, indexed by TCP destination port (host byte order):
+/// [`TRUSTED`] where the XDP program judges SYNs, 0 elsewhere.
 pub const PROTECTED_PORTS_MAP: &str = "PROTECTED_PORTS";
 /// Per-CPU counters of the XDP program, indexed by [`Counter`].
 pub const XDP_COUNTERS_MAP: &str = "XDP_COUNTERS";
@@ -24,8 +25,8 @@ pub const CONFIG_MAP: &str = "CONFIG";
 
 /// Capacity of each trusted-prefix trie. The loader refuses longer lists.
 pub const MAX_TRUSTED_PREFIXES: u32 = 4096;
-/// Capacity of the protected-ports map.
-pub const MAX_PROTECTED_PORTS: u32 = 64;
+/// Size of the protected-ports array: one slot per TCP port.
+pub const PORT_SLOTS: u32 = 65536;
 
 /// The data part of an IPv4 LPM key: the address in network byte order.
 pub type Ipv4Bytes = [u8; 4];

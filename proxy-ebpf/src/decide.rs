@@ -27,7 +27,10 @@ fn judge(frame: Frame, counters: &PerCpuArray<u64>, check_port: bool) -> Verdict
     let (segment, trusted) = match frame {
         Frame::Other => return Verdict::Pass,
         Frame::Syn { src, dport } => {
-            let port_protected = !check_port || PROTECTED_PORTS.get_ptr(dport).is_some();
+            let port_protected = !check_port
+                || PROTECTED_PORTS
+                    .get(u32::from(dport))
+                    .is_some_and(|p| *p != 0);
             let (family, trusted) = if port_protected {
                 lookup(src)
             } else {

@@ -13,7 +13,7 @@ use crate::util::{exec, output, workspace_root};
 
 /// The toolchain that builds the eBPF crate (proxy-ebpf/rust-toolchain.toml says the same).
 const NIGHTLY: &str = "nightly";
-const TARGET: &str = "bpfel-unknown-none";
+pub const TARGET: &str = "bpfel-unknown-none";
 
 #[derive(clap::Args, Default)]
 pub struct Options {
@@ -28,9 +28,8 @@ pub fn build(opts: &Options) -> Result<PathBuf> {
     let linker_dir = provision()?;
     let root = workspace_root();
     let target_dir = root.join("target").join("ebpf");
-    let mut cmd = Command::new("cargo");
+    let mut cmd = cargo_nightly();
     cmd.current_dir(root.join("proxy-ebpf"))
-        .arg(format!("+{NIGHTLY}"))
         .args([
             "build",
             "--target",
@@ -43,7 +42,22 @@ pub fn build(opts: &Options) -> Result<PathBuf> {
     if opts.release {
         cmd.arg("--release");
     }
-    // The outer `cargo xtask` runs on stable; none of its settings may leak in.
+    cmd.env("PATH", prepend_path(&linker_dir));
+    exec(&mut cmd).context("building proxy-ebpf")?;
+    let profile = if opts.release { "release" } else { "debug" };
+    let object = target_dir.join(TARGET).join(profile).join("proxy-ebpf");
+    if !object.is_file() {
+        bail!("the build succeeded but {} is missing", object.display());
+    }
+    eprintln!("eBPF object: {}", object.display());
+    Ok(object)
+}
+
+/// A `cargo +nightly` command cleared of the settings the outer (stable) `cargo xtask`
+/// leaves in the environment.
+pub fn cargo_nightly() -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.arg(format!("+{NIGHTLY}"));
     for var in [
         "RUSTUP_TOOLCHAIN",
         "RUSTC",
@@ -54,15 +68,7 @@ pub fn build(opts: &Options) -> Result<PathBuf> {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("PATH", prepend_path(&linker_dir));
-    exec(&mut cmd).context("building proxy-ebpf")?;
-    let profile = if opts.release { "release" } else { "debug" };
-    let object = target_dir.join(TARGET).join(profile).join("proxy-ebpf");
-    if !object.is_file() {
-        bail!("the build succeeded but {} is missing", object.display());
-    }
-    eprintln!("eBPF object: {}", object.display());
-    Ok(object)
+    cmd
 }
 
 /// Makes sure the nightly toolchain, its rust-src and a matching bpf-linker are there;

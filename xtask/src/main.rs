@@ -4,6 +4,7 @@
 
 mod bench;
 mod build_ebpf;
+mod fuzz;
 mod run;
 mod test;
 mod util;
@@ -29,6 +30,8 @@ enum Command {
     Test(test::Options),
     /// Run the benchmarks and write the table.
     Bench(bench::Options),
+    /// Fuzz the PROXY parser for a bounded time.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Run(opts) => run::run(&opts),
         Command::Test(opts) => test::test(&opts),
         Command::Bench(opts) => bench::bench(&opts),
+        Command::Fuzz(opts) => fuzz::fuzz(&opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, MapData, MapError, PerCpuArray};
 use proxy_common::{
     CONFIG_MAP, CONFIG_OBSERVE_ONLY, COUNTER_SLOTS, Counter, FilterConfig, Ipv4Bytes, Ipv6Bytes,
     MAX_TRUSTED_PREFIXES, PROTECTED_PORTS_MAP, TRUSTED, TRUSTED_V4_MAP, TRUSTED_V6_MAP,
@@ -80,24 +80,22 @@ where
     Ok(())
 }
 
-/// Makes the protected-ports map hold exactly `ports`.
-pub(super) fn set_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<(), KernelError> {
+/// Flags `new` as protected and clears the ports of `old` that are not in `new`.
+pub(super) fn set_ports(ebpf: &mut Ebpf, old: &[u16], new: &[u16]) -> Result<(), KernelError> {
     let name = PROTECTED_PORTS_MAP;
     let map = ebpf
         .map_mut(name)
         .ok_or(KernelError::MissingInObject { name })?;
-    let mut hash: HashMap<&mut MapData, u16, u8> =
-        HashMap::try_from(map).map_err(|source| map_error(name, source))?;
-    let have: Vec<u16> = hash
-        .keys()
-        .collect::<Result<_, _>>()
-        .map_err(|source| map_error(name, source))?;
-    for port in ports {
-        hash.insert(port, TRUSTED, 0)
+    let mut array: Array<&mut MapData, u8> =
+        Array::try_from(map).map_err(|source| map_error(name, source))?;
+    for port in new {
+        array
+            .set(u32::from(*port), TRUSTED, 0)
             .map_err(|source| map_error(name, source))?;
     }
-    for port in have.iter().filter(|p| !ports.contains(p)) {
-        hash.remove(port)
+    for port in old.iter().filter(|p| !new.contains(p)) {
+        array
+            .set(u32::from(*port), 0, 0)
             .map_err(|source| map_error(name, source))?;
     }
     Ok(())

@@ -200,7 +200,7 @@ impl Kernel {
             Plan::Xdp { interfaces, attach } => {
                 let mut ebpf = load::object()?;
                 maps::sync_trust(&mut ebpf, trust)?;
-                maps::set_ports(&mut ebpf, ports)?;
+                maps::set_ports(&mut ebpf, &[], ports)?;
                 maps::set_config(&mut ebpf, observe_only)?;
                 let xdp = xdp_program(&mut ebpf)?;
                 xdp.load()
