@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let manifest = PathBuf::from(
+        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
+    );
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let objects = manifest.join("../target/ebpf/bpfel-unknown-none");
     // The object of the same profile first, then the other one.
@@ -20,7 +22,10 @@ fn main() {
         .map(|p| objects.join(p).join("proxy-ebpf"))
         .find(|p| p.is_file());
     for profile in profiles {
-        println!("cargo:rerun-if-changed={}", objects.join(profile).join("proxy-ebpf").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            objects.join(profile).join("proxy-ebpf").display()
+        );
     }
     match found {
         Some(object) => {
@@ -28,7 +33,9 @@ fn main() {
         }
         None => {
             std::fs::write(&dest, b"").expect("writing an empty eBPF object into OUT_DIR");
-            println!("cargo:warning=no eBPF object found: run `cargo xtask build-ebpf`; the kernel filter will not load");
+            println!(
+                "cargo:warning=no eBPF object found: run `cargo xtask build-ebpf`; the kernel filter will not load"
+            );
         }
     }
 }
