@@ -1,1 +1,355 @@
-//! Configuration (placeholder; being written).
+//! Configuration: rpxy's TOML format, read and checked into a typed [`Config`] before
+//! anything starts. `file` mirrors the TOML, `keys` decides which keys exist (unknown keys
+//! are errors, rpxy features trustgate lacks are [`Warning`]s), `validate` applies every
+//! default and cross-field check. After [`load`], nothing downstream handles a string or
+//! an `Option` where a typed value fits.
+
+mod error;
+mod file;
+mod keys;
+mod summary;
+mod validate;
+mod warning;
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use http::Uri;
+use http::uri::Scheme;
+
+use crate::trust::TrustList;
+
+pub use error::{ConfigError, Family, KeyHint, ValueError};
+pub use warning::{Warning, WarningKind};
+
+/// How [`load_with`] treats the files a config names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Check that each certificate, key and CA file can be opened (the default). Off only
+    /// to validate a config written for another machine.
+    pub check_files: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { check_files: true }
+    }
+}
+
+/// Reads and validates the config file at `path`, including that the files it names
+/// can be opened. Warnings are returned, not logged.
+pub fn load(path: impl AsRef<Path>) -> Result<(Config, Vec<Warning>), ConfigError> {
+    load_with(path, LoadOptions::default())
+}
+
+/// [`load`] with options.
+pub fn load_with(
+    path: impl AsRef<Path>,
+    options: LoadOptions,
+) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let path = path.as_ref();
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let (config, warnings) = parse_str(&text, path)?;
+    if options.check_files {
+        config.check_files()?;
+    }
+    Ok((config, warnings))
+}
+
+/// Validates config text; `path` is used in messages and kept as [`Config::source`].
+/// Touches no file: the certificate paths are not checked (see [`Config::check_files`]).
+pub fn parse_str(
+    text: &str,
+    path: impl AsRef<Path>,
+) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let path = path.as_ref();
+    let syntax = |source| ConfigError::Syntax {
+        path: path.to_owned(),
+        source,
+    };
+    let table: toml::Table = toml::from_str(text).map_err(syntax)?;
+    let mut warnings = keys::check(&table, path)?;
+    // Parsed again from the text, not from `table`, so that type errors keep their line.
+    let file: file::ConfigFile = toml::from_str(text).map_err(syntax)?;
+    let config = validate::validate(file, path, &mut warnings)?;
+    Ok((config, warnings))
+}
+
+/// A validated configuration: what trustgate will run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this was read from.
+    pub source: PathBuf,
+    pub listeners: Listeners,
+    pub limits: Limits,
+    /// Peers whose `X-Forwarded-For`/`Forwarded` headers are believed (rpxy's
+    /// `trusted_forwarded_proxies`). Empty: such headers are rebuilt from the client
+    /// address. Provider names are not expanded (see [`WarningKind::ProviderIgnored`]).
+    pub trusted_forwarded_proxies: TrustList,
+    /// Replace query-string values with `<redacted>` in the access log.
+    pub redact_query_in_access_log: bool,
+    /// Sorted by name; names and server names are unique and lowercase.
+    pub apps: Vec<App>,
+    /// The app that answers plain-HTTP requests whose Host matches no app; always the
+    /// name of an entry of `apps`.
+    pub default_app: Option<String>,
+    /// `[experimental.tcp_recv_proxy_protocol]`: present when every connection must
+    /// start with a PROXY header from a trusted load balancer.
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// Where the Prometheus endpoint listens (`[metrics] listen`); none when absent.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// The sockets to bind. Every address is paired with each configured port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// Plain HTTP (`listen_port`). IPv6 sockets must be bound with `IPV6_V6ONLY`, so that
+    /// `[::]` and `0.0.0.0` can share a port.
+    pub plain: Vec<SocketAddr>,
+    /// TLS (`listen_port_tls`).
+    pub tls: Vec<SocketAddr>,
+    /// The HTTPS port clients see, for redirects: `public_https_port`, else
+    /// `listen_port_tls`. `None` exactly when there is no TLS listener.
+    pub public_https_port: Option<u16>,
+}
+
+impl Listeners {
+    /// The distinct local ports, plain then TLS: the ports the kernel filter protects.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = Vec::new();
+        for addr in self.plain.iter().chain(&self.tls) {
+            if !ports.contains(&addr.port()) {
+                ports.push(addr.port());
+            }
+        }
+        ports
+    }
+}
+
+/// Connection and request limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub tcp_listen_backlog: u32,
+    /// HTTP/2 streams per connection; at least 1.
+    pub max_concurrent_streams: u32,
+    /// Connections in total; at least 1.
+    pub max_clients: usize,
+    /// Connections per client address (the recovered one under the PROXY protocol);
+    /// `None`: no per-client cap.
+    pub max_clients_per_ip: Option<usize>,
+    /// Largest request body in bytes; `None`: unlimited.
+    pub request_max_body_size: Option<u64>,
+    /// Hard limit on a connection's life, idle or not; `None`: no limit.
+    pub connection_handling_timeout: Option<Duration>,
+}
+
+/// One `[apps.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    /// The table name, lowercased.
+    pub name: String,
+    /// The host this app answers to (Host header, TLS SNI), lowercased.
+    pub server_name: String,
+    /// Present when the app is served on the TLS listener.
+    pub tls: Option<AppTls>,
+    /// Longest path first, so the first route whose `path` prefixes the request path wins.
+    /// Never empty; paths are unique within the app.
+    pub routes: Vec<Route>,
+}
+
+/// An app's certificate and TLS behaviour. Paths are as written (relative ones are
+/// relative to the working directory, as in rpxy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppTls {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// Client certificates must chain to this CA (mutual TLS). The TLS layer must refuse
+    /// clients without one; it must never ignore this.
+    pub client_ca_path: Option<PathBuf>,
+    /// Answer plain-HTTP requests for this app with a 301 to HTTPS.
+    pub https_redirection: bool,
+}
+
+/// One `[[apps.NAME.reverse_proxy]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Path prefix this route serves; starts with `/` (`/` when not given).
+    pub path: String,
+    /// Replaces the matched prefix before forwarding; starts with `/`.
+    pub replace_path: Option<String>,
+    /// Never empty.
+    pub upstreams: Vec<Upstream>,
+    pub load_balance: LoadBalance,
+    pub options: UpstreamOptions,
+}
+
+/// One upstream server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Scheme (`http`, or `https` for `tls = true`) and authority; the path is `/`.
+    pub uri: Uri,
+}
+
+impl Upstream {
+    /// Whether requests go to this upstream over TLS.
+    pub fn tls(&self) -> bool {
+        self.uri.scheme() == Some(&Scheme::HTTPS)
+    }
+}
+
+/// How a route picks among its upstreams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadBalance {
+    /// Always the first (rpxy's `"none"`, the default).
+    First,
+    RoundRobin,
+    Random,
+}
+
+impl fmt::Display for LoadBalance {
+    /// rpxy's spelling.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LoadBalance::First => "none",
+            LoadBalance::RoundRobin => "round_robin",
+            LoadBalance::Random => "random",
+        })
+    }
+}
+
+/// A route's `upstream_options`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamOptions {
+    pub host: HostHeader,
+    pub http_version: UpstreamHttp,
+    /// Add (or update) an RFC 7239 `Forwarded` header.
+    pub forwarded_header: bool,
+    /// Send `Upgrade-Insecure-Requests: 1` upstream.
+    pub upgrade_insecure_requests: bool,
+}
+
+/// The `Host` header sent upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's (the default, and `keep_original_host`, which wins over
+    /// `set_upstream_host` as in rpxy).
+    Original,
+    /// The upstream's authority (`set_upstream_host`).
+    Upstream,
+}
+
+/// The HTTP version spoken upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamHttp {
+    /// Whatever the client spoke, or ALPN on a TLS upstream.
+    Auto,
+    /// `force_http11_upstream`.
+    Http11,
+    /// `force_http2_upstream`.
+    Http2,
+}
+
+/// `[experimental.tcp_recv_proxy_protocol]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocolConfig {
+    /// The load balancers allowed to connect and send a PROXY header; never empty.
+    pub trust: TrustList,
+    /// How long to wait for the header (`timeout` ms; 50 ms by default, 5 s for `0`).
+    pub timeout: Duration,
+    pub kernel_filter: KernelFilterConfig,
+}
+
+/// `[experimental.tcp_recv_proxy_protocol.kernel_filter]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelFilterConfig {
+    pub mode: KernelFilterMode,
+    /// Refuse to start when the filter cannot be loaded (default true).
+    pub required: bool,
+    /// Count what would be dropped but pass it (default false).
+    pub observe_only: bool,
+}
+
+/// Where the trusted list is enforced in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelFilterMode {
+    /// No kernel filter; only the check after `accept()`.
+    Off,
+    /// A socket filter on each listening socket (the default).
+    Socket,
+    /// XDP on the named interfaces (never empty).
+    Xdp {
+        interfaces: Vec<String>,
+        xdp_mode: XdpMode,
+    },
+}
+
+/// How XDP is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode, else generic.
+    Auto,
+    Native,
+    Generic,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Generic => "generic",
+        })
+    }
+}
+
+impl Config {
+    /// The app named by `default_app`.
+    pub fn default_app(&self) -> Option<&App> {
+        let name = self.default_app.as_deref()?;
+        self.apps.iter().find(|a| a.name == name)
+    }
+
+    /// Checks that every certificate, key and CA file the config names is a file that
+    /// can be opened. Errors name the key and the path.
+    pub fn check_files(&self) -> Result<(), ConfigError> {
+        for app in &self.apps {
+            let Some(tls) = &app.tls else { continue };
+            let key = |name: &str| format!("{}.tls.{name}", keys::join("apps", &app.name));
+            let files = [
+                ("tls_cert_path", Some(&tls.cert_path)),
+                ("tls_cert_key_path", Some(&tls.key_path)),
+                ("client_ca_cert_path", tls.client_ca_path.as_ref()),
+            ];
+            for (name, path) in files {
+                let Some(path) = path else { continue };
+                openable(path).map_err(|source| ConfigError::File {
+                    file: self.source.clone(),
+                    key: key(name),
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// What would run, for `trustgate check`: the same text as `Display`.
+    pub fn summary(&self) -> String {
+        self.to_string()
+    }
+}
+
+fn openable(path: &Path) -> io::Result<()> {
+    let file = fs::File::open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(io::ErrorKind::IsADirectory.into());
+    }
+    Ok(())
+}

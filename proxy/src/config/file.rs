@@ -1,0 +1,132 @@
+//! The config file as written: serde structs that mirror rpxy's TOML key for key, every
+//! value optional and untyped beyond what TOML itself says. No defaults and no checks
+//! live here (`validate` does that). Which keys may appear at all is decided by `keys`,
+//! which reads the field lists of these structs, so a key declared here is a known key.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file. Field names are the TOML keys.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ConfigFile {
+    pub listen_port: Option<u16>,
+    pub listen_port_tls: Option<u16>,
+    pub listen_address_v4: Option<OneOrMany>,
+    pub listen_address_v6: Option<OneOrMany>,
+    pub listen_ipv6: Option<bool>,
+    pub public_https_port: Option<u16>,
+    /// rpxy's earlier name for `public_https_port`.
+    pub https_redirection_port: Option<u16>,
+    pub tcp_listen_backlog: Option<u32>,
+    pub max_concurrent_streams: Option<u32>,
+    pub max_clients: Option<u32>,
+    pub max_clients_per_ip: Option<u32>,
+    pub trusted_forwarded_proxies: Option<OneOrMany>,
+    pub request_max_body_size: Option<BodySize>,
+    pub redact_query_in_access_log: Option<bool>,
+    pub default_app: Option<String>,
+    pub apps: Option<BTreeMap<String, AppFile>>,
+    pub experimental: Option<ExperimentalFile>,
+    /// trustgate's own table.
+    pub metrics: Option<MetricsFile>,
+}
+
+/// A key that takes one string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// Each entry with its key path: `key` for the single form, `key[i]` for a list.
+    pub fn entries<'a>(&'a self, key: &'a str) -> Vec<(String, &'a str)> {
+        match self {
+            OneOrMany::One(s) => vec![(key.to_owned(), s.as_str())],
+            OneOrMany::Many(v) => v
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("{key}[{i}]"), s.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// `request_max_body_size`: bytes, or a string such as `"10m"` or `"unlimited"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum BodySize {
+    Bytes(i64),
+    Text(String),
+}
+
+/// `[apps.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AppFile {
+    pub server_name: Option<String>,
+    pub tls: Option<TlsFile>,
+    pub reverse_proxy: Option<Vec<RouteFile>>,
+}
+
+/// `apps.NAME.tls`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TlsFile {
+    pub tls_cert_path: Option<String>,
+    pub tls_cert_key_path: Option<String>,
+    pub client_ca_cert_path: Option<String>,
+    pub https_redirection: Option<bool>,
+    /// Declared so that `validate` can say what happens to an ACME-only app.
+    pub acme: Option<bool>,
+}
+
+/// `[[apps.NAME.reverse_proxy]]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RouteFile {
+    pub path: Option<String>,
+    pub replace_path: Option<String>,
+    pub upstream: Option<Vec<UpstreamFile>>,
+    pub load_balance: Option<String>,
+    pub upstream_options: Option<Vec<String>>,
+}
+
+/// One entry of `upstream = [...]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct UpstreamFile {
+    pub location: Option<String>,
+    pub tls: Option<bool>,
+}
+
+/// `[experimental]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ExperimentalFile {
+    pub ignore_sni_consistency: Option<bool>,
+    pub connection_handling_timeout: Option<u64>,
+    pub tcp_recv_proxy_protocol: Option<ProxyProtocolFile>,
+}
+
+/// `[experimental.tcp_recv_proxy_protocol]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct ProxyProtocolFile {
+    pub trusted_proxies: Option<Vec<String>>,
+    pub timeout: Option<u64>,
+    /// trustgate's own table.
+    pub kernel_filter: Option<KernelFilterFile>,
+}
+
+/// `[experimental.tcp_recv_proxy_protocol.kernel_filter]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct KernelFilterFile {
+    pub mode: Option<String>,
+    pub interfaces: Option<Vec<String>>,
+    pub xdp_mode: Option<String>,
+    pub required: Option<bool>,
+    pub observe_only: Option<bool>,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct MetricsFile {
+    pub listen: Option<String>,
+}

@@ -1,0 +1,208 @@
+//! The human-readable account of a [`Config`] that `trustgate check` prints: listeners,
+//! limits, apps and routes, the trusted lists and the kernel-filter plan. Text only;
+//! nothing here decides anything.
+
+use std::fmt;
+
+use super::{
+    App, Config, HostHeader, KernelFilterMode, Route, UpstreamHttp, UpstreamOptions, XdpMode,
+};
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "config: {}", self.source.display())?;
+        writeln!(f, "listeners:")?;
+        for addr in &self.listeners.plain {
+            writeln!(f, "  http   {addr}")?;
+        }
+        for addr in &self.listeners.tls {
+            writeln!(f, "  https  {addr}")?;
+        }
+        if let Some(port) = self.listeners.public_https_port
+            && !self.listeners.plain.is_empty()
+        {
+            writeln!(f, "  HTTPS redirects go to port {port}")?;
+        }
+
+        let l = &self.limits;
+        writeln!(
+            f,
+            "limits: {} clients, {} per client address, {} HTTP/2 streams per connection, \
+             backlog {}, request body {}, connection lifetime {}",
+            l.max_clients,
+            l.max_clients_per_ip
+                .map_or("no limit".to_owned(), |n| n.to_string()),
+            l.max_concurrent_streams,
+            l.tcp_listen_backlog,
+            l.request_max_body_size.map_or("unlimited".to_owned(), size),
+            l.connection_handling_timeout
+                .map_or("unlimited".to_owned(), |d| format!("{d:?}")),
+        )?;
+        if self.trusted_forwarded_proxies.is_empty() {
+            writeln!(
+                f,
+                "forwarded headers: rebuilt from the client address (no trusted_forwarded_proxies)"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "forwarded headers: believed from {}",
+                self.trusted_forwarded_proxies
+            )?;
+        }
+        writeln!(
+            f,
+            "access log: query strings {}",
+            if self.redact_query_in_access_log {
+                "redacted"
+            } else {
+                "logged in full"
+            }
+        )?;
+
+        writeln!(f, "apps:")?;
+        for app in &self.apps {
+            write_app(
+                f,
+                app,
+                self.default_app.as_deref() == Some(app.name.as_str()),
+            )?;
+        }
+
+        match &self.proxy_protocol {
+            None => writeln!(
+                f,
+                "proxy protocol: off (the TCP peer is the client); no kernel filter"
+            )?,
+            Some(pp) => {
+                writeln!(
+                    f,
+                    "proxy protocol: required on every connection, header within {:?}",
+                    pp.timeout
+                )?;
+                writeln!(f, "  trusted load balancers: {}", pp.trust)?;
+                let kf = &pp.kernel_filter;
+                let ports = self
+                    .listeners
+                    .ports()
+                    .iter()
+                    .map(u16::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                match &kf.mode {
+                    KernelFilterMode::Off => {
+                        writeln!(f, "kernel filter: off (user-space check after accept only)")?;
+                    }
+                    KernelFilterMode::Socket => writeln!(
+                        f,
+                        "kernel filter: socket filter on each listening socket (ports {ports}); \
+                         classic BPF if eBPF cannot be loaded"
+                    )?,
+                    KernelFilterMode::Xdp {
+                        interfaces,
+                        xdp_mode,
+                    } => writeln!(
+                        f,
+                        "kernel filter: XDP on {} ({}), SYNs to ports {ports}",
+                        interfaces.join(", "),
+                        match xdp_mode {
+                            XdpMode::Auto => "native, else generic",
+                            XdpMode::Native => "native",
+                            XdpMode::Generic => "generic",
+                        }
+                    )?,
+                }
+                if kf.mode != KernelFilterMode::Off {
+                    writeln!(
+                        f,
+                        "  {}; {}",
+                        if kf.required {
+                            "required: refuse to start if it cannot be loaded"
+                        } else {
+                            "optional: run with the user-space check if it cannot be loaded"
+                        },
+                        if kf.observe_only {
+                            "observe only: count what would be dropped, pass it"
+                        } else {
+                            "drops untrusted SYNs"
+                        }
+                    )?;
+                }
+            }
+        }
+        match self.metrics_listen {
+            Some(addr) => writeln!(f, "metrics: http://{addr}/metrics"),
+            None => writeln!(f, "metrics: off"),
+        }
+    }
+}
+
+fn write_app(f: &mut fmt::Formatter<'_>, app: &App, default: bool) -> fmt::Result {
+    write!(f, "  {} (server_name {})", app.name, app.server_name)?;
+    if default {
+        write!(f, ", default app for plain HTTP")?;
+    }
+    match &app.tls {
+        None => writeln!(f, ", plain HTTP only")?,
+        Some(tls) => {
+            write!(f, ", TLS with {}", tls.cert_path.display())?;
+            if let Some(ca) = &tls.client_ca_path {
+                write!(f, ", client certificates from {}", ca.display())?;
+            }
+            if tls.https_redirection {
+                write!(f, ", plain HTTP redirected")?;
+            }
+            writeln!(f)?;
+        }
+    }
+    for route in &app.routes {
+        write_route(f, route)?;
+    }
+    Ok(())
+}
+
+fn write_route(f: &mut fmt::Formatter<'_>, route: &Route) -> fmt::Result {
+    write!(f, "    {}", route.path)?;
+    if let Some(replace) = &route.replace_path {
+        write!(f, " (as {replace})")?;
+    }
+    let upstreams: Vec<String> = route.upstreams.iter().map(|u| u.uri.to_string()).collect();
+    write!(f, " -> {}", upstreams.join(", "))?;
+    if route.upstreams.len() > 1 {
+        write!(f, " [{}]", route.load_balance)?;
+    }
+    writeln!(f, "{}", Options(&route.options))
+}
+
+struct Options<'a>(&'a UpstreamOptions);
+
+impl fmt::Display for Options<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = self.0;
+        if o.host == HostHeader::Upstream {
+            f.write_str(", Host set to the upstream")?;
+        }
+        match o.http_version {
+            UpstreamHttp::Auto => {}
+            UpstreamHttp::Http11 => f.write_str(", HTTP/1.1 upstream")?,
+            UpstreamHttp::Http2 => f.write_str(", HTTP/2 upstream")?,
+        }
+        if o.forwarded_header {
+            f.write_str(", Forwarded header")?;
+        }
+        if o.upgrade_insecure_requests {
+            f.write_str(", upgrade-insecure-requests")?;
+        }
+        Ok(())
+    }
+}
+
+/// Bytes, in the largest binary unit that divides them.
+fn size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    format!("{bytes} bytes")
+}

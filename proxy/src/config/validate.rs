@@ -1,0 +1,495 @@
+//! File structs → [`Config`]: every default and cross-field check. Top-level keys,
+//! listeners, limits and metrics are here; `net` (addresses, trusted networks),
+//! `proxy_protocol` (with the kernel filter), `apps` and `routes` hold the rest. Reads no
+//! file (certificates are checked by `Config::check_files`). The first problem found is
+//! returned; warnings are appended as they are found.
+
+mod apps;
+mod net;
+mod proxy_protocol;
+mod routes;
+
+use std::fmt::Debug;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use super::error::{ConfigError, Family, ValueError};
+use super::file::{BodySize, ConfigFile, MetricsFile};
+use super::warning::{Warning, WarningKind};
+use super::{Config, Limits, Listeners};
+use crate::trust::TrustList;
+
+/// rpxy's defaults, so that an rpxy config behaves the same.
+const DEFAULT_TCP_LISTEN_BACKLOG: u32 = 1024;
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 64;
+const DEFAULT_MAX_CLIENTS: u32 = 512;
+const DEFAULT_REQUEST_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Turns the file into a `Config`, or names the first thing wrong with it.
+pub(crate) fn validate(
+    file: ConfigFile,
+    path: &Path,
+    warnings: &mut Vec<Warning>,
+) -> Result<Config, ConfigError> {
+    let mut cx = Cx {
+        file: path,
+        warnings,
+    };
+    let (listeners, ports) = listeners(&mut cx, &file)?;
+    let experimental = file.experimental.unwrap_or_default();
+    if experimental.ignore_sni_consistency == Some(true) {
+        cx.warn(
+            "experimental.ignore_sni_consistency",
+            WarningKind::SniConsistencyKept,
+        );
+    }
+    let limits = Limits {
+        tcp_listen_backlog: file
+            .tcp_listen_backlog
+            .unwrap_or(DEFAULT_TCP_LISTEN_BACKLOG),
+        max_concurrent_streams: at_least_one(
+            &cx,
+            "max_concurrent_streams",
+            file.max_concurrent_streams
+                .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
+            "HTTP/2 clients could send no request",
+        )?,
+        max_clients: to_usize(at_least_one(
+            &cx,
+            "max_clients",
+            file.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
+            "every connection would be refused",
+        )?),
+        max_clients_per_ip: file.max_clients_per_ip.filter(|n| *n > 0).map(to_usize),
+        request_max_body_size: match &file.request_max_body_size {
+            None => Some(DEFAULT_REQUEST_MAX_BODY_BYTES),
+            Some(size) => body_size(&cx, size)?,
+        },
+        connection_handling_timeout: experimental
+            .connection_handling_timeout
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
+    };
+    let trusted_forwarded_proxies = match &file.trusted_forwarded_proxies {
+        None => TrustList::default(),
+        Some(list) => TrustList::new(net::forwarded_proxies(&mut cx, list)?),
+    };
+    let proxy_protocol = experimental
+        .tcp_recv_proxy_protocol
+        .map(|pp| proxy_protocol::proxy_protocol(&mut cx, pp))
+        .transpose()?;
+    let (apps, default_app) = apps::apps(&mut cx, file.apps, file.default_app, ports)?;
+    let metrics_listen = file
+        .metrics
+        .map(|m| metrics(&cx, m, &listeners))
+        .transpose()?;
+    Ok(Config {
+        source: path.to_owned(),
+        listeners,
+        limits,
+        trusted_forwarded_proxies,
+        redact_query_in_access_log: file.redact_query_in_access_log.unwrap_or(false),
+        apps,
+        default_app,
+        proxy_protocol,
+        metrics_listen,
+    })
+}
+
+/// The file name for messages, and where warnings go.
+struct Cx<'a> {
+    file: &'a Path,
+    warnings: &'a mut Vec<Warning>,
+}
+
+impl Cx<'_> {
+    fn invalid(&self, key: impl Into<String>, value: String, problem: ValueError) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            key: key.into(),
+            value,
+            problem,
+        }
+    }
+
+    fn missing(&self, key: impl Into<String>, why: &'static str) -> ConfigError {
+        ConfigError::Missing {
+            file: self.file.to_owned(),
+            key: key.into(),
+            why,
+        }
+    }
+
+    fn warn(&mut self, key: impl Into<String>, kind: WarningKind) {
+        self.warnings.push(Warning {
+            file: self.file.to_owned(),
+            key: key.into(),
+            kind,
+        });
+    }
+}
+
+/// A value as it would be written in TOML, for messages: strings and lists quoted.
+fn shown(value: &(impl Debug + ?Sized)) -> String {
+    format!("{value:?}")
+}
+
+/// The listen ports, for the checks that depend on which listeners exist.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    plain: Option<u16>,
+    tls: Option<u16>,
+}
+
+impl Ports {
+    fn both(self) -> bool {
+        self.plain.is_some() && self.tls.is_some()
+    }
+}
+
+fn listeners(cx: &mut Cx<'_>, file: &ConfigFile) -> Result<(Listeners, Ports), ConfigError> {
+    let ports = Ports {
+        plain: file.listen_port,
+        tls: file.listen_port_tls,
+    };
+    if ports.plain.is_none() && ports.tls.is_none() {
+        return Err(ConfigError::NoListener {
+            file: cx.file.to_owned(),
+        });
+    }
+    if let (Some(plain), Some(tls)) = (ports.plain, ports.tls)
+        && plain == tls
+        && plain != 0
+    {
+        return Err(cx.invalid("listen_port_tls", tls.to_string(), ValueError::SamePorts));
+    }
+    let public = match (file.public_https_port, file.https_redirection_port) {
+        (Some(_), Some(old)) => {
+            return Err(cx.invalid(
+                "https_redirection_port",
+                old.to_string(),
+                ValueError::RenamedKeyTwice,
+            ));
+        }
+        (None, Some(old)) => {
+            cx.warn(
+                "https_redirection_port",
+                WarningKind::Renamed {
+                    new: "public_https_port",
+                },
+            );
+            Some(("https_redirection_port", old))
+        }
+        (Some(port), None) => Some(("public_https_port", port)),
+        (None, None) => None,
+    };
+    if let Some((key, port)) = public
+        && ports.tls.is_none()
+    {
+        return Err(cx.invalid(key, port.to_string(), ValueError::PublicPortNeedsTls));
+    }
+
+    let mut ips: Vec<IpAddr> = match &file.listen_address_v4 {
+        None => vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)],
+        Some(list) => net::listen_addresses(cx, "listen_address_v4", list, Family::V4)?,
+    };
+    match &file.listen_address_v6 {
+        Some(list) => ips.extend(net::listen_addresses(
+            cx,
+            "listen_address_v6",
+            list,
+            Family::V6,
+        )?),
+        None if file.listen_ipv6 == Some(true) => ips.push(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        None => {}
+    }
+    let sockets = |port: Option<u16>| -> Vec<SocketAddr> {
+        port.map(|p| ips.iter().map(|ip| SocketAddr::new(*ip, p)).collect())
+            .unwrap_or_default()
+    };
+    let listeners = Listeners {
+        plain: sockets(ports.plain),
+        tls: sockets(ports.tls),
+        public_https_port: ports.tls.map(|tls| public.map_or(tls, |(_, p)| p)),
+    };
+    Ok((listeners, ports))
+}
+
+fn at_least_one(
+    cx: &Cx<'_>,
+    key: &'static str,
+    n: u32,
+    why: &'static str,
+) -> Result<u32, ConfigError> {
+    if n == 0 {
+        return Err(cx.invalid(key, "0".into(), ValueError::TooSmall { min: 1, why }));
+    }
+    Ok(n)
+}
+
+fn to_usize(n: u32) -> usize {
+    usize::try_from(n).expect("trustgate runs on targets whose usize holds a u32")
+}
+
+/// `request_max_body_size`: `None` is unlimited (`0` or `"unlimited"`). Suffixes are
+/// binary: `k` = 1024 bytes.
+fn body_size(cx: &Cx<'_>, size: &BodySize) -> Result<Option<u64>, ConfigError> {
+    const KEY: &str = "request_max_body_size";
+    let bytes = match size {
+        BodySize::Bytes(n) => {
+            u64::try_from(*n).map_err(|_| cx.invalid(KEY, n.to_string(), ValueError::BadSize))?
+        }
+        BodySize::Text(text) => {
+            let bad = || cx.invalid(KEY, shown(text), ValueError::BadSize);
+            let t = text.trim().to_ascii_lowercase();
+            if t == "unlimited" {
+                return Ok(None);
+            }
+            let (digits, unit) = match t.char_indices().last() {
+                Some((i, 'k')) => (&t[..i], 1u64 << 10),
+                Some((i, 'm')) => (&t[..i], 1 << 20),
+                Some((i, 'g')) => (&t[..i], 1 << 30),
+                _ => (t.as_str(), 1),
+            };
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            digits
+                .parse::<u64>()
+                .ok()
+                .and_then(|n| n.checked_mul(unit))
+                .ok_or_else(bad)?
+        }
+    };
+    Ok((bytes > 0).then_some(bytes))
+}
+
+fn metrics(cx: &Cx<'_>, m: MetricsFile, listeners: &Listeners) -> Result<SocketAddr, ConfigError> {
+    const KEY: &str = "metrics.listen";
+    let Some(text) = m.listen else {
+        return Err(cx.missing(
+            KEY,
+            "where the Prometheus endpoint listens, e.g. listen = \"127.0.0.1:9464\"; or \
+             remove [metrics]",
+        ));
+    };
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| cx.invalid(KEY, shown(&text), ValueError::BadSocketAddr))?;
+    let overlaps = |l: &SocketAddr| {
+        l.port() == addr.port()
+            && l.is_ipv4() == addr.is_ipv4()
+            && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
+    };
+    if listeners.plain.iter().chain(&listeners.tls).any(overlaps) {
+        return Err(cx.invalid(KEY, shown(&text), ValueError::PortTaken));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::config::{Config, parse_str};
+
+    /// One servable app, to append after the top-level keys.
+    pub(crate) const APP: &str = "[apps.a]\nserver_name = \"a.example\"\n\
+        reverse_proxy = [{ upstream = [{ location = \"127.0.0.1:8081\" }] }]\n";
+
+    pub(crate) fn ok(text: &str) -> (Config, Vec<Warning>) {
+        parse_str(text, "t.toml").unwrap_or_else(|e| panic!("should load: {e}\n{text}"))
+    }
+
+    pub(crate) fn err(text: &str) -> ConfigError {
+        match parse_str(text, "t.toml") {
+            Ok(_) => panic!("should be refused:\n{text}"),
+            Err(e) => e,
+        }
+    }
+
+    /// The key and the problem of an `Invalid` error.
+    pub(crate) fn invalid(text: &str) -> (String, ValueError) {
+        match err(text) {
+            ConfigError::Invalid { key, problem, .. } => (key, problem),
+            other => panic!("expected an invalid value, got {other}"),
+        }
+    }
+
+    #[test]
+    fn a_listen_port_is_required() {
+        assert!(matches!(err(APP), ConfigError::NoListener { .. }));
+        ok(&format!("listen_port = 8080\n{APP}"));
+    }
+
+    #[test]
+    fn plain_and_tls_ports_must_differ() {
+        let (key, p) = invalid(&format!("listen_port = 80\nlisten_port_tls = 80\n{APP}"));
+        assert_eq!(key, "listen_port_tls");
+        assert!(matches!(p, ValueError::SamePorts));
+        ok(&format!("listen_port = 80\nlisten_port_tls = 443\n{APP}"));
+    }
+
+    #[test]
+    fn listeners_default_to_every_ipv4_address() {
+        let (c, _) = ok(&format!("listen_port = 8080\n{APP}"));
+        assert_eq!(
+            c.listeners.plain,
+            vec!["0.0.0.0:8080".parse().expect("addr")]
+        );
+        assert!(c.listeners.tls.is_empty());
+        assert_eq!(c.listeners.public_https_port, None);
+    }
+
+    #[test]
+    fn listen_ipv6_adds_the_ipv6_wildcard_unless_addresses_are_given() {
+        let (c, _) = ok(&format!("listen_port = 80\nlisten_ipv6 = true\n{APP}"));
+        assert_eq!(c.listeners.plain.len(), 2);
+        assert_eq!(c.listeners.plain[1], "[::]:80".parse().expect("addr"));
+        let text = format!(
+            "listen_port = 80\nlisten_port_tls = 443\nlisten_ipv6 = true\n\
+             listen_address_v4 = \"127.0.0.1\"\nlisten_address_v6 = [\"::1\"]\n{APP}"
+        );
+        let (c, _) = ok(&text);
+        let want: Vec<SocketAddr> = ["127.0.0.1:443", "[::1]:443"]
+            .iter()
+            .map(|s| s.parse().expect("addr"))
+            .collect();
+        assert_eq!(c.listeners.tls, want);
+        assert_eq!(c.listeners.ports(), vec![80, 443]);
+    }
+
+    #[test]
+    fn public_https_port_needs_tls_and_defaults_to_the_tls_port() {
+        let (key, p) = invalid(&format!("listen_port = 80\npublic_https_port = 443\n{APP}"));
+        assert_eq!(key, "public_https_port");
+        assert!(matches!(p, ValueError::PublicPortNeedsTls));
+        let (c, _) = ok(&format!("listen_port = 80\nlisten_port_tls = 8443\n{APP}"));
+        assert_eq!(c.listeners.public_https_port, Some(8443));
+        let text =
+            format!("listen_port = 80\nlisten_port_tls = 8443\npublic_https_port = 443\n{APP}");
+        assert_eq!(ok(&text).0.listeners.public_https_port, Some(443));
+    }
+
+    #[test]
+    fn old_redirection_port_name_is_read_with_a_warning_but_not_beside_the_new_one() {
+        let text = format!(
+            "listen_port = 80\nlisten_port_tls = 8443\nhttps_redirection_port = 443\n{APP}"
+        );
+        let (c, w) = ok(&text);
+        assert_eq!(c.listeners.public_https_port, Some(443));
+        assert_eq!(
+            w[0].kind,
+            WarningKind::Renamed {
+                new: "public_https_port"
+            }
+        );
+        let text = format!(
+            "listen_port = 80\nlisten_port_tls = 8443\npublic_https_port = 443\n\
+             https_redirection_port = 443\n{APP}"
+        );
+        assert!(matches!(invalid(&text).1, ValueError::RenamedKeyTwice));
+    }
+
+    #[test]
+    fn limits_default_as_in_rpxy_and_zero_clients_or_streams_are_refused() {
+        let (c, _) = ok(&format!("listen_port = 80\n{APP}"));
+        let l = c.limits;
+        assert_eq!(
+            (
+                l.tcp_listen_backlog,
+                l.max_concurrent_streams,
+                l.max_clients
+            ),
+            (1024, 64, 512)
+        );
+        assert_eq!(l.max_clients_per_ip, None);
+        assert_eq!(l.request_max_body_size, Some(256 << 20));
+        assert_eq!(l.connection_handling_timeout, None);
+        for key in ["max_clients", "max_concurrent_streams"] {
+            let (k, p) = invalid(&format!("listen_port = 80\n{key} = 0\n{APP}"));
+            assert_eq!(k, key);
+            assert!(matches!(p, ValueError::TooSmall { min: 1, .. }));
+            ok(&format!("listen_port = 80\n{key} = 1\n{APP}"));
+        }
+        let (c, _) = ok(&format!("listen_port = 80\nmax_clients_per_ip = 0\n{APP}"));
+        assert_eq!(c.limits.max_clients_per_ip, None);
+        let (c, _) = ok(&format!("listen_port = 80\nmax_clients_per_ip = 4\n{APP}"));
+        assert_eq!(c.limits.max_clients_per_ip, Some(4));
+    }
+
+    #[test]
+    fn body_size_takes_bytes_suffixes_and_unlimited() {
+        let size = |v: &str| {
+            let text = format!("listen_port = 80\nrequest_max_body_size = {v}\n{APP}");
+            ok(&text).0.limits.request_max_body_size
+        };
+        assert_eq!(size("1048576"), Some(1 << 20));
+        assert_eq!(size("\"10m\""), Some(10 << 20));
+        assert_eq!(size("\"256k\""), Some(256 << 10));
+        assert_eq!(size("\"1G\""), Some(1 << 30));
+        assert_eq!(size("\"512\""), Some(512));
+        assert_eq!(size("0"), None);
+        assert_eq!(size("\"unlimited\""), None);
+        for bad in [
+            "-1",
+            "\"10x\"",
+            "\"m\"",
+            "\"1.5m\"",
+            "\"99999999999999g\"",
+            "\"\"",
+        ] {
+            let (key, p) = invalid(&format!(
+                "listen_port = 80\nrequest_max_body_size = {bad}\n{APP}"
+            ));
+            assert_eq!(key, "request_max_body_size");
+            assert!(matches!(p, ValueError::BadSize), "{bad}");
+        }
+    }
+
+    #[test]
+    fn connection_timeout_is_seconds_and_zero_means_none() {
+        let timeout = |v: u64| {
+            let text =
+                format!("listen_port = 80\n{APP}[experimental]\nconnection_handling_timeout = {v}");
+            ok(&text).0.limits.connection_handling_timeout
+        };
+        assert_eq!(timeout(0), None);
+        assert_eq!(timeout(30), Some(Duration::from_secs(30)));
+    }
+
+    #[test]
+    fn ignoring_sni_consistency_is_warned_and_keeping_it_is_silent() {
+        let text =
+            |v| format!("listen_port = 80\n{APP}[experimental]\nignore_sni_consistency = {v}");
+        assert_eq!(ok(&text(true)).1[0].kind, WarningKind::SniConsistencyKept);
+        assert!(ok(&text(false)).1.is_empty());
+    }
+
+    #[test]
+    fn metrics_listen_is_a_socket_address_off_the_proxy_ports() {
+        let m = |line: &str| format!("listen_port = 8080\n{APP}[metrics]\n{line}");
+        assert_eq!(
+            ok(&format!("listen_port = 8080\n{APP}")).0.metrics_listen,
+            None
+        );
+        let (c, _) = ok(&m("listen = \"127.0.0.1:9464\""));
+        assert_eq!(
+            c.metrics_listen,
+            Some("127.0.0.1:9464".parse().expect("addr"))
+        );
+        assert!(matches!(err(&m("")), ConfigError::Missing { .. }));
+        assert!(matches!(
+            invalid(&m("listen = \"9464\"")).1,
+            ValueError::BadSocketAddr
+        ));
+        assert!(matches!(
+            invalid(&m("listen = \"127.0.0.1:8080\"")).1,
+            ValueError::PortTaken
+        ));
+        let text = format!(
+            "listen_port = 8080\nlisten_address_v4 = \"10.0.0.1\"\n{APP}[metrics]\nlisten = \"127.0.0.1:8080\""
+        );
+        ok(&text);
+    }
+}

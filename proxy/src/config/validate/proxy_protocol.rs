@@ -1,0 +1,307 @@
+//! `[experimental.tcp_recv_proxy_protocol]` and its `kernel_filter` table: the trusted
+//! load balancers, the header timeout, and where the kernel enforces the list. A setting
+//! that the chosen mode would ignore is refused, since it shows a misunderstanding.
+
+use std::time::Duration;
+
+use super::{Cx, net, shown};
+use crate::config::error::{ConfigError, ValueError};
+use crate::config::file::{KernelFilterFile, ProxyProtocolFile};
+use crate::config::keys::nearest;
+use crate::config::{KernelFilterConfig, KernelFilterMode, ProxyProtocolConfig, XdpMode};
+use crate::trust::TrustList;
+
+const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_millis(50);
+/// What `timeout = 0` means, as in rpxy.
+const ZERO_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Linux's IFNAMSIZ less the terminating NUL.
+const MAX_INTERFACE_NAME_BYTES: usize = 15;
+
+const PROXY_PROTOCOL: &str = "experimental.tcp_recv_proxy_protocol";
+const KERNEL_FILTER: &str = "experimental.tcp_recv_proxy_protocol.kernel_filter";
+const KERNEL_FILTER_MODES: &[&str] = &["socket", "xdp", "off"];
+const XDP_MODES: &[&str] = &["auto", "native", "generic"];
+
+pub(super) fn proxy_protocol(
+    cx: &mut Cx<'_>,
+    pp: ProxyProtocolFile,
+) -> Result<ProxyProtocolConfig, ConfigError> {
+    let key = format!("{PROXY_PROTOCOL}.trusted_proxies");
+    let Some(list) = pp.trusted_proxies else {
+        return Err(cx.missing(
+            key,
+            "PROXY headers are accepted only from the load balancers listed here: \
+             list them (trusted_proxies = [\"10.0.0.0/8\"]), or remove the table",
+        ));
+    };
+    if list.is_empty() {
+        return Err(cx.invalid(
+            key,
+            "[]".into(),
+            ValueError::EmptyList {
+                what_to_do: "list the load balancers allowed to send PROXY headers, or \
+                             remove [experimental.tcp_recv_proxy_protocol]",
+            },
+        ));
+    }
+    let mut nets = Vec::with_capacity(list.len());
+    for (i, entry) in list.iter().enumerate() {
+        nets.push(net::network(cx, &format!("{key}[{i}]"), entry)?);
+    }
+    let timeout = match pp.timeout {
+        None => DEFAULT_PROXY_HEADER_TIMEOUT,
+        Some(0) => ZERO_PROXY_HEADER_TIMEOUT,
+        Some(ms) => Duration::from_millis(ms),
+    };
+    Ok(ProxyProtocolConfig {
+        trust: TrustList::new(nets),
+        timeout,
+        kernel_filter: kernel_filter(cx, pp.kernel_filter)?,
+    })
+}
+
+fn kernel_filter(
+    cx: &Cx<'_>,
+    kf: Option<KernelFilterFile>,
+) -> Result<KernelFilterConfig, ConfigError> {
+    let Some(kf) = kf else {
+        return Ok(KernelFilterConfig {
+            mode: KernelFilterMode::Socket,
+            required: true,
+            observe_only: false,
+        });
+    };
+    let mode_key = format!("{KERNEL_FILTER}.mode");
+    let mode = match kf.mode.as_deref() {
+        None => "socket",
+        Some(m) => choice(cx, &mode_key, m, KERNEL_FILTER_MODES)?,
+    };
+    let interfaces_key = format!("{KERNEL_FILTER}.interfaces");
+    let xdp_mode_key = format!("{KERNEL_FILTER}.xdp_mode");
+    let mode = if mode == "xdp" {
+        let interfaces = kf.interfaces.unwrap_or_default();
+        if interfaces.is_empty() {
+            return Err(cx.invalid(mode_key, shown("xdp"), ValueError::XdpNeedsInterfaces));
+        }
+        for (i, name) in interfaces.iter().enumerate() {
+            let key = || format!("{interfaces_key}[{i}]");
+            let bad_name = name.is_empty()
+                || name.len() > MAX_INTERFACE_NAME_BYTES
+                || name.contains('/')
+                || name.chars().any(char::is_whitespace);
+            if bad_name {
+                return Err(cx.invalid(key(), shown(name), ValueError::BadInterfaceName));
+            }
+            if interfaces[..i].contains(name) {
+                return Err(cx.invalid(key(), shown(name), ValueError::Duplicate));
+            }
+        }
+        let xdp_mode = match kf.xdp_mode.as_deref() {
+            None => XdpMode::Auto,
+            Some(m) => match choice(cx, &xdp_mode_key, m, XDP_MODES)? {
+                "native" => XdpMode::Native,
+                "generic" => XdpMode::Generic,
+                _ => XdpMode::Auto,
+            },
+        };
+        KernelFilterMode::Xdp {
+            interfaces,
+            xdp_mode,
+        }
+    } else {
+        if let Some(list) = &kf.interfaces {
+            return Err(cx.invalid(interfaces_key, shown(list), ValueError::OnlyForXdp { mode }));
+        }
+        if let Some(m) = &kf.xdp_mode {
+            return Err(cx.invalid(xdp_mode_key, shown(m), ValueError::OnlyForXdp { mode }));
+        }
+        if mode == "off" {
+            KernelFilterMode::Off
+        } else {
+            KernelFilterMode::Socket
+        }
+    };
+    Ok(KernelFilterConfig {
+        mode,
+        required: kf.required.unwrap_or(true),
+        observe_only: kf.observe_only.unwrap_or(false),
+    })
+}
+
+/// `value` if it is one of `allowed` (exactly), else an error suggesting the nearest.
+fn choice(
+    cx: &Cx<'_>,
+    key: &str,
+    value: &str,
+    allowed: &'static [&'static str],
+) -> Result<&'static str, ConfigError> {
+    allowed
+        .iter()
+        .copied()
+        .find(|a| *a == value)
+        .ok_or_else(|| {
+            let nearest = nearest(&value.to_ascii_lowercase(), allowed.iter().copied());
+            cx.invalid(
+                key,
+                shown(value),
+                ValueError::UnknownChoice { allowed, nearest },
+            )
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{APP, err, invalid, ok};
+    use super::*;
+
+    fn with_pp(kernel_filter: &str) -> String {
+        format!(
+            "listen_port = 8080\n{APP}[experimental.tcp_recv_proxy_protocol]\n\
+             trusted_proxies = [\"10.0.0.0/8\"]\n{kernel_filter}"
+        )
+    }
+
+    fn kf(body: &str) -> String {
+        with_pp(&format!(
+            "[experimental.tcp_recv_proxy_protocol.kernel_filter]\n{body}"
+        ))
+    }
+
+    #[test]
+    fn proxy_protocol_needs_a_non_empty_trusted_list() {
+        let base = format!("listen_port = 80\n{APP}[experimental.tcp_recv_proxy_protocol]\n");
+        match err(&format!("{base}timeout = 50")) {
+            ConfigError::Missing { key, .. } => {
+                assert_eq!(key, "experimental.tcp_recv_proxy_protocol.trusted_proxies");
+            }
+            other => panic!("expected missing, got {other}"),
+        }
+        let (_, p) = invalid(&format!("{base}trusted_proxies = []"));
+        assert!(matches!(p, ValueError::EmptyList { .. }));
+        let (key, p) = invalid(&format!(
+            "{base}trusted_proxies = [\"10.0.0.0/8\", \"10.0.0.1/8\"]"
+        ));
+        assert_eq!(
+            key,
+            "experimental.tcp_recv_proxy_protocol.trusted_proxies[1]"
+        );
+        assert!(matches!(p, ValueError::HostBitsSet { .. }));
+        let (c, _) = ok(&format!(
+            "{base}trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\"]"
+        ));
+        let pp = c.proxy_protocol.expect("configured");
+        assert_eq!(pp.trust.to_string(), "10.0.0.0/8, 192.0.2.1/32");
+    }
+
+    #[test]
+    fn header_timeout_defaults_to_50ms_and_zero_means_5s() {
+        let timeout = |line: &str| {
+            ok(&with_pp(line))
+                .0
+                .proxy_protocol
+                .expect("configured")
+                .timeout
+        };
+        assert_eq!(timeout(""), Duration::from_millis(50));
+        assert_eq!(timeout("timeout = 0"), Duration::from_secs(5));
+        assert_eq!(timeout("timeout = 200"), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn kernel_filter_defaults_to_a_required_socket_filter() {
+        let (c, _) = ok(&with_pp(""));
+        let want = KernelFilterConfig {
+            mode: KernelFilterMode::Socket,
+            required: true,
+            observe_only: false,
+        };
+        assert_eq!(c.proxy_protocol.expect("configured").kernel_filter, want);
+        let (c, _) = ok(&kf("required = false\nobserve_only = true"));
+        let k = c.proxy_protocol.expect("configured").kernel_filter;
+        assert_eq!(
+            (k.mode, k.required, k.observe_only),
+            (KernelFilterMode::Socket, false, true)
+        );
+        let (c, _) = ok(&kf("mode = \"off\""));
+        assert_eq!(
+            c.proxy_protocol.expect("configured").kernel_filter.mode,
+            KernelFilterMode::Off
+        );
+    }
+
+    #[test]
+    fn unknown_modes_are_refused_with_the_nearest() {
+        let (key, p) = invalid(&kf("mode = \"sockets\""));
+        assert_eq!(
+            key,
+            "experimental.tcp_recv_proxy_protocol.kernel_filter.mode"
+        );
+        assert!(matches!(
+            p,
+            ValueError::UnknownChoice {
+                nearest: Some("socket"),
+                ..
+            }
+        ));
+        let (_, p) = invalid(&kf("mode = \"XDP\"\ninterfaces = [\"eth0\"]"));
+        assert!(matches!(
+            p,
+            ValueError::UnknownChoice {
+                nearest: Some("xdp"),
+                ..
+            }
+        ));
+        let (key, p) = invalid(&kf(
+            "mode = \"xdp\"\ninterfaces = [\"eth0\"]\nxdp_mode = \"driver\"",
+        ));
+        assert_eq!(
+            key,
+            "experimental.tcp_recv_proxy_protocol.kernel_filter.xdp_mode"
+        );
+        assert!(matches!(p, ValueError::UnknownChoice { .. }));
+    }
+
+    #[test]
+    fn xdp_settings_outside_xdp_mode_are_refused() {
+        for mode in ["", "mode = \"socket\"\n", "mode = \"off\"\n"] {
+            let (key, p) = invalid(&kf(&format!("{mode}interfaces = [\"eth0\"]")));
+            assert!(key.ends_with("kernel_filter.interfaces"));
+            assert!(matches!(p, ValueError::OnlyForXdp { .. }));
+            let (key, _) = invalid(&kf(&format!("{mode}xdp_mode = \"native\"")));
+            assert!(key.ends_with("kernel_filter.xdp_mode"));
+        }
+    }
+
+    #[test]
+    fn xdp_needs_valid_distinct_interfaces() {
+        let (key, p) = invalid(&kf("mode = \"xdp\""));
+        assert!(key.ends_with("kernel_filter.mode"));
+        assert!(matches!(p, ValueError::XdpNeedsInterfaces));
+        assert!(matches!(
+            invalid(&kf("mode = \"xdp\"\ninterfaces = []")).1,
+            ValueError::XdpNeedsInterfaces
+        ));
+        let long = "a".repeat(MAX_INTERFACE_NAME_BYTES + 1);
+        for bad in [long.as_str(), "", "eth 0", "a/b"] {
+            let (key, p) = invalid(&kf(&format!(
+                "mode = \"xdp\"\ninterfaces = [\"eth0\", \"{bad}\"]"
+            )));
+            assert!(key.ends_with("kernel_filter.interfaces[1]"));
+            assert!(matches!(p, ValueError::BadInterfaceName), "{bad:?}");
+        }
+        let (_, p) = invalid(&kf("mode = \"xdp\"\ninterfaces = [\"eth0\", \"eth0\"]"));
+        assert!(matches!(p, ValueError::Duplicate));
+        let longest = "a".repeat(MAX_INTERFACE_NAME_BYTES);
+        let (c, _) = ok(&kf(&format!(
+            "mode = \"xdp\"\ninterfaces = [\"eth0\", \"{longest}\"]\nxdp_mode = \"generic\""
+        )));
+        let want = KernelFilterMode::Xdp {
+            interfaces: vec!["eth0".into(), longest],
+            xdp_mode: XdpMode::Generic,
+        };
+        assert_eq!(
+            c.proxy_protocol.expect("configured").kernel_filter.mode,
+            want
+        );
+    }
+}
