@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use frames::*;
-use proxy::kernel::{Kernel, Plan, Program, XdpAttach};
+use proxy::kernel::{Kernel, Plan, Program, XdpMode};
 use proxy::trust::TrustList;
 
 const REPEAT: u32 = 1_000_000;
@@ -175,7 +175,7 @@ fn main() {
     );
     let xdp_plan = Plan::Xdp {
         interfaces: Vec::new(),
-        attach: XdpAttach::Auto,
+        attach: XdpMode::Auto,
     };
     let xdp = match Kernel::start(xdp_plan, &trust, &[PORT], false) {
         Ok(k) => k,

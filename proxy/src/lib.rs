@@ -13,6 +13,10 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod forward;
 pub mod kernel;
+pub mod listener;
+pub mod metrics;
 pub mod proxy_protocol;
+pub mod tls;
 pub mod trust;

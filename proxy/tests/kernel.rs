@@ -7,7 +7,7 @@ mod common;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use common::frames::{self, *};
-use proxy::kernel::{Kernel, KernelError, Plan, Program, ProgramCounters, XdpAttach};
+use proxy::kernel::{Kernel, KernelError, Plan, Program, ProgramCounters, XdpMode};
 use proxy::trust::TrustList;
 use proxy_common::Counter;
 
@@ -40,7 +40,7 @@ impl Harness {
         Self::start(
             Plan::Xdp {
                 interfaces: Vec::new(),
-                attach: XdpAttach::Auto,
+                attach: XdpMode::Auto,
             },
             trust,
             Program::Xdp,
@@ -620,7 +620,7 @@ fn xdp_trie_updates_in_place_take_effect() {
 fn observe_only_counts_but_passes() {
     let plan = Plan::Xdp {
         interfaces: Vec::new(),
-        attach: XdpAttach::Auto,
+        attach: XdpMode::Auto,
     };
     let kernel = match Kernel::start(plan, &default_list(), &[PORT], true) {
         Ok(k) => k,

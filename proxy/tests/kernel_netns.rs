@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::netns::Lab;
 use ipnet::IpNet;
-use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttach, XdpAttached};
+use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpMode, XdpModeed};
 use proxy::trust::TrustList;
 use proxy_common::Counter;
 
@@ -198,7 +198,7 @@ fn socket_filter_classic_drops_untrusted_syns_v4_and_v6() {
     socket_mode(Plan::ClassicSocket, SocketFilterKind::Classic);
 }
 
-fn xdp_mode(attach: XdpAttach, expect: XdpAttached) {
+fn xdp_mode(attach: XdpMode, expect: XdpModeed) {
     let Some(lab) = lab() else { return };
     let s4 = Echo::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
     let s6 = Echo::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0));
@@ -250,12 +250,12 @@ fn xdp_mode(attach: XdpAttach, expect: XdpAttached) {
 
 #[test]
 fn xdp_generic_on_veth_drops_untrusted_syns_v4_and_v6() {
-    xdp_mode(XdpAttach::Generic, XdpAttached::Generic);
+    xdp_mode(XdpMode::Generic, XdpModeed::Generic);
 }
 
 #[test]
 fn xdp_native_on_veth_drops_untrusted_syns_v4_and_v6() {
-    xdp_mode(XdpAttach::Native, XdpAttached::Native);
+    xdp_mode(XdpMode::Native, XdpModeed::Native);
 }
 
 /// Adding a prefix lets a refused client in; removing it refuses new connections
@@ -298,7 +298,7 @@ fn reload_in_place_with_xdp() {
     let before = trust(&[host(lab.trusted4)]);
     let plan = Plan::Xdp {
         interfaces: vec![lab.host_if.clone()],
-        attach: XdpAttach::Generic,
+        attach: XdpMode::Generic,
     };
     let Some(mut kernel) = start(plan, &before, &[echo.addr.port()]) else {
         return;
@@ -319,7 +319,7 @@ fn reload_in_place_with_xdp() {
 fn unknown_interface_is_named_in_the_error() {
     let plan = Plan::Xdp {
         interfaces: vec!["tgnosuchif0".into()],
-        attach: XdpAttach::Auto,
+        attach: XdpMode::Auto,
     };
     match Kernel::start(plan, &trust(&[host(Ipv4Addr::LOCALHOST)]), &[80], false) {
         Err(KernelError::InterfaceNotFound { interface }) => assert_eq!(interface, "tgnosuchif0"),

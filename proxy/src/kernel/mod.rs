@@ -16,13 +16,17 @@ use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
 
 use aya::Ebpf;
-use aya::programs::{ProgramError, SocketFilter, TestRun, TestRunOptions, Xdp, XdpMode};
+use aya::programs::{
+    ProgramError, SocketFilter, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+};
 use proxy_common::{SOCKET_COUNTERS_MAP, SOCKET_PROGRAM, XDP_COUNTERS_MAP, XDP_PROGRAM};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 pub use classic::TooLong;
 pub use maps::ProgramCounters;
 
+pub use crate::config::XdpMode;
+use crate::config::{Config, KernelFilterMode};
 use crate::trust::TrustList;
 
 /// Where the filter is enforced.
@@ -38,17 +42,8 @@ pub enum Plan {
     /// XDP on these interfaces, judging SYNs to the protected ports.
     Xdp {
         interfaces: Vec<String>,
-        attach: XdpAttach,
+        attach: XdpMode,
     },
-}
-
-/// How to attach XDP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XdpAttach {
-    /// Native (driver) mode, else generic.
-    Auto,
-    Native,
-    Generic,
 }
 
 /// The mode an interface got.
@@ -401,12 +396,8 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
         })
 }
 
-fn attach_xdp(
-    xdp: &mut Xdp,
-    interface: &str,
-    attach: XdpAttach,
-) -> Result<XdpAttached, KernelError> {
-    let try_mode = |xdp: &mut Xdp, mode: XdpMode, name: &'static str| {
+fn attach_xdp(xdp: &mut Xdp, interface: &str, attach: XdpMode) -> Result<XdpAttached, KernelError> {
+    let try_mode = |xdp: &mut Xdp, mode: AyaXdpMode, name: &'static str| {
         xdp.attach(interface, mode)
             .map(|_| ())
             .map_err(|source| match source {
@@ -421,17 +412,64 @@ fn attach_xdp(
             })
     };
     match attach {
-        XdpAttach::Native => try_mode(xdp, XdpMode::Driver, "native").map(|()| XdpAttached::Native),
-        XdpAttach::Generic => try_mode(xdp, XdpMode::Skb, "generic").map(|()| XdpAttached::Generic),
-        XdpAttach::Auto => match try_mode(xdp, XdpMode::Driver, "native") {
+        XdpMode::Native => {
+            try_mode(xdp, AyaXdpMode::Driver, "native").map(|()| XdpAttached::Native)
+        }
+        XdpMode::Generic => {
+            try_mode(xdp, AyaXdpMode::Skb, "generic").map(|()| XdpAttached::Generic)
+        }
+        XdpMode::Auto => match try_mode(xdp, AyaXdpMode::Driver, "native") {
             Ok(()) => Ok(XdpAttached::Native),
             Err(KernelError::InterfaceNotFound { interface }) => {
                 Err(KernelError::InterfaceNotFound { interface })
             }
             Err(err) => {
                 info!(interface = %interface, error = %err, "native XDP unavailable; trying generic");
-                try_mode(xdp, XdpMode::Skb, "generic").map(|()| XdpAttached::Generic)
+                try_mode(xdp, AyaXdpMode::Skb, "generic").map(|()| XdpAttached::Generic)
             }
         },
+    }
+}
+
+impl From<&KernelFilterMode> for Plan {
+    fn from(mode: &KernelFilterMode) -> Plan {
+        match mode {
+            KernelFilterMode::Off => Plan::Off,
+            KernelFilterMode::Socket => Plan::Socket,
+            KernelFilterMode::Xdp {
+                interfaces,
+                xdp_mode,
+            } => Plan::Xdp {
+                interfaces: interfaces.clone(),
+                attach: *xdp_mode,
+            },
+        }
+    }
+}
+
+/// Starts the filter a config asks for, applying its `required` setting: `Ok(None)`
+/// when there is no PROXY section or the mode is `off`, and when the filter failed to
+/// load but is not required (logged at error, user space still checks every peer).
+pub fn start_for(config: &Config) -> Result<Option<Kernel>, KernelError> {
+    let Some(proxy) = &config.proxy_protocol else {
+        return Ok(None);
+    };
+    let filter = &proxy.kernel_filter;
+    let plan = Plan::from(&filter.mode);
+    if plan == Plan::Off {
+        return Ok(None);
+    }
+    match Kernel::start(
+        plan,
+        &proxy.trust,
+        &config.listeners.ports(),
+        filter.observe_only,
+    ) {
+        Ok(kernel) => Ok(Some(kernel)),
+        Err(err) if !filter.required => {
+            error!(error = %err, "kernel filter not loaded (kernel_filter.required = false): only user space checks peers");
+            Ok(None)
+        }
+        Err(err) => Err(err),
     }
 }

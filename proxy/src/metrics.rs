@@ -1,0 +1,131 @@
+//! Connection-level counters of user space: accepted, refused (untrusted peer, limits),
+//! PROXY header and TLS failures by kind, active connections. Events an outsider can
+//! trigger are counted and logged at debug only; [`Metrics::summarize`] turns them into
+//! one periodic warning, so no flood can control the log's volume.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tracing::warn;
+
+/// How often the refusal summary may be logged.
+pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Counters shared by every listener.
+#[derive(Default, Debug)]
+pub struct Metrics {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    pub refused_untrusted: AtomicU64,
+    pub refused_max_clients: AtomicU64,
+    pub refused_per_ip: AtomicU64,
+    /// PROXY header failures by `ReadError::kind` (timeout and eof included).
+    header_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// TLS failures by `HandshakeError::kind`.
+    tls_errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A copy of the counters at one instant.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub accepted: u64,
+    pub active: u64,
+    pub refused_untrusted: u64,
+    pub refused_max_clients: u64,
+    pub refused_per_ip: u64,
+    pub header_errors: BTreeMap<&'static str, u64>,
+    pub tls_errors: BTreeMap<&'static str, u64>,
+}
+
+impl Snapshot {
+    /// PROXY header failures of every kind.
+    pub fn header_errors_total(&self) -> u64 {
+        self.header_errors.values().sum()
+    }
+}
+
+impl Metrics {
+    pub fn header_error(&self, kind: &'static str) {
+        bump(&self.header_errors, kind);
+    }
+
+    pub fn tls_error(&self, kind: &'static str) {
+        bump(&self.tls_errors, kind);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            accepted: load(&self.accepted),
+            active: load(&self.active),
+            refused_untrusted: load(&self.refused_untrusted),
+            refused_max_clients: load(&self.refused_max_clients),
+            refused_per_ip: load(&self.refused_per_ip),
+            header_errors: copy(&self.header_errors),
+            tls_errors: copy(&self.tls_errors),
+        }
+    }
+
+    /// Logs one warning for what was refused since `previous`, if anything was, and
+    /// returns the new snapshot to compare with next time.
+    pub fn summarize(&self, previous: &Snapshot) -> Snapshot {
+        let now = self.snapshot();
+        let untrusted = now.refused_untrusted - previous.refused_untrusted;
+        let limited = (now.refused_max_clients + now.refused_per_ip)
+            - (previous.refused_max_clients + previous.refused_per_ip);
+        let bad_headers = now.header_errors_total() - previous.header_errors_total();
+        let tls: u64 =
+            now.tls_errors.values().sum::<u64>() - previous.tls_errors.values().sum::<u64>();
+        if untrusted + limited + bad_headers + tls > 0 {
+            warn!(
+                untrusted,
+                over_limits = limited,
+                bad_proxy_headers = bad_headers,
+                tls_failures = tls,
+                interval_s = SUMMARY_INTERVAL.as_secs(),
+                "connections refused in the last interval (details at debug level)"
+            );
+        }
+        now
+    }
+}
+
+fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, kind: &'static str) {
+    // A poisoned lock only means another thread panicked mid-increment; the map is
+    // still a valid map of counters.
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    *map.entry(kind).or_default() += 1;
+}
+
+fn copy(map: &Mutex<BTreeMap<&'static str, u64>>) -> BTreeMap<&'static str, u64> {
+    map.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_counted_separately() {
+        let m = Metrics::default();
+        m.header_error("timeout");
+        m.header_error("timeout");
+        m.header_error("v1_bad_address");
+        let s = m.snapshot();
+        assert_eq!(s.header_errors.get("timeout"), Some(&2));
+        assert_eq!(s.header_errors.get("v1_bad_address"), Some(&1));
+        assert_eq!(s.header_errors_total(), 3);
+    }
+
+    #[test]
+    fn summary_compares_with_the_previous_snapshot() {
+        let m = Metrics::default();
+        m.refused_untrusted.fetch_add(5, Ordering::Relaxed);
+        let first = m.summarize(&Snapshot::default());
+        assert_eq!(first.refused_untrusted, 5);
+        let second = m.summarize(&first);
+        assert_eq!(second, first);
+    }
+}
