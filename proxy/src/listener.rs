@@ -54,6 +54,11 @@ pub enum ListenerError {
         #[source]
         source: KernelError,
     },
+    #[error("protecting the listen ports with XDP")]
+    Ports {
+        #[source]
+        source: KernelError,
+    },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -118,7 +123,8 @@ impl Bound {
 }
 
 /// Binds every configured listener. The kernel socket filter (socket mode) is attached
-/// before `listen()`, so no connection is ever accepted unfiltered.
+/// before `listen()`, so no connection is ever accepted unfiltered; in XDP mode the
+/// bound ports (port 0 becomes a real one here) are the protected ones.
 pub fn bind_all(config: &Config, kernel: Option<&mut Kernel>) -> Result<Vec<Bound>, ListenerError> {
     let mut kernel = kernel;
     let mut bound = Vec::new();
@@ -145,6 +151,12 @@ pub fn bind_all(config: &Config, kernel: Option<&mut Kernel>) -> Result<Vec<Boun
             addr,
             protocol,
         });
+    }
+    if let Some(kernel) = kernel {
+        let ports: Vec<u16> = bound.iter().map(|b| b.addr.port()).collect();
+        kernel
+            .set_ports(&ports)
+            .map_err(|source| ListenerError::Ports { source })?;
     }
     Ok(bound)
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::netns::Lab;
 use ipnet::IpNet;
-use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpMode, XdpModeed};
+use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttached, XdpMode};
 use proxy::trust::TrustList;
 use proxy_common::Counter;
 
@@ -198,7 +198,7 @@ fn socket_filter_classic_drops_untrusted_syns_v4_and_v6() {
     socket_mode(Plan::ClassicSocket, SocketFilterKind::Classic);
 }
 
-fn xdp_mode(attach: XdpMode, expect: XdpModeed) {
+fn xdp_mode(attach: XdpMode, expect: XdpAttached) {
     let Some(lab) = lab() else { return };
     let s4 = Echo::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0));
     let s6 = Echo::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0));
@@ -250,12 +250,12 @@ fn xdp_mode(attach: XdpMode, expect: XdpModeed) {
 
 #[test]
 fn xdp_generic_on_veth_drops_untrusted_syns_v4_and_v6() {
-    xdp_mode(XdpMode::Generic, XdpModeed::Generic);
+    xdp_mode(XdpMode::Generic, XdpAttached::Generic);
 }
 
 #[test]
 fn xdp_native_on_veth_drops_untrusted_syns_v4_and_v6() {
-    xdp_mode(XdpMode::Native, XdpModeed::Native);
+    xdp_mode(XdpMode::Native, XdpAttached::Native);
 }
 
 /// Adding a prefix lets a refused client in; removing it refuses new connections
@@ -329,4 +329,65 @@ fn unknown_interface_is_named_in_the_error() {
         Err(other) => panic!("expected InterfaceNotFound, got {other:#?}"),
         Ok(_) => panic!("attaching to a missing interface succeeded"),
     }
+}
+
+/// A trustgate process in XDP mode on the lab's host end, listening on the host address.
+fn xdp_gateway(lab: &Lab) -> common::gateway::Gateway {
+    let config = format!(
+        r#"
+listen_port = 0
+listen_address_v4 = "{host4}"
+default_app = "app"
+[apps.app]
+server_name = "app.test"
+[[apps.app.reverse_proxy]]
+upstream = [{{ location = "127.0.0.1:9" }}]
+[experimental.tcp_recv_proxy_protocol]
+trusted_proxies = ["{trusted4}/32"]
+[experimental.tcp_recv_proxy_protocol.kernel_filter]
+mode = "xdp"
+interfaces = ["{host_if}"]
+xdp_mode = "generic"
+"#,
+        host4 = lab.host4,
+        trusted4 = lab.trusted4,
+        host_if = lab.host_if,
+    );
+    common::gateway::Gateway::start(&config, 1)
+}
+
+fn process_exit_detaches(signal: nix::sys::signal::Signal) {
+    let Some(lab) = lab() else { return };
+    let mut gw = xdp_gateway(&lab);
+    let addr = gw.listeners[0];
+    assert!(lab.host_has_xdp(), "trustgate should have attached XDP");
+    assert_times_out(
+        &lab,
+        lab.untrusted4.into(),
+        addr,
+        "untrusted while trustgate runs",
+    );
+    gw.signal(signal);
+    let exited = gw.wait_exit(Duration::from_secs(10));
+    assert!(
+        exited.is_some(),
+        "trustgate did not exit on {signal}; log:\n{}",
+        gw.log()
+    );
+    assert!(!lab.host_has_xdp(), "XDP still attached after {signal}");
+    // Nothing listens any more, and nothing drops: the host answers with a RST.
+    let err = lab
+        .connect(lab.untrusted4.into(), addr, CONNECT_TIMEOUT)
+        .expect_err("nothing listens");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+}
+
+#[test]
+fn killed_process_leaves_no_program_attached() {
+    process_exit_detaches(nix::sys::signal::Signal::SIGKILL);
+}
+
+#[test]
+fn sigterm_drains_and_detaches() {
+    process_exit_detaches(nix::sys::signal::Signal::SIGTERM);
 }

@@ -159,6 +159,8 @@ pub struct Kernel {
     ebpf: Option<Ebpf>,
     trust: TrustList,
     xdp: Vec<(String, XdpAttached)>,
+    /// The ports the XDP program protects.
+    ports: Vec<u16>,
     sockets: Vec<ProtectedSocket>,
 }
 
@@ -178,6 +180,7 @@ impl Kernel {
             ebpf: None,
             trust: trust.clone(),
             xdp: Vec::new(),
+            ports: ports.to_vec(),
             sockets: Vec::new(),
         };
         match &plan {
@@ -283,6 +286,17 @@ impl Kernel {
             (Plan::Xdp { .. }, None) => {}
         }
         self.trust = trust.clone();
+        Ok(())
+    }
+
+    /// Makes the XDP program protect exactly `ports` (the listeners' actual ports, known
+    /// once bound; or new ones after a reload). A no-op in the socket modes, where each
+    /// listener carries its own filter.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
+        if let (Plan::Xdp { .. }, Some(ebpf)) = (&self.plan, &mut self.ebpf) {
+            maps::set_ports(ebpf, &self.ports, ports)?;
+            self.ports = ports.to_vec();
+        }
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 )]
 
 pub mod frames;
+pub mod gateway;
 pub mod netns;
 pub mod peers;
 

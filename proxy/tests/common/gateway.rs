@@ -1,0 +1,150 @@
+//! Runs the real `trustgate` binary on a config written to a temporary directory, with
+//! JSON logs on stderr collected by a thread, so tests can wait for a log event (such as
+//! "listening") instead of sleeping, and assert on the access log afterwards. `Drop`
+//! kills the process.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long to wait for trustgate to say it is listening.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub struct Gateway {
+    child: Child,
+    lines: Receiver<Value>,
+    /// Every log event seen so far, in order.
+    pub seen: Vec<Value>,
+    /// The listeners' addresses, from the "listening" events.
+    pub listeners: Vec<SocketAddr>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts trustgate on `config` and waits until it has logged `listeners` "listening"
+    /// events. Panics with the log when it exits or does not get there in time.
+    pub fn start(config: &str, listeners: usize) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path: PathBuf = dir.path().join("config.toml");
+        std::fs::write(&path, config).expect("writing the config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trustgate"))
+            .arg("-c")
+            .arg(&path)
+            .args(["--log-format", "json"])
+            .env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting trustgate");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let value = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                if tx.send(value).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut gw = Gateway {
+            child,
+            lines,
+            seen: Vec::new(),
+            listeners: Vec::new(),
+            _dir: dir,
+        };
+        for _ in 0..listeners {
+            let event = gw
+                .wait_for(|e| message(e) == Some("listening"), START_TIMEOUT)
+                .unwrap_or_else(|| {
+                    panic!("trustgate did not start listening; its log:\n{}", gw.log())
+                });
+            let addr = field(&event, "listener")
+                .and_then(|a| a.parse().ok())
+                .expect("listening event names its address");
+            gw.listeners.push(addr);
+        }
+        gw
+    }
+
+    /// Waits for the first event (after those already seen) that `pred` accepts.
+    pub fn wait_for(&mut self, pred: impl Fn(&Value) -> bool, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(event) => {
+                    self.seen.push(event.clone());
+                    if pred(&event) {
+                        return Some(event);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    /// Events seen so far whose message is `msg`.
+    pub fn events(&self, msg: &str) -> Vec<&Value> {
+        self.seen
+            .iter()
+            .filter(|e| message(e) == Some(msg))
+            .collect()
+    }
+
+    /// The log so far, for failure messages.
+    pub fn log(&self) -> String {
+        self.seen.iter().map(|e| format!("{e}\n")).collect()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Sends `signal` to the process.
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signalling trustgate");
+    }
+
+    /// Waits for the process to exit (bounded), returning whether it exited cleanly.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            // Drain the log as it comes, which is also what paces this loop.
+            let _ = self.wait_for(|_| false, Duration::from_millis(50));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.success());
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The `message` field of a tracing JSON event.
+pub fn message(event: &Value) -> Option<&str> {
+    event.get("fields")?.get("message")?.as_str()
+}
+
+/// A field of a tracing JSON event, as a string.
+pub fn field(event: &Value, name: &str) -> Option<String> {
+    let v = event.get("fields")?.get(name)?;
+    Some(match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    })
+}
