@@ -12,11 +12,13 @@
 //!   to a connection under a timeout.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod forward;
 pub mod kernel;
 pub mod listener;
 pub mod metrics;
 pub mod proxy_protocol;
+pub mod reload;
 pub mod tls;
 pub mod trust;

@@ -59,6 +59,11 @@ pub enum ListenerError {
         #[source]
         source: KernelError,
     },
+    #[error("updating the kernel's trusted list")]
+    Sync {
+        #[source]
+        source: KernelError,
+    },
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -75,7 +80,7 @@ struct ProxySettings {
 /// Everything a new connection needs from the current config. Swapped whole on reload;
 /// a connection keeps the one it started with.
 pub struct Runtime {
-    forwarder: Arc<Forwarder>,
+    pub(crate) forwarder: Arc<Forwarder>,
     tls: Tls,
     proxy: Option<ProxySettings>,
     limits: Limits,
@@ -195,10 +200,12 @@ pub struct Server {
     per_ip: Arc<PerIp>,
     /// Set when draining starts; every HTTP connection watches it.
     stop: watch::Sender<bool>,
+    /// The kernel filter, updated on reload and read by scrapes; taken at exit.
+    kernel: Mutex<Option<Kernel>>,
 }
 
 impl Server {
-    pub fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Arc<Server> {
+    pub fn new(runtime: Runtime, kernel: Option<Kernel>, metrics: Arc<Metrics>) -> Arc<Server> {
         let max_clients = runtime.limits.max_clients;
         Arc::new(Server {
             runtime: ArcSwap::from_pointee(runtime),
@@ -207,6 +214,7 @@ impl Server {
             max_clients,
             per_ip: Arc::new(PerIp::default()),
             stop: watch::channel(false).0,
+            kernel: Mutex::new(kernel),
         })
     }
 
@@ -215,10 +223,39 @@ impl Server {
         &self.metrics
     }
 
-    /// Makes `runtime` the one new connections get. Connections already running keep
-    /// theirs. (`max_clients` keeps the value the server started with.)
-    pub fn swap(&self, runtime: Runtime) {
+    /// The runtime new connections get.
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Runs `f` on the kernel filter, if one is loaded.
+    pub fn with_kernel<T>(&self, f: impl FnOnce(&mut Kernel) -> T) -> Option<T> {
+        let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
+        kernel.as_mut().map(f)
+    }
+
+    /// Takes the kernel filter out, so that dropping it detaches now (at exit).
+    pub fn take_kernel(&self) -> Option<Kernel> {
+        self.kernel.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Applies a new config to new connections: the kernel's trusted list is updated in
+    /// place first, then user space switches, so a prefix is never trusted by user
+    /// space before the kernel lets it in, and removed from both within the call.
+    /// Connections already running keep their runtime. Listener addresses, the filter
+    /// mode and `max_clients` keep the values the process started with.
+    pub fn reload(&self, config: &Config) -> Result<(), ListenerError> {
+        let runtime = Runtime::new(config)?;
+        let trust = config
+            .proxy_protocol
+            .as_ref()
+            .map(|p| p.trust.clone())
+            .unwrap_or_default();
+        self.with_kernel(|kernel| kernel.sync(&trust))
+            .transpose()
+            .map_err(|source| ListenerError::Sync { source })?;
         self.runtime.store(Arc::new(runtime));
+        Ok(())
     }
 
     /// Serves `listeners` until `shutdown` completes, then stops accepting and lets

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use proxy::config;
 use proxy::kernel;
 use proxy::listener::{self, Runtime, Server};
 use proxy::metrics::Metrics;
+use proxy::{admin, config, reload};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -29,6 +30,9 @@ struct Cli {
     /// The config file, in rpxy's format.
     #[arg(short, long, global = true, default_value = "config.toml")]
     config: PathBuf,
+    /// Watch the config file and reload it when it changes (SIGHUP always reloads).
+    #[arg(short, long)]
+    watch: bool,
     /// Log format.
     #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -40,6 +44,8 @@ struct Cli {
 enum Command {
     /// Validate the config and print what would run; exit 0 when it would start.
     Check,
+    /// Print the counters of the instance running on this config (its `[metrics] listen`).
+    Stats,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -61,6 +67,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Some(Command::Check) => check(&cli),
+        Some(Command::Stats) => stats(&cli),
         None => serve(&cli),
     };
     match result {
@@ -82,6 +89,21 @@ fn check(cli: &Cli) -> Result<()> {
 }
 
 #[tokio::main]
+async fn stats(cli: &Cli) -> Result<()> {
+    let (config, _) = config::load_with(&cli.config, config::LoadOptions { check_files: false })?;
+    let addr = config.metrics_listen.context(
+        "the config has no [metrics] listen, so the running instance exposes no counters",
+    )?;
+    let text = admin::fetch(addr)
+        .await
+        .with_context(|| format!("fetching http://{addr}/metrics"))?;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+#[tokio::main]
 async fn serve(cli: &Cli) -> Result<()> {
     let (config, warnings) = config::load(&cli.config)?;
     for w in &warnings {
@@ -92,13 +114,31 @@ async fn serve(cli: &Cli) -> Result<()> {
     let listeners =
         listener::bind_all(&config, kernel.as_mut()).context("binding the listeners")?;
     let runtime = Runtime::new(&config).context("preparing TLS and the upstreams")?;
-    let server = Server::new(runtime, Arc::new(Metrics::default()));
+    let server = Server::new(runtime, kernel, Arc::new(Metrics::default()));
+    let admin = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics listener {addr}"))?;
+            Some(tokio::spawn(admin::serve(listener, Arc::clone(&server))))
+        }
+        None => None,
+    };
+    let reloads = tokio::spawn(reload::run(
+        Arc::clone(&server),
+        cli.config.clone(),
+        cli.watch,
+    ));
     let signals = signal_count();
     tokio::select! {
-        _ = server.run(listeners, nth_signal(signals.clone(), 1), DRAIN_GRACE) => {}
+        _ = Arc::clone(&server).run(listeners, nth_signal(signals.clone(), 1), DRAIN_GRACE) => {}
         _ = nth_signal(signals, 2) => warn!("second signal: stopping without waiting for the drain"),
     }
-    drop(kernel);
+    reloads.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    drop(server.take_kernel());
     info!("stopped; kernel filter detached");
     Ok(())
 }

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub refused_untrusted: AtomicU64,
     pub refused_max_clients: AtomicU64,
     pub refused_per_ip: AtomicU64,
+    pub reloads_ok: AtomicU64,
+    pub reloads_failed: AtomicU64,
     /// PROXY header failures by `ReadError::kind` (timeout and eof included).
     header_errors: Mutex<BTreeMap<&'static str, u64>>,
     /// TLS failures by `HandshakeError::kind`.
@@ -35,6 +37,8 @@ pub struct Snapshot {
     pub refused_untrusted: u64,
     pub refused_max_clients: u64,
     pub refused_per_ip: u64,
+    pub reloads_ok: u64,
+    pub reloads_failed: u64,
     pub header_errors: BTreeMap<&'static str, u64>,
     pub tls_errors: BTreeMap<&'static str, u64>,
 }
@@ -63,6 +67,8 @@ impl Metrics {
             refused_untrusted: load(&self.refused_untrusted),
             refused_max_clients: load(&self.refused_max_clients),
             refused_per_ip: load(&self.refused_per_ip),
+            reloads_ok: load(&self.reloads_ok),
+            reloads_failed: load(&self.reloads_failed),
             header_errors: copy(&self.header_errors),
             tls_errors: copy(&self.tls_errors),
         }

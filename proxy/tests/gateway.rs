@@ -1,0 +1,485 @@
+//! trustgate end to end, as a user runs it: the real binary with a config file, the demo
+//! upstream behind it, and real peers in front — HAProxy (`send-proxy`,
+//! `send-proxy-v2`, TLS passed through), nginx's stream module and `curl
+//! --haproxy-protocol` — with clients in a network namespace at addresses of their own,
+//! so the address the upstream sees can only have come from the PROXY header.
+//! Needs root for the namespace; skips loudly without (fails in CI).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::gateway::{Gateway, field, message};
+use common::netns::Lab;
+use common::peers::{self, Peer};
+
+/// How long a refused connection may take to be closed, or a request to be answered.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = common::find_tool(name);
+    if found.is_none() {
+        common::skip(&format!("`{name}` is not installed"));
+    }
+    found
+}
+
+fn lab() -> Option<Lab> {
+    Lab::new()
+        .map_err(|why| common::skip(&format!("cannot build a network namespace: {why}")))
+        .ok()
+}
+
+/// The demo upstream on a free loopback port; Drop kills it.
+struct Upstream {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        let addr: SocketAddr = format!("127.0.0.1:{}", peers::free_port("127.0.0.1"))
+            .parse()
+            .expect("addr");
+        let child = Command::new(env!("CARGO_BIN_EXE_demo-upstream"))
+            .args(["--listen", &addr.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting the demo upstream");
+        let upstream = Upstream { child, addr };
+        wait_listening(addr);
+        upstream
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls connect until `addr` accepts, within [`ANSWER_TIMEOUT`].
+fn wait_listening(addr: SocketAddr) {
+    let deadline = std::time::Instant::now() + ANSWER_TIMEOUT;
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} never started listening"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A trustgate config: plain HTTP on an ephemeral port of 127.0.0.1 (and TLS on `tls`
+/// with the test certificate, when given), one app routing to `upstream`, PROXY
+/// protocol from `trusted`, and the kernel filter in `mode`.
+fn config(
+    upstream: SocketAddr,
+    trusted: &[&str],
+    mode: &str,
+    tls: Option<(u16, &peers::Certificates)>,
+) -> String {
+    let trusted: Vec<String> = trusted.iter().map(|t| format!("\"{t}\"")).collect();
+    let (tls_port, tls_table) = match tls {
+        Some((port, certs)) => (
+            format!("listen_port_tls = {port}\n"),
+            format!(
+                "tls = {{ tls_cert_path = \"{}\", tls_cert_key_path = \"{}\" }}\n",
+                certs.server_pem.with_file_name("server.crt").display(),
+                certs.server_pem.with_file_name("server.key").display()
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
+    format!(
+        r#"
+listen_port = 0
+{tls_port}listen_address_v4 = "127.0.0.1"
+default_app = "app"
+[apps.app]
+server_name = "localhost"
+{tls_table}[[apps.app.reverse_proxy]]
+upstream = [{{ location = "{upstream}" }}]
+[experimental.tcp_recv_proxy_protocol]
+trusted_proxies = [{trusted}]
+timeout = 200
+[experimental.tcp_recv_proxy_protocol.kernel_filter]
+mode = "{mode}"
+"#,
+        trusted = trusted.join(", ")
+    )
+}
+
+fn haproxy_config(frontends: &str) -> String {
+    format!(
+        "global\n    pidfile {{dir}}/haproxy.pid\n    nbthread 1\n\
+         defaults\n    mode tcp\n    timeout connect 2s\n    timeout client 10s\n    timeout server 10s\n\
+         {frontends}"
+    )
+}
+
+/// Runs curl inside the lab's namespace, from `src`.
+fn curl_in(lab: &Lab, curl: &PathBuf, src: IpAddr, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", &lab.ns])
+        .arg(curl)
+        .args(["-sS", "--max-time", "10", "--interface", &src.to_string()])
+        .args(args)
+        .output()
+        .expect("running curl in the namespace")
+}
+
+fn body(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "curl failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+}
+
+/// The value the upstream received for `header`, from the demo upstream's echo.
+fn header(body: &str, name: &str) -> Option<String> {
+    let prefix = format!("{name}: ");
+    body.lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix).map(|v| v.trim().to_string()))
+}
+
+fn is_access(event: &serde_json::Value) -> bool {
+    event.get("target").and_then(|t| t.as_str()) == Some("trustgate::access")
+}
+
+/// Waits for the access-log line of one request and returns its `client` field.
+fn access_client(gw: &mut Gateway) -> String {
+    let event = gw
+        .wait_for(is_access, ANSWER_TIMEOUT)
+        .unwrap_or_else(|| panic!("no access-log line; log:\n{}", gw.log()));
+    field(&event, "client").unwrap_or_default()
+}
+
+#[test]
+fn haproxy_send_proxy_v1_and_v2_carry_the_namespace_client_v4_and_v6() {
+    let (Some(haproxy), Some(curl)) = (tool("haproxy"), tool("curl")) else {
+        return;
+    };
+    let Some(lab) = lab() else { return };
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&config(upstream.addr, &["127.0.0.1/32"], "socket", None), 1);
+    let ours = gw.listeners[0];
+    let p = [0; 4].map(|_| peers::free_port("127.0.0.1"));
+    let frontends = format!(
+        "frontend v1_4\n    bind {h4}:{p0}\n    default_backend v1\n\
+         frontend v2_4\n    bind {h4}:{p1}\n    default_backend v2\n\
+         frontend v1_6\n    bind [{h6}]:{p2}\n    default_backend v1\n\
+         frontend v2_6\n    bind [{h6}]:{p3}\n    default_backend v2\n\
+         backend v1\n    server ours {ours} send-proxy\n\
+         backend v2\n    server ours {ours} send-proxy-v2\n",
+        h4 = lab.host4,
+        h6 = lab.host6,
+        p0 = p[0],
+        p1 = p[1],
+        p2 = p[2],
+        p3 = p[3],
+    );
+    let ready = SocketAddr::new(lab.host4.into(), p[0]);
+    let _haproxy: Peer = peers::haproxy(&haproxy, &haproxy_config(&frontends), ready);
+    let cases = [
+        (
+            IpAddr::from(lab.trusted4),
+            format!("http://{}:{}/v1", lab.host4, p[0]),
+            "v1 over IPv4",
+        ),
+        (
+            lab.trusted4.into(),
+            format!("http://{}:{}/v2", lab.host4, p[1]),
+            "v2 over IPv4",
+        ),
+        (
+            lab.trusted6.into(),
+            format!("http://[{}]:{}/v1", lab.host6, p[2]),
+            "v1 over IPv6",
+        ),
+        (
+            lab.trusted6.into(),
+            format!("http://[{}]:{}/v2", lab.host6, p[3]),
+            "v2 over IPv6",
+        ),
+    ];
+    for (client, url, case) in cases {
+        let out = curl_in(
+            &lab,
+            &curl,
+            client,
+            &["-H", "X-Forwarded-For: 203.0.113.66", &url],
+        );
+        let body = body(&out);
+        assert_eq!(
+            header(&body, "x-forwarded-for"),
+            Some(client.to_string()),
+            "{case}: {body}"
+        );
+        assert_eq!(
+            header(&body, "x-real-ip"),
+            Some(client.to_string()),
+            "{case}: {body}"
+        );
+        assert_eq!(
+            access_client(&mut gw),
+            client.to_string(),
+            "{case}: access log"
+        );
+    }
+}
+
+#[test]
+fn h2_prior_knowledge_and_tls_alpn_h2_through_haproxy() {
+    let (Some(haproxy), Some(curl), Some(openssl)) =
+        (tool("haproxy"), tool("curl"), tool("openssl"))
+    else {
+        return;
+    };
+    let Some(lab) = lab() else { return };
+    let certs_dir = tempfile::tempdir().expect("temp dir");
+    let certs = peers::certificates(&openssl, certs_dir.path());
+    let upstream = Upstream::start();
+    let tls_port = peers::free_port("127.0.0.1");
+    let mut gw = Gateway::start(
+        &config(
+            upstream.addr,
+            &["127.0.0.1/32"],
+            "socket",
+            Some((tls_port, &certs)),
+        ),
+        2,
+    );
+    let plain = gw
+        .listeners
+        .iter()
+        .find(|a| a.port() != tls_port)
+        .copied()
+        .expect("plain listener");
+    let [p0, p1] = [0; 2].map(|_| peers::free_port("127.0.0.1"));
+    let frontends = format!(
+        "frontend plain\n    bind {h4}:{p0}\n    default_backend plain\n\
+         frontend tls\n    bind {h4}:{p1}\n    default_backend tls\n\
+         backend plain\n    server ours {plain} send-proxy-v2\n\
+         backend tls\n    server ours 127.0.0.1:{tls_port} send-proxy-v2\n",
+        h4 = lab.host4,
+    );
+    let _haproxy = peers::haproxy(
+        &haproxy,
+        &haproxy_config(&frontends),
+        SocketAddr::new(lab.host4.into(), p0),
+    );
+    let client = IpAddr::from(lab.trusted4);
+    let h2c = curl_in(
+        &lab,
+        &curl,
+        client,
+        &[
+            "--http2-prior-knowledge",
+            "-w",
+            "\nversion=%{http_version}\n",
+            &format!("http://{}:{p0}/h2c", lab.host4),
+        ],
+    );
+    let h2c = body(&h2c);
+    assert!(h2c.contains("version=2"), "h2 with prior knowledge: {h2c}");
+    assert_eq!(
+        header(&h2c, "x-forwarded-for"),
+        Some(client.to_string()),
+        "h2c: {h2c}"
+    );
+    let resolve = format!("localhost:{p1}:{}", lab.host4);
+    let tls = curl_in(
+        &lab,
+        &curl,
+        client,
+        &[
+            "-k",
+            "--http2",
+            "--resolve",
+            &resolve,
+            "-w",
+            "\nversion=%{http_version}\n",
+            &format!("https://localhost:{p1}/tls"),
+        ],
+    );
+    let tls = body(&tls);
+    assert!(tls.contains("version=2"), "h2 by ALPN over TLS: {tls}");
+    assert_eq!(
+        header(&tls, "x-forwarded-for"),
+        Some(client.to_string()),
+        "TLS: {tls}"
+    );
+    assert_eq!(
+        header(&tls, "x-forwarded-proto"),
+        Some("https".into()),
+        "TLS: {tls}"
+    );
+    let _ = access_client(&mut gw);
+}
+
+#[test]
+fn nginx_stream_proxy_protocol_carries_the_namespace_client() {
+    let (Some(nginx), Some(curl)) = (tool("nginx"), tool("curl")) else {
+        return;
+    };
+    if !std::path::Path::new(peers::NGINX_STREAM_MODULE).exists() {
+        return common::skip("nginx's stream module (libnginx-mod-stream) is not installed");
+    }
+    let Some(lab) = lab() else { return };
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&config(upstream.addr, &["127.0.0.1/32"], "socket", None), 1);
+    let port = peers::free_port("127.0.0.1");
+    let stream = format!(
+        "server {{ listen {h4}:{port}; proxy_pass {ours}; proxy_protocol on; }}",
+        h4 = lab.host4,
+        ours = gw.listeners[0]
+    );
+    let _nginx = peers::nginx(&nginx, &stream, SocketAddr::new(lab.host4.into(), port));
+    let out = curl_in(
+        &lab,
+        &curl,
+        lab.trusted4.into(),
+        &[&format!("http://{}:{port}/nginx", lab.host4)],
+    );
+    let body = body(&out);
+    assert_eq!(
+        header(&body, "x-forwarded-for"),
+        Some(lab.trusted4.to_string()),
+        "{body}"
+    );
+    assert_eq!(access_client(&mut gw), lab.trusted4.to_string());
+}
+
+#[test]
+fn curl_haproxy_protocol_directly() {
+    let Some(curl) = tool("curl") else { return };
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&config(upstream.addr, &["127.0.0.1/32"], "off", None), 1);
+    let out = Command::new(curl)
+        .args([
+            "-sS",
+            "--max-time",
+            "10",
+            "--haproxy-protocol",
+            "-H",
+            "X-Real-IP: 203.0.113.66",
+        ])
+        .arg(format!("http://{}/direct?token=1", gw.listeners[0]))
+        .output()
+        .expect("curl");
+    let body = body(&out);
+    assert_eq!(
+        header(&body, "x-forwarded-for"),
+        Some("127.0.0.1".into()),
+        "{body}"
+    );
+    assert_eq!(
+        header(&body, "x-real-ip"),
+        Some("127.0.0.1".into()),
+        "{body}"
+    );
+    assert_eq!(access_client(&mut gw), "127.0.0.1");
+}
+
+#[test]
+fn untrusted_peer_never_reaches_the_upstream() {
+    let Some(curl) = tool("curl") else { return };
+    let upstream = Upstream::start();
+    // Trust someone else: curl's 127.0.0.1 is an outsider. With the filter off, user
+    // space refuses it; with the socket filter, the kernel drops its SYN.
+    for (mode, expect_exit) in [("off", None), ("socket", Some(28))] {
+        let mut gw = Gateway::start(&config(upstream.addr, &["127.0.0.2/32"], mode, None), 1);
+        let out = Command::new(&curl)
+            .args([
+                "-sS",
+                "--connect-timeout",
+                "1",
+                "--max-time",
+                "3",
+                "--haproxy-protocol",
+            ])
+            .arg(format!("http://{}/", gw.listeners[0]))
+            .output()
+            .expect("curl");
+        assert!(
+            !out.status.success(),
+            "{mode}: an untrusted peer got an answer: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        if let Some(code) = expect_exit {
+            assert_eq!(
+                out.status.code(),
+                Some(code),
+                "{mode}: the kernel should drop the SYN (connect timeout)"
+            );
+        } else {
+            let refused = gw.wait_for(
+                |e| message(e) == Some("refused: peer is not a trusted proxy"),
+                ANSWER_TIMEOUT,
+            );
+            assert!(
+                refused.is_some(),
+                "{mode}: no refusal logged:\n{}",
+                gw.log()
+            );
+        }
+        gw.signal(nix::sys::signal::Signal::SIGTERM);
+        gw.wait_exit(ANSWER_TIMEOUT);
+        let forwarded = gw.seen.iter().any(is_access);
+        assert!(!forwarded, "{mode}: a request was forwarded:\n{}", gw.log());
+    }
+}
+
+#[test]
+fn trusted_peer_without_a_valid_header_in_time_is_closed_and_counted() {
+    let upstream = Upstream::start();
+    let mut gw = Gateway::start(&config(upstream.addr, &["127.0.0.1/32"], "off", None), 1);
+    let addr = gw.listeners[0];
+    let cases: [(&[u8], &str); 3] = [
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "no header"),
+        (
+            b"PROXY TCP4 256.0.0.1 127.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n",
+            "bad v1 address",
+        ),
+        (
+            b"PROXY TCP4 192.0.2.1 127.0.0.1 1",
+            "stalls past the timeout",
+        ),
+    ];
+    for (bytes, case) in cases {
+        let mut stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(ANSWER_TIMEOUT))
+            .expect("timeout");
+        stream.write_all(bytes).expect("write");
+        let mut buf = Vec::new();
+        // The proxy closes without a byte of HTTP.
+        let n = stream.read_to_end(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "{case}: got {:?}", String::from_utf8_lossy(&buf));
+        let event = gw
+            .wait_for(
+                |e| message(e) == Some("refused: PROXY header"),
+                ANSWER_TIMEOUT,
+            )
+            .unwrap_or_else(|| panic!("{case}: no refusal logged:\n{}", gw.log()));
+        let kind = field(&event, "kind").unwrap_or_default();
+        if case == "stalls past the timeout" {
+            assert_eq!(kind, "timeout", "{case}");
+        } else {
+            assert_ne!(
+                kind, "timeout",
+                "{case}: rejected at once, not at the deadline"
+            );
+        }
+    }
+}
