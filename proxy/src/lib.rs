@@ -10,9 +10,14 @@
 //!   filter), with a classic-BPF fallback; reads its counters.
 //! - [`proxy_protocol`]: the PROXY v1/v2 header parser and the reader that applies it
 //!   to a connection under a timeout.
+//! - [`forward`]: a request's way upstream and back: routing, header rewriting with the
+//!   recovered client address, the pooled upstream client, upgrades, the access log.
+//! - [`demo`]: the demo upstream that echoes the request it received.
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod demo;
+pub mod forward;
 pub mod kernel;
 pub mod proxy_protocol;
 pub mod trust;
