@@ -7,6 +7,7 @@
 
 pub mod frames;
 pub mod netns;
+pub mod peers;
 pub mod upstream;
 
 use std::path::PathBuf;

@@ -1,0 +1,65 @@
+//! [`ProxyInfo`]: the owned result of a header, kept with the connection after the read
+//! buffer is gone, so the HTTP layer can log the client and map TLVs to headers.
+
+use std::net::SocketAddr;
+
+use super::{Addresses, Command, Fallback, Header, Tlvs, Version};
+
+/// What a PROXY header said, owned. The TLV bytes are the checked area of the header,
+/// copied once (no allocation when there are none).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ProxyInfo {
+    version: Version,
+    command: Command,
+    addresses: Addresses,
+    tlvs: Box<[u8]>,
+}
+
+impl From<Header<'_>> for ProxyInfo {
+    fn from(header: Header<'_>) -> Self {
+        Self {
+            version: header.version(),
+            command: header.command(),
+            addresses: header.addresses(),
+            tlvs: header.tlvs().as_bytes().into(),
+        }
+    }
+}
+
+impl ProxyInfo {
+    /// The header format.
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// LOCAL or PROXY.
+    pub fn command(&self) -> Command {
+        self.command
+    }
+
+    /// The endpoints the header describes.
+    pub fn addresses(&self) -> Addresses {
+        self.addresses
+    }
+
+    /// The relayed client address; `None` for LOCAL, `UNKNOWN`, UNSPEC and the
+    /// UNIX/DGRAM fallback, where the connection's own peer address applies.
+    pub fn client(&self) -> Option<SocketAddr> {
+        self.addresses.client()
+    }
+
+    /// The relayed destination address; `None` whenever [`ProxyInfo::client`] is.
+    pub fn destination(&self) -> Option<SocketAddr> {
+        self.addresses.destination()
+    }
+
+    /// Set when a valid UNIX or DGRAM header fell back to the peer address.
+    pub fn fallback(&self) -> Option<Fallback> {
+        self.addresses.fallback()
+    }
+
+    /// The TLVs (v2 only), with the same typed accessors as [`Header::tlvs`].
+    pub fn tlvs(&self) -> Tlvs<'_> {
+        Tlvs::from_validated(&self.tlvs)
+    }
+}

@@ -1,0 +1,203 @@
+//! Reading a PROXY header from a connection: [`read_header`] reads under a deadline until
+//! [`parse`] answers, and [`Rewind`] hands the bytes that came after the header to the
+//! next layer (TLS or HTTP) before reading the stream again. It owns no policy: the
+//! caller decides what the result means, counts and logs it.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{Limits, ParseError, ProxyInfo, parse};
+
+/// The first read's buffer. Holds any v1 line and the v2 headers load balancers send;
+/// it doubles when a longer v2 header is announced, up to the configured ceiling.
+const INITIAL_BUF_BYTES: usize = 512;
+
+/// Why no header was read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("connection closed after {received} bytes, before the PROXY header was complete")]
+    Eof { received: usize },
+    #[error("no complete PROXY header before the deadline ({received} bytes received)")]
+    Timeout { received: usize },
+    #[error("invalid PROXY header")]
+    Invalid(#[from] ParseError),
+    #[error("reading the PROXY header")]
+    Io(#[from] io::Error),
+}
+
+impl ReadError {
+    /// A stable label for metrics: `eof`, `timeout`, `io`, or the [`ParseError::kind`].
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Eof { .. } => "eof",
+            Self::Timeout { .. } => "timeout",
+            Self::Invalid(e) => e.kind(),
+            Self::Io(_) => "io",
+        }
+    }
+}
+
+/// Reads a PROXY header from `stream`, which must be at the start of the connection.
+///
+/// Reads whatever arrives, in any number of segments, and calls [`parse`] on all of it
+/// after each read; fails at once on a byte no valid header can have, on EOF, or at
+/// `deadline` (an instant, so the caller can measure from accept). Consumes exactly the
+/// header: the bytes read past it are replayed by the returned [`Rewind`] before the
+/// stream is read again. Memory is bounded by the v2 length ceiling in `limits`.
+pub async fn read_header<S>(
+    mut stream: S,
+    deadline: Instant,
+    limits: &Limits,
+) -> Result<(ProxyInfo, Rewind<S>), ReadError>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = Vec::with_capacity(INITIAL_BUF_BYTES);
+    let read =
+        tokio::time::timeout_at(deadline, read_until_parsed(&mut stream, &mut buf, limits)).await;
+    let (info, used) = match read {
+        Ok(result) => result?,
+        Err(_elapsed) => {
+            return Err(ReadError::Timeout {
+                received: buf.len(),
+            });
+        }
+    };
+    if let Some(fallback) = info.fallback() {
+        debug!(
+            ?fallback,
+            "PROXY header addresses not used; keeping the peer address"
+        );
+    }
+    Ok((info, Rewind::new(stream, buf, used)))
+}
+
+/// Reads into `buf` until it starts with a complete header; returns it and its length.
+async fn read_until_parsed<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+) -> Result<(ProxyInfo, usize), ReadError>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        if buf.len() == buf.capacity() {
+            // Only reached while `parse` waits for an announced length within the
+            // ceiling, so the buffer stays below twice the largest header allowed.
+            buf.reserve(buf.len());
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(ReadError::Eof {
+                received: buf.len(),
+            });
+        }
+        if let Some((header, used)) = parse(buf, limits)? {
+            return Ok((ProxyInfo::from(header), used));
+        }
+    }
+}
+
+/// A stream that first replays the bytes read past the PROXY header, then reads the
+/// inner stream. Writes, flushes and shutdown go straight to the inner stream.
+#[derive(Debug)]
+pub struct Rewind<S> {
+    inner: S,
+    /// `buffered[pos..]` is still to be replayed; freed once replayed.
+    buffered: Vec<u8>,
+    pos: usize,
+}
+
+impl<S> Rewind<S> {
+    fn new(inner: S, buffered: Vec<u8>, pos: usize) -> Self {
+        let mut rewind = Self {
+            inner,
+            buffered,
+            pos,
+        };
+        rewind.release_if_replayed();
+        rewind
+    }
+
+    /// The bytes still to be replayed before the inner stream is read.
+    pub fn buffered(&self) -> &[u8] {
+        self.buffered.get(self.pos..).unwrap_or_default()
+    }
+
+    /// The inner stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner stream. Reading it directly skips the bytes still buffered.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The inner stream and the bytes not yet replayed.
+    pub fn into_parts(mut self) -> (S, Vec<u8>) {
+        self.buffered.drain(..self.pos);
+        (self.inner, self.buffered)
+    }
+
+    fn release_if_replayed(&mut self) {
+        if self.pos >= self.buffered.len() {
+            self.buffered = Vec::new();
+            self.pos = 0;
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let pending = this.buffered();
+        if pending.is_empty() {
+            return Pin::new(&mut this.inner).poll_read(cx, out);
+        }
+        let n = pending.len().min(out.remaining());
+        out.put_slice(&pending[..n]);
+        this.pos += n;
+        this.release_if_replayed();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

@@ -1,0 +1,176 @@
+//! Version 2, the binary header: 12-byte signature, version/command, family/transport,
+//! a big-endian length, then the address block and TLVs. Every field is judged as soon as
+//! its byte arrives (the length before its bytes do); the header is always exactly
+//! 16 + length bytes, whatever the command.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use super::{Addresses, Command, Fallback, Header, Limits, ParseError, Version, tlv};
+
+/// The byte that starts every v2 header.
+pub(super) const FIRST_BYTE: u8 = 0x0D;
+/// The protocol signature.
+pub(super) const SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";
+/// Signature, version/command, family/transport and length.
+pub(super) const FIXED_BYTES: usize = 16;
+
+const VERSION_COMMAND_AT: usize = 12;
+const FAMILY_TRANSPORT_AT: usize = 13;
+const LENGTH_AT: usize = 14;
+
+const VERSION_2: u8 = 2;
+const COMMAND_LOCAL: u8 = 0;
+const COMMAND_PROXY: u8 = 1;
+
+/// Address families (high nibble of byte 13); 0 is AF_UNSPEC.
+const AF_INET: u8 = 1;
+const AF_INET6: u8 = 2;
+const AF_UNIX: u8 = 3;
+
+/// Transports (low nibble of byte 13); 0 is UNSPEC.
+const TRANSPORT_STREAM: u8 = 1;
+const TRANSPORT_DGRAM: u8 = 2;
+
+/// Address block sizes: two addresses, and two ports for the IP families.
+const INET_BLOCK_BYTES: usize = 2 * 4 + 2 * 2;
+const INET6_BLOCK_BYTES: usize = 2 * 16 + 2 * 2;
+const UNIX_BLOCK_BYTES: usize = 2 * 108;
+
+/// Parses a v2 header at the start of `buf` (whose first byte is 0x0D).
+pub(super) fn parse<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+) -> Result<Option<(Header<'a>, usize)>, ParseError> {
+    let Some(fixed) = buf.first_chunk::<FIXED_BYTES>() else {
+        return check_prefix(buf).map(|()| None);
+    };
+    if fixed[..VERSION_COMMAND_AT] != SIGNATURE {
+        let offset = signature_mismatch(buf).unwrap_or_default();
+        return Err(ParseError::BadSignature { offset });
+    }
+    let command = command(fixed[VERSION_COMMAND_AT])?;
+    let (family, transport) = family_transport(fixed[FAMILY_TRANSPORT_AT])?;
+    let length = usize::from(u16::from_be_bytes([fixed[LENGTH_AT], fixed[LENGTH_AT + 1]]));
+    let block = block_bytes(family);
+    if length > limits.max_v2_len {
+        return Err(ParseError::V2TooLong {
+            length,
+            max: limits.max_v2_len,
+        });
+    }
+    if length < block {
+        return Err(ParseError::V2ShortAddresses {
+            length,
+            needed: block,
+        });
+    }
+    let total = FIXED_BYTES + length;
+    let Some(header) = buf.get(..total) else {
+        return Ok(None);
+    };
+    let tlvs_at = FIXED_BYTES + block;
+    tlv::validate(header, tlvs_at)?;
+    let addresses = match command {
+        Command::Local => Addresses::Unspecified,
+        Command::Proxy => addresses(family, transport, &header[FIXED_BYTES..tlvs_at]),
+    };
+    let header = Header {
+        version: Version::V2,
+        command,
+        addresses,
+        tlvs: tlv::Tlvs::from_validated(&header[tlvs_at..]),
+    };
+    Ok(Some((header, total)))
+}
+
+/// Judges the first 16 bytes before all of them are in: a signature byte that differs,
+/// then the version/command and family/transport bytes as they arrive. The length needs
+/// both of its bytes, so it waits for [`parse`].
+fn check_prefix(buf: &[u8]) -> Result<(), ParseError> {
+    if let Some(offset) = signature_mismatch(buf) {
+        return Err(ParseError::BadSignature { offset });
+    }
+    if let Some(&byte) = buf.get(VERSION_COMMAND_AT) {
+        command(byte)?;
+    }
+    if let Some(&byte) = buf.get(FAMILY_TRANSPORT_AT) {
+        family_transport(byte)?;
+    }
+    Ok(())
+}
+
+/// The first byte that differs from the signature, if any.
+fn signature_mismatch(buf: &[u8]) -> Option<usize> {
+    buf.iter()
+        .zip(SIGNATURE)
+        .position(|(byte, expected)| *byte != expected)
+}
+
+fn command(byte: u8) -> Result<Command, ParseError> {
+    let version = byte >> 4;
+    if version != VERSION_2 {
+        return Err(ParseError::V2BadVersion { version });
+    }
+    match byte & 0x0F {
+        COMMAND_LOCAL => Ok(Command::Local),
+        COMMAND_PROXY => Ok(Command::Proxy),
+        command => Err(ParseError::V2BadCommand { command }),
+    }
+}
+
+fn family_transport(byte: u8) -> Result<(u8, u8), ParseError> {
+    let family = byte >> 4;
+    let transport = byte & 0x0F;
+    if family > AF_UNIX {
+        return Err(ParseError::V2BadFamily { family });
+    }
+    if transport > TRANSPORT_DGRAM {
+        return Err(ParseError::V2BadTransport { transport });
+    }
+    Ok((family, transport))
+}
+
+/// The family's address block, which the length must cover and the TLVs follow. The
+/// family alone decides it, whatever the transport and the command.
+fn block_bytes(family: u8) -> usize {
+    match family {
+        AF_INET => INET_BLOCK_BYTES,
+        AF_INET6 => INET6_BLOCK_BYTES,
+        AF_UNIX => UNIX_BLOCK_BYTES,
+        _ => 0,
+    }
+}
+
+/// The meaning of a PROXY command's address block (`block` is exactly its size).
+fn addresses(family: u8, transport: u8, block: &[u8]) -> Addresses {
+    let tcp = match (family, transport) {
+        (AF_UNIX, TRANSPORT_STREAM | TRANSPORT_DGRAM) => {
+            return Addresses::Fallback(Fallback::Unix);
+        }
+        (AF_INET | AF_INET6, TRANSPORT_DGRAM) => return Addresses::Fallback(Fallback::Datagram),
+        (AF_INET, TRANSPORT_STREAM) => tcp::<4, Ipv4Addr>(block),
+        (AF_INET6, TRANSPORT_STREAM) => tcp::<16, Ipv6Addr>(block),
+        // AF_UNSPEC or TRANSPORT_UNSPEC: the address information is to be ignored.
+        _ => return Addresses::Unspecified,
+    };
+    // `None` from `tcp` cannot happen: the length was checked to cover the block.
+    tcp.unwrap_or(Addresses::Unspecified)
+}
+
+/// Source address, destination address (`N` bytes each), source port, destination port.
+fn tcp<const N: usize, A>(block: &[u8]) -> Option<Addresses>
+where
+    A: From<[u8; N]> + Into<IpAddr>,
+{
+    let (source, rest) = block.split_first_chunk::<N>()?;
+    let (destination, rest) = rest.split_first_chunk::<N>()?;
+    let (source_port, rest) = rest.split_first_chunk::<2>()?;
+    let (destination_port, _) = rest.split_first_chunk::<2>()?;
+    Some(Addresses::Tcp {
+        source: SocketAddr::new(A::from(*source).into(), u16::from_be_bytes(*source_port)),
+        destination: SocketAddr::new(
+            A::from(*destination).into(),
+            u16::from_be_bytes(*destination_port),
+        ),
+    })
+}

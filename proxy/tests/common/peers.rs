@@ -1,0 +1,232 @@
+//! Real PROXY-protocol senders for the tests (HAProxy, nginx) and their test
+//! certificates. Each peer runs in its own temp dir with its own config, pid and log
+//! files, listens on loopback ports picked free, is awaited by polling connect against a
+//! deadline, and is killed and reaped when its [`Peer`] is dropped.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How long a peer may take to start listening.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause between two connect attempts while a peer starts.
+const READY_POLL: Duration = Duration::from_millis(20);
+
+/// A running peer process. Dropping it kills the process and removes its directory.
+pub struct Peer {
+    name: &'static str,
+    child: Child,
+    /// Config, pid and log files; removed after the process is reaped (field order).
+    dir: TempDir,
+}
+
+impl Peer {
+    /// The peer's directory, holding its config, pid and log files.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything the peer wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("output.log")).unwrap_or_default()
+    }
+
+    /// Starts `command` (whose output goes to `output.log` in `dir`) and waits until
+    /// `ready` accepts connections, failing with the peer's log if it exits or the
+    /// deadline passes first.
+    fn start(name: &'static str, mut command: Command, dir: TempDir, ready: SocketAddr) -> Peer {
+        let output =
+            fs::File::create(dir.path().join("output.log")).expect("create the peer's log");
+        let child = command
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(output.try_clone().expect("clone the log handle"))
+            .stderr(output)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let mut peer = Peer { name, child, dir };
+        peer.wait_ready(ready);
+        peer
+    }
+
+    fn wait_ready(&mut self, ready: SocketAddr) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&ready, READY_POLL).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "{} exited with {status} before listening:\n{}",
+                    self.name,
+                    self.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} not listening on {ready} after {READY_TIMEOUT:?}:\n{}",
+                self.name,
+                self.log()
+            );
+            std::thread::sleep(READY_POLL);
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        // Already gone if it crashed; either way reap it so no zombie outlives the test.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral loopback port")
+        .port()
+}
+
+/// Starts HAProxy on `config`, a full configuration file's text, in its own directory,
+/// and waits for `ready`. `config` may refer to `{dir}`, replaced by that directory.
+pub fn haproxy(program: &Path, config: &str, ready: SocketAddr) -> Peer {
+    let dir = TempDir::new().expect("temp dir");
+    let config = config.replace("{dir}", &dir.path().display().to_string());
+    let path = dir.path().join("haproxy.cfg");
+    fs::write(&path, config).expect("write haproxy.cfg");
+    let mut command = Command::new(program);
+    // -db: stay in the foreground, so the child is HAProxy itself.
+    command.arg("-db").arg("-f").arg(&path);
+    Peer::start("haproxy", command, dir, ready)
+}
+
+/// Starts nginx with `stream` as the body of its `stream {}` block, in its own
+/// directory, and waits for `ready`.
+pub fn nginx(program: &Path, stream: &str, ready: SocketAddr) -> Peer {
+    let dir = TempDir::new().expect("temp dir");
+    let config = format!(
+        "load_module {module};\n\
+         daemon off;\n\
+         master_process off;\n\
+         pid {dir}/nginx.pid;\n\
+         error_log {dir}/error.log info;\n\
+         events {{ worker_connections 64; }}\n\
+         stream {{\n{stream}\n}}\n",
+        module = NGINX_STREAM_MODULE,
+        dir = dir.path().display(),
+    );
+    let path = dir.path().join("nginx.conf");
+    fs::write(&path, config).expect("write nginx.conf");
+    let mut command = Command::new(program);
+    command
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-e")
+        .arg(dir.path().join("error.log"))
+        .arg("-c")
+        .arg(&path);
+    Peer::start("nginx", command, dir, ready)
+}
+
+/// Where Debian's `libnginx-mod-stream` installs the stream module.
+pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
+
+/// Test certificates made with the `openssl` command line: a CA, a server certificate
+/// for HAProxy (certificate and key in one PEM) and a client certificate for curl.
+pub struct Certificates {
+    pub ca: PathBuf,
+    pub server_pem: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+/// The Common Name of the client certificate.
+pub const CLIENT_CN: &str = "trustgate-test-client";
+
+/// Makes [`Certificates`] in `dir` with `openssl`.
+pub fn certificates(openssl: &Path, dir: &Path) -> Certificates {
+    let run = |args: &[&str]| {
+        let out = Command::new(openssl)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-days",
+            "2",
+            "-subj",
+            "/CN=trustgate-test-ca",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    ]
+    .concat());
+    for (name, cn, serial) in [("server", "localhost", "1"), ("client", CLIENT_CN, "2")] {
+        let (key, csr, crt) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.crt"),
+        );
+        let subject = format!("/CN={cn}");
+        run(&[
+            &["req"][..],
+            &ec,
+            &["-subj", &subject, "-keyout", &key, "-out", &csr],
+        ]
+        .concat());
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            serial,
+            "-days",
+            "2",
+            "-out",
+            &crt,
+        ]);
+    }
+    let server_pem = dir.join("server.pem");
+    let pem = [
+        fs::read(dir.join("server.crt")),
+        fs::read(dir.join("server.key")),
+    ]
+    .map(|r| r.expect("read what openssl wrote"))
+    .concat();
+    fs::write(&server_pem, pem).expect("write server.pem");
+    Certificates {
+        ca: dir.join("ca.crt"),
+        server_pem,
+        client_cert: dir.join("client.crt"),
+        client_key: dir.join("client.key"),
+    }
+}
