@@ -1,11 +1,10 @@
-//! The forwarder end to end: a `Forwarder` behind a minimal hyper server (standing in for
-//! the listener, with a recovered client address of its choosing) in front of real
-//! upstreams started here. HTTP/1.1 and h2c upstreams, 502/504/413, balancing, WebSocket,
-//! client identity, streaming both ways, TLS upstream verification, the access log.
+//! The forwarder end to end: a `Forwarder` behind a stand-in listener (its connections
+//! relayed, by their PROXY header, from a client at 203.0.113.7) in front of real upstreams
+//! started here. HTTP/1.1 and h2c upstreams, 502/504/413, balancing, WebSocket, client
+//! identity, streaming both ways, TLS upstream verification.
 
 mod common;
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,149 +12,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::forwarder::{
+    ReqBody, config, echoed, get, get_from, post, proxy, proxy_with, send, send_h2, text,
+};
 use common::upstream::{self, UpBody};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use http_body_util::Empty;
 use http_body_util::channel::Channel;
-use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use proxy::forward::{ACCESS_TARGET, ConnContext, ForwardOptions, Forwarder};
+use proxy::forward::ForwardOptions;
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
-use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::{Layer, Registry};
 
-/// The client address the stand-in listener "recovered" from a PROXY header.
-const CLIENT: &str = "203.0.113.7:4711";
-/// Generous bound on whole tests that would otherwise hang if streaming broke.
+/// Generous bound on tests that would hang if streaming broke.
 const HANG_GUARD: Duration = Duration::from_secs(60);
-
-type ReqBody = BoxBody<Bytes, Infallible>;
-
-struct Proxy {
-    addr: SocketAddr,
-    forwarder: Arc<Forwarder>,
-}
-
-fn client_addr() -> SocketAddr {
-    CLIENT.parse().expect("test client address")
-}
-
-/// A config with one app, `app.example`, whose `/` route goes to `upstreams`; `top` and
-/// `route` add keys at the top level and to the route.
-fn config(top: &str, upstreams: &[SocketAddr], route: &str) -> String {
-    let list: Vec<String> = upstreams
-        .iter()
-        .map(|a| format!("{{ location = \"{a}\" }}"))
-        .collect();
-    format!(
-        "listen_port = 8080\n{top}\n[apps.app]\nserver_name = \"app.example\"\n\
-         [[apps.app.reverse_proxy]]\nupstream = [{}]\n{route}\n",
-        list.join(", ")
-    )
-}
-
-async fn proxy(config_text: &str) -> Proxy {
-    proxy_with(config_text, ForwardOptions::default()).await
-}
-
-/// Serves a forwarder for `config_text` on 127.0.0.1:0, every connection claiming
-/// [`CLIENT`] as its recovered client.
-async fn proxy_with(config_text: &str, options: ForwardOptions) -> Proxy {
-    let (config, _warnings) =
-        proxy::config::parse_str(config_text, "forward-test.toml").expect("test config is valid");
-    let forwarder = Arc::new(Forwarder::with_options(&config, options).expect("forwarder builds"));
-    let (listener, addr) = upstream::bind().await;
-    let serving = forwarder.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
-            };
-            let conn = ConnContext {
-                client: client_addr(),
-                peer,
-                local: addr,
-                tls: false,
-                sni: None,
-                destination: None,
-            };
-            let forwarder = serving.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| {
-                    let forwarder = forwarder.clone();
-                    let conn = conn.clone();
-                    async move { Ok::<_, Infallible>(forwarder.handle(req, &conn).await) }
-                });
-                let _ended = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Proxy { addr, forwarder }
-}
-
-fn get(path: &str) -> Request<ReqBody> {
-    Request::get(path)
-        .header(header::HOST, "app.example")
-        .body(Empty::new().boxed())
-        .expect("test request")
-}
-
-fn with_body(path: &str, body: impl Into<Bytes>) -> Request<ReqBody> {
-    Request::post(path)
-        .header(header::HOST, "app.example")
-        .body(Full::new(body.into()).boxed())
-        .expect("test request")
-}
-
-/// Sends `req` over a fresh HTTP/1.1 connection.
-async fn send(addr: SocketAddr, req: Request<ReqBody>) -> Response<Incoming> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the proxy");
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(conn);
-    sender.send_request(req).await.expect("a response")
-}
-
-/// Sends `req` over a fresh HTTP/2 (prior knowledge) connection.
-async fn send_h2(addr: SocketAddr, req: Request<ReqBody>) -> Response<Incoming> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the proxy");
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .expect("HTTP/2 handshake");
-    tokio::spawn(conn);
-    sender.send_request(req).await.expect("a response")
-}
-
-async fn text(response: Response<Incoming>) -> String {
-    let bytes = response
-        .into_body()
-        .collect()
-        .await
-        .expect("the whole body")
-        .to_bytes();
-    String::from_utf8(bytes.to_vec()).expect("a text body")
-}
-
-/// The demo upstream's echo of one header, if it saw it.
-fn echoed<'a>(echo: &'a str, name: &str) -> Option<&'a str> {
-    echo.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-}
 
 #[tokio::test]
 async fn http1_request_reaches_the_upstream_with_the_client_identity() {
@@ -169,8 +42,8 @@ async fn http1_request_reaches_the_upstream_with_the_client_identity() {
     assert_eq!(echoed(&echo, "x-forwarded-for"), Some("203.0.113.7"));
     assert_eq!(echoed(&echo, "x-real-ip"), Some("203.0.113.7"));
     assert_eq!(echoed(&echo, "x-forwarded-proto"), Some("http"));
-    let port = p.addr.port().to_string();
-    assert_eq!(echoed(&echo, "x-forwarded-port"), Some(port.as_str()));
+    // The port the client connected to, from the PROXY header.
+    assert_eq!(echoed(&echo, "x-forwarded-port"), Some("443"));
     assert_eq!(echoed(&echo, "x-forwarded-host"), Some("app.example"));
     assert_eq!(echoed(&echo, "forwarded"), None, "only with the option");
 }
@@ -214,11 +87,12 @@ async fn trusted_clients_chain_is_extended_and_forwarded_added() {
         Some("198.51.100.1, 203.0.113.7")
     );
     assert_eq!(echoed(&echo, "x-real-ip"), Some("198.51.100.1"));
-    let forwarded = format!(
-        "for=198.51.100.1, for=\"203.0.113.7:4711\";by=\"{}\";proto=http;host=app.example",
-        p.addr
+    assert_eq!(
+        echoed(&echo, "forwarded"),
+        Some(
+            "for=198.51.100.1, for=\"203.0.113.7:4711\";by=\"198.51.100.1:443\";proto=http;host=app.example"
+        )
     );
-    assert_eq!(echoed(&echo, "forwarded"), Some(forwarded.as_str()));
 }
 
 #[tokio::test]
@@ -313,10 +187,10 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn declared_body_over_the_limit_is_a_413_that_never_reaches_the_upstream() {
     let (up, count) = counting_upstream().await;
     let p = proxy(&config("request_max_body_size = 1024", &[up], "")).await;
-    let response = send(p.addr, with_body("/", vec![b'a'; 1025])).await;
+    let response = send(p.addr, post("/", vec![b'a'; 1025])).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(count.load(Ordering::SeqCst), 0);
-    let response = send(p.addr, with_body("/", vec![b'a'; 1024])).await;
+    let response = send(p.addr, post("/", vec![b'a'; 1024])).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(text(response).await, "1024 bytes");
     assert_eq!(p.forwarder.stats().bodies_too_large, 1);
@@ -515,21 +389,13 @@ async fn proxy_answers_no_route_and_redirect_itself() {
             .map(|v| v.as_bytes()),
         Some(&b"https://app.example:8443/a?b=c"[..])
     );
-    let to_api = |path: &str| {
-        Request::get(path)
-            .header(header::HOST, "api.example")
-            .body(Empty::new().boxed())
-            .expect("test request")
-    };
+    let to_api = |path: &str| get_from("api.example", path);
     assert_eq!(send(p.addr, to_api("/v1/x")).await.status(), StatusCode::OK);
     assert_eq!(
         send(p.addr, to_api("/v2")).await.status(),
         StatusCode::NOT_FOUND
     );
-    let unknown = Request::get("/")
-        .header(header::HOST, "nobody.example")
-        .body(Empty::new().boxed())
-        .expect("test request");
+    let unknown = get_from("nobody.example", "/");
     assert_eq!(send(p.addr, unknown).await.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         send(p.addr, to_api("/v1/../admin")).await.status(),
@@ -585,67 +451,4 @@ async fn tls_upstream_is_verified() {
     let response = send(p.addr, get("/")).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(text(response).await, "HTTP/2.0");
-}
-
-/// Collects the fields of access-log events.
-struct AccessLines(mpsc::UnboundedSender<HashMap<String, String>>);
-
-struct Fields(HashMap<String, String>);
-
-impl Visit for Fields {
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().to_owned(), format!("{value:?}"));
-    }
-
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.insert(field.name().to_owned(), value.to_owned());
-    }
-}
-
-impl<S: tracing::Subscriber> Layer<S> for AccessLines {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        if event.metadata().target() == ACCESS_TARGET {
-            let mut fields = Fields(HashMap::new());
-            event.record(&mut fields);
-            let _ = self.0.send(fields.0);
-        }
-    }
-}
-
-#[tokio::test]
-async fn each_request_writes_one_access_line_with_the_recovered_client() {
-    let (tx, mut lines) = mpsc::unbounded_channel();
-    // The test runtime is single-threaded: every task of this test logs on this thread.
-    let _guard = tracing::subscriber::set_default(Registry::default().with(AccessLines(tx)));
-    let demo = upstream::demo().await;
-    let p = proxy(&config("redact_query_in_access_log = true", &[demo], "")).await;
-    let body = text(send(p.addr, get("/logged?token=s3cret&x")).await).await;
-    let line = tokio::time::timeout(HANG_GUARD, lines.recv())
-        .await
-        .expect("an access line")
-        .expect("the channel is open");
-    let field = |name: &str| line.get(name).map(String::as_str);
-    assert_eq!(field("client"), Some("203.0.113.7"));
-    assert_eq!(field("client_port"), Some("4711"));
-    assert_eq!(field("method"), Some("GET"));
-    assert_eq!(field("host"), Some("app.example"));
-    assert_eq!(field("path"), Some("/logged?token=<redacted>&x"));
-    assert_eq!(field("version"), Some("HTTP/1.1"));
-    assert_eq!(field("status"), Some("200"));
-    let upstream = demo.to_string();
-    assert_eq!(field("upstream"), Some(upstream.as_str()));
-    let bytes = body.len().to_string();
-    assert_eq!(field("bytes"), Some(bytes.as_str()));
-    assert!(field("duration_ms").is_some());
-
-    let refused = send(p.addr, get("/../x")).await;
-    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
-    drop(refused);
-    let line = tokio::time::timeout(HANG_GUARD, lines.recv())
-        .await
-        .expect("an access line")
-        .expect("the channel is open");
-    assert_eq!(line.get("status").map(String::as_str), Some("400"));
-    assert_eq!(line.get("upstream").map(String::as_str), Some("-"));
-    assert!(lines.try_recv().is_err(), "one line per request");
 }

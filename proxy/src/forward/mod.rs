@@ -17,6 +17,7 @@ mod upgrade;
 use std::convert::Infallible;
 use std::error::Error as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,7 @@ use rustls::RootCertStore;
 use tracing::{debug, warn};
 
 use crate::config::Config;
+use crate::proxy_protocol::ProxyInfo;
 use crate::trust::TrustList;
 use access::{AccessBody, AccessRecord};
 use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError};
@@ -65,17 +67,19 @@ pub struct ConnContext {
     pub tls: bool,
     /// The TLS server name, lowercased.
     pub sni: Option<String>,
-    /// The address the client connected to, as the PROXY header relays it
-    /// (`ProxyInfo::destination()`); `None` without a header or for LOCAL/UNKNOWN.
-    pub destination: Option<SocketAddr>,
+    /// The PROXY header the connection started with, if any.
+    pub proxy: Option<Arc<ProxyInfo>>,
 }
 
 impl ConnContext {
-    /// The address the client connected to: the PROXY destination, else the local address.
-    /// `X-Forwarded-Port` and `Forwarded: by=` come from it, since that is the port the
-    /// client used and the one links back to it must name.
+    /// The address the client connected to: the PROXY header's destination, else the
+    /// local address. `X-Forwarded-Port` and `Forwarded: by=` come from it, since that is
+    /// the port the client used and the one links back to it must name.
     pub fn front(&self) -> SocketAddr {
-        self.destination.unwrap_or(self.local)
+        self.proxy
+            .as_ref()
+            .and_then(|p| p.destination())
+            .unwrap_or(self.local)
     }
 }
 
@@ -447,6 +451,14 @@ mod tests {
         assert!(open.ready() && open.ready());
     }
 
+    fn info(line: &[u8]) -> Arc<ProxyInfo> {
+        let limits = crate::proxy_protocol::Limits::default();
+        let (header, _) = crate::proxy_protocol::parse(line, &limits)
+            .expect("a valid header")
+            .expect("a complete header");
+        Arc::new(ProxyInfo::from(header))
+    }
+
     #[test]
     fn front_is_the_proxy_destination_when_there_is_one() {
         let a = |s: &str| s.parse::<SocketAddr>().expect("test address");
@@ -456,11 +468,13 @@ mod tests {
             local: a("10.0.0.2:8080"),
             tls: false,
             sni: None,
-            destination: None,
+            proxy: None,
         };
         assert_eq!(conn.front(), a("10.0.0.2:8080"));
-        conn.destination = Some(a("198.51.100.1:80"));
+        conn.proxy = Some(info(b"PROXY TCP4 203.0.113.7 198.51.100.1 5000 80\r\n"));
         assert_eq!(conn.front(), a("198.51.100.1:80"));
+        conn.proxy = Some(info(b"PROXY UNKNOWN\r\n"));
+        assert_eq!(conn.front(), a("10.0.0.2:8080"));
     }
 
     #[test]

@@ -289,7 +289,7 @@ upstream = [{ location = "127.0.0.1:3001" }]
             local: "127.0.0.1:8080".parse().expect("test address"),
             tls,
             sni: sni.map(str::to_owned),
-            destination: None,
+            proxy: None,
         }
     }
 

@@ -5,6 +5,7 @@
     reason = "each test crate uses a different subset of the helpers"
 )]
 
+pub mod forwarder;
 pub mod frames;
 pub mod netns;
 pub mod peers;
