@@ -268,15 +268,15 @@ impl Forwarder {
         }
         let host = request::request_host(req.uri(), req.headers(), req.version())?;
         record.host = host.as_ref().map(|h| h.original.clone());
+        if request::has_dot_segment(req.uri().path()) {
+            return Err(Refusal::BadRequest.into());
+        }
         let app = self.router.app_for(host.as_ref(), conn)?;
         if !conn.tls
             && app.https_redirection
             && let Some(location) = self.router.redirect_location(app, req.uri())
         {
             return Err(Answer::Redirect(location));
-        }
-        if request::has_dot_segment(req.uri().path()) {
-            return Err(Refusal::BadRequest.into());
         }
         let route = app.route_for(req.uri().path()).ok_or(Refusal::NotFound)?;
         if self
