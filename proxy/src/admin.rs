@@ -220,6 +220,28 @@ impl Collector for Scrape {
                 (vec![("outcome", "error".into())], m.reloads_failed),
             ],
         )?;
+        let f = server.runtime().forwarder.stats();
+        let classes: Vec<(Labels, u64)> = ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .iter()
+            .zip(f.responses)
+            .map(|(class, n)| (vec![("class", (*class).to_string())], n))
+            .collect();
+        counter(
+            &mut enc,
+            "requests",
+            "HTTP responses sent, by status class",
+            &classes,
+        )?;
+        counter(
+            &mut enc,
+            "upstream_errors",
+            "Upstream failures, by kind (each answered 502, 504 or 413)",
+            &[
+                (vec![("kind", "unreachable".into())], f.upstream_errors),
+                (vec![("kind", "timeout".into())], f.upstream_timeouts),
+                (vec![("kind", "body_too_large".into())], f.bodies_too_large),
+            ],
+        )?;
         self.encode_kernel(&mut enc)
     }
 }

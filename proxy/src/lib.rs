@@ -10,10 +10,19 @@
 //!   filter), with a classic-BPF fallback; reads its counters.
 //! - [`proxy_protocol`]: the PROXY v1/v2 header parser and the reader that applies it
 //!   to a connection under a timeout.
+//! - [`forward`]: a request's way upstream and back: routing, header rewriting with the
+//!   recovered client address, the pooled upstream client, upgrades, the access log.
+//! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs).
+//! - [`listener`]: binding, the accept loop, limits, and a connection's life: trust
+//!   check, PROXY header, TLS, HTTP/1.1 and h2; reload and graceful drain.
+//! - [`metrics`] and [`admin`]: the counters and their OpenMetrics exposition.
+//! - [`reload`]: SIGHUP and `-w` reloads.
+//! - [`demo`]: the demo upstream that echoes the request it received.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+pub mod demo;
 pub mod forward;
 pub mod kernel;
 pub mod listener;

@@ -87,10 +87,15 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime of a validated config (reads the certificates).
-    pub fn new(config: &Config) -> Result<Runtime, ListenerError> {
+    /// Builds the runtime of a validated config (reads the certificates). On reload,
+    /// `previous` is the runtime it replaces: the counters carry on from it.
+    pub fn new(config: &Config, previous: Option<&Runtime>) -> Result<Runtime, ListenerError> {
+        let forwarder = match previous {
+            Some(previous) => Forwarder::succeeding(config, &previous.forwarder)?,
+            None => Forwarder::new(config)?,
+        };
         Ok(Runtime {
-            forwarder: Arc::new(Forwarder::new(config)?),
+            forwarder: Arc::new(forwarder),
             tls: Tls::new(config)?,
             proxy: config.proxy_protocol.as_ref().map(|p| ProxySettings {
                 trust: p.trust.clone(),
@@ -245,7 +250,7 @@ impl Server {
     /// Connections already running keep their runtime. Listener addresses, the filter
     /// mode and `max_clients` keep the values the process started with.
     pub fn reload(&self, config: &Config) -> Result<(), ListenerError> {
-        let runtime = Runtime::new(config)?;
+        let runtime = Runtime::new(config, Some(&self.runtime.load()))?;
         let trust = config
             .proxy_protocol
             .as_ref()

@@ -113,7 +113,7 @@ async fn serve(cli: &Cli) -> Result<()> {
     let mut kernel = kernel::start_for(&config).context("starting the kernel filter")?;
     let listeners =
         listener::bind_all(&config, kernel.as_mut()).context("binding the listeners")?;
-    let runtime = Runtime::new(&config).context("preparing TLS and the upstreams")?;
+    let runtime = Runtime::new(&config, None).context("preparing TLS and the upstreams")?;
     let server = Server::new(runtime, kernel, Arc::new(Metrics::default()));
     let admin = match config.metrics_listen {
         Some(addr) => {

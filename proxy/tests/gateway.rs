@@ -83,16 +83,16 @@ fn config(
     upstream: SocketAddr,
     trusted: &[&str],
     mode: &str,
-    tls: Option<(u16, &peers::Certificates)>,
+    tls: Option<(u16, &ServerCert)>,
 ) -> String {
     let trusted: Vec<String> = trusted.iter().map(|t| format!("\"{t}\"")).collect();
     let (tls_port, tls_table) = match tls {
         Some((port, certs)) => (
             format!("listen_port_tls = {port}\n"),
             format!(
-                "tls = {{ tls_cert_path = \"{}\", tls_cert_key_path = \"{}\" }}\n",
-                certs.server_pem.with_file_name("server.crt").display(),
-                certs.server_pem.with_file_name("server.key").display()
+                "tls = {{ tls_cert_path = \"{}\", tls_cert_key_path = \"{}\", https_redirection = false }}\n",
+                certs.cert.display(),
+                certs.key.display()
             ),
         ),
         None => (String::new(), String::new()),
@@ -114,6 +114,52 @@ mode = "{mode}"
 "#,
         trusted = trusted.join(", ")
     )
+}
+
+/// A self-signed X.509 v3 certificate for `localhost` (rustls refuses v1 ones).
+struct ServerCert {
+    cert: PathBuf,
+    key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn server_cert(openssl: &std::path::Path) -> ServerCert {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
+    let out = Command::new(openssl)
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("running openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ServerCert {
+        cert,
+        key,
+        _dir: dir,
+    }
 }
 
 fn haproxy_config(frontends: &str) -> String {
@@ -246,8 +292,7 @@ fn h2_prior_knowledge_and_tls_alpn_h2_through_haproxy() {
         return;
     };
     let Some(lab) = lab() else { return };
-    let certs_dir = tempfile::tempdir().expect("temp dir");
-    let certs = peers::certificates(&openssl, certs_dir.path());
+    let certs = server_cert(&openssl);
     let upstream = Upstream::start();
     let tls_port = peers::free_port("127.0.0.1");
     let mut gw = Gateway::start(

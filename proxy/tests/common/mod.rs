@@ -5,10 +5,12 @@
     reason = "each test crate uses a different subset of the helpers"
 )]
 
+pub mod forwarder;
 pub mod frames;
 pub mod gateway;
 pub mod netns;
 pub mod peers;
+pub mod upstream;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,498 @@
+//! Forwarding: what happens to a request once the listener has read it. [`Forwarder`]
+//! routes it, rewrites its headers from the connection's facts ([`ConnContext`], with the
+//! client recovered from the PROXY header), sends it upstream and streams the answer back.
+//! [`Forwarder::handle`] never fails: every failure is a response (400, 404, 405, 413, 421,
+//! 502, 504, or a 301 to HTTPS). Immutable once built; a reload builds a new one.
+
+mod access;
+mod balance;
+mod body;
+mod client;
+mod forwarded;
+mod headers;
+mod request;
+mod route;
+mod upgrade;
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body, Incoming};
+use rustls::RootCertStore;
+use tracing::{debug, warn};
+
+use crate::config::Config;
+use crate::proxy_protocol::ProxyInfo;
+use crate::trust::TrustList;
+use access::{AccessBody, AccessRecord};
+use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError};
+use client::{Bounds, UpstreamClient, UpstreamError};
+use headers::Downstream;
+use route::{Refusal, Router, Target};
+
+pub use access::ACCESS_TARGET;
+pub use route::RouteError;
+
+/// The response body type: the upstream's body, or the proxy's own, streamed.
+pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// How long connecting to an upstream may take before the request gets a 502.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an upstream may take to send the response head, counted from the end of the
+/// request body, before the request gets a 504 (nginx's `proxy_read_timeout` default).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long an idle upstream connection stays pooled (rpxy's `UPSTREAM_IDLE_TIMEOUT_SEC`).
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// At most one warning per this period about failing upstreams; the rest go to debug.
+const UPSTREAM_WARN_PERIOD: Duration = Duration::from_secs(10);
+
+/// What the listener knows about the connection a request came on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnContext {
+    /// The client: recovered from the PROXY header, else the TCP peer.
+    pub client: SocketAddr,
+    /// The TCP peer: the load balancer under the PROXY protocol.
+    pub peer: SocketAddr,
+    /// The local address the connection was accepted on.
+    pub local: SocketAddr,
+    /// Accepted on the TLS listener.
+    pub tls: bool,
+    /// The TLS server name, lowercased.
+    pub sni: Option<String>,
+    /// The PROXY header the connection started with, if any.
+    pub proxy: Option<Arc<ProxyInfo>>,
+}
+
+impl ConnContext {
+    /// The address the client connected to: the PROXY header's destination, else the
+    /// local address. `X-Forwarded-Port` and `Forwarded: by=` come from it, since that is
+    /// the port the client used and the one links back to it must name.
+    pub fn front(&self) -> SocketAddr {
+        self.proxy
+            .as_ref()
+            .and_then(|p| p.destination())
+            .unwrap_or(self.local)
+    }
+}
+
+/// Settings the config file does not carry.
+#[derive(Clone, Debug)]
+pub struct ForwardOptions {
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    /// Verify TLS upstreams against these roots instead of the Mozilla roots.
+    pub upstream_roots: Option<RootCertStore>,
+}
+
+impl Default for ForwardOptions {
+    fn default() -> Self {
+        ForwardOptions {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+            upstream_roots: None,
+        }
+    }
+}
+
+/// Why a [`Forwarder`] could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("building the upstream TLS client failed")]
+    Tls(#[from] rustls::Error),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+}
+
+/// Counts since the forwarder was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardStats {
+    /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub responses: [u64; 5],
+    /// Upstream requests that failed (each also a 502).
+    pub upstream_errors: u64,
+    /// Upstreams too slow to answer (each also a 504).
+    pub upstream_timeouts: u64,
+    /// Request bodies over `request_max_body_size` (each also a 413).
+    pub bodies_too_large: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    responses: [AtomicU64; 5],
+    upstream_errors: AtomicU64,
+    upstream_timeouts: AtomicU64,
+    bodies_too_large: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Routes and forwards requests for one configuration.
+#[derive(Debug)]
+pub struct Forwarder {
+    router: Router,
+    client: UpstreamClient,
+    trusted: TrustList,
+    body_limit: Option<u64>,
+    redact_query: bool,
+    /// Shared with the forwarder this one replaced on reload, so counts never go back.
+    counters: Arc<Counters>,
+    upstream_warning: Throttle,
+}
+
+/// What the proxy answers itself.
+#[derive(Debug)]
+enum Answer {
+    Status(StatusCode),
+    Redirect(HeaderValue),
+}
+
+impl From<Refusal> for Answer {
+    fn from(refusal: Refusal) -> Self {
+        Answer::Status(refusal.status())
+    }
+}
+
+impl Answer {
+    fn response(self) -> Response<Full<Bytes>> {
+        let (status, location) = match self {
+            Answer::Status(status) => (status, None),
+            Answer::Redirect(location) => (StatusCode::MOVED_PERMANENTLY, Some(location)),
+        };
+        let text = format!("{status}\n");
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if let Some(location) = location {
+            headers.insert(header::LOCATION, location);
+        }
+        response
+    }
+}
+
+impl Forwarder {
+    /// Builds the forwarder for `config` with the default [`ForwardOptions`].
+    pub fn new(config: &Config) -> Result<Forwarder, ForwardError> {
+        Forwarder::with_options(config, ForwardOptions::default())
+    }
+
+    /// Builds the forwarder for `config`.
+    pub fn with_options(
+        config: &Config,
+        options: ForwardOptions,
+    ) -> Result<Forwarder, ForwardError> {
+        let bounds = Bounds {
+            connect: options.connect_timeout,
+            response: options.response_timeout,
+            pool_idle: options.pool_idle_timeout,
+        };
+        Ok(Forwarder {
+            router: Router::new(config)?,
+            client: UpstreamClient::new(bounds, options.upstream_roots)?,
+            trusted: config.trusted_forwarded_proxies.clone(),
+            body_limit: config.limits.request_max_body_size,
+            redact_query: config.redact_query_in_access_log,
+            counters: Arc::default(),
+            upstream_warning: Throttle::new(UPSTREAM_WARN_PERIOD),
+        })
+    }
+
+    /// Builds the forwarder of a reloaded config; it goes on counting where
+    /// `previous` left off (and `previous` still counts its in-flight requests there).
+    pub fn succeeding(config: &Config, previous: &Forwarder) -> Result<Forwarder, ForwardError> {
+        let mut next = Forwarder::new(config)?;
+        next.counters = Arc::clone(&previous.counters);
+        Ok(next)
+    }
+
+    /// Counts since the first forwarder of this process was built.
+    pub fn stats(&self) -> ForwardStats {
+        let c = &self.counters;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ForwardStats {
+            responses: [0, 1, 2, 3, 4].map(|i| load(&c.responses[i])),
+            upstream_errors: load(&c.upstream_errors),
+            upstream_timeouts: load(&c.upstream_timeouts),
+            bodies_too_large: load(&c.bodies_too_large),
+        }
+    }
+
+    /// Answers one request that came on `conn`. Never fails; writes one access-log line
+    /// when the response body ends or is dropped.
+    pub async fn handle(&self, req: Request<Incoming>, conn: &ConnContext) -> Response<ProxyBody> {
+        let mut record = AccessRecord::start(
+            conn.client,
+            conn.peer,
+            req.method(),
+            req.uri(),
+            req.version(),
+            self.redact_query,
+        );
+        match self.forward(req, conn, &mut record).await {
+            Ok(response) => {
+                self.count(response.status());
+                record.status = response.status();
+                response.map(|body| AccessBody::new(body, record).boxed())
+            }
+            Err(answer) => {
+                let response = answer.response();
+                self.count(response.status());
+                record.status = response.status();
+                response.map(|body| {
+                    AccessBody::new(body.map_err(|never: Infallible| match never {}), record)
+                        .boxed()
+                })
+            }
+        }
+    }
+
+    fn count(&self, status: StatusCode) {
+        let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
+        bump(&self.counters.responses[class]);
+    }
+
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnContext,
+        record: &mut AccessRecord,
+    ) -> Result<Response<Incoming>, Answer> {
+        if req.method() == Method::CONNECT {
+            return Err(Answer::Status(StatusCode::METHOD_NOT_ALLOWED));
+        }
+        let host = request::request_host(req.uri(), req.headers(), req.version())?;
+        record.host = host.as_ref().map(|h| h.original.clone());
+        if request::has_dot_segment(req.uri().path()) {
+            return Err(Refusal::BadRequest.into());
+        }
+        let app = self.router.app_for(host.as_ref(), conn)?;
+        if !conn.tls
+            && app.https_redirection
+            && let Some(location) = self.router.redirect_location(app, req.uri())
+        {
+            return Err(Answer::Redirect(location));
+        }
+        let route = app.route_for(req.uri().path()).ok_or(Refusal::NotFound)?;
+        if self
+            .body_limit
+            .is_some_and(|limit| req.body().size_hint().lower() > limit)
+        {
+            bump(&self.counters.bodies_too_large);
+            return Err(Answer::Status(StatusCode::PAYLOAD_TOO_LARGE));
+        }
+        let target = route.pick();
+        record.upstream = Some(target.authority.to_string());
+        let path = route.upstream_path(req.uri()).ok_or(Refusal::BadRequest)?;
+        let uri = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|error| {
+                debug!(%error, "upstream URI not buildable");
+                Refusal::BadRequest
+            })?;
+        let upgrade = upgrade::requested(req.version(), req.headers());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let protocol = client::protocol(
+            route.options.http_version,
+            target.tls,
+            req.version(),
+            req.headers(),
+            upgrade.is_some(),
+        );
+        let (parts, body) = req.into_parts();
+        let mut headers = parts.headers;
+        let downstream = Downstream {
+            client: conn.client,
+            front: conn.front(),
+            tls: conn.tls,
+            host: host.as_ref().map(|h| h.original.as_str()),
+        };
+        headers::prepare_request(
+            &mut headers,
+            &downstream,
+            &self.trusted,
+            &route.options,
+            &target.authority,
+            upgrade.as_ref(),
+        )
+        .map_err(|error| {
+            debug!(error = %error, "request headers not forwardable");
+            Refusal::BadRequest
+        })?;
+        let (body, BodyWatch { done, over }) = RequestBody::new(body, self.body_limit);
+        let mut upstream_req = Request::new(body);
+        *upstream_req.method_mut() = parts.method;
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = protocol.version();
+        *upstream_req.headers_mut() = headers;
+
+        let mut response = match self.client.send(upstream_req, protocol, done).await {
+            Ok(response) => response,
+            Err(error) => return Err(self.upstream_failed(&error, &over, target)),
+        };
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching {
+            let (Some(asked), Some(client_upgrade)) = (upgrade, client_upgrade) else {
+                debug!(upstream = %target.authority, "upstream switched protocols unasked");
+                return Err(Answer::Status(StatusCode::BAD_GATEWAY));
+            };
+            if !upgrade::matches(&asked, &response) {
+                debug!(upstream = %target.authority, "upstream switched to another protocol");
+                return Err(Answer::Status(StatusCode::BAD_GATEWAY));
+            }
+            upgrade::tunnel(client_upgrade, &mut response, target.authority.to_string());
+        }
+        headers::prepare_response(response.headers_mut(), switching);
+        Ok(response)
+    }
+
+    /// The answer to a request that got no response, counted and logged: the client's
+    /// body over the limit (413) or unreadable (400), the upstream too slow (504) or
+    /// unreachable or failing (502).
+    fn upstream_failed(&self, error: &UpstreamError, over: &OverLimit, target: &Target) -> Answer {
+        if over.get() {
+            bump(&self.counters.bodies_too_large);
+            return Answer::Status(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let status = match error {
+            UpstreamError::Timeout(_) => {
+                bump(&self.counters.upstream_timeouts);
+                StatusCode::GATEWAY_TIMEOUT
+            }
+            UpstreamError::Request(_) if client_body_failed(error) => {
+                debug!(upstream = %target.authority, error = ?error, "client request body failed");
+                return Answer::Status(StatusCode::BAD_REQUEST);
+            }
+            UpstreamError::Request(_) => {
+                bump(&self.counters.upstream_errors);
+                StatusCode::BAD_GATEWAY
+            }
+        };
+        debug!(upstream = %target.authority, error = ?error, "upstream request failed");
+        if self.upstream_warning.ready() {
+            let stats = self.stats();
+            warn!(
+                upstream = %target.authority,
+                error = ?error,
+                upstream_errors = stats.upstream_errors,
+                upstream_timeouts = stats.upstream_timeouts,
+                "upstream requests failing"
+            );
+        }
+        Answer::Status(status)
+    }
+}
+
+/// Whether an upstream error started with reading the client's body.
+fn client_body_failed(error: &UpstreamError) -> bool {
+    let mut source = error.source();
+    while let Some(e) = source {
+        if let Some(body) = e.downcast_ref::<RequestBodyError>() {
+            return matches!(body, RequestBodyError::Read(_));
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Lets one event through per period.
+#[derive(Debug)]
+struct Throttle {
+    epoch: Instant,
+    period_ms: u64,
+    /// Milliseconds since `epoch` before which nothing passes.
+    next_ms: AtomicU64,
+}
+
+impl Throttle {
+    fn new(period: Duration) -> Throttle {
+        Throttle {
+            epoch: Instant::now(),
+            period_ms: u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+            next_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn ready(&self) -> bool {
+        let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let next = self.next_ms.load(Ordering::Relaxed);
+        now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now.saturating_add(self.period_ms),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttle_lets_one_event_through_per_period() {
+        let t = Throttle::new(Duration::from_secs(3600));
+        assert!(t.ready());
+        assert!(!t.ready());
+        assert!(!t.ready());
+        let open = Throttle::new(Duration::ZERO);
+        assert!(open.ready() && open.ready());
+    }
+
+    fn info(line: &[u8]) -> Arc<ProxyInfo> {
+        let limits = crate::proxy_protocol::Limits::default();
+        let (header, _) = crate::proxy_protocol::parse(line, &limits)
+            .expect("a valid header")
+            .expect("a complete header");
+        Arc::new(ProxyInfo::from(header))
+    }
+
+    #[test]
+    fn front_is_the_proxy_destination_when_there_is_one() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("test address");
+        let mut conn = ConnContext {
+            client: a("203.0.113.7:5000"),
+            peer: a("10.0.0.1:40000"),
+            local: a("10.0.0.2:8080"),
+            tls: false,
+            sni: None,
+            proxy: None,
+        };
+        assert_eq!(conn.front(), a("10.0.0.2:8080"));
+        conn.proxy = Some(info(b"PROXY TCP4 203.0.113.7 198.51.100.1 5000 80\r\n"));
+        assert_eq!(conn.front(), a("198.51.100.1:80"));
+        conn.proxy = Some(info(b"PROXY UNKNOWN\r\n"));
+        assert_eq!(conn.front(), a("10.0.0.2:8080"));
+    }
+
+    #[test]
+    fn answers_carry_their_status_and_location() {
+        let r = Answer::Status(StatusCode::MISDIRECTED_REQUEST).response();
+        assert_eq!(r.status(), StatusCode::MISDIRECTED_REQUEST);
+        let location = HeaderValue::from_static("https://a.example/x");
+        let r = Answer::Redirect(location.clone()).response();
+        assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
+        assert_eq!(r.headers().get(header::LOCATION), Some(&location));
+    }
+}

@@ -1,0 +1,109 @@
+//! Upstream servers for the forwarding tests: the shipped demo upstream, and a generic
+//! one that runs a closure per request (HTTP/1.1 and h2c, upgrades allowed), optionally
+//! behind TLS. All bind 127.0.0.1:0 and return their address.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// What a test upstream answers with.
+pub type UpBody = BoxBody<Bytes, Infallible>;
+
+/// A 200 with `text` as its body.
+pub fn text(text: impl Into<Bytes>) -> Response<UpBody> {
+    Response::new(Full::new(text.into()).boxed())
+}
+
+/// Binds 127.0.0.1:0.
+pub async fn bind() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("bound address");
+    (listener, addr)
+}
+
+/// The demo upstream, running until the test ends.
+pub async fn demo() -> SocketAddr {
+    let (listener, addr) = bind().await;
+    tokio::spawn(proxy::demo::serve(listener, std::future::pending()));
+    addr
+}
+
+/// An address nothing listens on: bound, then released.
+pub async fn closed_port() -> SocketAddr {
+    let (listener, addr) = bind().await;
+    drop(listener);
+    addr
+}
+
+/// An upstream that answers each request with `handler`.
+pub async fn serve<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    serve_on(handler, None).await
+}
+
+/// [`serve`] behind TLS with `tls`.
+pub async fn serve_tls<F, Fut>(handler: F, tls: Arc<rustls::ServerConfig>) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    serve_on(handler, Some(TlsAcceptor::from(tls))).await
+}
+
+async fn serve_on<F, Fut>(handler: F, tls: Option<TlsAcceptor>) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                // Connection errors are the test's to observe from the client side.
+                let _ended = match tls {
+                    None => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                };
+            });
+        }
+    });
+    addr
+}

@@ -1,0 +1,454 @@
+//! The forwarder end to end: a `Forwarder` behind a stand-in listener (its connections
+//! relayed, by their PROXY header, from a client at 203.0.113.7) in front of real upstreams
+//! started here. HTTP/1.1 and h2c upstreams, 502/504/413, balancing, WebSocket, client
+//! identity, streaming both ways, TLS upstream verification.
+
+mod common;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::forwarder::{
+    ReqBody, config, echoed, get, get_from, post, proxy, proxy_with, send, send_h2, text,
+};
+use common::upstream::{self, UpBody};
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use http_body_util::Empty;
+use http_body_util::channel::Channel;
+use hyper::body::Incoming;
+use proxy::forward::ForwardOptions;
+use tokio::net::TcpStream;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Generous bound on tests that would hang if streaming broke.
+const HANG_GUARD: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn http1_request_reaches_the_upstream_with_the_client_identity() {
+    let demo = upstream::demo().await;
+    let p = proxy(&config("", &[demo], "")).await;
+    let response = send(p.addr, get("/hello?x=1")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo = text(response).await;
+    assert!(echo.starts_with("GET /hello?x=1 HTTP/1.1\n"), "{echo}");
+    assert_eq!(echoed(&echo, "host"), Some("app.example"));
+    assert_eq!(echoed(&echo, "x-forwarded-for"), Some("203.0.113.7"));
+    assert_eq!(echoed(&echo, "x-real-ip"), Some("203.0.113.7"));
+    assert_eq!(echoed(&echo, "x-forwarded-proto"), Some("http"));
+    // The port the client connected to, from the PROXY header.
+    assert_eq!(echoed(&echo, "x-forwarded-port"), Some("443"));
+    assert_eq!(echoed(&echo, "x-forwarded-host"), Some("app.example"));
+    assert_eq!(echoed(&echo, "forwarded"), None, "only with the option");
+}
+
+#[tokio::test]
+async fn untrusted_clients_forwarding_headers_are_not_passed_on() {
+    let demo = upstream::demo().await;
+    let p = proxy(&config("", &[demo], "")).await;
+    let req = Request::get("/")
+        .header(header::HOST, "app.example")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-real-ip", "6.6.6.6")
+        .header("x-forwarded-proto", "https")
+        .header("forwarded", "for=6.6.6.6")
+        .body(Empty::new().boxed())
+        .expect("test request");
+    let echo = text(send(p.addr, req).await).await;
+    assert!(!echo.contains("6.6.6.6"), "{echo}");
+    assert_eq!(echoed(&echo, "x-forwarded-for"), Some("203.0.113.7"));
+    assert_eq!(echoed(&echo, "x-forwarded-proto"), Some("http"));
+}
+
+#[tokio::test]
+async fn trusted_clients_chain_is_extended_and_forwarded_added() {
+    let demo = upstream::demo().await;
+    let top = "trusted_forwarded_proxies = [\"203.0.113.0/24\"]";
+    let p = proxy(&config(
+        top,
+        &[demo],
+        "upstream_options = [\"forwarded_header\"]",
+    ))
+    .await;
+    let req = Request::get("/")
+        .header(header::HOST, "app.example")
+        .header("x-forwarded-for", "198.51.100.1")
+        .body(Empty::new().boxed())
+        .expect("test request");
+    let echo = text(send(p.addr, req).await).await;
+    assert_eq!(
+        echoed(&echo, "x-forwarded-for"),
+        Some("198.51.100.1, 203.0.113.7")
+    );
+    assert_eq!(echoed(&echo, "x-real-ip"), Some("198.51.100.1"));
+    assert_eq!(
+        echoed(&echo, "forwarded"),
+        Some(
+            "for=198.51.100.1, for=\"203.0.113.7:4711\";by=\"198.51.100.1:443\";proto=http;host=app.example"
+        )
+    );
+}
+
+#[tokio::test]
+async fn http2_upstream_is_spoken_with_prior_knowledge_when_forced() {
+    let demo = upstream::demo().await;
+    let p = proxy(&config(
+        "",
+        &[demo],
+        "upstream_options = [\"force_http2_upstream\"]",
+    ))
+    .await;
+    let echo = text(send(p.addr, get("/h2")).await).await;
+    assert!(echo.starts_with("GET http://"), "{echo}");
+    assert!(
+        echo.lines()
+            .next()
+            .is_some_and(|l| l.ends_with(" HTTP/2.0")),
+        "{echo}"
+    );
+    assert_eq!(echoed(&echo, "host"), Some("app.example"));
+}
+
+#[tokio::test]
+async fn http2_client_reaches_a_plain_upstream_over_http11_with_its_authority_as_host() {
+    let demo = upstream::demo().await;
+    let p = proxy(&config("", &[demo], "")).await;
+    let req = Request::get("http://app.example/from-h2")
+        .body(Empty::new().boxed())
+        .expect("test request");
+    let response = send_h2(p.addr, req).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let echo = text(response).await;
+    assert!(echo.starts_with("GET /from-h2 HTTP/1.1\n"), "{echo}");
+    assert_eq!(echoed(&echo, "host"), Some("app.example"));
+    assert_eq!(echoed(&echo, "x-forwarded-host"), Some("app.example"));
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_a_502() {
+    let down = upstream::closed_port().await;
+    let p = proxy(&config("", &[down], "")).await;
+    let response = send(p.addr, get("/")).await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let stats = p.forwarder.stats();
+    assert_eq!(stats.upstream_errors, 1);
+    assert_eq!(stats.responses, [0, 0, 0, 0, 1]);
+}
+
+#[tokio::test]
+async fn upstream_without_a_response_head_in_time_is_a_504() {
+    let answered = Arc::new(Notify::new());
+    let release = answered.clone();
+    let silent = upstream::serve(move |_req| {
+        let release = release.clone();
+        async move {
+            // Answers only once the test is over.
+            release.notified().await;
+            upstream::text("late")
+        }
+    })
+    .await;
+    let options = ForwardOptions {
+        response_timeout: Duration::from_millis(200),
+        ..ForwardOptions::default()
+    };
+    let p = proxy_with(&config("", &[silent], ""), options).await;
+    let response = send(p.addr, get("/")).await;
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(p.forwarder.stats().upstream_timeouts, 1);
+    answered.notify_waiters();
+}
+
+/// An upstream that counts the requests that reach it and echoes their body size.
+async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    let addr = upstream::serve(move |req: Request<Incoming>| {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            match req.into_body().collect().await {
+                Ok(body) => upstream::text(format!("{} bytes", body.to_bytes().len())),
+                Err(_) => upstream::text("cut"),
+            }
+        }
+    })
+    .await;
+    (addr, count)
+}
+
+#[tokio::test]
+async fn declared_body_over_the_limit_is_a_413_that_never_reaches_the_upstream() {
+    let (up, count) = counting_upstream().await;
+    let p = proxy(&config("request_max_body_size = 1024", &[up], "")).await;
+    let response = send(p.addr, post("/", vec![b'a'; 1025])).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    let response = send(p.addr, post("/", vec![b'a'; 1024])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "1024 bytes");
+    assert_eq!(p.forwarder.stats().bodies_too_large, 1);
+}
+
+/// A request whose body is sent in `chunks` with no length declared (chunked).
+fn streamed(chunks: &[usize]) -> Request<ReqBody> {
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(chunks.len() + 1);
+    for &n in chunks {
+        tx.try_send(hyper::body::Frame::data(Bytes::from(vec![b'b'; n])))
+            .expect("channel has room for every chunk");
+    }
+    drop(tx);
+    Request::post("/")
+        .header(header::HOST, "app.example")
+        .body(body.boxed())
+        .expect("test request")
+}
+
+#[tokio::test]
+async fn chunked_body_over_the_limit_is_a_413() {
+    let (up, _count) = counting_upstream().await;
+    let p = proxy(&config("request_max_body_size = 1024", &[up], "")).await;
+    let response = send(p.addr, streamed(&[1000, 24])).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "1024 bytes");
+    let response = send(p.addr, streamed(&[1000, 25])).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(p.forwarder.stats().bodies_too_large, 1);
+}
+
+#[tokio::test]
+async fn round_robin_takes_three_upstreams_in_turn() {
+    let mut upstreams = Vec::new();
+    for id in 0..3 {
+        upstreams.push(
+            upstream::serve(move |_req| async move { upstream::text(format!("{id}")) }).await,
+        );
+    }
+    let p = proxy(&config("", &upstreams, "load_balance = \"round_robin\"")).await;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(text(send(p.addr, get("/")).await).await);
+    }
+    assert_eq!(seen, ["0", "1", "2", "0", "1", "2"]);
+}
+
+#[tokio::test]
+async fn websocket_echoes_through_the_proxy() {
+    let demo = upstream::demo().await;
+    let p = proxy(&config("", &[demo], "")).await;
+    let stream = TcpStream::connect(p.addr)
+        .await
+        .expect("connect to the proxy");
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://app.example/chat", stream)
+        .await
+        .expect("WebSocket handshake through the proxy");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hello")).await.expect("send text");
+    let echo = ws
+        .next()
+        .await
+        .expect("a message")
+        .expect("a readable message");
+    assert_eq!(echo, Message::text("hello"));
+    ws.send(Message::binary(vec![1u8, 2, 3]))
+        .await
+        .expect("send binary");
+    let echo = ws
+        .next()
+        .await
+        .expect("a message")
+        .expect("a readable message");
+    assert_eq!(echo, Message::binary(vec![1u8, 2, 3]));
+    ws.close(None).await.expect("close");
+}
+
+const MIB: usize = 1024 * 1024;
+
+#[tokio::test]
+async fn large_response_streams_through_without_being_held() {
+    // The upstream sends a first chunk and then waits until the client has it: a proxy
+    // that buffered the body would never deliver it, and the test would hang.
+    let (first_seen_tx, first_seen_rx) = oneshot::channel::<()>();
+    let gate = Arc::new(Mutex::new(Some(first_seen_rx)));
+    let up = upstream::serve(move |_req| {
+        let gate = gate.clone();
+        async move {
+            let (mut tx, body) = Channel::<Bytes, Infallible>::new(4);
+            let first_seen = gate.lock().expect("gate lock").take();
+            tokio::spawn(async move {
+                let _sent = tx.send_data(Bytes::from(vec![0u8; MIB])).await;
+                if let Some(seen) = first_seen {
+                    let _ = seen.await;
+                }
+                for i in 1..50u8 {
+                    if tx.send_data(Bytes::from(vec![i; MIB])).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Response::new(UpBody::new(body))
+        }
+    })
+    .await;
+    let p = proxy(&config("", &[up], "")).await;
+    let run = async {
+        let mut body = send(p.addr, get("/big")).await.into_body();
+        let mut total = 0usize;
+        let mut sum = 0u64;
+        let mut first_seen = Some(first_seen_tx);
+        while let Some(frame) = body.frame().await {
+            let data = frame.expect("a body frame").into_data().unwrap_or_default();
+            total += data.len();
+            sum += data.iter().map(|&b| u64::from(b)).sum::<u64>();
+            if total >= MIB
+                && let Some(tx) = first_seen.take()
+            {
+                let _ = tx.send(());
+            }
+        }
+        (total, sum)
+    };
+    let (total, sum) = tokio::time::timeout(HANG_GUARD, run)
+        .await
+        .expect("the body streams instead of hanging");
+    assert_eq!(total, 50 * MIB);
+    let expected: u64 = (1..50u64).map(|i| i * MIB as u64).sum();
+    assert_eq!(sum, expected);
+}
+
+#[tokio::test]
+async fn request_body_streams_to_the_upstream_before_it_ends() {
+    // The client holds back the rest of its body until the upstream has the first part.
+    let (first_tx, mut first_rx) = mpsc::channel::<()>(1);
+    let up = upstream::serve(move |req: Request<Incoming>| {
+        let first_tx = first_tx.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut total = 0usize;
+            while let Some(Ok(frame)) = body.frame().await {
+                total += frame.data_ref().map_or(0, Bytes::len);
+                if total >= MIB {
+                    let _ = first_tx.try_send(());
+                }
+            }
+            upstream::text(format!("{total} bytes"))
+        }
+    })
+    .await;
+    let p = proxy(&config("", &[up], "")).await;
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
+    let req = Request::post("/upload")
+        .header(header::HOST, "app.example")
+        .body(body.boxed())
+        .expect("test request");
+    let sender = tokio::spawn(async move {
+        tx.send_data(Bytes::from(vec![7u8; MIB]))
+            .await
+            .expect("first chunk");
+        first_rx
+            .recv()
+            .await
+            .expect("the upstream saw the first chunk");
+        for _ in 1..20 {
+            tx.send_data(Bytes::from(vec![7u8; MIB]))
+                .await
+                .expect("next chunk");
+        }
+    });
+    let response = tokio::time::timeout(HANG_GUARD, send(p.addr, req))
+        .await
+        .expect("the body streams instead of hanging");
+    assert_eq!(text(response).await, format!("{} bytes", 20 * MIB));
+    sender.await.expect("sender task");
+}
+
+#[tokio::test]
+async fn proxy_answers_no_route_and_redirect_itself() {
+    let demo = upstream::demo().await;
+    let text_config = format!(
+        "listen_port = 8080\nlisten_port_tls = 8443\n\
+         [apps.app]\nserver_name = \"app.example\"\n\
+         tls = {{ tls_cert_path = \"c.pem\", tls_cert_key_path = \"k.pem\" }}\n\
+         [[apps.app.reverse_proxy]]\nupstream = [{{ location = \"{demo}\" }}]\n\
+         [apps.api]\nserver_name = \"api.example\"\n\
+         [[apps.api.reverse_proxy]]\npath = \"/v1\"\nupstream = [{{ location = \"{demo}\" }}]\n"
+    );
+    let p = proxy(&text_config).await;
+    let response = send(p.addr, get("/a?b=c")).await;
+    assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        response
+            .headers()
+            .get(header::LOCATION)
+            .map(|v| v.as_bytes()),
+        Some(&b"https://app.example:8443/a?b=c"[..])
+    );
+    let to_api = |path: &str| get_from("api.example", path);
+    assert_eq!(send(p.addr, to_api("/v1/x")).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(p.addr, to_api("/v2")).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let unknown = get_from("nobody.example", "/");
+    assert_eq!(send(p.addr, unknown).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        send(p.addr, to_api("/v1/../admin")).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+/// A self-signed certificate for 127.0.0.1, as a server config and as a root store.
+fn self_signed() -> (Arc<rustls::ServerConfig>, rustls::RootCertStore) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a certificate");
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        .expect("a private key");
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], key)
+    .expect("a server config");
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("the certificate as a root");
+    (Arc::new(server), roots)
+}
+
+#[tokio::test]
+async fn tls_upstream_is_verified() {
+    let (server, roots) = self_signed();
+    let up = upstream::serve_tls(
+        |req: Request<Incoming>| async move { upstream::text(format!("{:?}", req.version())) },
+        server,
+    )
+    .await;
+    let text_config = format!(
+        "listen_port = 8080\n[apps.app]\nserver_name = \"app.example\"\n\
+         [[apps.app.reverse_proxy]]\nupstream = [{{ location = \"{up}\", tls = true }}]\n"
+    );
+    // Not signed by a Mozilla root: refused.
+    let p = proxy(&text_config).await;
+    assert_eq!(
+        send(p.addr, get("/")).await.status(),
+        StatusCode::BAD_GATEWAY
+    );
+    // Trusted: served, over h2 as the upstream chose by ALPN.
+    let options = ForwardOptions {
+        upstream_roots: Some(roots),
+        ..ForwardOptions::default()
+    };
+    let p = proxy_with(&text_config, options).await;
+    let response = send(p.addr, get("/")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "HTTP/2.0");
+}
