@@ -52,17 +52,17 @@ pub enum ListenerError {
     Filter {
         addr: SocketAddr,
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     #[error("protecting the listen ports with XDP")]
     Ports {
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     #[error("updating the kernel's trusted list")]
     Sync {
         #[source]
-        source: KernelError,
+        source: Box<KernelError>,
     },
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -166,7 +166,9 @@ pub fn bind_all(config: &Config, kernel: Option<&mut Kernel>) -> Result<Vec<Boun
         let ports: Vec<u16> = bound.iter().map(|b| b.addr.port()).collect();
         kernel
             .set_ports(&ports)
-            .map_err(|source| ListenerError::Ports { source })?;
+            .map_err(|source| ListenerError::Ports {
+                source: Box::new(source),
+            })?;
     }
     Ok(bound)
 }
@@ -188,7 +190,10 @@ fn bind_one(
     if let Some(kernel) = kernel {
         kernel
             .protect_listener(&socket)
-            .map_err(|source| ListenerError::Filter { addr, source })?;
+            .map_err(|source| ListenerError::Filter {
+                addr,
+                source: Box::new(source),
+            })?;
     }
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(err)?;
@@ -258,7 +263,9 @@ impl Server {
             .unwrap_or_default();
         self.with_kernel(|kernel| kernel.sync(&trust))
             .transpose()
-            .map_err(|source| ListenerError::Sync { source })?;
+            .map_err(|source| ListenerError::Sync {
+                source: Box::new(source),
+            })?;
         self.runtime.store(Arc::new(runtime));
         Ok(())
     }
