@@ -1,2 +1,216 @@
-//! Criterion benchmark of the PROXY header parser against `ppp` and `proxy-header` (being written).
-fn main() {}
+//! `parse` against the `ppp` and `proxy-header` crates, side by side in one run, on four
+//! headers: v1 TCP4, v1 TCP6, v2 IPv4, and v2 IPv6 with three TLVs and CRC32C. Each
+//! parser parses, then yields both addresses and walks every TLV, as a receiver must.
+//! trustgate's parser also checks the CRC32C; the other two do not. After the run, the
+//! medians and their ratios are printed as a Markdown table.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use criterion::Criterion;
+use proxy::proxy_protocol::{Limits, parse};
+
+const V1_TCP4: &[u8] = b"PROXY TCP4 203.0.113.195 192.168.100.200 56324 443\r\n";
+const V1_TCP6: &[u8] =
+    b"PROXY TCP6 2001:db8:85a3::8a2e:370:7334 2001:db8:1234:5678::1 56324 443\r\n";
+const SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
+
+fn tlv(kind: u8, value: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(value.len())
+        .expect("short value")
+        .to_be_bytes();
+    [&[kind][..], &length, value].concat()
+}
+
+fn v2(fam: u8, block: &[u8], tlvs: &[u8]) -> Vec<u8> {
+    let length = u16::try_from(block.len() + tlvs.len())
+        .expect("short header")
+        .to_be_bytes();
+    [SIGNATURE, &[0x21, fam], &length, block, tlvs].concat()
+}
+
+fn v2_ipv4() -> Vec<u8> {
+    v2(
+        0x11,
+        &[203, 0, 113, 195, 192, 168, 100, 200, 0xdc, 0x04, 0x01, 0xbb],
+        &[],
+    )
+}
+
+/// IPv6 with CRC32C, ALPN, AUTHORITY and UNIQUE_ID.
+fn v2_ipv6_tlvs_crc() -> Vec<u8> {
+    let source: std::net::Ipv6Addr = "2001:db8:85a3::8a2e:370:7334".parse().expect("literal");
+    let destination: std::net::Ipv6Addr = "2001:db8:1234:5678::1".parse().expect("literal");
+    let block = [
+        &source.octets()[..],
+        &destination.octets(),
+        &[0xdc, 0x04, 0x01, 0xbb],
+    ]
+    .concat();
+    // HAProxy's order: the checksum first, then the other TLVs.
+    let tlvs = [
+        tlv(0x03, &[0; 4]),
+        tlv(0x01, b"h2"),
+        tlv(0x02, b"www.example.com"),
+        tlv(0x05, b"4f2a9c1e-0d3b-4c6e-9a8f-1b2c3d4e5f60"),
+    ]
+    .concat();
+    let mut header = v2(0x21, &block, &tlvs);
+    let crc_at = 16 + block.len() + 3;
+    let crc = crc32c::crc32c(&header);
+    header[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
+    header
+}
+
+/// Client, destination, and the number of TLVs walked.
+type Parsed = (Option<SocketAddr>, Option<SocketAddr>, usize);
+
+fn trustgate(input: &[u8]) -> Parsed {
+    let (header, _) = parse(input, &Limits::default())
+        .expect("valid")
+        .expect("complete");
+    let tlvs = header.tlvs().iter().count();
+    (header.client(), header.destination(), tlvs)
+}
+
+fn ppp(input: &[u8]) -> Parsed {
+    match ppp::HeaderResult::parse(input) {
+        ppp::HeaderResult::V1(Ok(header)) => match header.addresses {
+            ppp::v1::Addresses::Tcp4(a) => (
+                Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                Some(SocketAddr::new(
+                    a.destination_address.into(),
+                    a.destination_port,
+                )),
+                0,
+            ),
+            ppp::v1::Addresses::Tcp6(a) => (
+                Some(SocketAddr::new(a.source_address.into(), a.source_port)),
+                Some(SocketAddr::new(
+                    a.destination_address.into(),
+                    a.destination_port,
+                )),
+                0,
+            ),
+            ppp::v1::Addresses::Unknown => (None, None, 0),
+        },
+        ppp::HeaderResult::V2(Ok(header)) => {
+            let tlvs = header
+                .tlvs()
+                .map(|t| t.map(|_| 1))
+                .sum::<Result<usize, _>>()
+                .expect("valid TLVs");
+            let (client, destination) = match header.addresses {
+                ppp::v2::Addresses::IPv4(a) => (
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                ),
+                ppp::v2::Addresses::IPv6(a) => (
+                    SocketAddr::new(a.source_address.into(), a.source_port),
+                    SocketAddr::new(a.destination_address.into(), a.destination_port),
+                ),
+                _ => panic!("the benchmark's headers are TCP"),
+            };
+            (Some(client), Some(destination), tlvs)
+        }
+        other => panic!("ppp rejected a benchmark header: {other:?}"),
+    }
+}
+
+fn proxy_header(input: &[u8]) -> Parsed {
+    let (header, _) = proxy_header::ProxyHeader::parse(input, proxy_header::ParseConfig::default())
+        .expect("valid");
+    let tlvs = header
+        .tlvs()
+        .map(|t| t.map(|_| 1))
+        .sum::<Result<usize, _>>()
+        .expect("valid TLVs");
+    let address = header.proxied_address();
+    (
+        address.map(|a| a.source),
+        address.map(|a| a.destination),
+        tlvs,
+    )
+}
+
+const PARSERS: [&str; 3] = ["trustgate", "ppp", "proxy-header"];
+
+fn cases() -> [(&'static str, Vec<u8>); 4] {
+    [
+        ("v1_tcp4", V1_TCP4.to_vec()),
+        ("v1_tcp6", V1_TCP6.to_vec()),
+        ("v2_ipv4", v2_ipv4()),
+        ("v2_ipv6_3tlvs_crc32c", v2_ipv6_tlvs_crc()),
+    ]
+}
+
+fn parsers(c: &mut Criterion) {
+    for (name, input) in &cases() {
+        let expected = trustgate(input);
+        assert_eq!(ppp(input), expected, "{name}: ppp agrees");
+        assert_eq!(proxy_header(input), expected, "{name}: proxy-header agrees");
+        let mut group = c.benchmark_group(*name);
+        group.bench_function(PARSERS[0], |b| b.iter(|| trustgate(black_box(input))));
+        group.bench_function(PARSERS[1], |b| b.iter(|| ppp(black_box(input))));
+        group.bench_function(PARSERS[2], |b| b.iter(|| proxy_header(black_box(input))));
+        group.finish();
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    parsers(&mut criterion);
+    criterion.final_summary();
+    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+        print_ratios();
+    }
+}
+
+/// Where criterion saved its estimates: `$CRITERION_HOME`, `$CARGO_TARGET_DIR/criterion`,
+/// or `criterion` in the target directory this benchmark was built in.
+fn criterion_dir() -> Option<PathBuf> {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return Some(home.into());
+    }
+    if let Some(target) = std::env::var_os("CARGO_TARGET_DIR") {
+        return Some(PathBuf::from(target).join("criterion"));
+    }
+    // The benchmark runs as <target>/<profile>/deps/<name>.
+    let exe = std::env::current_exe().ok()?;
+    Some(exe.parent()?.parent()?.parent()?.join("criterion"))
+}
+
+/// The median of the last run of `case/parser`, in nanoseconds.
+fn median_ns(dir: &std::path::Path, case: &str, parser: &str) -> Option<f64> {
+    let path = dir
+        .join(case)
+        .join(parser)
+        .join("new")
+        .join("estimates.json");
+    let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    estimates["median"]["point_estimate"].as_f64()
+}
+
+/// Prints the medians and how many times longer each other parser took than trustgate's.
+fn print_ratios() {
+    let Some(dir) = criterion_dir() else {
+        eprintln!("criterion's output directory not found; no ratio table");
+        return;
+    };
+    println!(
+        "\n| header | trustgate | ppp | proxy-header | ppp / trustgate | proxy-header / trustgate |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    for (case, _) in cases() {
+        let medians = PARSERS.map(|parser| median_ns(&dir, case, parser));
+        let [Some(ours), Some(ppp), Some(proxy_header)] = medians else {
+            continue; // filtered out of this run
+        };
+        println!(
+            "| {case} | {ours:.1} ns | {ppp:.1} ns | {proxy_header:.1} ns | {:.2} | {:.2} |",
+            ppp / ours,
+            proxy_header / ours
+        );
+    }
+}

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{Addresses, Command, Fallback, Header, Tlvs, Version};
+use super::{Addresses, Command, Endpoints, Fallback, Header, Tlvs, Version};
 
 /// What a PROXY header said, owned. The TLV bytes are the checked area of the header,
 /// copied once (no allocation when there are none).
@@ -11,7 +11,7 @@ use super::{Addresses, Command, Fallback, Header, Tlvs, Version};
 pub struct ProxyInfo {
     version: Version,
     command: Command,
-    addresses: Addresses,
+    endpoints: Endpoints,
     tlvs: Box<[u8]>,
 }
 
@@ -20,7 +20,7 @@ impl From<Header<'_>> for ProxyInfo {
         Self {
             version: header.version(),
             command: header.command(),
-            addresses: header.addresses(),
+            endpoints: header.endpoints,
             tlvs: header.tlvs().as_bytes().into(),
         }
     }
@@ -39,23 +39,23 @@ impl ProxyInfo {
 
     /// The endpoints the header describes.
     pub fn addresses(&self) -> Addresses {
-        self.addresses
+        self.endpoints.addresses()
     }
 
     /// The relayed client address; `None` for LOCAL, `UNKNOWN`, UNSPEC and the
     /// UNIX/DGRAM fallback, where the connection's own peer address applies.
     pub fn client(&self) -> Option<SocketAddr> {
-        self.addresses.client()
+        self.endpoints.endpoint(0)
     }
 
     /// The relayed destination address; `None` whenever [`ProxyInfo::client`] is.
     pub fn destination(&self) -> Option<SocketAddr> {
-        self.addresses.destination()
+        self.endpoints.endpoint(1)
     }
 
     /// Set when a valid UNIX or DGRAM header fell back to the peer address.
     pub fn fallback(&self) -> Option<Fallback> {
-        self.addresses.fallback()
+        self.addresses().fallback()
     }
 
     /// The TLVs (v2 only), with the same typed accessors as [`Header::tlvs`].

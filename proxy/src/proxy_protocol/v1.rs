@@ -3,9 +3,9 @@
 //! verdict never depends on how the line was split; a line is only accepted once its CRLF
 //! is in. Addresses and ports are decoded here from bytes, without `str` or allocation.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{Addresses, Command, Field, Header, ParseError, Tlvs, Version};
+use super::{Command, Endpoints, Field, Header, ParseError, Tlvs, Version};
 
 /// The byte that starts every v1 header.
 pub(super) const FIRST_BYTE: u8 = b'P';
@@ -25,11 +25,11 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<(Header<'_>, usize)>, ParseErro
         pos: 0,
     };
     match line.header() {
-        Ok(addresses) => {
+        Ok(endpoints) => {
             let header = Header {
                 version: Version::V1,
                 command: Command::Proxy,
-                addresses,
+                endpoints,
                 tlvs: Tlvs::default(),
             };
             Ok(Some((header, line.pos)))
@@ -98,7 +98,7 @@ impl Line<'_> {
         self.buf.get(self.pos).copied().ok_or(Stop::Incomplete)
     }
 
-    fn header(&mut self) -> Result<Addresses, Stop> {
+    fn header(&mut self) -> Result<Endpoints, Stop> {
         for &expected in SIGNATURE {
             if self.peek()? != expected {
                 return Err(ParseError::BadSignature { offset: self.pos }.into());
@@ -113,18 +113,19 @@ impl Line<'_> {
         match self.protocol()? {
             Protocol::Unknown => {
                 self.rest_of_unknown()?;
-                Ok(Addresses::Unspecified)
+                Ok(Endpoints::Unspecified)
             }
-            Protocol::Tcp4 => self.tcp(|line, field| line.ipv4(field).map(IpAddr::V4)),
-            Protocol::Tcp6 => self.tcp(|line, field| line.ipv6(field).map(IpAddr::V6)),
+            Protocol::Tcp4 => self.tcp(Self::ipv4, Endpoints::tcp4),
+            Protocol::Tcp6 => self.tcp(Self::ipv6, Endpoints::tcp6),
         }
     }
 
     /// `src dst sport dport\r\n`, after `TCP4 ` or `TCP6 `.
-    fn tcp(
+    fn tcp<A>(
         &mut self,
-        address: impl Fn(&mut Self, Field) -> Result<IpAddr, Stop>,
-    ) -> Result<Addresses, Stop> {
+        address: impl Fn(&mut Self, Field) -> Result<A, Stop>,
+        endpoints: impl FnOnce(A, A, u16, u16) -> Endpoints,
+    ) -> Result<Endpoints, Stop> {
         self.field_start(Token::Address(Field::Source))?;
         let source_ip = address(self, Field::Source)?;
         self.separator(Token::Address(Field::Source))?;
@@ -137,10 +138,12 @@ impl Line<'_> {
         self.field_start(Token::Port(Field::Destination))?;
         let destination_port = self.port(Field::Destination)?;
         self.crlf(Token::Port(Field::Destination))?;
-        Ok(Addresses::Tcp {
-            source: SocketAddr::new(source_ip, source_port),
-            destination: SocketAddr::new(destination_ip, destination_port),
-        })
+        Ok(endpoints(
+            source_ip,
+            destination_ip,
+            source_port,
+            destination_port,
+        ))
     }
 
     /// The first byte of a field: a space there means an empty field (two spaces in a

@@ -3,9 +3,7 @@
 //! its byte arrives (the length before its bytes do); the header is always exactly
 //! 16 + length bytes, whatever the command.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-
-use super::{Addresses, Command, Fallback, Header, Limits, ParseError, Version, tlv};
+use super::{Command, Endpoints, Fallback, Header, Limits, ParseError, Version, tlv};
 
 /// The byte that starts every v2 header.
 pub(super) const FIRST_BYTE: u8 = 0x0D;
@@ -70,14 +68,14 @@ pub(super) fn parse<'a>(
     };
     let tlvs_at = FIXED_BYTES + block;
     tlv::validate(header, tlvs_at)?;
-    let addresses = match command {
-        Command::Local => Addresses::Unspecified,
-        Command::Proxy => addresses(family, transport, &header[FIXED_BYTES..tlvs_at]),
+    let endpoints = match command {
+        Command::Local => Endpoints::Unspecified,
+        Command::Proxy => endpoints(family, transport, &header[FIXED_BYTES..tlvs_at]),
     };
     let header = Header {
         version: Version::V2,
         command,
-        addresses,
+        endpoints,
         tlvs: tlv::Tlvs::from_validated(&header[tlvs_at..]),
     };
     Ok(Some((header, total)))
@@ -142,35 +140,17 @@ fn block_bytes(family: u8) -> usize {
 }
 
 /// The meaning of a PROXY command's address block (`block` is exactly its size).
-fn addresses(family: u8, transport: u8, block: &[u8]) -> Addresses {
+fn endpoints(family: u8, transport: u8, block: &[u8]) -> Endpoints {
     let tcp = match (family, transport) {
         (AF_UNIX, TRANSPORT_STREAM | TRANSPORT_DGRAM) => {
-            return Addresses::Fallback(Fallback::Unix);
+            return Endpoints::Fallback(Fallback::Unix);
         }
-        (AF_INET | AF_INET6, TRANSPORT_DGRAM) => return Addresses::Fallback(Fallback::Datagram),
-        (AF_INET, TRANSPORT_STREAM) => tcp::<4, Ipv4Addr>(block),
-        (AF_INET6, TRANSPORT_STREAM) => tcp::<16, Ipv6Addr>(block),
+        (AF_INET | AF_INET6, TRANSPORT_DGRAM) => return Endpoints::Fallback(Fallback::Datagram),
+        (AF_INET, TRANSPORT_STREAM) => block.first_chunk().copied().map(Endpoints::Tcp4),
+        (AF_INET6, TRANSPORT_STREAM) => block.first_chunk().copied().map(Endpoints::Tcp6),
         // AF_UNSPEC or TRANSPORT_UNSPEC: the address information is to be ignored.
-        _ => return Addresses::Unspecified,
+        _ => return Endpoints::Unspecified,
     };
-    // `None` from `tcp` cannot happen: the length was checked to cover the block.
-    tcp.unwrap_or(Addresses::Unspecified)
-}
-
-/// Source address, destination address (`N` bytes each), source port, destination port.
-fn tcp<const N: usize, A>(block: &[u8]) -> Option<Addresses>
-where
-    A: From<[u8; N]> + Into<IpAddr>,
-{
-    let (source, rest) = block.split_first_chunk::<N>()?;
-    let (destination, rest) = rest.split_first_chunk::<N>()?;
-    let (source_port, rest) = rest.split_first_chunk::<2>()?;
-    let (destination_port, _) = rest.split_first_chunk::<2>()?;
-    Some(Addresses::Tcp {
-        source: SocketAddr::new(A::from(*source).into(), u16::from_be_bytes(*source_port)),
-        destination: SocketAddr::new(
-            A::from(*destination).into(),
-            u16::from_be_bytes(*destination_port),
-        ),
-    })
+    // `None` cannot happen: the length was checked to cover the block.
+    tcp.unwrap_or(Endpoints::Unspecified)
 }
