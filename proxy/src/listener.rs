@@ -286,11 +286,13 @@ impl Server {
         }
         let summary = tokio::spawn(summarize(Arc::clone(&self.metrics)));
         shutdown.await;
-        info!("draining: listeners closed, waiting for in-flight requests");
         self.stop.send_replace(true);
+        // Each loop drops its listening socket as it ends: after this, new connections
+        // are refused by the kernel.
         for l in loops {
             let _ = l.await;
         }
+        info!("draining: listeners closed, waiting for in-flight requests");
         summary.abort();
         let all = u32::try_from(self.max_clients).unwrap_or(u32::MAX);
         match tokio::time::timeout(grace, self.slots.acquire_many(all)).await {
@@ -341,6 +343,13 @@ impl Server {
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
             }
+        }
+        // Stop listening now, even though the kernel filter holds a duplicate of this
+        // socket: on Linux, shutting a listening socket down closes it for new
+        // connections (refused with a RST) and resets those not yet accepted.
+        if let Err(err) = socket2::SockRef::from(&bound.listener).shutdown(std::net::Shutdown::Both)
+        {
+            debug!(listener = %bound.addr, error = %err, "shutting the listener down");
         }
     }
 

@@ -371,7 +371,10 @@ impl Kernel {
 impl Drop for Kernel {
     fn drop(&mut self) {
         for s in &self.sockets {
-            if let Err(err) = socket2::SockRef::from(&s.fd).detach_filter() {
+            // ENOENT: the filter is gone already (the socket was shut down).
+            if let Err(err) = socket2::SockRef::from(&s.fd).detach_filter()
+                && err.raw_os_error() != Some(libc::ENOENT)
+            {
                 warn!(listener = ?s.local, error = %err, "detaching the socket filter failed");
             }
         }

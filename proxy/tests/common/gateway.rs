@@ -24,6 +24,8 @@ pub struct Gateway {
     pub seen: Vec<Value>,
     /// The listeners' addresses, from the "listening" events.
     pub listeners: Vec<SocketAddr>,
+    /// The config file trustgate runs on (rewrite it and send SIGHUP to reload).
+    pub config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -59,6 +61,7 @@ impl Gateway {
             lines,
             seen: Vec::new(),
             listeners: Vec::new(),
+            config_path: path,
             _dir: dir,
         };
         for _ in 0..listeners {

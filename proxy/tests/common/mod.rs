@@ -8,6 +8,7 @@
 pub mod forwarder;
 pub mod frames;
 pub mod gateway;
+pub mod http1;
 pub mod netns;
 pub mod peers;
 pub mod upstream;
