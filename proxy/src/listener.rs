@@ -23,7 +23,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{Instrument, debug, debug_span, error, info, warn};
 
 use crate::config::{Config, Limits};
 use crate::forward::{ConnContext, ForwardError, Forwarder};
@@ -137,6 +137,10 @@ impl Bound {
 /// bound ports (port 0 becomes a real one here) are the protected ones.
 pub fn bind_all(config: &Config, kernel: Option<&mut Kernel>) -> Result<Vec<Bound>, ListenerError> {
     let mut kernel = kernel;
+    let filter_required = config
+        .proxy_protocol
+        .as_ref()
+        .is_none_or(|p| p.kernel_filter.required);
     let mut bound = Vec::new();
     let listeners = &config.listeners;
     let all = listeners
@@ -149,6 +153,7 @@ pub fn bind_all(config: &Config, kernel: Option<&mut Kernel>) -> Result<Vec<Boun
             addr,
             config.limits.tcp_listen_backlog,
             kernel.as_deref_mut(),
+            filter_required,
         )?;
         let listener = TcpListener::from_std(socket.into())
             .map_err(|source| ListenerError::Bind { addr, source })?;
@@ -177,6 +182,7 @@ fn bind_one(
     addr: SocketAddr,
     backlog: u32,
     kernel: Option<&mut Kernel>,
+    filter_required: bool,
 ) -> Result<Socket, ListenerError> {
     let err = |source| ListenerError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
@@ -188,12 +194,18 @@ fn bind_one(
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
     if let Some(kernel) = kernel {
-        kernel
-            .protect_listener(&socket)
-            .map_err(|source| ListenerError::Filter {
-                addr,
-                source: Box::new(source),
-            })?;
+        match kernel.protect_listener(&socket) {
+            Ok(_) => {}
+            Err(err) if !filter_required => {
+                error!(listener = %addr, error = %err, "kernel filter not attached (kernel_filter.required = false): only user space checks peers on this listener");
+            }
+            Err(source) => {
+                return Err(ListenerError::Filter {
+                    addr,
+                    source: Box::new(source),
+                });
+            }
+        }
     }
     let backlog = i32::try_from(backlog).unwrap_or(i32::MAX);
     socket.listen(backlog).map_err(err)?;

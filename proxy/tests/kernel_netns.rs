@@ -391,3 +391,158 @@ fn killed_process_leaves_no_program_attached() {
 fn sigterm_drains_and_detaches() {
     process_exit_detaches(nix::sys::signal::Signal::SIGTERM);
 }
+
+/// Runs trustgate as `nobody` with no capabilities at all.
+const UNPRIVILEGED: &[&str] = &[
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all",
+    "--bounding-set=-all",
+    "--no-new-privs",
+];
+
+fn unprivileged_config(mode: &str, extra: &str) -> String {
+    format!(
+        r#"
+listen_port = 0
+listen_address_v4 = "127.0.0.1"
+default_app = "app"
+[apps.app]
+server_name = "app.test"
+[[apps.app.reverse_proxy]]
+upstream = [{{ location = "127.0.0.1:9" }}]
+[experimental.tcp_recv_proxy_protocol]
+trusted_proxies = ["127.0.0.1/32"]
+[experimental.tcp_recv_proxy_protocol.kernel_filter]
+mode = "{mode}"
+{extra}
+"#
+    )
+}
+
+fn can_drop_privileges() -> bool {
+    if common::find_tool("setpriv").is_none() || !is_root() {
+        common::skip("dropping privileges needs root and setpriv (util-linux)");
+        return false;
+    }
+    true
+}
+
+/// Runs trustgate as root with CAP_NET_ADMIN alone (no CAP_BPF, no CAP_SYS_ADMIN): the
+/// case of a container allowed to manage its network but not to load eBPF.
+const NET_ADMIN_ONLY: &[&str] = &[
+    "setpriv",
+    "--bounding-set=-all,+net_admin",
+    "--inh-caps=-all",
+];
+
+#[test]
+fn with_net_admin_alone_socket_mode_falls_back_to_classic_bpf_and_still_drops() {
+    if !can_drop_privileges() {
+        return;
+    }
+    let mut gw = common::gateway::Gateway::start_under(
+        NET_ADMIN_ONLY,
+        &unprivileged_config("socket", ""),
+        1,
+    );
+    let addr = gw.listeners[0];
+    let kind = gw
+        .events("socket trust filter attached")
+        .first()
+        .and_then(|e| common::gateway::field(e, "kind"));
+    assert_eq!(kind.as_deref(), Some("Classic"), "log:\n{}", gw.log());
+    // 127.0.0.2 is not trusted: its SYN is dropped by the classic filter.
+    let outsider =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    outsider
+        .bind(&SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), 0).into())
+        .expect("bind");
+    let err = outsider
+        .connect_timeout(&addr.into(), CONNECT_TIMEOUT)
+        .expect_err("dropped");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("127.0.0.1 is trusted");
+    let _ = gw.wait_for(|_| false, Duration::from_millis(100));
+    assert!(
+        gw.events("refused: peer is not a trusted proxy").is_empty(),
+        "the kernel, not user space, refused it"
+    );
+}
+
+#[test]
+fn without_any_capability_socket_mode_refuses_to_start_unless_not_required() {
+    if !can_drop_privileges() {
+        return;
+    }
+    // This kernel wants CAP_NET_ADMIN even for SO_ATTACH_FILTER.
+    let (ok, stderr) =
+        common::gateway::run_to_exit(UNPRIVILEGED, &unprivileged_config("socket", ""));
+    assert!(
+        !ok,
+        "started with no filter at all although it is required: {stderr}"
+    );
+    assert!(
+        stderr.contains("CAP_NET_ADMIN") && stderr.contains("required = false"),
+        "{stderr}"
+    );
+    // required = false: it serves, and user space alone refuses outsiders.
+    let mut gw = common::gateway::Gateway::start_under(
+        UNPRIVILEGED,
+        &unprivileged_config("socket", "required = false"),
+        1,
+    );
+    let addr = gw.listeners[0];
+    let outsider =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    outsider
+        .bind(&SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), 0).into())
+        .expect("bind");
+    outsider
+        .connect_timeout(&addr.into(), CONNECT_TIMEOUT)
+        .expect("no kernel filter: the SYN is answered");
+    gw.wait_for(
+        |e| common::gateway::message(e) == Some("refused: peer is not a trusted proxy"),
+        Duration::from_secs(10),
+    )
+    .unwrap_or_else(|| panic!("user space did not refuse it:\n{}", gw.log()));
+}
+
+#[test]
+fn without_privileges_xdp_mode_refuses_to_start_and_names_the_capability() {
+    if !can_drop_privileges() {
+        return;
+    }
+    let extra = "interfaces = [\"lo\"]\nxdp_mode = \"generic\"";
+    let (ok, stderr) =
+        common::gateway::run_to_exit(UNPRIVILEGED, &unprivileged_config("xdp", extra));
+    assert!(!ok, "started without CAP_BPF: {stderr}");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+    // required = false: it runs, with the user-space check only.
+    let extra = format!("{extra}\nrequired = false");
+    let gw =
+        common::gateway::Gateway::start_under(UNPRIVILEGED, &unprivileged_config("xdp", &extra), 1);
+    assert!(
+        gw.seen.iter().any(|e| common::gateway::message(e)
+            .is_some_and(|m| m.starts_with("kernel filter not loaded"))),
+        "log:\n{}",
+        gw.log()
+    );
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("Uid:")
+                    .map(|u| u.split_whitespace().nth(1) == Some("0"))
+            })
+        })
+        .unwrap_or(false)
+}

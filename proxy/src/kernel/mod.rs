@@ -88,10 +88,18 @@ pub enum KernelError {
     )]
     ObjectMissing,
     #[error(
-        "permission denied while {action}: the eBPF modes need CAP_BPF and CAP_NET_ADMIN (run as root or grant them, e.g. AmbientCapabilities= in the systemd unit); without them use mode = \"socket\", which falls back to classic BPF, or mode = \"off\""
+        "permission denied while {action}: the eBPF modes need CAP_BPF and CAP_NET_ADMIN (run as root or grant them, e.g. AmbientCapabilities= in the systemd unit); with CAP_NET_ADMIN alone, mode = \"socket\" falls back to classic BPF; with neither, use mode = \"off\" or required = false"
     )]
     Permission {
         action: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the kernel refused the classic BPF socket filter on {local:?} (SO_ATTACH_FILTER needs CAP_NET_ADMIN on this kernel): grant CAP_NET_ADMIN, or set kernel_filter.required = false to run with the user-space check only"
+    )]
+    ClassicPermission {
+        local: Option<SocketAddr>,
         #[source]
         source: io::Error,
     },
@@ -254,7 +262,10 @@ impl Kernel {
             }
             None => {
                 sock.attach_filter(&classic::program(&self.trust)?)
-                    .map_err(attach_err)?;
+                    .map_err(|source| match source.raw_os_error() {
+                        Some(libc::EPERM) => KernelError::ClassicPermission { local, source },
+                        _ => attach_err(source),
+                    })?;
                 SocketFilterKind::Classic
             }
         };

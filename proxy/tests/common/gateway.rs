@@ -33,10 +33,22 @@ impl Gateway {
     /// Starts trustgate on `config` and waits until it has logged `listeners` "listening"
     /// events. Panics with the log when it exits or does not get there in time.
     pub fn start(config: &str, listeners: usize) -> Gateway {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path: PathBuf = dir.path().join("config.toml");
-        std::fs::write(&path, config).expect("writing the config");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_trustgate"))
+        Gateway::start_under(&[], config, listeners)
+    }
+
+    /// [`Gateway::start`] with trustgate run under `wrapper` (such as `setpriv …` to drop
+    /// privileges); the config is readable by any user.
+    pub fn start_under(wrapper: &[&str], config: &str, listeners: usize) -> Gateway {
+        let (dir, path) = write_config(config);
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_trustgate"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_trustgate")),
+        };
+        let mut child = command
             .arg("-c")
             .arg(&path)
             .args(["--log-format", "json"])
@@ -135,6 +147,50 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Writes `config` into a new temporary directory that any user may read.
+pub fn write_config(config: &str) -> (tempfile::TempDir, PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).expect("writing the config");
+    let readable = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(dir.path(), readable).expect("chmod the config dir");
+    (dir, path)
+}
+
+/// Runs `trustgate -c CONFIG` under `wrapper` to completion (it must exit by itself within
+/// `START_TIMEOUT`), returning its exit success and its stderr.
+pub fn run_to_exit(wrapper: &[&str], config: &str) -> (bool, String) {
+    let (_dir, path) = write_config(config);
+    let (program, args) = wrapper.split_first().expect("a wrapper command");
+    let child = Command::new(program)
+        .args(args)
+        .arg(env!("CARGO_BIN_EXE_trustgate"))
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting trustgate");
+    let pid = Pid::from_raw(child.id() as i32);
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(out)) => (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ),
+        Ok(Err(err)) => panic!("waiting for trustgate: {err}"),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            panic!("trustgate did not exit within {START_TIMEOUT:?}");
+        }
     }
 }
 
