@@ -17,6 +17,7 @@
 //!   check, PROXY header, TLS, HTTP/1.1 and h2; reload and graceful drain.
 //! - [`metrics`] and [`admin`]: the counters and their OpenMetrics exposition.
 //! - [`reload`]: SIGHUP and `-w` reloads.
+//! - [`service`]: the whole service from config to drain, as `trustgate` runs it.
 //! - [`demo`]: the demo upstream that echoes the request it received.
 #![deny(unsafe_code)]
 
@@ -29,5 +30,6 @@ pub mod listener;
 pub mod metrics;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod service;
 pub mod tls;
 pub mod trust;

@@ -1,25 +1,16 @@
-//! The `trustgate` binary: reads the command line, sets up logging, loads the config,
-//! starts the kernel filter, binds the listeners and serves until SIGTERM or SIGINT,
-//! then drains and detaches. `trustgate check` validates a config and prints the plan.
+//! The `trustgate` binary: reads the command line, sets up logging and hands over to
+//! `service::run` until SIGTERM or SIGINT (a second one cuts the drain short).
+//! `check` validates a config and prints the plan; `stats` prints a running one's counters.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use proxy::kernel;
-use proxy::listener::{self, Runtime, Server};
-use proxy::metrics::Metrics;
-use proxy::{admin, config, reload};
-use tokio::net::TcpListener;
+use proxy::{admin, config, service};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
-use tracing::{info, warn};
-
-/// How long in-flight requests may run on after SIGTERM.
-const DRAIN_GRACE: Duration = Duration::from_secs(30);
+use tracing::warn;
 
 #[derive(Parser)]
 #[command(
@@ -73,10 +64,24 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("trustgate: {err:#}");
+            eprintln!("trustgate: {}", report(&err));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, each once: some errors (the config's) already print their
+/// source in their own message.
+fn report(err: &anyhow::Error) -> String {
+    let mut text = err.to_string();
+    for cause in err.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn check(cli: &Cli) -> Result<()> {
@@ -105,41 +110,17 @@ async fn stats(cli: &Cli) -> Result<()> {
 
 #[tokio::main]
 async fn serve(cli: &Cli) -> Result<()> {
-    let (config, warnings) = config::load(&cli.config)?;
-    for w in &warnings {
-        warn!(warning = %w, "config");
-    }
-    info!(config = %cli.config.display(), "config loaded");
-    let mut kernel = kernel::start_for(&config).context("starting the kernel filter")?;
-    let listeners =
-        listener::bind_all(&config, kernel.as_mut()).context("binding the listeners")?;
-    let runtime = Runtime::new(&config, None).context("preparing TLS and the upstreams")?;
-    let server = Server::new(runtime, kernel, Arc::new(Metrics::default()));
-    let admin = match config.metrics_listen {
-        Some(addr) => {
-            let listener = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics listener {addr}"))?;
-            Some(tokio::spawn(admin::serve(listener, Arc::clone(&server))))
-        }
-        None => None,
+    let options = service::Options {
+        config: cli.config.clone(),
+        watch: cli.watch,
     };
-    let reloads = tokio::spawn(reload::run(
-        Arc::clone(&server),
-        cli.config.clone(),
-        cli.watch,
-    ));
     let signals = signal_count();
-    tokio::select! {
-        _ = Arc::clone(&server).run(listeners, nth_signal(signals.clone(), 1), DRAIN_GRACE) => {}
-        _ = nth_signal(signals, 2) => warn!("second signal: stopping without waiting for the drain"),
-    }
-    reloads.abort();
-    if let Some(admin) = admin {
-        admin.abort();
-    }
-    drop(server.take_kernel());
-    info!("stopped; kernel filter detached");
+    service::run(
+        options,
+        nth_signal(signals.clone(), 1),
+        nth_signal(signals, 2),
+    )
+    .await?;
     Ok(())
 }
 

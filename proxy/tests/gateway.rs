@@ -528,3 +528,82 @@ fn trusted_peer_without_a_valid_header_in_time_is_closed_and_counted() {
         }
     }
 }
+
+#[test]
+fn websocket_echo_through_haproxy_and_trustgate() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let Some(haproxy) = tool("haproxy") else {
+        return;
+    };
+    let upstream = Upstream::start();
+    let gw = Gateway::start(&config(upstream.addr, &["127.0.0.1/32"], "socket", None), 1);
+    let front = peers::free_port("127.0.0.1");
+    let frontends = format!(
+        "frontend ws\n    bind 127.0.0.1:{front}\n    default_backend ws\n\
+         backend ws\n    server ours {} send-proxy-v2\n",
+        gw.listeners[0]
+    );
+    let ready = SocketAddr::new(IpAddr::from([127, 0, 0, 1]), front);
+    let _haproxy = peers::haproxy(&haproxy, &haproxy_config(&frontends), ready);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let url = format!("ws://localhost:{front}/echo");
+        let (mut ws, response) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket handshake");
+        assert_eq!(response.status(), 101);
+        for text in ["hello", "through the PROXY header and back"] {
+            ws.send(Message::text(text)).await.expect("send");
+            let echoed = ws.next().await.expect("a message").expect("no error");
+            assert_eq!(echoed, Message::text(text));
+        }
+        ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+            .await
+            .expect("send");
+        let echoed = ws.next().await.expect("a message").expect("no error");
+        assert_eq!(echoed, Message::binary(vec![0u8, 1, 2, 255]));
+    });
+}
+
+#[test]
+fn check_prints_the_plan_and_exits_zero_or_names_the_bad_key() {
+    let run = |text: &str| {
+        let (_dir, path) = common::gateway::write_config(text);
+        Command::new(env!("CARGO_BIN_EXE_trustgate"))
+            .args(["check", "-c"])
+            .arg(&path)
+            .output()
+            .expect("trustgate check")
+    };
+    let good = config(
+        "127.0.0.1:9".parse().expect("addr"),
+        &["10.0.0.0/8"],
+        "socket",
+        None,
+    );
+    let out = run(&good);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("10.0.0.0/8") && stdout.contains("kernel filter"),
+        "{stdout}"
+    );
+    let bad = good.replace("\"10.0.0.0/8\"", "\"10.0.0.1/8\"");
+    let out = run(&bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("trusted_proxies") && stderr.contains("10.0.0.0/8"),
+        "{stderr}"
+    );
+    let misspelt = good.replace("trusted_proxies", "trusted_proxy");
+    let out = run(&misspelt);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("did you mean"), "{stderr}");
+}

@@ -1,0 +1,90 @@
+//! The whole service, start to stop: config, kernel filter, listeners (filter attached
+//! before they listen), the admin listener and reloads, serving until the first stop
+//! signal, draining until the grace period or a second signal, then detaching the
+//! filter. What `trustgate` runs; signals are the caller's (`main`'s) business.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use crate::config::{self, ConfigError};
+use crate::kernel::{self, KernelError};
+use crate::listener::{self, ListenerError, Runtime, Server};
+use crate::metrics::Metrics;
+use crate::{admin, reload};
+
+/// How long in-flight requests may run on after the stop signal.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
+
+/// What to run.
+pub struct Options {
+    pub config: PathBuf,
+    /// Reload when the config file changes (SIGHUP always reloads).
+    pub watch: bool,
+}
+
+/// Why the service did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("starting the kernel filter")]
+    Kernel(#[source] KernelError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error("binding the metrics listener {addr}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs until `stop` completes, then drains until `force` completes or the grace
+/// period ends. The kernel filter is detached before this returns.
+pub async fn run(
+    options: Options,
+    stop: impl Future<Output = ()>,
+    force: impl Future<Output = ()>,
+) -> Result<(), ServiceError> {
+    let (config, warnings) = config::load(&options.config)?;
+    for w in &warnings {
+        warn!(warning = %w, "config");
+    }
+    info!(config = %options.config.display(), "config loaded");
+    let runtime = Runtime::new(&config, None)?;
+    let mut kernel = kernel::start_for(&config).map_err(ServiceError::Kernel)?;
+    let listeners = listener::bind_all(&config, kernel.as_mut())?;
+    let server = Server::new(runtime, kernel, Arc::new(Metrics::default()));
+    let admin = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServiceError::Metrics { addr, source })?;
+            Some(tokio::spawn(admin::serve(listener, Arc::clone(&server))))
+        }
+        None => None,
+    };
+    let reloads = tokio::spawn(reload::run(
+        Arc::clone(&server),
+        options.config,
+        options.watch,
+    ));
+    tokio::select! {
+        _ = Arc::clone(&server).run(listeners, stop, DRAIN_GRACE) => {}
+        () = force => warn!("second signal: stopping without waiting for the drain"),
+    }
+    reloads.abort();
+    if let Some(admin) = admin {
+        admin.abort();
+    }
+    drop(server.take_kernel());
+    info!("stopped; kernel filter detached");
+    Ok(())
+}
