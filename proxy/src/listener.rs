@@ -25,7 +25,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span, error, info, warn};
 
-use crate::config::{Config, Limits};
+use crate::config::{Config, KernelFilterConfig, Limits, Listeners};
 use crate::forward::{ConnContext, ForwardError, Forwarder};
 use crate::kernel::{Kernel, KernelError};
 use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot};
@@ -81,6 +81,10 @@ struct ProxySettings {
 /// a connection keeps the one it started with.
 pub struct Runtime {
     pub(crate) forwarder: Arc<Forwarder>,
+    /// What the config asked to bind and how to filter: a reload that changes them only
+    /// warns (they take effect at the next start).
+    listeners: Listeners,
+    kernel_filter: Option<KernelFilterConfig>,
     tls: Tls,
     proxy: Option<ProxySettings>,
     limits: Limits,
@@ -96,6 +100,11 @@ impl Runtime {
         };
         Ok(Runtime {
             forwarder: Arc::new(forwarder),
+            listeners: config.listeners.clone(),
+            kernel_filter: config
+                .proxy_protocol
+                .as_ref()
+                .map(|p| p.kernel_filter.clone()),
             tls: Tls::new(config)?,
             proxy: config.proxy_protocol.as_ref().map(|p| ProxySettings {
                 trust: p.trust.clone(),
@@ -267,7 +276,18 @@ impl Server {
     /// Connections already running keep their runtime. Listener addresses, the filter
     /// mode and `max_clients` keep the values the process started with.
     pub fn reload(&self, config: &Config) -> Result<(), ListenerError> {
-        let runtime = Runtime::new(config, Some(&self.runtime.load()))?;
+        let current = self.runtime.load_full();
+        let runtime = Runtime::new(config, Some(&current))?;
+        if runtime.listeners != current.listeners {
+            warn!(
+                "reload: listen addresses or ports changed; they take effect at the next restart"
+            );
+        }
+        if runtime.kernel_filter != current.kernel_filter {
+            warn!(
+                "reload: kernel_filter settings changed; the trusted list is applied now, the rest at the next restart"
+            );
+        }
         let trust = config
             .proxy_protocol
             .as_ref()

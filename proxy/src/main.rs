@@ -21,9 +21,13 @@ struct Cli {
     /// The config file, in rpxy's format.
     #[arg(short, long, global = true, default_value = "config.toml")]
     config: PathBuf,
-    /// Watch the config file and reload it when it changes (SIGHUP always reloads).
+    /// Reload when the config file, or a certificate it names, changes (SIGHUP always
+    /// reloads).
     #[arg(short, long)]
     watch: bool,
+    /// Seconds in-flight requests may run on after SIGTERM or SIGINT.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    grace_period: u64,
     /// Log format.
     #[arg(long, value_enum, global = true, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -113,6 +117,7 @@ async fn serve(cli: &Cli) -> Result<()> {
     let options = service::Options {
         config: cli.config.clone(),
         watch: cli.watch,
+        grace: std::time::Duration::from_secs(cli.grace_period),
     };
     let signals = signal_count();
     service::run(

@@ -1,6 +1,7 @@
-//! Reloading the config while serving: on SIGHUP, and with `-w` whenever the file's
-//! modification time changes (checked every second). The new file is parsed and
-//! validated in full first; a bad one is logged at error and the running config stays.
+//! Reloading the config while serving: on SIGHUP, and with `-w` whenever the
+//! modification time of the config file, or of a certificate, key or CA file it names,
+//! changes (checked every second). The new file is parsed and validated in full first; a
+//! bad one is logged at error and the running config stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,15 +11,43 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::config;
+use crate::config::{self, Config};
 use crate::listener::Server;
 
 /// How often `-w` looks at the file.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Reloads `path` into `server` on each SIGHUP, and on each change when `watch_file`.
-/// Runs until the task is dropped.
-pub async fn run(server: Arc<Server>, path: PathBuf, watch_file: bool) {
+/// The files a running config depends on, and their modification times when it was
+/// loaded. Take it right after loading, so no change made since is missed.
+pub struct Watched {
+    path: PathBuf,
+    files: Vec<PathBuf>,
+    stamps: Vec<Option<SystemTime>>,
+}
+
+impl Watched {
+    pub fn new(path: &Path, config: &Config) -> Watched {
+        let files = files(path, config);
+        let stamps = stamps(&files);
+        Watched {
+            path: path.to_path_buf(),
+            files,
+            stamps,
+        }
+    }
+
+    /// Whether a file changed since the last call (or since [`Watched::new`]).
+    fn changed(&mut self) -> bool {
+        let now = stamps(&self.files);
+        let changed = now != self.stamps;
+        self.stamps = now;
+        changed
+    }
+}
+
+/// Reloads into `server` on each SIGHUP, and on each change of the watched files when
+/// `watch_files`. Runs until the task is dropped.
+pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool) {
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(hup) => Some(hup),
         Err(err) => {
@@ -27,29 +56,28 @@ pub async fn run(server: Arc<Server>, path: PathBuf, watch_file: bool) {
         }
     };
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
-    let mut seen = modified(&path);
     loop {
         tokio::select! {
             Some(()) = async { hup.as_mut()?.recv().await } => {}
-            _ = tick.tick(), if watch_file => {
-                let now = modified(&path);
-                if now == seen {
+            _ = tick.tick(), if watch_files => {
+                if !watched.changed() {
                     continue;
                 }
-                seen = now;
             }
         }
-        reload(&server, &path);
+        if let Some(config) = reload(&server, &watched.path) {
+            watched = Watched::new(&watched.path, &config);
+        }
     }
 }
 
-/// Loads `path` and applies it; returns whether it was applied.
-pub fn reload(server: &Server, path: &Path) -> bool {
+/// Loads `path` and applies it; returns the config when it was applied.
+pub fn reload(server: &Server, path: &Path) -> Option<Config> {
     let metrics = server.metrics();
     let applied = match config::load(path) {
         Err(err) => {
             error!(config = %path.display(), error = %err, "reload refused: the config is invalid; the running config stays");
-            false
+            None
         }
         Ok((config, warnings)) => {
             for w in &warnings {
@@ -58,22 +86,36 @@ pub fn reload(server: &Server, path: &Path) -> bool {
             match server.reload(&config) {
                 Ok(()) => {
                     info!(config = %path.display(), "config reloaded");
-                    true
+                    Some(config)
                 }
                 Err(err) => {
                     error!(config = %path.display(), error = %err, "reload failed; the running config stays");
-                    false
+                    None
                 }
             }
         }
     };
-    let counter = if applied {
+    let counter = if applied.is_some() {
         &metrics.reloads_ok
     } else {
         &metrics.reloads_failed
     };
     counter.fetch_add(1, Ordering::Relaxed);
     applied
+}
+
+/// The config file and every certificate, key and CA file it names.
+fn files(path: &Path, config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![path.to_path_buf()];
+    for tls in config.apps.iter().filter_map(|a| a.tls.as_ref()) {
+        files.extend([tls.cert_path.clone(), tls.key_path.clone()]);
+        files.extend(tls.client_ca_path.clone());
+    }
+    files
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+    files.iter().map(|f| modified(f)).collect()
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {

@@ -19,14 +19,14 @@ use crate::listener::{self, ListenerError, Runtime, Server};
 use crate::metrics::Metrics;
 use crate::{admin, reload};
 
-/// How long in-flight requests may run on after the stop signal.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(30);
-
 /// What to run.
 pub struct Options {
     pub config: PathBuf,
-    /// Reload when the config file changes (SIGHUP always reloads).
+    /// Reload when the config file, or a certificate it names, changes (SIGHUP always
+    /// reloads).
     pub watch: bool,
+    /// How long in-flight requests may run on after the stop signal.
+    pub grace: Duration,
 }
 
 /// Why the service did not start.
@@ -58,6 +58,7 @@ pub async fn run(
         warn!(warning = %w, "config");
     }
     info!(config = %options.config.display(), "config loaded");
+    let watched = reload::Watched::new(&options.config, &config);
     let runtime = Runtime::new(&config, None)?;
     let mut kernel = kernel::start_for(&config).map_err(ServiceError::Kernel)?;
     let listeners = listener::bind_all(&config, kernel.as_mut())?;
@@ -71,13 +72,9 @@ pub async fn run(
         }
         None => None,
     };
-    let reloads = tokio::spawn(reload::run(
-        Arc::clone(&server),
-        options.config,
-        options.watch,
-    ));
+    let reloads = tokio::spawn(reload::run(Arc::clone(&server), watched, options.watch));
     tokio::select! {
-        _ = Arc::clone(&server).run(listeners, stop, DRAIN_GRACE) => {}
+        _ = Arc::clone(&server).run(listeners, stop, options.grace) => {}
         () = force => warn!("second signal: stopping without waiting for the drain"),
     }
     reloads.abort();

@@ -369,3 +369,162 @@ fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections() {
         gw.log()
     );
 }
+
+#[test]
+fn watch_reloads_when_the_config_or_a_certificate_changes() {
+    let Some(openssl) = common::find_tool("openssl") else {
+        return common::skip("openssl is not installed");
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = (dir.path().join("app.crt"), dir.path().join("app.key"));
+    let make_cert = || {
+        let out = std::process::Command::new(&openssl)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+            ])
+            .args([
+                "-days",
+                "2",
+                "-subj",
+                "/CN=app.test",
+                "-addext",
+                "subjectAltName=DNS:app.test",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    make_cert();
+    let tls_port = free_port();
+    let text = config(Ipv4Addr::LOCALHOST.into(), "127.0.0.1:9".parse().expect("addr"), &["127.0.0.1/32".into()], "off", None)
+        .replace("listen_port = 0\n", &format!("listen_port = 0\nlisten_port_tls = {tls_port}\n"))
+        .replace(
+            "server_name = \"app.test\"\n",
+            &format!(
+                "server_name = \"app.test\"\ntls = {{ tls_cert_path = \"{}\", tls_cert_key_path = \"{}\", https_redirection = false }}\n",
+                cert.display(),
+                key.display()
+            ),
+        );
+    let mut gw = Gateway::start_with_args(&["-w"], &text, 2);
+    let reloaded = |gw: &mut Gateway, what: &str| {
+        gw.wait_for(|e| message(e) == Some("config reloaded"), EVENT_TIMEOUT)
+            .unwrap_or_else(|| panic!("no reload after {what}:\n{}", gw.log()));
+    };
+    std::fs::write(&gw.config_path, text.replace("127.0.0.1/32", "127.0.0.0/8")).expect("rewrite");
+    reloaded(&mut gw, "the config changed");
+    make_cert();
+    reloaded(&mut gw, "the certificate changed");
+}
+
+#[test]
+fn grace_period_bounds_the_drain() {
+    let rt = runtime();
+    // An upstream that says when a request arrived, and never answers it.
+    let (arrived_tx, arrived_rx) = std::sync::mpsc::channel::<()>();
+    let arrived_tx = Arc::new(std::sync::Mutex::new(arrived_tx));
+    let upstream = rt.block_on(upstream::serve(move |_req| {
+        let _ = arrived_tx.lock().expect("lock").send(());
+        async {
+            std::future::pending::<()>().await;
+            upstream::text("never")
+        }
+    }));
+    let text = config(
+        Ipv4Addr::LOCALHOST.into(),
+        upstream,
+        &["127.0.0.1/32".into()],
+        "off",
+        None,
+    );
+    let mut gw = Gateway::start_with_args(&["--grace-period", "1"], &text, 1);
+    let addr = gw.listeners[0];
+    let client = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 7).into(), 5555);
+    let _stuck = std::thread::spawn(move || {
+        let mut conn = Conn::new(
+            TcpStream::connect(addr).expect("connect"),
+            Some((client, addr)),
+        )
+        .expect("conn");
+        conn.get("/forever")
+    });
+    arrived_rx
+        .recv_timeout(EVENT_TIMEOUT)
+        .expect("the request reached the upstream");
+    gw.signal(Signal::SIGTERM);
+    let cut = gw
+        .wait_for(
+            |e| message(e).is_some_and(|m| m.starts_with("grace period over")),
+            EVENT_TIMEOUT,
+        )
+        .unwrap_or_else(|| panic!("the drain was not cut at the grace period:\n{}", gw.log()));
+    assert_eq!(common::gateway::field(&cut, "open").as_deref(), Some("1"));
+    assert!(
+        gw.wait_exit(EVENT_TIMEOUT).is_some(),
+        "trustgate did not exit after the grace period"
+    );
+}
+
+#[test]
+fn max_clients_per_ip_counts_the_recovered_client() {
+    let rt = runtime();
+    let upstream = rt.block_on(upstream::demo());
+    let text = config(
+        Ipv4Addr::LOCALHOST.into(),
+        upstream,
+        &["127.0.0.1/32".into()],
+        "off",
+        None,
+    )
+    .replace(
+        "listen_port = 0\n",
+        "listen_port = 0\nmax_clients_per_ip = 2\n",
+    );
+    let mut gw = Gateway::start(&text, 1);
+    let addr = gw.listeners[0];
+    let alice = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 1).into(), 1000);
+    let bob = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 2).into(), 1000);
+    let open = |client| {
+        let mut conn = Conn::new(
+            TcpStream::connect(addr).expect("connect"),
+            Some((client, addr)),
+        )
+        .expect("conn");
+        let status = conn.get("/").map(|(s, _)| s);
+        (conn, status)
+    };
+    // All from the same load balancer (127.0.0.1): the limit is per recovered client.
+    let (_a1, s1) = open(alice);
+    let (_a2, s2) = open(alice);
+    let (_a3, s3) = open(alice);
+    let (_b1, s4) = open(bob);
+    assert_eq!((s1.ok(), s2.ok()), (Some(200), Some(200)));
+    assert!(
+        s3.is_err(),
+        "a third connection for the same client was served"
+    );
+    assert_eq!(
+        s4.ok(),
+        Some(200),
+        "another client behind the same load balancer is served"
+    );
+    gw.wait_for(
+        |e| message(e) == Some("refused: max_clients_per_ip reached"),
+        EVENT_TIMEOUT,
+    )
+    .unwrap_or_else(|| panic!("refusal not logged:\n{}", gw.log()));
+}

@@ -36,9 +36,18 @@ impl Gateway {
         Gateway::start_under(&[], config, listeners)
     }
 
+    /// [`Gateway::start`] with extra command-line arguments for trustgate.
+    pub fn start_with_args(args: &[&str], config: &str, listeners: usize) -> Gateway {
+        Gateway::launch(&[], args, config, listeners)
+    }
+
     /// [`Gateway::start`] with trustgate run under `wrapper` (such as `setpriv …` to drop
     /// privileges); the config is readable by any user.
     pub fn start_under(wrapper: &[&str], config: &str, listeners: usize) -> Gateway {
+        Gateway::launch(wrapper, &[], config, listeners)
+    }
+
+    fn launch(wrapper: &[&str], args: &[&str], config: &str, listeners: usize) -> Gateway {
         let (dir, path) = write_config(config);
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
@@ -52,6 +61,7 @@ impl Gateway {
             .arg("-c")
             .arg(&path)
             .args(["--log-format", "json"])
+            .args(args)
             .env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
