@@ -125,36 +125,7 @@ struct ServerCert {
 
 fn server_cert(openssl: &std::path::Path) -> ServerCert {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = (dir.path().join("server.crt"), dir.path().join("server.key"));
-    let out = Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (cert, key) = common::self_signed(openssl, dir.path(), "localhost");
     ServerCert {
         cert,
         key,

@@ -455,13 +455,7 @@ fn with_net_admin_alone_socket_mode_falls_back_to_classic_bpf_and_still_drops() 
         .and_then(|e| common::gateway::field(e, "kind"));
     assert_eq!(kind.as_deref(), Some("Classic"), "log:\n{}", gw.log());
     // 127.0.0.2 is not trusted: its SYN is dropped by the classic filter.
-    let outsider =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    outsider
-        .bind(&SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), 0).into())
-        .expect("bind");
-    let err = outsider
-        .connect_timeout(&addr.into(), CONNECT_TIMEOUT)
+    let err = common::connect_from(Ipv4Addr::new(127, 0, 0, 2).into(), addr, CONNECT_TIMEOUT)
         .expect_err("dropped");
     assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
     TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).expect("127.0.0.1 is trusted");
@@ -495,13 +489,7 @@ fn without_any_capability_socket_mode_refuses_to_start_unless_not_required() {
         1,
     );
     let addr = gw.listeners[0];
-    let outsider =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    outsider
-        .bind(&SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), 0).into())
-        .expect("bind");
-    outsider
-        .connect_timeout(&addr.into(), CONNECT_TIMEOUT)
+    common::connect_from(Ipv4Addr::new(127, 0, 0, 2).into(), addr, CONNECT_TIMEOUT)
         .expect("no kernel filter: the SYN is answered");
     gw.wait_for(
         |e| common::gateway::message(e) == Some("refused: peer is not a trusted proxy"),

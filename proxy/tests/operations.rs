@@ -255,12 +255,8 @@ fn counters_after_known_traffic_are_exact_over_http() {
         assert_eq!(conn.get("/ok").expect("served").0, 200);
     }
     // An untrusted peer: 127.0.0.2 is not in the list.
-    let outsider =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
-    outsider
-        .bind(&SocketAddr::new(Ipv4Addr::new(127, 0, 0, 2).into(), 0).into())
-        .expect("bind 127.0.0.2");
-    outsider.connect(&addr.into()).expect("connect");
+    let _outsider = common::connect_from(Ipv4Addr::new(127, 0, 0, 2).into(), addr, EVENT_TIMEOUT)
+        .expect("connect");
     // A bad header, and one that never completes.
     let mut bad = TcpStream::connect(addr).expect("connect");
     bad.write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 80 +80\r\n")
@@ -376,39 +372,8 @@ fn watch_reloads_when_the_config_or_a_certificate_changes() {
         return common::skip("openssl is not installed");
     };
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = (dir.path().join("app.crt"), dir.path().join("app.key"));
-    let make_cert = || {
-        let out = std::process::Command::new(&openssl)
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-            ])
-            .args([
-                "-days",
-                "2",
-                "-subj",
-                "/CN=app.test",
-                "-addext",
-                "subjectAltName=DNS:app.test",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&cert)
-            .output()
-            .expect("openssl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    make_cert();
+    let make_cert = || common::self_signed(&openssl, dir.path(), "app.test");
+    let (cert, key) = make_cert();
     let tls_port = free_port();
     let text = config(Ipv4Addr::LOCALHOST.into(), "127.0.0.1:9".parse().expect("addr"), &["127.0.0.1/32".into()], "off", None)
         .replace("listen_port = 0\n", &format!("listen_port = 0\nlisten_port_tls = {tls_port}\n"))

@@ -17,7 +17,8 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use aya::Ebpf;
 use aya::programs::{
-    ProgramError, SocketFilter, TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode,
+    Program as AyaProgram, ProgramError, SocketFilter, TestRun, TestRunOptions, Xdp,
+    XdpMode as AyaXdpMode,
 };
 use proxy_common::{SOCKET_COUNTERS_MAP, SOCKET_PROGRAM, XDP_COUNTERS_MAP, XDP_PROGRAM};
 use tracing::{error, info, warn};
@@ -208,7 +209,7 @@ impl Kernel {
                 maps::sync_trust(&mut ebpf, trust)?;
                 maps::set_ports(&mut ebpf, &[], ports)?;
                 maps::set_config(&mut ebpf, observe_only)?;
-                let xdp = xdp_program(&mut ebpf)?;
+                let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
                 xdp.load()
                     .map_err(|e| load::from_program_load(XDP_PROGRAM, e))?;
                 for interface in interfaces {
@@ -241,17 +242,7 @@ impl Kernel {
         let attach_err = |source| KernelError::AttachSocket { local, source };
         let kind = match &self.ebpf {
             Some(ebpf) => {
-                let prog: &SocketFilter = ebpf
-                    .program(SOCKET_PROGRAM)
-                    .ok_or(KernelError::MissingInObject {
-                        name: SOCKET_PROGRAM,
-                    })?
-                    .try_into()
-                    .map_err(|source| KernelError::Program {
-                        program: SOCKET_PROGRAM,
-                        action: "finding",
-                        source,
-                    })?;
+                let prog: &SocketFilter = program_of(ebpf, SOCKET_PROGRAM)?;
                 prog.attach(socket.as_fd())
                     .map_err(|source| KernelError::Program {
                         program: SOCKET_PROGRAM,
@@ -355,26 +346,21 @@ impl Kernel {
         repeat: u32,
     ) -> Result<(u32, std::time::Duration), KernelError> {
         let ebpf = self.ebpf.as_ref().ok_or(KernelError::NotLoaded(program))?;
-        let name = match program {
-            Program::Xdp => XDP_PROGRAM,
-            Program::Socket => SOCKET_PROGRAM,
-        };
-        let prog = ebpf.program(name).ok_or(KernelError::NotLoaded(program))?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
-        let run_err = |source| KernelError::Program {
-            program: name,
+        let result = match program {
+            Program::Xdp => program_of::<Xdp>(ebpf, XDP_PROGRAM)?.test_run(opts),
+            Program::Socket => program_of::<SocketFilter>(ebpf, SOCKET_PROGRAM)?.test_run(opts),
+        }
+        .map_err(|source| KernelError::Program {
+            program: match program {
+                Program::Xdp => XDP_PROGRAM,
+                Program::Socket => SOCKET_PROGRAM,
+            },
             action: "test-running",
             source,
-        };
-        let result = match program {
-            Program::Xdp => <&Xdp>::try_from(prog).map_err(run_err)?.test_run(opts),
-            Program::Socket => <&SocketFilter>::try_from(prog)
-                .map_err(run_err)?
-                .test_run(opts),
-        }
-        .map_err(run_err)?;
+        })?;
         Ok((result.return_value, result.duration))
     }
 }
@@ -397,31 +383,40 @@ fn load_socket(trust: &TrustList, observe_only: bool) -> Result<Ebpf, KernelErro
     let mut ebpf = load::object()?;
     maps::sync_trust(&mut ebpf, trust)?;
     maps::set_config(&mut ebpf, observe_only)?;
-    let prog: &mut SocketFilter = ebpf
-        .program_mut(SOCKET_PROGRAM)
-        .ok_or(KernelError::MissingInObject {
-            name: SOCKET_PROGRAM,
-        })?
-        .try_into()
-        .map_err(|source| KernelError::Program {
-            program: SOCKET_PROGRAM,
-            action: "finding",
-            source,
-        })?;
+    let prog: &mut SocketFilter = program_mut(&mut ebpf, SOCKET_PROGRAM)?;
     prog.load()
         .map_err(|e| load::from_program_load(SOCKET_PROGRAM, e))?;
     Ok(ebpf)
 }
 
-fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, KernelError> {
-    ebpf.program_mut(XDP_PROGRAM)
-        .ok_or(KernelError::MissingInObject { name: XDP_PROGRAM })?
-        .try_into()
-        .map_err(|source| KernelError::Program {
-            program: XDP_PROGRAM,
-            action: "finding",
-            source,
-        })
+/// The object's program `name`, as the program type `P`.
+fn program_of<'a, P>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a P, KernelError>
+where
+    &'a P: TryFrom<&'a AyaProgram, Error = ProgramError>,
+{
+    let found = ebpf
+        .program(name)
+        .ok_or(KernelError::MissingInObject { name })?;
+    <&P>::try_from(found).map_err(|source| KernelError::Program {
+        program: name,
+        action: "finding",
+        source,
+    })
+}
+
+/// [`program_of`], mutable (to load or attach it).
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut AyaProgram, Error = ProgramError>,
+{
+    let found = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::MissingInObject { name })?;
+    <&mut P>::try_from(found).map_err(|source| KernelError::Program {
+        program: name,
+        action: "finding",
+        source,
+    })
 }
 
 fn attach_xdp(xdp: &mut Xdp, interface: &str, attach: XdpMode) -> Result<XdpAttached, KernelError> {
