@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use proxy::forward::{ConnContext, ForwardOptions, Forwarder};
+use proxy::forward::{ConnContext, ConnPools, ForwardOptions, Forwarder};
 use proxy::proxy_protocol::{self, ProxyInfo};
 use tokio::net::TcpStream;
 
@@ -92,6 +92,7 @@ pub async fn proxy_with(config_text: &str, options: ForwardOptions) -> Proxy {
                 tls: false,
                 sni: None,
                 proxy: Some(info.clone()),
+                upstream_pools: ConnPools::default(),
             });
             let forwarder = serving.clone();
             tokio::spawn(async move {
