@@ -42,6 +42,18 @@ pub async fn demo() -> SocketAddr {
     addr
 }
 
+/// The demo upstream on a runtime of its own, for tests that block (on the trustgate
+/// binary, on real peers); it serves until the returned runtime is dropped.
+pub fn demo_in_background() -> (tokio::runtime::Runtime, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the demo upstream");
+    let addr = runtime.block_on(demo());
+    (runtime, addr)
+}
+
 /// An address nothing listens on: bound, then released.
 pub async fn closed_port() -> SocketAddr {
     let (listener, addr) = bind().await;
