@@ -4,13 +4,16 @@
 //! (`%[src]`, `%[dst]`) and how many requests its connection has carried. HAProxy must
 //! see each client (v1 and v2, IPv4 and IPv6; it checks the v2 CRC32C), and two clients
 //! alternating on kept-alive connections must never share an upstream connection. Skips
-//! loudly without HAProxy (fails under TRUSTGATE_REQUIRE_ALL).
+//! loudly without HAProxy (fails under TRUSTGATE_REQUIRE_ALL). In process, with an
+//! upstream that reads the header itself: a client's upstream connection is closed when
+//! the client's connection ends, not kept until the pool's idle timeout.
 
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use common::forwarder::{ReqBody, connect_relayed, get, text};
+use common::forwarder::{self, CLIENT, HOST, ReqBody, connect_relayed, get, text};
 use common::gateway::Gateway;
 use common::peers::{self, Peer};
 use hyper::client::conn::http1::SendRequest;
@@ -139,4 +142,30 @@ fn alternating_clients_never_share_an_upstream_connection() {
             }
         }
     });
+}
+
+#[tokio::test]
+async fn a_clients_upstream_connection_closes_when_its_connection_does() {
+    let (upstream, mut ends) = common::upstream::proxy_reading().await;
+    let config = format!(
+        "listen_port = 8080\n[apps.app]\nserver_name = \"{HOST}\"\n\
+         [[apps.app.reverse_proxy]]\n\
+         upstream = [{{ location = \"{upstream}\", send_proxy_protocol = \"v2\" }}]\n"
+    );
+    let proxy = forwarder::proxy(&config).await;
+    // The in-process forwarder presents every connection as relayed for CLIENT itself,
+    // so this one carries no header of its own.
+    let mut conn = connect_relayed(proxy.addr, b"").await;
+    for _ in 0..2 {
+        let response = conn.send_request(get("/")).await.expect("a response");
+        assert_eq!(text(response).await, CLIENT);
+    }
+    assert!(ends.try_recv().is_err(), "kept open between requests");
+    drop(conn);
+    // Well within the 20 s pool idle timeout: only the client's leaving can close it.
+    let ended = tokio::time::timeout(Duration::from_secs(5), ends.recv())
+        .await
+        .expect("the upstream connection closes with the client's")
+        .expect("an end reported");
+    assert_eq!(ended.to_string(), CLIENT);
 }

@@ -1,6 +1,7 @@
-//! Upstream servers for the forwarding tests: the shipped demo upstream, and a generic
-//! one that runs a closure per request (HTTP/1.1 and h2c, upgrades allowed), optionally
-//! behind TLS. All bind 127.0.0.1:0 and return their address.
+//! Upstream servers for the forwarding tests: the shipped demo upstream, a generic one
+//! that runs a closure per request (HTTP/1.1 and h2c, upgrades allowed), optionally
+//! behind TLS, and one that reads a PROXY header first and reports its connections'
+//! ends. All bind 127.0.0.1:0 and return their address.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +16,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use proxy::proxy_protocol::{Limits, read_header};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 /// What a test upstream answers with.
@@ -52,6 +55,39 @@ pub fn demo_in_background() -> (tokio::runtime::Runtime, SocketAddr) {
         .expect("a runtime for the demo upstream");
     let addr = runtime.block_on(demo());
     (runtime, addr)
+}
+
+/// An upstream that takes a PROXY header on every connection, answers each request with
+/// the client that header named, and sends that client on the returned channel when the
+/// connection ends.
+pub async fn proxy_reading() -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
+    let (listener, addr) = bind().await;
+    let (ended, ends) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                let Ok((info, stream)) = read_header(stream, deadline, &Limits::default()).await
+                else {
+                    return;
+                };
+                let Some(client) = info.client() else { return };
+                let service = service_fn(move |_req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(text(client.to_string()))
+                });
+                // Connection errors are the test's to observe from the client side.
+                let _ended = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                let _ = ended.send(client);
+            });
+        }
+    });
+    (addr, ends)
 }
 
 /// An address nothing listens on: bound, then released.
