@@ -6,7 +6,8 @@
 //! alternating on kept-alive connections must never share an upstream connection. Skips
 //! loudly without HAProxy (fails under TRUSTGATE_REQUIRE_ALL). In process, with an
 //! upstream that reads the header itself: a client's upstream connection is closed when
-//! the client's connection ends, not kept until the pool's idle timeout.
+//! the client's connection ends, not kept until the pool's idle timeout, and a TLS
+//! upstream gets the header before the handshake.
 
 mod common;
 
@@ -17,6 +18,7 @@ use common::forwarder::{self, CLIENT, HOST, ReqBody, connect_relayed, get, text}
 use common::gateway::Gateway;
 use common::peers::{self, Peer};
 use hyper::client::conn::http1::SendRequest;
+use proxy::forward::ForwardOptions;
 
 /// HAProxy as the upstream: it takes a PROXY header on every connection and answers
 /// each request itself with what it recovered.
@@ -146,7 +148,7 @@ fn alternating_clients_never_share_an_upstream_connection() {
 
 #[tokio::test]
 async fn a_clients_upstream_connection_closes_when_its_connection_does() {
-    let (upstream, mut ends) = common::upstream::proxy_reading().await;
+    let (upstream, mut ends) = common::upstream::proxy_reading(None).await;
     let config = format!(
         "listen_port = 8080\n[apps.app]\nserver_name = \"{HOST}\"\n\
          [[apps.app.reverse_proxy]]\n\
@@ -168,4 +170,23 @@ async fn a_clients_upstream_connection_closes_when_its_connection_does() {
         .expect("the upstream connection closes with the client's")
         .expect("an end reported");
     assert_eq!(ended.to_string(), CLIENT);
+}
+
+#[tokio::test]
+async fn tls_upstream_reads_the_header_before_the_handshake() {
+    let (server, roots) = common::upstream::self_signed();
+    let (upstream, _ends) = common::upstream::proxy_reading(Some(server)).await;
+    let config = format!(
+        "listen_port = 8080\n[apps.app]\nserver_name = \"{HOST}\"\n\
+         [[apps.app.reverse_proxy]]\n\
+         upstream = [{{ location = \"{upstream}\", tls = true, send_proxy_protocol = \"v1\" }}]\n"
+    );
+    let options = ForwardOptions {
+        upstream_roots: Some(roots),
+        ..ForwardOptions::default()
+    };
+    let proxy = forwarder::proxy_with(&config, options).await;
+    let response = forwarder::send(proxy.addr, get("/")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(text(response).await, CLIENT);
 }

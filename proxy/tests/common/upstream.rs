@@ -57,10 +57,34 @@ pub fn demo_in_background() -> (tokio::runtime::Runtime, SocketAddr) {
     (runtime, addr)
 }
 
-/// An upstream that takes a PROXY header on every connection, answers each request with
-/// the client that header named, and sends that client on the returned channel when the
-/// connection ends.
-pub async fn proxy_reading() -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
+/// A self-signed certificate for 127.0.0.1, as a server config and as a root store.
+pub fn self_signed() -> (Arc<rustls::ServerConfig>, rustls::RootCertStore) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a certificate");
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        .expect("a private key");
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], key)
+    .expect("a server config");
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("the certificate as a root");
+    (Arc::new(server), roots)
+}
+
+/// An upstream that takes a PROXY header on every connection (then TLS with `tls`),
+/// answers each request with the client that header named, and sends that client on the
+/// returned channel when the connection ends.
+pub async fn proxy_reading(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
+    let tls = tls.map(TlsAcceptor::from);
     let (listener, addr) = bind().await;
     let (ended, ends) = mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -69,6 +93,7 @@ pub async fn proxy_reading() -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>
                 continue;
             };
             let ended = ended.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
                 let Ok((info, stream)) = read_header(stream, deadline, &Limits::default()).await
@@ -79,10 +104,23 @@ pub async fn proxy_reading() -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>
                 let service = service_fn(move |_req: Request<Incoming>| async move {
                     Ok::<_, Infallible>(text(client.to_string()))
                 });
+                let builder = auto::Builder::new(TokioExecutor::new());
                 // Connection errors are the test's to observe from the client side.
-                let _ended = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ended = match tls {
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                };
                 let _ = ended.send(client);
             });
         }
