@@ -8,10 +8,11 @@
 //! - [`trust`]: the trusted-proxies list, shared by user space and the kernel maps.
 //! - [`kernel`]: loads, attaches and updates the eBPF trust filter (XDP or socket
 //!   filter), with a classic-BPF fallback; reads its counters.
-//! - [`proxy_protocol`]: the PROXY v1/v2 header parser and the reader that applies it
-//!   to a connection under a timeout.
+//! - [`proxy_protocol`]: the PROXY v1/v2 header parser, the reader that applies it
+//!   to a connection under a timeout, and the encoder for upstreams.
 //! - [`forward`]: a request's way upstream and back: routing, header rewriting with the
-//!   recovered client address, the pooled upstream client, upgrades, the access log.
+//!   recovered client address and PROXY v2 TLVs, the pooled upstream client (PROXY
+//!   headers to upstreams that take them), upgrades, the access log.
 //! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs).
 //! - [`listener`]: binding, the accept loop, limits, and a connection's life: trust
 //!   check, PROXY header, TLS, HTTP/1.1 and h2; reload and graceful drain.

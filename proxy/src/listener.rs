@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span, error, info, warn};
 
 use crate::config::{Config, KernelFilterConfig, Limits, Listeners};
-use crate::forward::{ConnContext, ForwardError, Forwarder};
+use crate::forward::{ConnContext, ConnPools, ForwardError, Forwarder};
 use crate::kernel::{Kernel, KernelError};
 use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot};
 use crate::proxy_protocol::{self, read_header};
@@ -465,6 +465,7 @@ impl Server {
             tls: protocol == Protocol::Https,
             sni: None,
             proxy,
+            upstream_pools: ConnPools::default(),
         };
         match protocol {
             Protocol::Http => serve_http(stream, ctx, &runtime, self.stop.subscribe()).await,

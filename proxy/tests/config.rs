@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
+use http::header::HeaderName;
 use ipnet::IpNet;
 use proxy::config::{
     self, App, AppTls, Config, ConfigError, HostHeader, KernelFilterConfig, KernelFilterMode,
-    Limits, Listeners, LoadBalance, LoadOptions, ProxyProtocolConfig, Route, Upstream,
-    UpstreamHttp, UpstreamOptions, Warning, WarningKind, XdpMode,
+    Limits, Listeners, LoadBalance, LoadOptions, ProxyProtocolConfig, Route, TlvField, TlvHeader,
+    Upstream, UpstreamHttp, UpstreamOptions, Warning, WarningKind, XdpMode,
 };
+use proxy::proxy_protocol::Version;
 use proxy::trust::TrustList;
 
 const NO_FILE_CHECKS: LoadOptions = LoadOptions { check_files: false };
@@ -37,6 +39,14 @@ fn nets(list: &[&str]) -> TrustList {
 fn upstream(uri: &str) -> Upstream {
     Upstream {
         uri: uri.parse::<Uri>().expect("test URI"),
+        send_proxy_protocol: None,
+    }
+}
+
+fn proxied(uri: &str, version: Version) -> Upstream {
+    Upstream {
+        send_proxy_protocol: Some(version),
+        ..upstream(uri)
     }
 }
 
@@ -180,6 +190,11 @@ fn every_supported_key_is_parsed_to_its_value() {
                 upgrade_insecure_requests: false,
             },
         }],
+        tlv_headers: vec![],
+    };
+    let tlv = |tlv, name: &'static str| TlvHeader {
+        tlv,
+        name: HeaderName::from_static(name),
     };
     let secure_app = App {
         name: "secure".into(),
@@ -195,7 +210,7 @@ fn every_supported_key_is_parsed_to_its_value() {
                 path: "/api".into(),
                 replace_path: Some("/v2".into()),
                 upstreams: vec![
-                    upstream("http://api.internal:9000"),
+                    proxied("http://api.internal:9000", Version::V1),
                     upstream("http://api2.internal:9000"),
                 ],
                 load_balance: LoadBalance::Random,
@@ -210,7 +225,7 @@ fn every_supported_key_is_parsed_to_its_value() {
                 path: "/".into(),
                 replace_path: None,
                 upstreams: vec![
-                    upstream("https://10.1.0.1:8443"),
+                    proxied("https://10.1.0.1:8443", Version::V2),
                     upstream("https://10.1.0.2:8443"),
                 ],
                 load_balance: LoadBalance::RoundRobin,
@@ -221,6 +236,23 @@ fn every_supported_key_is_parsed_to_its_value() {
                     upgrade_insecure_requests: false,
                 },
             },
+        ],
+        tlv_headers: vec![
+            tlv(TlvField::Alpn, "x-pp-alpn"),
+            tlv(TlvField::Authority, "x-pp-authority"),
+            tlv(TlvField::UniqueId, "x-request-id"),
+            tlv(TlvField::Netns, "x-pp-netns"),
+            tlv(TlvField::SslVersion, "x-client-tls-version"),
+            tlv(TlvField::SslCn, "x-client-cn"),
+            tlv(TlvField::SslCipher, "x-client-cipher"),
+            tlv(TlvField::SslSigAlg, "x-pp-sig-alg"),
+            tlv(TlvField::SslKeyAlg, "x-pp-key-alg"),
+            tlv(TlvField::SslGroup, "x-pp-group"),
+            tlv(TlvField::SslSigScheme, "x-pp-sig-scheme"),
+            tlv(TlvField::SslVerify, "x-client-verify"),
+            tlv(TlvField::AwsVpceId, "x-aws-vpce-id"),
+            tlv(TlvField::AzureLinkId, "x-azure-link-id"),
+            tlv(TlvField::GcpPscConnectionId, "x-gcp-psc-id"),
         ],
     };
     let expected = Config {
@@ -283,9 +315,12 @@ fn summary_prints_listeners_apps_routes_trust_and_the_kernel_filter_plan() {
         "access log: query strings redacted\n",
         "  plain (server_name plain.example), default app for plain HTTP, plain HTTP only\n",
         "  secure (server_name secure.example), TLS with certs/secure.crt, client certificates from certs/ca.crt\n",
-        "    /api (as /v2) -> http://api.internal:9000/, http://api2.internal:9000/ [random], \
+        "    PROXY v2 TLVs as headers: alpn -> x-pp-alpn, authority -> x-pp-authority, \
+         unique_id -> x-request-id, netns -> x-pp-netns, ",
+        "gcp_psc_connection_id -> x-gcp-psc-id\n",
+        "    /api (as /v2) -> http://api.internal:9000/ (PROXY v1), http://api2.internal:9000/ [random], \
          HTTP/1.1 upstream, Forwarded header, upgrade-insecure-requests\n",
-        "    / -> https://10.1.0.1:8443/, https://10.1.0.2:8443/ [round_robin], Host set to the upstream, HTTP/2 upstream\n",
+        "    / -> https://10.1.0.1:8443/ (PROXY v2), https://10.1.0.2:8443/ [round_robin], Host set to the upstream, HTTP/2 upstream\n",
         "proxy protocol: required on every connection, header within 100ms\n",
         "  trusted load balancers: 10.0.0.0/8, 192.0.2.10/32, 2001:db8::/32\n",
         "kernel filter: XDP on eth0, eth1 (native), SYNs to ports 8080, 8443\n",

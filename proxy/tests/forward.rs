@@ -403,30 +403,9 @@ async fn proxy_answers_no_route_and_redirect_itself() {
     );
 }
 
-/// A self-signed certificate for 127.0.0.1, as a server config and as a root store.
-fn self_signed() -> (Arc<rustls::ServerConfig>, rustls::RootCertStore) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a certificate");
-    let cert = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
-        .expect("a private key");
-    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("TLS versions")
-    .with_no_client_auth()
-    .with_single_cert(vec![cert.clone()], key)
-    .expect("a server config");
-    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).expect("the certificate as a root");
-    (Arc::new(server), roots)
-}
-
 #[tokio::test]
 async fn tls_upstream_is_verified() {
-    let (server, roots) = self_signed();
+    let (server, roots) = upstream::self_signed();
     let up = upstream::serve_tls(
         |req: Request<Incoming>| async move { upstream::text(format!("{:?}", req.version())) },
         server,

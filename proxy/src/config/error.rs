@@ -200,6 +200,20 @@ pub enum ValueError {
     UnknownApp { nearest: Option<String> },
     #[error("that app is not served (see the warning about its ACME certificate)")]
     DroppedApp,
+    #[error("not an HTTP header name: letters, digits and !#$%&'*+-.^_`|~ only")]
+    BadHeaderName {
+        #[source]
+        source: http::header::InvalidHeaderName,
+    },
+    #[error(
+        "trustgate sets or removes this header itself (Host, X-Forwarded-For/-Proto/-Port/-Host, \
+         X-Real-IP, Forwarded, hop-by-hop headers, Content-Length): pick another name"
+    )]
+    ManagedHeaderName,
+    #[error(
+        "the {other} TLV already goes to this header (names are case-insensitive): give each its own"
+    )]
+    DuplicateHeaderName { other: &'static str },
 }
 
 /// An address family, for messages.

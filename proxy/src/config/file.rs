@@ -68,6 +68,29 @@ pub(crate) struct AppFile {
     pub server_name: Option<String>,
     pub tls: Option<TlsFile>,
     pub reverse_proxy: Option<Vec<RouteFile>>,
+    /// trustgate's own table.
+    pub proxy_protocol_tlv_headers: Option<TlvHeadersFile>,
+}
+
+/// `apps.NAME.proxy_protocol_tlv_headers`: for each TLV, the request header it becomes.
+/// The field names are the keys of `TlvField`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct TlvHeadersFile {
+    pub alpn: Option<String>,
+    pub authority: Option<String>,
+    pub unique_id: Option<String>,
+    pub netns: Option<String>,
+    pub ssl_version: Option<String>,
+    pub ssl_cn: Option<String>,
+    pub ssl_cipher: Option<String>,
+    pub ssl_sig_alg: Option<String>,
+    pub ssl_key_alg: Option<String>,
+    pub ssl_group: Option<String>,
+    pub ssl_sig_scheme: Option<String>,
+    pub ssl_verify: Option<String>,
+    pub aws_vpce_id: Option<String>,
+    pub azure_link_id: Option<String>,
+    pub gcp_psc_connection_id: Option<String>,
 }
 
 /// `apps.NAME.tls`.
@@ -96,6 +119,8 @@ pub(crate) struct RouteFile {
 pub(crate) struct UpstreamFile {
     pub location: Option<String>,
     pub tls: Option<bool>,
+    /// trustgate's own key.
+    pub send_proxy_protocol: Option<String>,
 }
 
 /// `[experimental]`.

@@ -12,7 +12,7 @@ use toml::{Table, Value};
 use super::error::{ConfigError, KeyHint};
 use super::file::{
     AppFile, ConfigFile, ExperimentalFile, KernelFilterFile, MetricsFile, ProxyProtocolFile,
-    RouteFile, TlsFile, UpstreamFile,
+    RouteFile, TlsFile, TlvHeadersFile, UpstreamFile,
 };
 use super::warning::{Warning, WarningKind};
 
@@ -30,6 +30,7 @@ enum Shape {
     Root,
     App,
     Tls,
+    TlvHeaders,
     Route,
     Upstream,
     Experimental,
@@ -48,10 +49,11 @@ enum Nesting {
 }
 
 impl Shape {
-    const ALL: [Shape; 9] = [
+    const ALL: [Shape; 10] = [
         Shape::Root,
         Shape::App,
         Shape::Tls,
+        Shape::TlvHeaders,
         Shape::Route,
         Shape::Upstream,
         Shape::Experimental,
@@ -65,6 +67,7 @@ impl Shape {
             Shape::Root => fields::<ConfigFile>(),
             Shape::App => fields::<AppFile>(),
             Shape::Tls => fields::<TlsFile>(),
+            Shape::TlvHeaders => fields::<TlvHeadersFile>(),
             Shape::Route => fields::<RouteFile>(),
             Shape::Upstream => fields::<UpstreamFile>(),
             Shape::Experimental => fields::<ExperimentalFile>(),
@@ -97,6 +100,7 @@ impl Shape {
             (Shape::Root, "experimental") => (Nesting::Table, Shape::Experimental),
             (Shape::Root, "metrics") => (Nesting::Table, Shape::Metrics),
             (Shape::App, "tls") => (Nesting::Table, Shape::Tls),
+            (Shape::App, "proxy_protocol_tlv_headers") => (Nesting::Table, Shape::TlvHeaders),
             (Shape::App, "reverse_proxy") => (Nesting::Array, Shape::Route),
             (Shape::Route, "upstream") => (Nesting::Array, Shape::Upstream),
             (Shape::Experimental, "tcp_recv_proxy_protocol") => {
@@ -114,6 +118,7 @@ impl Shape {
             Shape::Root => "",
             Shape::App => "apps.*",
             Shape::Tls => "apps.*.tls",
+            Shape::TlvHeaders => "apps.*.proxy_protocol_tlv_headers",
             Shape::Route => "apps.*.reverse_proxy",
             Shape::Upstream => "apps.*.reverse_proxy.upstream",
             Shape::Experimental => "experimental",
@@ -300,6 +305,39 @@ mod tests {
         assert!(Shape::ProxyProtocol.known().contains(&"trusted_proxies"));
         assert!(Shape::KernelFilter.known().contains(&"observe_only"));
         assert!(!Shape::Root.known().contains(&"sticky_cookie_secret"));
+    }
+
+    #[test]
+    fn tlv_header_keys_are_exactly_the_tlv_fields() {
+        let keys: Vec<&str> = crate::config::TlvField::ALL
+            .iter()
+            .map(|f| f.key())
+            .collect();
+        assert_eq!(Shape::TlvHeaders.known(), keys);
+    }
+
+    #[test]
+    fn trustgate_keys_in_rpxy_tables_are_placed_where_they_belong() {
+        let (key, hint) = unknown("[apps.a]\nssl_cn = \"X-Client-CN\"");
+        assert_eq!(key, "apps.a.ssl_cn");
+        assert_eq!(
+            hint,
+            KeyHint::BelongsIn("apps.*.proxy_protocol_tlv_headers")
+        );
+        let (key, hint) =
+            unknown("[apps.a.proxy_protocol_tlv_headers]\nunique-id = \"X-Request-Id\"");
+        assert_eq!(key, "apps.a.proxy_protocol_tlv_headers.unique-id");
+        assert_eq!(
+            hint,
+            KeyHint::Nearest("apps.a.proxy_protocol_tlv_headers.unique_id".into())
+        );
+        let (_, hint) = unknown(
+            "[[apps.a.reverse_proxy]]\nupstream = [{ location = \"x\", send_proxy_protocl = \"v2\" }]",
+        );
+        assert_eq!(
+            hint,
+            KeyHint::Nearest("apps.a.reverse_proxy[0].upstream[0].send_proxy_protocol".into())
+        );
     }
 
     #[test]

@@ -19,8 +19,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::Uri;
+use http::header::HeaderName;
 use http::uri::Scheme;
 
+use crate::proxy_protocol::Version;
 use crate::trust::TrustList;
 
 pub use error::{ConfigError, Family, KeyHint, ValueError};
@@ -162,6 +164,96 @@ pub struct App {
     /// Longest path first, so the first route whose `path` prefixes the request path wins.
     /// Never empty; paths are unique within the app.
     pub routes: Vec<Route>,
+    /// `proxy_protocol_tlv_headers`, in [`TlvField::ALL`] order. Header names are unique,
+    /// and none is a header trustgate sets or removes itself. Client-sent headers of these
+    /// names are removed from every request of the app, whether or not the TLV came.
+    pub tlv_headers: Vec<TlvHeader>,
+}
+
+/// One entry of `proxy_protocol_tlv_headers`: a TLV of the connection's PROXY v2 header
+/// sent upstream as a request header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlvHeader {
+    pub tlv: TlvField,
+    /// Lowercase, as `HeaderName` keeps it.
+    pub name: HeaderName,
+}
+
+/// A PROXY v2 TLV (or a field of the SSL TLV) that can become a request header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlvField {
+    /// `PP2_TYPE_ALPN`.
+    Alpn,
+    /// `PP2_TYPE_AUTHORITY`: the SNI the client sent the load balancer.
+    Authority,
+    /// `PP2_TYPE_UNIQUE_ID`.
+    UniqueId,
+    /// `PP2_TYPE_NETNS`.
+    Netns,
+    /// `PP2_SUBTYPE_SSL_VERSION`.
+    SslVersion,
+    /// `PP2_SUBTYPE_SSL_CN`, only when the SSL TLV's `verify` is 0 (certificate verified).
+    SslCn,
+    /// `PP2_SUBTYPE_SSL_CIPHER`.
+    SslCipher,
+    /// `PP2_SUBTYPE_SSL_SIG_ALG`.
+    SslSigAlg,
+    /// `PP2_SUBTYPE_SSL_KEY_ALG`.
+    SslKeyAlg,
+    /// `PP2_SUBTYPE_SSL_GROUP`.
+    SslGroup,
+    /// `PP2_SUBTYPE_SSL_SIG_SCHEME`.
+    SslSigScheme,
+    /// The SSL TLV's `verify` field, in decimal (0: the client certificate verified).
+    SslVerify,
+    /// AWS VPC endpoint id (type 0xEA, subtype 0x01).
+    AwsVpceId,
+    /// Azure private endpoint LINKID (type 0xEE, subtype 0x01), in decimal.
+    AzureLinkId,
+    /// Google Cloud PSC connection id (type 0xE0), in decimal.
+    GcpPscConnectionId,
+}
+
+impl TlvField {
+    /// Every field, in the order headers are set.
+    pub const ALL: [TlvField; 15] = [
+        TlvField::Alpn,
+        TlvField::Authority,
+        TlvField::UniqueId,
+        TlvField::Netns,
+        TlvField::SslVersion,
+        TlvField::SslCn,
+        TlvField::SslCipher,
+        TlvField::SslSigAlg,
+        TlvField::SslKeyAlg,
+        TlvField::SslGroup,
+        TlvField::SslSigScheme,
+        TlvField::SslVerify,
+        TlvField::AwsVpceId,
+        TlvField::AzureLinkId,
+        TlvField::GcpPscConnectionId,
+    ];
+
+    /// Its key in `proxy_protocol_tlv_headers`.
+    pub fn key(self) -> &'static str {
+        match self {
+            TlvField::Alpn => "alpn",
+            TlvField::Authority => "authority",
+            TlvField::UniqueId => "unique_id",
+            TlvField::Netns => "netns",
+            TlvField::SslVersion => "ssl_version",
+            TlvField::SslCn => "ssl_cn",
+            TlvField::SslCipher => "ssl_cipher",
+            TlvField::SslSigAlg => "ssl_sig_alg",
+            TlvField::SslKeyAlg => "ssl_key_alg",
+            TlvField::SslGroup => "ssl_group",
+            TlvField::SslSigScheme => "ssl_sig_scheme",
+            TlvField::SslVerify => "ssl_verify",
+            TlvField::AwsVpceId => "aws_vpce_id",
+            TlvField::AzureLinkId => "azure_link_id",
+            TlvField::GcpPscConnectionId => "gcp_psc_connection_id",
+        }
+    }
 }
 
 /// An app's certificate and TLS behaviour. Paths are as written (relative ones are
@@ -195,6 +287,9 @@ pub struct Route {
 pub struct Upstream {
     /// Scheme (`http`, or `https` for `tls = true`) and authority; the path is `/`.
     pub uri: Uri,
+    /// `send_proxy_protocol`: each new connection to this upstream starts with a PROXY
+    /// header of this version naming the client and the address it connected to.
+    pub send_proxy_protocol: Option<Version>,
 }
 
 impl Upstream {

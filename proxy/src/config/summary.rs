@@ -7,6 +7,7 @@ use std::fmt;
 use super::{
     App, Config, HostHeader, KernelFilterMode, Route, UpstreamHttp, UpstreamOptions, XdpMode,
 };
+use crate::proxy_protocol::Version;
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -155,6 +156,14 @@ fn write_app(f: &mut fmt::Formatter<'_>, app: &App, default: bool) -> fmt::Resul
             writeln!(f)?;
         }
     }
+    if !app.tlv_headers.is_empty() {
+        let mapped: Vec<String> = app
+            .tlv_headers
+            .iter()
+            .map(|h| format!("{} -> {}", h.tlv.key(), h.name))
+            .collect();
+        writeln!(f, "    PROXY v2 TLVs as headers: {}", mapped.join(", "))?;
+    }
     for route in &app.routes {
         write_route(f, route)?;
     }
@@ -166,7 +175,15 @@ fn write_route(f: &mut fmt::Formatter<'_>, route: &Route) -> fmt::Result {
     if let Some(replace) = &route.replace_path {
         write!(f, " (as {replace})")?;
     }
-    let upstreams: Vec<String> = route.upstreams.iter().map(|u| u.uri.to_string()).collect();
+    let upstreams: Vec<String> = route
+        .upstreams
+        .iter()
+        .map(|u| match u.send_proxy_protocol {
+            None => u.uri.to_string(),
+            Some(Version::V1) => format!("{} (PROXY v1)", u.uri),
+            Some(Version::V2) => format!("{} (PROXY v2)", u.uri),
+        })
+        .collect();
     write!(f, " -> {}", upstreams.join(", "))?;
     if route.upstreams.len() > 1 {
         write!(f, " [{}]", route.load_balance)?;

@@ -8,6 +8,7 @@ mod apps;
 mod net;
 mod proxy_protocol;
 mod routes;
+mod tlv_headers;
 
 use std::fmt::Debug;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -80,6 +81,15 @@ pub(crate) fn validate(
         .map(|pp| proxy_protocol::proxy_protocol(&mut cx, pp))
         .transpose()?;
     let (apps, default_app) = apps::apps(&mut cx, file.apps, file.default_app, ports)?;
+    if proxy_protocol.is_none() {
+        for app in apps.iter().filter(|a| !a.tlv_headers.is_empty()) {
+            let key = format!(
+                "{}.proxy_protocol_tlv_headers",
+                super::keys::join("apps", &app.name)
+            );
+            cx.warn(key, WarningKind::TlvHeadersNeverSet);
+        }
+    }
     let metrics_listen = file
         .metrics
         .map(|m| metrics(&cx, m, &listeners))

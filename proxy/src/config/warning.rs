@@ -45,6 +45,9 @@ pub enum WarningKind {
     Renamed { new: &'static str },
     /// A `/0` prefix in a trusted list.
     TrustsEveryone { net: IpNet },
+    /// `proxy_protocol_tlv_headers` without `[experimental.tcp_recv_proxy_protocol]`: no
+    /// connection carries TLVs, so the headers are only ever removed.
+    TlvHeadersNeverSet,
 }
 
 impl fmt::Display for Warning {
@@ -82,6 +85,10 @@ impl fmt::Display for WarningKind {
                 f.write_str("listen_port_tls is not set, so nothing serves TLS; this table is unused")
             }
             WarningKind::Renamed { new } => write!(f, "renamed {new} in rpxy; read as {new}"),
+            WarningKind::TlvHeadersNeverSet => f.write_str(
+                "there is no [experimental.tcp_recv_proxy_protocol], so no connection carries \
+                 TLVs: these headers are never set (client-sent ones are still removed)",
+            ),
             WarningKind::TrustsEveryone { net } => write!(
                 f,
                 "\"{net}\" trusts every {} source",

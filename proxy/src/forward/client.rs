@@ -1,14 +1,15 @@
 //! The upstream client: hyper-util's pooled legacy client over hyper-rustls (ring provider;
-//! upstream certificates verified against the Mozilla roots of webpki-roots), one pool per
-//! protocol choice, the choice itself (rpxy's rules), and the response timeout that becomes
-//! a 504. Connection failures surface as errors; the caller turns them into a 502.
+//! upstream certificates verified against the Mozilla roots of webpki-roots), shared pools
+//! per protocol choice, the connection-private pools of upstreams that take a PROXY header
+//! ([`ConnPools`]), the choice of protocol itself (rpxy's rules), and the response timeout
+//! that becomes a 504. Connection failures surface as errors; the caller makes them 502s.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::{HeaderMap, Request, Response, Version, header};
 use hyper::body::Incoming;
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -16,9 +17,11 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::oneshot;
 
 use super::body::RequestBody;
+use super::connect::Connector;
 use crate::config::UpstreamHttp;
 
-type Pool = Client<HttpsConnector<HttpConnector>, RequestBody>;
+/// A pool of upstream connections (hyper-util keys it by scheme and authority).
+pub(super) type Pool = Client<HttpsConnector<Connector>, RequestBody>;
 
 /// How a request travels upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +41,15 @@ impl Protocol {
         match self {
             Protocol::Http1 | Protocol::Alpn => Version::HTTP_11,
             Protocol::Http2 => Version::HTTP_2,
+        }
+    }
+
+    /// What the TLS handshake offers by ALPN.
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocol::Http1 => vec![b"http/1.1".to_vec()],
+            Protocol::Alpn => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+            Protocol::Http2 => vec![b"h2".to_vec()],
         }
     }
 }
@@ -83,12 +95,108 @@ pub(super) struct Bounds {
     pub(super) pool_idle: Duration,
 }
 
-/// The pools, one per [`Protocol`].
+/// Upstream connections private to one downstream connection: those to upstreams with
+/// `send_proxy_protocol`, whose first bytes name that connection's client. One pool per
+/// protocol and header, made on first use and dropped with the downstream connection,
+/// which closes its idle connections. A connection that carries one client's header is
+/// therefore never offered to another client's request, while the requests of one
+/// client connection (keep-alive, h2 streams) still reuse it. Clones share the pools.
+#[derive(Clone, Debug, Default)]
+pub struct ConnPools {
+    pools: Arc<Mutex<Vec<PrivatePool>>>,
+}
+
+#[derive(Debug)]
+struct PrivatePool {
+    protocol: Protocol,
+    /// The PROXY header every connection of `pool` started with.
+    header: Arc<[u8]>,
+    pool: Pool,
+}
+
+impl PartialEq for ConnPools {
+    /// The same pools, i.e. the same downstream connection.
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.pools, &other.pools)
+    }
+}
+
+impl Eq for ConnPools {}
+
+impl ConnPools {
+    /// The pool for `protocol` whose connections start with `header`, made by `make`
+    /// when there is none yet. Keyed by the header bytes themselves, so a pool can only
+    /// ever be handed to requests that would send the identical header.
+    fn get_or_make(
+        &self,
+        protocol: Protocol,
+        header: &[u8],
+        make: impl FnOnce(Arc<[u8]>) -> Pool,
+    ) -> Pool {
+        // A panic elsewhere while holding the lock leaves the list whole (a push or a
+        // read), so a poisoned lock is still safe to use.
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = pools
+            .iter()
+            .find(|p| p.protocol == protocol && *p.header == *header)
+        {
+            return found.pool.clone();
+        }
+        let header: Arc<[u8]> = header.into();
+        let pool = make(Arc::clone(&header));
+        pools.push(PrivatePool {
+            protocol,
+            header,
+            pool: pool.clone(),
+        });
+        pool
+    }
+
+    /// How many private pools the connection has made.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// What every pool is made from.
+#[derive(Debug)]
+struct PoolMaker {
+    http: HttpConnector,
+    /// One TLS config per [`Protocol`] (they differ in their ALPN offer), in the order
+    /// `Http1`, `Alpn`, `Http2`.
+    tls: [Arc<ClientConfig>; 3],
+    pool_idle: Duration,
+}
+
+impl PoolMaker {
+    fn pool(&self, protocol: Protocol, header: Option<Arc<[u8]>>) -> Pool {
+        let tls = match protocol {
+            Protocol::Http1 => &self.tls[0],
+            Protocol::Alpn => &self.tls[1],
+            Protocol::Http2 => &self.tls[2],
+        };
+        let connector = Connector::new(self.http.clone(), header);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .pool_idle_timeout(self.pool_idle)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .http2_only(protocol == Protocol::Http2);
+        builder.build(HttpsConnector::from((connector, Arc::clone(tls))))
+    }
+}
+
+/// The shared pools, one per [`Protocol`], and what private ones are made from.
 #[derive(Debug)]
 pub(super) struct UpstreamClient {
     http1: Pool,
     alpn: Pool,
     http2: Pool,
+    maker: PoolMaker,
     response_timeout: Duration,
 }
 
@@ -106,51 +214,54 @@ impl UpstreamClient {
                 .with_safe_default_protocol_versions()?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
+        let with_alpn = |protocol: Protocol| {
+            let mut config = tls.clone();
+            config.alpn_protocols = protocol.alpn();
+            Arc::new(config)
+        };
         let mut http = HttpConnector::new();
+        // The scheme decides TLS (hyper-rustls); this connector only makes TCP.
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(bounds.connect));
-        let builder = || {
-            HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_or_http()
-        };
-        let pool = || {
-            let mut b = Client::builder(TokioExecutor::new());
-            b.pool_idle_timeout(bounds.pool_idle)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
-            b
+        let maker = PoolMaker {
+            http,
+            tls: [Protocol::Http1, Protocol::Alpn, Protocol::Http2].map(with_alpn),
+            pool_idle: bounds.pool_idle,
         };
         Ok(UpstreamClient {
-            http1: pool().build(builder().enable_http1().wrap_connector(http.clone())),
-            alpn: pool().build(
-                builder()
-                    .enable_http1()
-                    .enable_http2()
-                    .wrap_connector(http.clone()),
-            ),
-            http2: pool()
-                .http2_only(true)
-                .build(builder().enable_http2().wrap_connector(http)),
+            http1: maker.pool(Protocol::Http1, None),
+            alpn: maker.pool(Protocol::Alpn, None),
+            http2: maker.pool(Protocol::Http2, None),
+            maker,
             response_timeout: bounds.response,
         })
     }
 
-    /// Sends `request` and waits for the response head. The response timeout starts once
-    /// the request body has been sent (`body_done`), so a slow upload is not a slow
-    /// upstream; connecting is bounded by the connect timeout.
+    /// The pool a request goes through: a shared one, or for an upstream that takes a
+    /// PROXY header, `private`'s pool for exactly that header.
+    pub(super) fn pool(&self, protocol: Protocol, private: Option<(&ConnPools, &[u8])>) -> Pool {
+        match private {
+            Some((pools, header)) => pools.get_or_make(protocol, header, |header| {
+                self.maker.pool(protocol, Some(header))
+            }),
+            None => match protocol {
+                Protocol::Http1 => self.http1.clone(),
+                Protocol::Alpn => self.alpn.clone(),
+                Protocol::Http2 => self.http2.clone(),
+            },
+        }
+    }
+
+    /// Sends `request` through `pool` and waits for the response head. The response
+    /// timeout starts once the request body has been sent (`body_done`), so a slow upload
+    /// is not a slow upstream; connecting is bounded by the connect timeout.
     pub(super) async fn send(
         &self,
+        pool: &Pool,
         request: Request<RequestBody>,
-        protocol: Protocol,
         body_done: oneshot::Receiver<()>,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let pool = match protocol {
-            Protocol::Http1 => &self.http1,
-            Protocol::Alpn => &self.alpn,
-            Protocol::Http2 => &self.http2,
-        };
         let mut response = pool.request(request);
         tokio::select! {
             biased;
@@ -216,6 +327,56 @@ mod tests {
             protocol(h1, true, Version::HTTP_2, &grpc(), false),
             Protocol::Http1
         );
+    }
+
+    fn client() -> UpstreamClient {
+        let bounds = Bounds {
+            connect: Duration::from_secs(1),
+            response: Duration::from_secs(1),
+            pool_idle: Duration::from_secs(1),
+        };
+        UpstreamClient::new(bounds, None).expect("client builds")
+    }
+
+    #[tokio::test]
+    async fn a_connection_gets_one_private_pool_per_protocol_and_header() {
+        let client = client();
+        let mine = ConnPools::default();
+        let (a, b) = (
+            &b"PROXY TCP4 192.0.2.1 192.0.2.9 1 80\r\n"[..],
+            &b"PROXY TCP4 192.0.2.2 192.0.2.9 2 80\r\n"[..],
+        );
+        client.pool(Protocol::Http1, Some((&mine, a)));
+        client.pool(Protocol::Http1, Some((&mine, a)));
+        assert_eq!(mine.len(), 1, "the same header reuses its pool");
+        client.pool(Protocol::Http2, Some((&mine, a)));
+        client.pool(Protocol::Http1, Some((&mine, b)));
+        assert_eq!(mine.len(), 3, "another protocol or header gets its own");
+        let theirs = ConnPools::default();
+        client.pool(Protocol::Http1, Some((&theirs, a)));
+        assert_eq!(
+            (mine.len(), theirs.len()),
+            (3, 1),
+            "pools are per connection"
+        );
+        client.pool(Protocol::Http1, None);
+        assert_eq!(
+            (mine.len(), theirs.len()),
+            (3, 1),
+            "shared pools are not private"
+        );
+        assert_eq!(mine, mine.clone());
+        assert_ne!(mine, theirs);
+    }
+
+    #[test]
+    fn alpn_offers_follow_the_protocol() {
+        assert_eq!(Protocol::Http1.alpn(), [b"http/1.1".to_vec()]);
+        assert_eq!(
+            Protocol::Alpn.alpn(),
+            [b"h2".to_vec(), b"http/1.1".to_vec()]
+        );
+        assert_eq!(Protocol::Http2.alpn(), [b"h2".to_vec()]);
     }
 
     #[test]

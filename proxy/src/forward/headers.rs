@@ -34,6 +34,24 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+/// Whether the forwarder sets, removes or rewrites `name` itself on every request: the
+/// hop-by-hop headers, `Host`, the client-identity headers, `Upgrade-Insecure-Requests`
+/// and the framing header `Content-Length`. No configured header may take such a name.
+pub(crate) fn is_managed(name: &HeaderName) -> bool {
+    let managed = [
+        header::HOST,
+        header::FORWARDED,
+        HeaderName::from_static(X_FORWARDED_FOR),
+        X_REAL_IP,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_PORT,
+        X_FORWARDED_HOST,
+        header::UPGRADE_INSECURE_REQUESTS,
+        header::CONTENT_LENGTH,
+    ];
+    HOP_BY_HOP.contains(name) || managed.contains(name)
+}
+
 /// A header value the proxy built is not a valid value.
 #[derive(Debug, thiserror::Error)]
 #[error("value built for header `{name}` is not a valid header value")]

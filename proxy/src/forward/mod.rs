@@ -8,10 +8,12 @@ mod access;
 mod balance;
 mod body;
 mod client;
+mod connect;
 mod forwarded;
 mod headers;
 mod request;
 mod route;
+mod tlv;
 mod upgrade;
 
 use std::convert::Infallible;
@@ -30,7 +32,7 @@ use rustls::RootCertStore;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::proxy_protocol::ProxyInfo;
+use crate::proxy_protocol::{self, ProxyInfo};
 use crate::trust::TrustList;
 use access::{AccessBody, AccessRecord};
 use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError};
@@ -39,6 +41,8 @@ use headers::Downstream;
 use route::{Refusal, Router, Target};
 
 pub use access::ACCESS_TARGET;
+pub use client::ConnPools;
+pub(crate) use headers::is_managed;
 pub use route::RouteError;
 
 /// The response body type: the upstream's body, or the proxy's own, streamed.
@@ -69,6 +73,10 @@ pub struct ConnContext {
     pub sni: Option<String>,
     /// The PROXY header the connection started with, if any.
     pub proxy: Option<Arc<ProxyInfo>>,
+    /// Upstream connections private to this connection: those that start with a PROXY
+    /// header naming `client` (upstreams with `send_proxy_protocol`). Give each
+    /// connection its own `ConnPools::default()`; they close when it is dropped.
+    pub upstream_pools: ConnPools,
 }
 
 impl ConnContext {
@@ -336,6 +344,8 @@ impl Forwarder {
             debug!(error = %error, "request headers not forwardable");
             Refusal::BadRequest
         })?;
+        let tlvs = conn.proxy.as_ref().map(|p| p.tlvs()).unwrap_or_default();
+        tlv::apply(&mut headers, &app.tlv_headers, tlvs);
         let (body, BodyWatch { done, over }) = RequestBody::new(body, self.body_limit);
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method;
@@ -343,7 +353,14 @@ impl Forwarder {
         *upstream_req.version_mut() = protocol.version();
         *upstream_req.headers_mut() = headers;
 
-        let mut response = match self.client.send(upstream_req, protocol, done).await {
+        let proxy_header = target
+            .send_proxy_protocol
+            .map(|version| proxy_protocol::encode(version, conn.client, conn.front()));
+        let private = proxy_header
+            .as_deref()
+            .map(|header| (&conn.upstream_pools, header));
+        let pool = self.client.pool(protocol, private);
+        let mut response = match self.client.send(&pool, upstream_req, done).await {
             Ok(response) => response,
             Err(error) => return Err(self.upstream_failed(&error, &over, target)),
         };
@@ -478,6 +495,7 @@ mod tests {
             tls: false,
             sni: None,
             proxy: None,
+            upstream_pools: ConnPools::default(),
         };
         assert_eq!(conn.front(), a("10.0.0.2:8080"));
         conn.proxy = Some(info(b"PROXY TCP4 203.0.113.7 198.51.100.1 5000 80\r\n"));

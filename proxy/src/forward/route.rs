@@ -12,7 +12,8 @@ use http::{HeaderValue, StatusCode, Uri};
 use super::ConnContext;
 use super::balance::Balancer;
 use super::request::RequestHost;
-use crate::config::{App, Config, Route, UpstreamOptions};
+use crate::config::{App, Config, Route, TlvHeader, UpstreamOptions};
+use crate::proxy_protocol::Version;
 
 /// Why a request is answered by the proxy instead of an upstream. An expected outcome of
 /// routing, not an error: each maps to one status.
@@ -56,6 +57,8 @@ pub(super) struct AppRoutes {
     pub(super) tls: bool,
     /// Plain-HTTP requests get a 301 to HTTPS.
     pub(super) https_redirection: bool,
+    /// PROXY v2 TLVs sent as headers; these names are removed from every request.
+    pub(super) tlv_headers: Vec<TlvHeader>,
     /// Longest path first.
     routes: Vec<RouteEntry>,
 }
@@ -77,6 +80,8 @@ pub(super) struct Target {
     pub(super) scheme: Scheme,
     pub(super) authority: Authority,
     pub(super) tls: bool,
+    /// Each new connection starts with a PROXY header of this version.
+    pub(super) send_proxy_protocol: Option<Version>,
 }
 
 /// Why a router could not be built.
@@ -169,6 +174,7 @@ impl AppRoutes {
             server_name: app.server_name.clone(),
             tls: app.tls.is_some(),
             https_redirection: app.tls.as_ref().is_some_and(|t| t.https_redirection),
+            tlv_headers: app.tlv_headers.clone(),
             routes,
         })
     }
@@ -201,6 +207,7 @@ impl RouteEntry {
                     scheme: u.uri.scheme().cloned().ok_or_else(fail)?,
                     authority: u.uri.authority().cloned().ok_or_else(fail)?,
                     tls: u.tls(),
+                    send_proxy_protocol: u.send_proxy_protocol,
                 })
             })
             .collect::<Result<Vec<_>, RouteError>>()?;
@@ -241,6 +248,7 @@ mod tests {
 
     use super::*;
     use crate::config::parse_str;
+    use crate::forward::ConnPools;
 
     const CONFIG: &str = r#"
 listen_port = 8080
@@ -290,6 +298,7 @@ upstream = [{ location = "127.0.0.1:3001" }]
             tls,
             sni: sni.map(str::to_owned),
             proxy: None,
+            upstream_pools: ConnPools::default(),
         }
     }
 

@@ -1,9 +1,10 @@
-//! The PROXY protocol receiver (HAProxy's `doc/proxy-protocol.txt`, versions 1 and 2).
+//! The PROXY protocol (HAProxy's `doc/proxy-protocol.txt`, versions 1 and 2), both ways.
 //! [`parse`] is sans-IO and zero-copy: it answers *complete header of N bytes*, *need more
 //! bytes* or *invalid, because …*, and rejects at the first byte no valid header can have.
-//! [`read_header`] applies it to a connection under a deadline. Trust decisions, counting
-//! and logging belong to the caller.
+//! [`read_header`] applies it to a connection under a deadline; [`encode`] writes headers
+//! for upstreams. Trust decisions, counting and logging belong to the caller.
 
+mod encode;
 mod info;
 mod read;
 mod tlv;
@@ -15,6 +16,7 @@ mod tests;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+pub use encode::{EncodeError, encode, encode_v2};
 pub use info::ProxyInfo;
 pub use read::{ReadError, Rewind, read_header};
 pub use tlv::{Ssl, SslClient, Tlv, TlvIter, Tlvs};

@@ -6,12 +6,12 @@
 use super::ParseError;
 
 /// Bytes of a TLV's type and length.
-const TLV_HEAD_BYTES: usize = 3;
+pub(super) const TLV_HEAD_BYTES: usize = 3;
 /// Bytes of the SSL TLV's `client` and `verify` fields, before its sub-TLVs.
 const SSL_HEAD_BYTES: usize = 5;
 /// The longest UNIQUE_ID value the specification allows.
 pub const UNIQUE_ID_MAX_BYTES: usize = 128;
-const CRC32C_BYTES: usize = 4;
+pub(super) const CRC32C_BYTES: usize = 4;
 /// The subtype byte that starts the AWS and Azure TLVs' values.
 const CLOUD_SUBTYPE_ID: u8 = 0x01;
 
@@ -59,6 +59,11 @@ impl Tlv<'_> {
 }
 
 impl<'a> Tlv<'a> {
+    /// A TLV to encode (see [`encode_v2`](super::encode_v2)).
+    pub const fn new(kind: u8, value: &'a [u8]) -> Self {
+        Self { kind, value }
+    }
+
     /// The type byte.
     #[inline]
     pub fn kind(&self) -> u8 {

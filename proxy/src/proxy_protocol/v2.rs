@@ -16,17 +16,17 @@ const VERSION_COMMAND_AT: usize = 12;
 const FAMILY_TRANSPORT_AT: usize = 13;
 const LENGTH_AT: usize = 14;
 
-const VERSION_2: u8 = 2;
+pub(super) const VERSION_2: u8 = 2;
 const COMMAND_LOCAL: u8 = 0;
-const COMMAND_PROXY: u8 = 1;
+pub(super) const COMMAND_PROXY: u8 = 1;
 
 /// Address families (high nibble of byte 13); 0 is AF_UNSPEC.
-const AF_INET: u8 = 1;
-const AF_INET6: u8 = 2;
+pub(super) const AF_INET: u8 = 1;
+pub(super) const AF_INET6: u8 = 2;
 const AF_UNIX: u8 = 3;
 
 /// Transports (low nibble of byte 13); 0 is UNSPEC.
-const TRANSPORT_STREAM: u8 = 1;
+pub(super) const TRANSPORT_STREAM: u8 = 1;
 const TRANSPORT_DGRAM: u8 = 2;
 
 /// Address block sizes: two addresses, and two ports for the IP families.

@@ -15,8 +15,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use proxy::forward::{ConnContext, ForwardOptions, Forwarder};
+use proxy::forward::{ConnContext, ConnPools, ForwardOptions, Forwarder};
 use proxy::proxy_protocol::{self, ProxyInfo};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::upstream;
@@ -92,6 +93,7 @@ pub async fn proxy_with(config_text: &str, options: ForwardOptions) -> Proxy {
                 tls: false,
                 sni: None,
                 proxy: Some(info.clone()),
+                upstream_pools: ConnPools::default(),
             });
             let forwarder = serving.clone();
             tokio::spawn(async move {
@@ -144,6 +146,26 @@ pub async fn send(addr: SocketAddr, req: Request<ReqBody>) -> Response<Incoming>
         .expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
     sender.send_request(req).await.expect("a response")
+}
+
+/// An HTTP/1.1 connection to `addr` that first sends `proxy_header`, as a load balancer
+/// relaying a client would; requests on it reuse the one connection.
+pub async fn connect_relayed(
+    addr: SocketAddr,
+    proxy_header: &[u8],
+) -> hyper::client::conn::http1::SendRequest<ReqBody> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .expect("connect to the proxy");
+    stream
+        .write_all(proxy_header)
+        .await
+        .expect("write the PROXY header");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    sender
 }
 
 /// Sends `req` over a fresh HTTP/2 (prior knowledge) connection.

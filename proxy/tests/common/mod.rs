@@ -28,6 +28,15 @@ pub fn skip(why: &str) {
     eprintln!("SKIPPED: {why} (set {REQUIRE_ALL_ENV}=1 to make this a failure)");
 }
 
+/// The path of `name` on `PATH`, or `None` after [`skip`] said it is missing.
+pub fn tool(name: &str) -> Option<PathBuf> {
+    let found = find_tool(name);
+    if found.is_none() {
+        skip(&format!("`{name}` is not installed"));
+    }
+    found
+}
+
 /// The path of an executable found on `PATH`, if any.
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

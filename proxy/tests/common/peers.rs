@@ -134,6 +134,15 @@ pub fn nginx(program: &Path, stream: &str, ready: SocketAddr) -> Peer {
     Peer::start("nginx", command, dir, ready)
 }
 
+/// Runs `curl` with `args` (silent, errors shown, 15 s at most) and returns its output.
+pub fn curl(program: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(program)
+        .args(["--silent", "--show-error", "--max-time", "15"])
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
 /// Where Debian's `libnginx-mod-stream` installs the stream module.
 pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
 

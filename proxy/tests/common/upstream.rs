@@ -1,6 +1,7 @@
-//! Upstream servers for the forwarding tests: the shipped demo upstream, and a generic
-//! one that runs a closure per request (HTTP/1.1 and h2c, upgrades allowed), optionally
-//! behind TLS. All bind 127.0.0.1:0 and return their address.
+//! Upstream servers for the forwarding tests: the shipped demo upstream, a generic one
+//! that runs a closure per request (HTTP/1.1 and h2c, upgrades allowed), optionally
+//! behind TLS, and one that reads a PROXY header first and reports its connections'
+//! ends. All bind 127.0.0.1:0 and return their address.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,7 +16,9 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use proxy::proxy_protocol::{Limits, read_header};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 /// What a test upstream answers with.
@@ -40,6 +43,89 @@ pub async fn demo() -> SocketAddr {
     let (listener, addr) = bind().await;
     tokio::spawn(proxy::demo::serve(listener, std::future::pending()));
     addr
+}
+
+/// The demo upstream on a runtime of its own, for tests that block (on the trustgate
+/// binary, on real peers); it serves until the returned runtime is dropped.
+pub fn demo_in_background() -> (tokio::runtime::Runtime, SocketAddr) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a runtime for the demo upstream");
+    let addr = runtime.block_on(demo());
+    (runtime, addr)
+}
+
+/// A self-signed certificate for 127.0.0.1, as a server config and as a root store.
+pub fn self_signed() -> (Arc<rustls::ServerConfig>, rustls::RootCertStore) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a certificate");
+    let cert = certified.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+        .expect("a private key");
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.clone()], key)
+    .expect("a server config");
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("the certificate as a root");
+    (Arc::new(server), roots)
+}
+
+/// An upstream that takes a PROXY header on every connection (then TLS with `tls`),
+/// answers each request with the client that header named, and sends that client on the
+/// returned channel when the connection ends.
+pub async fn proxy_reading(
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, mpsc::UnboundedReceiver<SocketAddr>) {
+    let tls = tls.map(TlsAcceptor::from);
+    let (listener, addr) = bind().await;
+    let (ended, ends) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let ended = ended.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                let Ok((info, stream)) = read_header(stream, deadline, &Limits::default()).await
+                else {
+                    return;
+                };
+                let Some(client) = info.client() else { return };
+                let service = service_fn(move |_req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(text(client.to_string()))
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                // Connection errors are the test's to observe from the client side.
+                let _ended = match tls {
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => {
+                            builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await
+                        }
+                        Err(_) => return,
+                    },
+                };
+                let _ = ended.send(client);
+            });
+        }
+    });
+    (addr, ends)
 }
 
 /// An address nothing listens on: bound, then released.

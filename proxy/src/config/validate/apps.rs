@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::{Cx, Ports, routes, shown};
+use super::{Cx, Ports, routes, shown, tlv_headers};
 use crate::config::error::{ConfigError, ValueError};
 use crate::config::file::{AppFile, TlsFile};
 use crate::config::keys::{join, nearest};
@@ -118,6 +118,11 @@ fn app(
         }
         None => None,
     };
+    let tlv_headers = tlv_headers::tlv_headers(
+        cx,
+        &format!("{key}.proxy_protocol_tlv_headers"),
+        file.proxy_protocol_tlv_headers,
+    )?;
     let routes_key = format!("{key}.reverse_proxy");
     let Some(route_files) = file.reverse_proxy else {
         return Err(cx.missing(
@@ -160,6 +165,7 @@ fn app(
         server_name,
         tls,
         routes,
+        tlv_headers,
     }))
 }
 

@@ -10,7 +10,9 @@ use crate::config::file::{RouteFile, UpstreamFile};
 use crate::config::keys::nearest;
 use crate::config::warning::WarningKind;
 use crate::config::{HostHeader, LoadBalance, Route, Upstream, UpstreamHttp, UpstreamOptions};
+use crate::proxy_protocol::Version;
 
+const SEND_PROXY_PROTOCOL: &[&str] = &["v1", "v2"];
 const LOAD_BALANCE: &[&str] = &["none", "round_robin", "random", "sticky", "primary_backup"];
 const UPSTREAM_OPTIONS: &[&str] = &[
     "keep_original_host",
@@ -98,6 +100,25 @@ fn replaced(
 }
 
 fn upstream(cx: &Cx<'_>, key: &str, file: UpstreamFile) -> Result<Upstream, ConfigError> {
+    let send_proxy_protocol = match file.send_proxy_protocol.as_deref() {
+        None => None,
+        Some("v1") => Some(Version::V1),
+        Some("v2") => Some(Version::V2),
+        Some(other) => {
+            let nearest = nearest(
+                &other.to_ascii_lowercase(),
+                SEND_PROXY_PROTOCOL.iter().copied(),
+            );
+            return Err(cx.invalid(
+                format!("{key}.send_proxy_protocol"),
+                shown(other),
+                ValueError::UnknownChoice {
+                    allowed: SEND_PROXY_PROTOCOL,
+                    nearest,
+                },
+            ));
+        }
+    };
     let key = format!("{key}.location");
     let Some(location) = file.location else {
         return Err(cx.missing(
@@ -124,7 +145,10 @@ fn upstream(cx: &Cx<'_>, key: &str, file: UpstreamFile) -> Result<Upstream, Conf
     if has_path || location.ends_with('/') {
         return Err(invalid(ValueError::UpstreamPath));
     }
-    Ok(Upstream { uri })
+    Ok(Upstream {
+        uri,
+        send_proxy_protocol,
+    })
 }
 
 fn upstream_options(
@@ -248,6 +272,37 @@ mod tests {
             };
             assert!(matched, "{location:?} gave {p:?}");
         }
+    }
+
+    #[test]
+    fn upstreams_may_ask_for_a_proxy_header_of_either_version() {
+        let (r, _) = route(
+            "upstream = [{ location = \"h:1\" }, { location = \"h:2\", send_proxy_protocol = \"v1\" }, \
+             { location = \"h:3\", send_proxy_protocol = \"v2\", tls = true }]",
+        );
+        let versions: Vec<_> = r.upstreams.iter().map(|u| u.send_proxy_protocol).collect();
+        assert_eq!(versions, [None, Some(Version::V1), Some(Version::V2)]);
+        for bad in ["V3", "2", "true", "send-proxy-v2"] {
+            let (key, p) = route_err(&format!(
+                "upstream = [{{ location = \"h\", send_proxy_protocol = \"{bad}\" }}]"
+            ));
+            assert_eq!(
+                key,
+                "apps.a.reverse_proxy[0].upstream[0].send_proxy_protocol"
+            );
+            assert!(
+                matches!(p, ValueError::UnknownChoice { .. }),
+                "{bad}: {p:?}"
+            );
+        }
+        let (_, p) = route_err("upstream = [{ location = \"h\", send_proxy_protocol = \"V2 \" }]");
+        assert!(matches!(
+            p,
+            ValueError::UnknownChoice {
+                nearest: Some("v2"),
+                ..
+            }
+        ));
     }
 
     #[test]

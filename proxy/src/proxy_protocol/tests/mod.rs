@@ -3,6 +3,7 @@
 //! implementation, not from the crate the parser uses.
 
 mod differential;
+mod encode;
 mod read;
 mod roundtrip;
 mod split;
