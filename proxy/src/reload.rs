@@ -72,7 +72,7 @@ pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool) {
 }
 
 /// Loads `path` and applies it; returns the config when it was applied.
-pub fn reload(server: &Server, path: &Path) -> Option<Config> {
+pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
     let metrics = server.metrics();
     let applied = match config::load(path) {
         Err(err) => {

@@ -493,3 +493,50 @@ fn max_clients_per_ip_counts_the_recovered_client() {
     )
     .unwrap_or_else(|| panic!("refusal not logged:\n{}", gw.log()));
 }
+
+#[test]
+fn reload_rebinds_a_listener_whose_port_changed() {
+    let rt = runtime();
+    let upstream = rt.block_on(upstream::demo());
+    let (first, second) = (free_port(), free_port());
+    let text = |port: u16| {
+        config(
+            Ipv4Addr::LOCALHOST.into(),
+            upstream,
+            &["127.0.0.1/32".into()],
+            "socket",
+            None,
+        )
+        .replace("listen_port = 0\n", &format!("listen_port = {port}\n"))
+    };
+    let mut gw = Gateway::start(&text(first), 1);
+    let old: SocketAddr = (Ipv4Addr::LOCALHOST, first).into();
+    let client = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 7).into(), 5555);
+    let mut established = Conn::new(
+        TcpStream::connect(old).expect("connect"),
+        Some((client, old)),
+    )
+    .expect("conn");
+    assert_eq!(established.get("/before").expect("served").0, 200);
+    assert_eq!(reload(&mut gw, &text(second)), "config reloaded");
+    let new: SocketAddr = (Ipv4Addr::LOCALHOST, second).into();
+    let mut conn = Conn::new(
+        TcpStream::connect(new).expect("the new port listens"),
+        Some((client, new)),
+    )
+    .expect("conn");
+    assert_eq!(conn.get("/new-port").expect("served").0, 200);
+    // The new listener got the kernel filter before it listened.
+    let err = common::connect_from(Ipv4Addr::new(127, 0, 0, 2).into(), new, DROP_TIMEOUT)
+        .expect_err("outsider");
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+    let err = TcpStream::connect(old).expect_err("the old port is closed");
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(
+        established
+            .get("/after")
+            .expect("the established connection carries on")
+            .0,
+        200
+    );
+}

@@ -266,6 +266,12 @@ impl Kernel {
         Ok(Some(kind))
     }
 
+    /// Forgets the listener bound to `local` (closed by a reload): its duplicate
+    /// descriptor is closed, and a later sync no longer touches it.
+    pub fn forget_listener(&mut self, local: SocketAddr) {
+        self.sockets.retain(|s| s.local != Some(local));
+    }
+
     /// Replaces the trusted list in the kernel, in place: the eBPF tries are updated
     /// (new prefixes added before stale ones are removed), classic filters regenerated
     /// and swapped on each listener. Nothing is detached; established connections are
