@@ -15,7 +15,7 @@ pub(super) const CRC32C_BYTES: usize = 4;
 /// The subtype byte that starts the AWS and Azure TLVs' values.
 const CLOUD_SUBTYPE_ID: u8 = 0x01;
 
-/// A checked v2 TLV area. Constructed only from bytes [`validate`] accepted, which is
+/// A checked v2 TLV area. Constructed only from bytes `validate` accepted, which is
 /// what lets iteration and the accessors be infallible. The default is empty (v1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Tlvs<'a> {
