@@ -287,8 +287,10 @@ fn metrics(cx: &Cx<'_>, m: MetricsFile, listeners: &Listeners) -> Result<SocketA
     let addr: SocketAddr = text
         .parse()
         .map_err(|_| cx.invalid(KEY, shown(&text), ValueError::BadSocketAddr))?;
+    // Port 0 asks the kernel for a free port, which can never be one already in use.
     let overlaps = |l: &SocketAddr| {
-        l.port() == addr.port()
+        addr.port() != 0
+            && l.port() == addr.port()
             && l.is_ipv4() == addr.is_ipv4()
             && (l.ip() == addr.ip() || l.ip().is_unspecified() || addr.ip().is_unspecified())
     };
@@ -501,5 +503,14 @@ pub(super) mod tests {
             "listen_port = 8080\nlisten_address_v4 = \"10.0.0.1\"\n{APP}[metrics]\nlisten = \"127.0.0.1:8080\""
         );
         ok(&text);
+    }
+
+    #[test]
+    fn metrics_and_proxy_on_port_zero_do_not_clash() {
+        let text = format!(
+            "listen_port = 0\nlisten_address_v4 = \"127.0.0.1\"\n{APP}[metrics]\nlisten = \"127.0.0.1:0\""
+        );
+        let (c, _) = ok(&text);
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:0".parse().expect("addr")));
     }
 }
