@@ -19,6 +19,7 @@
 //! - [`metrics`] and [`admin`]: the counters and their OpenMetrics exposition.
 //! - [`reload`]: SIGHUP and `-w` reloads.
 //! - [`service`]: the whole service from config to drain, as `trustgate` runs it.
+//! - [`nofile`]: raises the open-file limit at start.
 //! - [`demo`]: the demo upstream that echoes the request it received.
 #![deny(unsafe_code)]
 
@@ -29,6 +30,7 @@ pub mod forward;
 pub mod kernel;
 pub mod listener;
 pub mod metrics;
+pub mod nofile;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod service;

@@ -17,7 +17,7 @@ use crate::config::{self, ConfigError};
 use crate::kernel::{self, KernelError};
 use crate::listener::{self, ListenerError, Runtime, Server};
 use crate::metrics::Metrics;
-use crate::{admin, reload};
+use crate::{admin, nofile, reload};
 
 /// What to run.
 pub struct Options {
@@ -59,6 +59,7 @@ pub async fn run(
     }
     info!(config = %options.config.display(), "config loaded");
     let watched = reload::Watched::new(&options.config, &config);
+    nofile::raise_for(config.limits.max_clients);
     let runtime = Runtime::new(&config, None)?;
     let mut kernel = kernel::start_for(&config).map_err(ServiceError::Kernel)?;
     let listeners = listener::bind_all(&config, kernel.as_mut())?;
