@@ -171,6 +171,12 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut enc,
+            "accept_errors",
+            "accept() failures not caused by the peer (out of descriptors or memory); the listener pauses and retries",
+            &[(vec![], m.accept_errors)],
+        )?;
+        counter(
+            &mut enc,
             "connections_refused",
             "Connections closed before HTTP, by reason",
             &[

@@ -1,13 +1,15 @@
 //! Connection-level counters of user space: accepted, refused (untrusted peer, limits),
-//! PROXY header and TLS failures by kind, active connections. Events an outsider can
-//! trigger are counted and logged at debug only; [`Metrics::summarize`] turns them into
-//! one periodic warning, so no flood can control the log's volume.
+//! accept() failures, PROXY header and TLS failures by kind, active connections. Events
+//! an outsider can trigger are counted and logged at debug only; [`Metrics::summarize`]
+//! turns them into one periodic warning, and a [`Throttle`] lets through one warning per
+//! interval, so no flood can control the log's volume.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tracing::warn;
 
 /// How often the refusal summary may be logged.
@@ -17,6 +19,8 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 #[derive(Default, Debug)]
 pub struct Metrics {
     pub accepted: AtomicU64,
+    /// accept() failures other than the peer's own (EMFILE, ENOBUFS, …).
+    pub accept_errors: AtomicU64,
     pub active: AtomicU64,
     pub refused_untrusted: AtomicU64,
     pub refused_max_clients: AtomicU64,
@@ -33,6 +37,7 @@ pub struct Metrics {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     pub accepted: u64,
+    pub accept_errors: u64,
     pub active: u64,
     pub refused_untrusted: u64,
     pub refused_max_clients: u64,
@@ -63,6 +68,7 @@ impl Metrics {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
             accepted: load(&self.accepted),
+            accept_errors: load(&self.accept_errors),
             active: load(&self.active),
             refused_untrusted: load(&self.refused_untrusted),
             refused_max_clients: load(&self.refused_max_clients),
@@ -98,6 +104,32 @@ impl Metrics {
     }
 }
 
+/// Lets one warning through per [`SUMMARY_INTERVAL`] for a condition outsiders can
+/// cause over and over (such as running the process out of descriptors); the others
+/// are counted, to be reported with the next one that gets through.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(n)` when a warning may be logged now, `n` being how many were held back
+    /// since the last one; `None` when this one should go to debug.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < SUMMARY_INTERVAL => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
 fn bump(map: &Mutex<BTreeMap<&'static str, u64>>, kind: &'static str) {
     // A poisoned lock only means another thread panicked mid-increment; the map is
     // still a valid map of counters.
@@ -123,6 +155,17 @@ mod tests {
         assert_eq!(s.header_errors.get("timeout"), Some(&2));
         assert_eq!(s.header_errors.get("v1_bad_address"), Some(&1));
         assert_eq!(s.header_errors_total(), 3);
+    }
+
+    #[test]
+    fn throttle_lets_one_warning_through_per_interval_and_counts_the_rest() {
+        let mut throttle = Throttle::default();
+        let t0 = Instant::now();
+        assert_eq!(throttle.allow(t0), Some(0));
+        assert_eq!(throttle.allow(t0 + Duration::from_millis(1)), None);
+        assert_eq!(throttle.allow(t0 + SUMMARY_INTERVAL / 2), None);
+        assert_eq!(throttle.allow(t0 + SUMMARY_INTERVAL), Some(2));
+        assert_eq!(throttle.allow(t0 + SUMMARY_INTERVAL * 3), Some(0));
     }
 
     #[test]

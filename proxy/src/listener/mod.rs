@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,7 +26,7 @@ use conn::PerIp;
 use crate::config::{Config, KernelFilterConfig, Limits};
 use crate::forward::{ForwardError, Forwarder};
 use crate::kernel::{Kernel, KernelError};
-use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot};
+use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot, Throttle};
 use crate::proxy_protocol;
 use crate::tls::{Tls, TlsError};
 use crate::trust::TrustList;
@@ -302,6 +303,8 @@ impl Server {
     async fn accept_loop(self: Arc<Self>, bound: Bound, mut own_stop: watch::Receiver<bool>) {
         let mut stop = self.stop.subscribe();
         let mut backoff = ACCEPT_BACKOFF_MIN;
+        // Peers can run the process out of descriptors again and again.
+        let mut throttle = Throttle::default();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -326,7 +329,16 @@ impl Server {
                 Err(err) if is_transient(&err) => continue,
                 Err(err) => {
                     // Out of descriptors or memory: pause, never give up the listener.
-                    warn!(listener = %bound.addr, error = %err, retry_ms = backoff.as_millis() as u64, "accept failed");
+                    self.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    let retry_ms = backoff.as_millis() as u64;
+                    match throttle.allow(tokio::time::Instant::now()) {
+                        Some(suppressed) => {
+                            warn!(listener = %bound.addr, error = %err, retry_ms, suppressed, "accept failed")
+                        }
+                        None => {
+                            debug!(listener = %bound.addr, error = %err, retry_ms, "accept failed")
+                        }
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 }
