@@ -41,6 +41,20 @@ impl Gateway {
         Gateway::launch(&[], args, config, listeners)
     }
 
+    /// [`Gateway::start`] with the open-file limits set at exec to `soft` and, when
+    /// given, `hard` (by util-linux's `prlimit`, which execs trustgate in its own place:
+    /// the pid is trustgate's).
+    pub fn start_with_nofile(
+        config: &str,
+        listeners: usize,
+        soft: u64,
+        hard: Option<u64>,
+    ) -> Gateway {
+        let hard = hard.map(|h| h.to_string()).unwrap_or_default();
+        let limit = format!("--nofile={soft}:{hard}");
+        Gateway::start_under(&["prlimit", &limit, "--"], config, listeners)
+    }
+
     /// [`Gateway::start`] with trustgate run under `wrapper` (such as `setpriv …` to drop
     /// privileges); the config is readable by any user.
     pub fn start_under(wrapper: &[&str], config: &str, listeners: usize) -> Gateway {
@@ -128,6 +142,41 @@ impl Gateway {
     /// The log so far, for failure messages.
     pub fn log(&self) -> String {
         self.seen.iter().map(|e| format!("{e}\n")).collect()
+    }
+
+    /// The address of the metrics listener, from its "metrics listening" event (so a
+    /// config may ask for port 0).
+    pub fn metrics_listener(&mut self) -> SocketAddr {
+        let seen = self
+            .events("metrics listening")
+            .first()
+            .map(|e| (*e).clone());
+        let event = seen
+            .or_else(|| self.wait_for(|e| message(e) == Some("metrics listening"), START_TIMEOUT))
+            .unwrap_or_else(|| panic!("no metrics listener; log:\n{}", self.log()));
+        field(&event, "listener")
+            .and_then(|a| a.parse().ok())
+            .expect("the metrics listening event names its address")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Events seen so far at WARN or ERROR, and lines that are not JSON events at all
+    /// (a panic's message is one).
+    pub fn alarms(&self) -> Vec<&Value> {
+        self.seen
+            .iter()
+            .filter(|e| match e {
+                Value::String(_) => true,
+                e => matches!(
+                    e.get("level").and_then(Value::as_str),
+                    Some("WARN" | "ERROR")
+                ),
+            })
+            .collect()
     }
 
     pub fn pid(&self) -> Pid {

@@ -5,12 +5,18 @@
     reason = "each test crate uses a different subset of the helpers"
 )]
 
+pub mod adversary;
 pub mod forwarder;
 pub mod frames;
 pub mod gateway;
+pub mod hostile;
 pub mod http1;
+pub mod inprocess;
+pub mod lb;
 pub mod netns;
 pub mod peers;
+pub mod probe;
+pub mod scrape;
 pub mod upstream;
 
 use std::path::PathBuf;

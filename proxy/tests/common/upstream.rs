@@ -1,12 +1,13 @@
-//! Upstream servers for the forwarding tests: the shipped demo upstream, a generic one
-//! that runs a closure per request (HTTP/1.1 and h2c, upgrades allowed), optionally
-//! behind TLS, and one that reads a PROXY header first and reports its connections'
-//! ends. All bind 127.0.0.1:0 and return their address.
+//! Upstream servers for the tests: the shipped demo upstream, one that counts what
+//! reaches it, a generic one that runs a closure per request (HTTP/1.1 and h2c, upgrades
+//! allowed), optionally behind TLS, and one that reads a PROXY header first and reports
+//! its connections' ends. All bind 127.0.0.1:0 and return their address.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -126,6 +127,19 @@ pub async fn proxy_reading(
         }
     });
     (addr, ends)
+}
+
+/// An upstream that answers every request with 200 `ok` and counts the requests it
+/// received: the count is what "never reaches an upstream" is asserted on.
+pub async fn counting() -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let addr = serve(move |_req| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async { text("ok") }
+    })
+    .await;
+    (addr, hits)
 }
 
 /// An address nothing listens on: bound, then released.
