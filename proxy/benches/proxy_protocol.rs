@@ -2,13 +2,14 @@
 //! headers: v1 TCP4, v1 TCP6, v2 IPv4, and v2 IPv6 with three TLVs and CRC32C. Each
 //! parser parses, then yields both addresses and walks every TLV, as a receiver must.
 //! trustgate's parser also checks the CRC32C; the other two do not. After the run, the
-//! medians and their ratios are printed as a Markdown table.
+//! medians over several interleaved rounds and the ratios are printed as a Markdown table.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use criterion::Criterion;
+use criterion::{BenchmarkId, Criterion};
 use proxy::proxy_protocol::{Limits, parse};
 
 const V1_TCP4: &[u8] = b"PROXY TCP4 203.0.113.195 192.168.100.200 56324 443\r\n";
@@ -135,6 +136,9 @@ fn proxy_header(input: &[u8]) -> Parsed {
 }
 
 const PARSERS: [&str; 3] = ["trustgate", "ppp", "proxy-header"];
+/// Rounds of the three parsers, in rotating order; the table reports medians over them,
+/// as this machine is shared and its speed drifts within a run.
+const ROUNDS: usize = 5;
 
 fn cases() -> [(&'static str, Vec<u8>); 4] {
     [
@@ -146,24 +150,40 @@ fn cases() -> [(&'static str, Vec<u8>); 4] {
 }
 
 fn parsers(c: &mut Criterion) {
-    for (name, input) in &cases() {
+    let cases = cases();
+    for (name, input) in &cases {
         let expected = trustgate(input);
         assert_eq!(ppp(input), expected, "{name}: ppp agrees");
         assert_eq!(proxy_header(input), expected, "{name}: proxy-header agrees");
-        let mut group = c.benchmark_group(*name);
-        group.bench_function(PARSERS[0], |b| b.iter(|| trustgate(black_box(input))));
-        group.bench_function(PARSERS[1], |b| b.iter(|| ppp(black_box(input))));
-        group.bench_function(PARSERS[2], |b| b.iter(|| proxy_header(black_box(input))));
-        group.finish();
+    }
+    for round in 1..=ROUNDS {
+        for (name, input) in &cases {
+            let mut group = c.benchmark_group(*name);
+            group.warm_up_time(Duration::from_millis(300));
+            group.measurement_time(Duration::from_secs(1));
+            for i in 0..PARSERS.len() {
+                let parser = PARSERS[(i + round) % PARSERS.len()];
+                let id = BenchmarkId::new(parser, round);
+                match parser {
+                    "trustgate" => {
+                        group.bench_function(id, |b| b.iter(|| trustgate(black_box(input))))
+                    }
+                    "ppp" => group.bench_function(id, |b| b.iter(|| ppp(black_box(input)))),
+                    _ => group.bench_function(id, |b| b.iter(|| proxy_header(black_box(input)))),
+                };
+            }
+            group.finish();
+        }
     }
 }
 
 fn main() {
+    let started = SystemTime::now();
     let mut criterion = Criterion::default().configure_from_args();
     parsers(&mut criterion);
     criterion.final_summary();
     if !std::env::args().any(|a| a == "--test" || a == "--list") {
-        print_ratios();
+        print_ratios(started);
     }
 }
 
@@ -181,19 +201,34 @@ fn criterion_dir() -> Option<PathBuf> {
     Some(exe.parent()?.parent()?.parent()?.join("criterion"))
 }
 
-/// The median of the last run of `case/parser`, in nanoseconds.
-fn median_ns(dir: &std::path::Path, case: &str, parser: &str) -> Option<f64> {
+/// The median of `case/parser/round`, in nanoseconds, if measured since `started`.
+fn median_ns(
+    dir: &Path,
+    case: &str,
+    parser: &str,
+    round: usize,
+    started: SystemTime,
+) -> Option<f64> {
     let path = dir
         .join(case)
         .join(parser)
-        .join("new")
-        .join("estimates.json");
+        .join(round.to_string())
+        .join("new/estimates.json");
+    if std::fs::metadata(&path).and_then(|m| m.modified()).ok()? < started {
+        return None;
+    }
     let estimates: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
     estimates["median"]["point_estimate"].as_f64()
 }
 
-/// Prints the medians and how many times longer each other parser took than trustgate's.
-fn print_ratios() {
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Prints, per header, each parser's median time over the rounds and the median over the
+/// rounds of how many times longer the other parsers took than trustgate (with the range).
+fn print_ratios(started: SystemTime) {
     let Some(dir) = criterion_dir() else {
         eprintln!("criterion's output directory not found; no ratio table");
         return;
@@ -203,14 +238,31 @@ fn print_ratios() {
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for (case, _) in cases() {
-        let medians = PARSERS.map(|parser| median_ns(&dir, case, parser));
-        let [Some(ours), Some(ppp), Some(proxy_header)] = medians else {
+        let rounds: Vec<[f64; 3]> = (1..=ROUNDS)
+            .filter_map(|round| {
+                let [a, b, c] = PARSERS.map(|parser| median_ns(&dir, case, parser, round, started));
+                Some([a?, b?, c?])
+            })
+            .collect();
+        if rounds.is_empty() {
             continue; // filtered out of this run
+        }
+        let time = |i: usize| median(rounds.iter().map(|r| r[i]).collect());
+        let ratio = |i: usize| {
+            let ratios: Vec<f64> = rounds.iter().map(|r| r[i] / r[0]).collect();
+            let (low, high) = ratios
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(l, h), r| (l.min(*r), h.max(*r)));
+            format!("{:.2} ({low:.2}–{high:.2})", median(ratios))
         };
         println!(
-            "| {case} | {ours:.1} ns | {ppp:.1} ns | {proxy_header:.1} ns | {:.2} | {:.2} |",
-            ppp / ours,
-            proxy_header / ours
+            "| {case} | {:.1} ns | {:.1} ns | {:.1} ns | {} | {} |",
+            time(0),
+            time(1),
+            time(2),
+            ratio(1),
+            ratio(2)
         );
     }
+    println!("\nMedians over {ROUNDS} rounds; ratios are per round (range in brackets).");
 }

@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use super::{Addresses, Command, Endpoints, Fallback, Header, Tlvs, Version};
+use super::endpoints::Endpoints;
+use super::{Addresses, Command, Fallback, Header, Tlvs, Version};
 
 /// What a PROXY header said, owned. The TLV bytes are the checked area of the header,
 /// copied once (no allocation when there are none).
@@ -55,7 +56,7 @@ impl ProxyInfo {
 
     /// Set when a valid UNIX or DGRAM header fell back to the peer address.
     pub fn fallback(&self) -> Option<Fallback> {
-        self.addresses().fallback()
+        self.endpoints.fallback_reason()
     }
 
     /// The TLVs (v2 only), with the same typed accessors as [`Header::tlvs`].

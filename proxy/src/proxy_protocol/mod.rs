@@ -5,6 +5,7 @@
 //! for upstreams. Trust decisions, counting and logging belong to the caller.
 
 mod encode;
+mod endpoints;
 mod info;
 mod read;
 mod tlv;
@@ -14,7 +15,9 @@ mod v2;
 #[cfg(test)]
 mod tests;
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
+
+use endpoints::Endpoints;
 
 pub use encode::{EncodeError, encode, encode_v2};
 pub use info::ProxyInfo;
@@ -107,85 +110,13 @@ impl Addresses {
     }
 
     /// Set when a valid header carried addresses trustgate does not use.
+    #[inline]
     pub fn fallback(&self) -> Option<Fallback> {
         match *self {
             Self::Fallback(reason) => Some(reason),
             Self::Unspecified | Self::Tcp { .. } => None,
         }
     }
-}
-
-/// The endpoints as a header keeps them: in the v2 address block's layout (addresses,
-/// then ports, network byte order), into which v1 lines are encoded. Small and flat, so
-/// a parsed header is cheap to return; decoded into [`Addresses`] when asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Endpoints {
-    Unspecified,
-    Fallback(Fallback),
-    Tcp4([u8; 12]),
-    Tcp6([u8; 36]),
-}
-
-impl Endpoints {
-    fn tcp4(
-        source: Ipv4Addr,
-        destination: Ipv4Addr,
-        source_port: u16,
-        destination_port: u16,
-    ) -> Self {
-        let mut block = [0; 12];
-        block[..4].copy_from_slice(&source.octets());
-        block[4..8].copy_from_slice(&destination.octets());
-        block[8..10].copy_from_slice(&source_port.to_be_bytes());
-        block[10..].copy_from_slice(&destination_port.to_be_bytes());
-        Self::Tcp4(block)
-    }
-
-    fn tcp6(
-        source: Ipv6Addr,
-        destination: Ipv6Addr,
-        source_port: u16,
-        destination_port: u16,
-    ) -> Self {
-        let mut block = [0; 36];
-        block[..16].copy_from_slice(&source.octets());
-        block[16..32].copy_from_slice(&destination.octets());
-        block[32..34].copy_from_slice(&source_port.to_be_bytes());
-        block[34..].copy_from_slice(&destination_port.to_be_bytes());
-        Self::Tcp6(block)
-    }
-
-    /// The endpoint at `index` (0: source, 1: destination).
-    #[inline]
-    fn endpoint(&self, index: usize) -> Option<SocketAddr> {
-        match self {
-            Self::Tcp4(block) => endpoint::<4>(block, index),
-            Self::Tcp6(block) => endpoint::<16>(block, index),
-            Self::Unspecified | Self::Fallback(_) => None,
-        }
-    }
-
-    fn addresses(&self) -> Addresses {
-        match (self, self.endpoint(0), self.endpoint(1)) {
-            (Self::Fallback(reason), ..) => Addresses::Fallback(*reason),
-            (_, Some(source), Some(destination)) => Addresses::Tcp {
-                source,
-                destination,
-            },
-            _ => Addresses::Unspecified,
-        }
-    }
-}
-
-/// Address `index` and its port from a block of two `N`-byte addresses and two ports.
-#[inline]
-fn endpoint<const N: usize>(block: &[u8], index: usize) -> Option<SocketAddr>
-where
-    IpAddr: From<[u8; N]>,
-{
-    let ip = <[u8; N]>::try_from(block.get(index * N..(index + 1) * N)?).ok()?;
-    let port = <[u8; 2]>::try_from(block.get(2 * N + 2 * index..2 * N + 2 * index + 2)?).ok()?;
-    Some(SocketAddr::new(IpAddr::from(ip), u16::from_be_bytes(port)))
 }
 
 /// A complete, valid header, borrowing the bytes it was parsed from.
@@ -231,10 +162,7 @@ impl<'a> Header<'a> {
 
     /// Set when a valid UNIX or DGRAM header fell back to the peer address.
     pub fn fallback(&self) -> Option<Fallback> {
-        match self.endpoints {
-            Endpoints::Fallback(reason) => Some(reason),
-            _ => None,
-        }
+        self.endpoints.fallback_reason()
     }
 
     /// The TLVs (v2 only), with typed accessors.

@@ -5,7 +5,8 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::{Command, Endpoints, Field, Header, ParseError, Tlvs, Version};
+use super::endpoints::Endpoints;
+use super::{Command, Field, Header, ParseError, Tlvs, Version};
 
 /// The byte that starts every v1 header.
 pub(super) const FIRST_BYTE: u8 = b'P';
@@ -113,7 +114,7 @@ impl Line<'_> {
         match self.protocol()? {
             Protocol::Unknown => {
                 self.rest_of_unknown()?;
-                Ok(Endpoints::Unspecified)
+                Ok(Endpoints::UNSPECIFIED)
             }
             Protocol::Tcp4 => self.tcp(Self::ipv4, Endpoints::tcp4),
             Protocol::Tcp6 => self.tcp(Self::ipv6, Endpoints::tcp6),

@@ -3,7 +3,8 @@
 //! its byte arrives (the length before its bytes do); the header is always exactly
 //! 16 + length bytes, whatever the command.
 
-use super::{Command, Endpoints, Fallback, Header, Limits, ParseError, Version, tlv};
+use super::endpoints::{Endpoints, TCP4_BYTES, TCP6_BYTES};
+use super::{Command, Fallback, Header, Limits, ParseError, Version, tlv};
 
 /// The byte that starts every v2 header.
 pub(super) const FIRST_BYTE: u8 = 0x0D;
@@ -29,12 +30,11 @@ const AF_UNIX: u8 = 3;
 pub(super) const TRANSPORT_STREAM: u8 = 1;
 const TRANSPORT_DGRAM: u8 = 2;
 
-/// Address block sizes: two addresses, and two ports for the IP families.
-const INET_BLOCK_BYTES: usize = 2 * 4 + 2 * 2;
-const INET6_BLOCK_BYTES: usize = 2 * 16 + 2 * 2;
+/// The AF_UNIX address block: two 108-byte addresses (the IP ones are in `endpoints`).
 const UNIX_BLOCK_BYTES: usize = 2 * 108;
 
 /// Parses a v2 header at the start of `buf` (whose first byte is 0x0D).
+#[inline]
 pub(super) fn parse<'a>(
     buf: &'a [u8],
     limits: &Limits,
@@ -69,7 +69,7 @@ pub(super) fn parse<'a>(
     let tlvs_at = FIXED_BYTES + block;
     tlv::validate(header, tlvs_at)?;
     let endpoints = match command {
-        Command::Local => Endpoints::Unspecified,
+        Command::Local => Endpoints::UNSPECIFIED,
         Command::Proxy => endpoints(family, transport, &header[FIXED_BYTES..tlvs_at]),
     };
     let header = Header {
@@ -132,25 +132,27 @@ fn family_transport(byte: u8) -> Result<(u8, u8), ParseError> {
 /// family alone decides it, whatever the transport and the command.
 fn block_bytes(family: u8) -> usize {
     match family {
-        AF_INET => INET_BLOCK_BYTES,
-        AF_INET6 => INET6_BLOCK_BYTES,
+        AF_INET => TCP4_BYTES,
+        AF_INET6 => TCP6_BYTES,
         AF_UNIX => UNIX_BLOCK_BYTES,
         _ => 0,
     }
 }
 
 /// The meaning of a PROXY command's address block (`block` is exactly its size).
+#[inline]
 fn endpoints(family: u8, transport: u8, block: &[u8]) -> Endpoints {
-    let tcp = match (family, transport) {
-        (AF_UNIX, TRANSPORT_STREAM | TRANSPORT_DGRAM) => {
-            return Endpoints::Fallback(Fallback::Unix);
+    match (family, transport, block) {
+        (AF_UNIX, TRANSPORT_STREAM | TRANSPORT_DGRAM, _) => Endpoints::fallback(Fallback::Unix),
+        (AF_INET | AF_INET6, TRANSPORT_DGRAM, _) => Endpoints::fallback(Fallback::Datagram),
+        (AF_INET, TRANSPORT_STREAM, block) if let Ok(wire) = block.try_into() => {
+            Endpoints::wire4(wire)
         }
-        (AF_INET | AF_INET6, TRANSPORT_DGRAM) => return Endpoints::Fallback(Fallback::Datagram),
-        (AF_INET, TRANSPORT_STREAM) => block.first_chunk().copied().map(Endpoints::Tcp4),
-        (AF_INET6, TRANSPORT_STREAM) => block.first_chunk().copied().map(Endpoints::Tcp6),
-        // AF_UNSPEC or TRANSPORT_UNSPEC: the address information is to be ignored.
-        _ => return Endpoints::Unspecified,
-    };
-    // `None` cannot happen: the length was checked to cover the block.
-    tcp.unwrap_or(Endpoints::Unspecified)
+        (AF_INET6, TRANSPORT_STREAM, block) if let Ok(wire) = block.try_into() => {
+            Endpoints::wire6(wire)
+        }
+        // AF_UNSPEC or TRANSPORT_UNSPEC: the address information is to be ignored. (The
+        // TCP arms always match: the length was checked to cover the block.)
+        _ => Endpoints::UNSPECIFIED,
+    }
 }
