@@ -1,5 +1,5 @@
 //! Scenario `memory`: resident memory (VmRSS, summed over the proxy's processes) of
-//! trustgate, nginx and HAProxy idle, then holding N idle keep-alive connections, each
+//! trustgate and nginx idle, then holding N idle keep-alive connections, each
 //! opened directly by this process with a PROXY v1 header and one served request.
 //! Each proxy is started fresh for each round; rounds alternate the proxies.
 
@@ -37,7 +37,7 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
             let proc = match target {
                 Target::Trustgate => peers::start_trustgate(&scratch, PROXY_CPU, trustgate, &cert)?,
                 Target::Nginx => peers::start_nginx(&scratch, PROXY_CPU, &cert)?,
-                Target::Haproxy => peers::start_haproxy(&scratch, PROXY_CPU, &cert)?,
+                Target::Haproxy => unreachable!("HAProxy is not measured here"),
             };
             let (idle, loaded) = measure(&proc, *target, opts.connections)
                 .with_context(|| format!("measuring {}", target.name()))?;

@@ -127,12 +127,13 @@ pub fn start_upstream(dir: &Scratch, cpus: &str) -> Result<Proc> {
     Ok(proc)
 }
 
-/// HAProxy in TCP mode with `send-proxy-v2`, one thread: for each target, its plain,
+/// HAProxy in TCP mode with `send-proxy-v2`, one thread (`maxconn` 9000: HAProxy needs two
+/// descriptors per connection and the open-file limit here is 20,000): for each target, its plain,
 /// h2c and TLS ports in front of the target's.
 pub fn start_front(dir: &Scratch, cpus: &str, targets: &[Target]) -> Result<Proc> {
     let mut conf = String::from(
-        "global\n  nbthread 1\n  maxconn 40000\n\
-         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  maxconn 40000\n",
+        "global\n  nbthread 1\n  maxconn 9000\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  maxconn 9000\n",
     );
     for &t in targets {
         let (plain, h2c, tls) = front_ports(t);
@@ -243,9 +244,9 @@ pub fn start_nginx(dir: &Scratch, cpus: &str, cert: &(String, String, String)) -
 pub fn start_haproxy(dir: &Scratch, cpus: &str, cert: &(String, String, String)) -> Result<Proc> {
     let t = Target::Haproxy;
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn 20000\n\
+        "global\n  nbthread 1\n  maxconn 9000\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  \
-         timeout http-keep-alive 60s\n  maxconn 20000\n  option forwardfor\n  http-reuse always\n\
+         timeout http-keep-alive 60s\n  maxconn 9000\n  option forwardfor\n  http-reuse always\n\
          frontend fe\n  bind 127.0.0.1:{plain} accept-proxy\n  bind 127.0.0.1:{tls} accept-proxy ssl crt {pem}\n  \
          default_backend be\n\
          backend be\n  server up 127.0.0.1:{UPSTREAM_PORT}\n",
