@@ -112,6 +112,11 @@ impl Proc {
         })
     }
 
+    /// The last lines of the process's output, for error messages.
+    pub fn log_tail(&self, dir: &Path) -> String {
+        tail_log(dir, &self.name)
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
