@@ -1,0 +1,167 @@
+//! Scenario `memory`: resident memory (VmRSS, summed over the proxy's processes) of
+//! trustgate and nginx idle, then holding N idle keep-alive connections, each
+//! opened directly by this process with a PROXY v1 header and one served request.
+//! Each proxy is started fresh for each round; rounds alternate the proxies.
+
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use super::peers::{self, Target};
+use super::procs::{self, HAPROXY, NGINX, OPENSSL, Proc, Scratch, TASKSET};
+use super::{Measured, loadavg, median};
+
+/// The proxies measured. HAProxy is left out: for 10,000 proxied connections its
+/// `maxconn` needs more open files than a process may have here (20,000).
+const MEASURED: [Target; 2] = [Target::Trustgate, Target::Nginx];
+const PROXY_CPU: &str = "1";
+const REST_CPU: &str = "0";
+/// Settling time before each reading.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Bound on opening all the connections.
+const OPEN_LIMIT: Duration = Duration::from_secs(120);
+/// Per-connection I/O bound.
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
+    procs::require(&[HAPROXY, NGINX, OPENSSL, TASKSET])?;
+    let load_before = loadavg();
+    let scratch = Scratch::new("memory")?;
+    let cert = peers::certificate(&scratch)?;
+    let _upstream = peers::start_upstream(&scratch, REST_CPU)?;
+    let mut rows: Vec<(Target, Vec<(u64, u64)>)> =
+        MEASURED.iter().map(|&t| (t, Vec::new())).collect();
+    let mut raw = String::new();
+    for round in 0..opts.rounds {
+        for (target, samples) in rows.iter_mut() {
+            let proc = match target {
+                Target::Trustgate => peers::start_trustgate(&scratch, PROXY_CPU, trustgate, &cert)?,
+                Target::Nginx => peers::start_nginx(&scratch, PROXY_CPU, &cert)?,
+                Target::Haproxy => bail!("HAProxy is not measured here (see MEASURED)"),
+            };
+            let (idle, loaded) = measure(&proc, *target, opts.connections).with_context(|| {
+                format!(
+                    "measuring {}; its log ends:\n{}",
+                    target.name(),
+                    proc.log_tail(&scratch.path)
+                )
+            })?;
+            eprintln!(
+                "round {round} {}: idle {idle} KiB, with connections {loaded} KiB",
+                target.name()
+            );
+            let _ = writeln!(
+                raw,
+                "round {round} | {} | idle {idle} KiB | loaded {loaded} KiB",
+                target.name()
+            );
+            samples.push((idle, loaded));
+        }
+    }
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{} rounds, each proxy started fresh per round; {} idle HTTP/1.1 keep-alive connections, \
+         each opened straight to the proxy with a PROXY v1 header and one `GET /` answered \
+         through it; VmRSS summed over the proxy's processes (nginx: master and its one worker), \
+         read {} s after the last connection. Proxy pinned to CPU {PROXY_CPU}; upstream on CPU {REST_CPU}.\n",
+        opts.rounds,
+        opts.connections,
+        SETTLE.as_secs()
+    );
+    let _ = writeln!(
+        text,
+        "| proxy | idle RSS MiB | RSS with connections MiB | growth MiB | bytes per connection |"
+    );
+    let _ = writeln!(text, "| --- | ---: | ---: | ---: | ---: |");
+    for (target, samples) in &rows {
+        let idle = median(&samples.iter().map(|s| s.0 as f64).collect::<Vec<_>>());
+        let loaded = median(&samples.iter().map(|s| s.1 as f64).collect::<Vec<_>>());
+        let growth = median(
+            &samples
+                .iter()
+                .map(|s| s.1 as f64 - s.0 as f64)
+                .collect::<Vec<_>>(),
+        );
+        let _ = writeln!(
+            text,
+            "| {} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            target.name(),
+            idle / 1024.0,
+            loaded / 1024.0,
+            growth / 1024.0,
+            growth * 1024.0 / opts.connections as f64
+        );
+    }
+    let _ = write!(
+        text,
+        "\nMedians over the rounds. Every round:\n\n```\n{raw}```\n"
+    );
+    Ok(Measured { load_before, text })
+}
+
+/// Idle RSS after one request, then RSS while holding `n` served keep-alive connections.
+fn measure(proc: &Proc, target: Target, n: usize) -> Result<(u64, u64)> {
+    let port = target.plain_port();
+    drop(open(port, 0)?);
+    std::thread::sleep(SETTLE);
+    let idle = rss(proc)?;
+    let deadline = Instant::now() + OPEN_LIMIT;
+    let mut held = Vec::with_capacity(n);
+    for i in 0..n {
+        if Instant::now() > deadline {
+            bail!("opened only {i} of {n} connections within {OPEN_LIMIT:?}");
+        }
+        held.push(open(port, i).with_context(|| format!("connection {i}"))?);
+    }
+    std::thread::sleep(SETTLE);
+    let loaded = rss(proc)?;
+    // Every connection must still be open: a proxy that shed some would look cheaper.
+    for (i, conn) in held.iter_mut().enumerate() {
+        conn.set_nonblocking(true)?;
+        let mut b = [0u8; 1];
+        match conn.read(&mut b) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            _ => bail!("connection {i} was closed by the proxy while idle"),
+        }
+    }
+    Ok((idle, loaded))
+}
+
+/// Connects, sends a PROXY v1 header and a request, and reads the whole `200 ok`.
+fn open(port: u16, i: usize) -> Result<TcpStream> {
+    let mut s = TcpStream::connect(peers::local(port))?;
+    s.set_read_timeout(Some(IO_TIMEOUT))?;
+    s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let client_port = 1024 + (i % 60000);
+    // One write: nginx rejects a PROXY header that arrives in more than one segment.
+    let request = format!(
+        "PROXY TCP4 192.0.2.1 127.0.0.1 {client_port} {port}\r\nGET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !(buf.starts_with(b"HTTP/1.1 200") && buf.ends_with(b"ok")) {
+        let got = s.read(&mut chunk)?;
+        if got == 0 {
+            bail!(
+                "closed before the response ended: {}",
+                String::from_utf8_lossy(&buf)
+            );
+        }
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    Ok(s)
+}
+
+/// VmRSS of the process and its children, in KiB.
+fn rss(proc: &Proc) -> Result<u64> {
+    let mut total = procs::rss_kib(proc.pid())?;
+    for child in procs::children(proc.pid()) {
+        total += procs::rss_kib(child)?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,277 @@
+//! The programs the scenarios measure and the ones around them, each configured for the
+//! same job: the upstream (nginx, `return 200 'ok'`), the PROXY-speaking front (HAProxy,
+//! TCP mode, `send-proxy-v2`), and the three receiving proxies. Only config text and
+//! ports live here; starting and stopping is `procs`.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+
+use super::procs::{OPENSSL, Proc, Scratch};
+use crate::util::exec;
+
+/// The upstream every proxy forwards to.
+pub const UPSTREAM_PORT: u16 = 18081;
+
+/// A receiving proxy under test.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Trustgate,
+    Nginx,
+    Haproxy,
+}
+
+impl Target {
+    pub const ALL: [Target; 3] = [Target::Trustgate, Target::Nginx, Target::Haproxy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Trustgate => "trustgate",
+            Target::Nginx => "nginx",
+            Target::Haproxy => "haproxy",
+        }
+    }
+
+    fn index(self) -> u16 {
+        match self {
+            Target::Trustgate => 0,
+            Target::Nginx => 1,
+            Target::Haproxy => 2,
+        }
+    }
+
+    /// Where the proxy takes PROXY-prefixed plain HTTP/1.1.
+    pub fn plain_port(self) -> u16 {
+        18100 + 10 * self.index()
+    }
+
+    /// Where it takes PROXY-prefixed h2 with prior knowledge. nginx 1.22 cannot serve
+    /// both HTTP/1.1 and h2c on one port, so it gets a port of its own.
+    pub fn h2c_port(self) -> u16 {
+        match self {
+            Target::Nginx => self.plain_port() + 1,
+            _ => self.plain_port(),
+        }
+    }
+
+    /// Where it takes PROXY-prefixed TLS.
+    pub fn tls_port(self) -> u16 {
+        self.plain_port() + 2
+    }
+}
+
+/// The front's ports for one target's traffic: `(plain, h2c, tls)`.
+pub fn front_ports(target: Target) -> (u16, u16, u16) {
+    let base = 18000 + 10 * target.index();
+    (base, base + 1, base + 2)
+}
+
+pub fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A self-signed certificate for `localhost`: returns `(cert, key, cert+key)` paths.
+pub fn certificate(dir: &Scratch) -> Result<(String, String, String)> {
+    let cert = dir.path.join("cert.pem");
+    let key = dir.path.join("key.pem");
+    let mut cmd = std::process::Command::new(OPENSSL.program);
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+    ])
+    .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+    .args(["-addext", "subjectAltName=DNS:localhost"])
+    .arg("-keyout")
+    .arg(&key)
+    .arg("-out")
+    .arg(&cert)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    exec(&mut cmd)?;
+    let both = format!(
+        "{}{}",
+        std::fs::read_to_string(&cert)?,
+        std::fs::read_to_string(&key)?
+    );
+    let pem = dir.write("both.pem", &both)?;
+    Ok((
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+        pem,
+    ))
+}
+
+/// nginx answering `200 ok` on [`UPSTREAM_PORT`], one worker.
+pub fn start_upstream(dir: &Scratch, cpus: &str) -> Result<Proc> {
+    let d = dir.path.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/upstream.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  {temps}\n\
+         server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'ok'; }} }}\n}}\n",
+        temps = temp_paths(dir, "upstream"),
+    );
+    let path = dir.write("upstream.conf", &conf)?;
+    let mut proc = Proc::start(
+        "upstream",
+        cpus,
+        &["nginx", "-e", "stderr", "-c", &path],
+        &[],
+        &dir.path,
+    )?;
+    proc.wait_ready(local(UPSTREAM_PORT), &dir.path)?;
+    Ok(proc)
+}
+
+/// HAProxy in TCP mode with `send-proxy-v2`, one thread (`maxconn` 9000: HAProxy needs two
+/// descriptors per connection and the open-file limit here is 20,000): for each target, its plain,
+/// h2c and TLS ports in front of the target's.
+pub fn start_front(dir: &Scratch, cpus: &str, targets: &[Target]) -> Result<Proc> {
+    let mut conf = String::from(
+        "global\n  nbthread 1\n  maxconn 9000\n\
+         defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  maxconn 9000\n",
+    );
+    for &t in targets {
+        let (plain, h2c, tls) = front_ports(t);
+        for (name, from, to) in [
+            ("plain", plain, t.plain_port()),
+            ("h2c", h2c, t.h2c_port()),
+            ("tls", tls, t.tls_port()),
+        ] {
+            conf.push_str(&format!(
+                "listen {}_{name}\n  bind 127.0.0.1:{from}\n  server s 127.0.0.1:{to} send-proxy-v2\n",
+                t.name()
+            ));
+        }
+    }
+    let path = dir.write("front.cfg", &conf)?;
+    let mut proc = Proc::start(
+        "front",
+        cpus,
+        &["haproxy", "-db", "-f", &path],
+        &[],
+        &dir.path,
+    )?;
+    for &t in targets {
+        proc.wait_ready(local(front_ports(t).0), &dir.path)?;
+    }
+    Ok(proc)
+}
+
+/// trustgate, release build, logging at warn (so no access log), kernel filter in socket
+/// mode (required: the run fails rather than measure without it).
+pub fn start_trustgate(
+    dir: &Scratch,
+    cpus: &str,
+    binary: &str,
+    cert: &(String, String, String),
+) -> Result<Proc> {
+    let t = Target::Trustgate;
+    let conf = format!(
+        "listen_port = {plain}\nlisten_port_tls = {tls}\nlisten_address_v4 = \"127.0.0.1\"\n\
+         max_clients = 20000\nmax_concurrent_streams = 128\ndefault_app = \"bench\"\n\
+         [apps.bench]\nserver_name = \"localhost\"\n\
+         tls = {{ tls_cert_path = \"{c}\", tls_cert_key_path = \"{k}\", https_redirection = false }}\n\
+         [[apps.bench.reverse_proxy]]\npath = \"/\"\nupstream = [{{ location = \"127.0.0.1:{UPSTREAM_PORT}\" }}]\n\
+         [experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"127.0.0.1/32\"]\ntimeout = 1000\n\
+         [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n",
+        plain = t.plain_port(),
+        tls = t.tls_port(),
+        c = cert.0,
+        k = cert.1,
+    );
+    let path = dir.write("trustgate.toml", &conf)?;
+    let mut proc = Proc::start(
+        "trustgate",
+        cpus,
+        &[binary, "-c", &path, "--grace-period", "1"],
+        &[("RUST_LOG", "warn")],
+        &dir.path,
+    )?;
+    proc.wait_ready(local(t.plain_port()), &dir.path)?;
+    proc.wait_ready(local(t.tls_port()), &dir.path)?;
+    Ok(proc)
+}
+
+/// nginx for the same job: PROXY on every listener, the client address from the header,
+/// `X-Forwarded-For` set, a keep-alive upstream pool; one worker, access log off.
+pub fn start_nginx(dir: &Scratch, cpus: &str, cert: &(String, String, String)) -> Result<Proc> {
+    let t = Target::Nginx;
+    let d = dir.path.display();
+    let conf = format!(
+        "worker_processes 1;\nworker_rlimit_nofile 19000;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 18000; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  {temps}\n\
+         upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}\n\
+         server {{\n\
+           listen 127.0.0.1:{plain} proxy_protocol;\n\
+           listen 127.0.0.1:{h2c} proxy_protocol http2;\n\
+           listen 127.0.0.1:{tls} ssl proxy_protocol;\n\
+           ssl_certificate {c};\n  ssl_certificate_key {k};\n\
+           set_real_ip_from 127.0.0.1/32;\n  real_ip_header proxy_protocol;\n\
+           location / {{\n\
+             proxy_pass http://up;\n  proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
+             proxy_set_header Host $host;\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             proxy_set_header X-Real-IP $remote_addr;\n\
+             proxy_set_header X-Forwarded-Proto $scheme;\n\
+           }}\n\
+         }}\n}}\n",
+        temps = temp_paths(dir, "nginx"),
+        plain = t.plain_port(),
+        h2c = t.h2c_port(),
+        tls = t.tls_port(),
+        c = cert.0,
+        k = cert.1,
+    );
+    let path = dir.write("nginx.conf", &conf)?;
+    let mut proc = Proc::start(
+        "nginx",
+        cpus,
+        &["nginx", "-e", "stderr", "-c", &path],
+        &[],
+        &dir.path,
+    )?;
+    proc.wait_ready(local(t.plain_port()), &dir.path)?;
+    Ok(proc)
+}
+
+/// HAProxy in HTTP mode with `accept-proxy` and `option forwardfor`, one thread.
+pub fn start_haproxy(dir: &Scratch, cpus: &str, cert: &(String, String, String)) -> Result<Proc> {
+    let t = Target::Haproxy;
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn 9000\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  \
+         timeout http-keep-alive 60s\n  maxconn 9000\n  option forwardfor\n  http-reuse always\n\
+         frontend fe\n  bind 127.0.0.1:{plain} accept-proxy\n  bind 127.0.0.1:{tls} accept-proxy ssl crt {pem}\n  \
+         default_backend be\n\
+         backend be\n  server up 127.0.0.1:{UPSTREAM_PORT}\n",
+        plain = t.plain_port(),
+        tls = t.tls_port(),
+        pem = cert.2,
+    );
+    let path = dir.write("haproxy.cfg", &conf)?;
+    let mut proc = Proc::start(
+        "haproxy",
+        cpus,
+        &["haproxy", "-db", "-f", &path],
+        &[],
+        &dir.path,
+    )?;
+    proc.wait_ready(local(t.plain_port()), &dir.path)?;
+    Ok(proc)
+}
+
+/// nginx's temporary paths inside the scratch directory, so it writes nothing elsewhere.
+fn temp_paths(dir: &Scratch, name: &str) -> String {
+    let d = dir.path.display();
+    ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
+        .iter()
+        .map(|k| format!("{k}_temp_path {d}/{name}-{k};"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
