@@ -21,11 +21,30 @@ fn main() {
         .iter()
         .map(|p| objects.join(p).join("proxy-ebpf"))
         .find(|p| p.is_file());
-    for profile in profiles {
-        println!(
-            "cargo:rerun-if-changed={}",
-            objects.join(profile).join("proxy-ebpf").display()
-        );
+    // Watch what decides the choice: the embedded object, and the preferred profile's
+    // object when another one stood in for it. A path that does not exist makes cargo
+    // rerun this script on every build, which is right only while nothing is built yet.
+    let preferred = objects.join(profiles[0]).join("proxy-ebpf");
+    match &found {
+        Some(object) if *object == preferred => {
+            println!("cargo:rerun-if-changed={}", object.display());
+        }
+        Some(object) => {
+            println!("cargo:rerun-if-changed={}", object.display());
+            // The preferred object may appear later: watch its directory if it exists.
+            let dir = objects.join(profiles[0]);
+            if dir.is_dir() {
+                println!("cargo:rerun-if-changed={}", dir.display());
+            }
+        }
+        None => {
+            for profile in profiles {
+                println!(
+                    "cargo:rerun-if-changed={}",
+                    objects.join(profile).join("proxy-ebpf").display()
+                );
+            }
+        }
     }
     match found {
         Some(object) => {
