@@ -4,6 +4,8 @@
 //! more bytes or gets the same verdict; a lower length ceiling only ever adds rejections.
 #![no_main]
 
+use std::hint::black_box;
+
 use libfuzzer_sys::fuzz_target;
 use proxy::proxy_protocol::{Header, Limits, ParseError, ProxyInfo, Tlvs, parse};
 
@@ -21,7 +23,10 @@ fuzz_target!(|data: &[u8]| {
     for cut in [1, 13, 16, data.len() / 2, data.len().saturating_sub(1)] {
         if cut < data.len() {
             let prefix = parse(&data[..cut], &limits);
-            assert!(prefix == Ok(None) || prefix == whole, "cut at {cut}: {prefix:?} vs {whole:?}");
+            assert!(
+                prefix == Ok(None) || prefix == whole,
+                "cut at {cut}: {prefix:?} vs {whole:?}"
+            );
         }
     }
     let tight = parse(data, &Limits { max_v2_len: 64 });
@@ -29,22 +34,29 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn read_everything(header: &Header<'_>) {
-    let _ = (header.version(), header.command(), header.addresses());
-    let _ = (header.client(), header.destination(), header.fallback());
+    black_box((header.version(), header.command(), header.addresses()));
+    black_box((header.client(), header.destination(), header.fallback()));
     read_tlvs(header.tlvs());
 }
 
 fn read_tlvs(tlvs: Tlvs<'_>) {
     let total: usize = tlvs.iter().map(|t| 3 + t.value().len()).sum();
-    assert_eq!(total, tlvs.as_bytes().len(), "iteration covers the checked area exactly");
-    let _ = (tlvs.alpn(), tlvs.authority(), tlvs.crc32c(), tlvs.unique_id(), tlvs.netns());
-    let _ = (tlvs.aws_vpce_id(), tlvs.azure_link_id(), tlvs.gcp_psc_connection_id());
-    if let Some(unique_id) = tlvs.unique_id() {
-        assert!(unique_id.len() <= 128);
-    }
+    assert_eq!(
+        total,
+        tlvs.as_bytes().len(),
+        "iteration covers the area exactly"
+    );
+    black_box((tlvs.alpn(), tlvs.authority(), tlvs.crc32c(), tlvs.netns()));
+    black_box((
+        tlvs.aws_vpce_id(),
+        tlvs.azure_link_id(),
+        tlvs.gcp_psc_connection_id(),
+    ));
+    assert!(tlvs.unique_id().is_none_or(|id| id.len() <= 128));
     if let Some(ssl) = tlvs.ssl() {
-        let _ = (ssl.client().bits(), ssl.verify(), ssl.version(), ssl.cn(), ssl.cipher());
-        let _ = (ssl.sig_alg(), ssl.key_alg(), ssl.group(), ssl.sig_scheme(), ssl.client_cert());
+        black_box((ssl.client().bits(), ssl.verify(), ssl.version(), ssl.cn()));
+        black_box((ssl.cipher(), ssl.sig_alg(), ssl.key_alg(), ssl.group()));
+        black_box((ssl.sig_scheme(), ssl.client_cert()));
         assert!(ssl.sub_tlvs().count() <= tlvs.as_bytes().len() / 3);
     }
 }

@@ -139,13 +139,17 @@ async fn curl_says_ok(child: tokio::process::Child) {
     assert_eq!(out.stdout, b"ok");
 }
 
-fn haproxy_config(frontend: &str, listen: &str) -> String {
-    format!(
+/// Starts HAProxy in TCP mode with `listen` as the body of its `listen front` section,
+/// plus a `ready` frontend that only accepts (and drops) connections, to await it by.
+fn start_haproxy(program: &Path, listen: &str) -> peers::Peer {
+    let ready = peers::free_addr("127.0.0.1");
+    let config = format!(
         "global\n    pidfile {{dir}}/haproxy.pid\n    nbthread 1\n\
          defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
-         frontend ready\n    bind {frontend}\n    tcp-request connection reject\n\
+         frontend ready\n    bind {ready}\n    tcp-request connection reject\n\
          listen front\n{listen}\n"
-    )
+    );
+    peers::haproxy(program, &config, ready)
 }
 
 #[tokio::test]
@@ -210,13 +214,9 @@ async fn haproxy_send_proxy_relays_the_client_in_a_v1_line() {
         return;
     };
     let (listener, ours) = listen("127.0.0.1").await;
-    let front: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
-    let ready: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
-    let config = haproxy_config(
-        &ready.to_string(),
-        &format!("    bind {front}\n    server ours {ours} send-proxy"),
-    );
-    let _haproxy = peers::haproxy(&haproxy, &config, ready);
+    let front = peers::free_addr("127.0.0.1");
+    let listen = format!("    bind {front}\n    server ours {ours} send-proxy");
+    let _haproxy = start_haproxy(&haproxy, &listen);
     let info = relay(front, &listener).await;
     assert_eq!(info.version(), Version::V1);
 }
@@ -227,17 +227,12 @@ async fn haproxy_send_proxy_v2_carries_a_valid_crc32c_and_the_unique_id() {
         return;
     };
     let (listener, ours) = listen("127.0.0.1").await;
-    let front: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
-    let ready: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
+    let front = peers::free_addr("127.0.0.1");
     let listen = format!(
         "    bind {front}\n    unique-id-format uid-%cp\n    \
          server ours {ours} send-proxy-v2 proxy-v2-options crc32c,unique-id,authority"
     );
-    let _haproxy = peers::haproxy(
-        &haproxy,
-        &haproxy_config(&ready.to_string(), &listen),
-        ready,
-    );
+    let _haproxy = start_haproxy(&haproxy, &listen);
     let info = relay(front, &listener).await;
     assert_eq!(info.version(), Version::V2);
     assert_eq!(info.command(), Command::Proxy);
@@ -263,18 +258,9 @@ async fn haproxy_send_proxy_v2_over_ipv6_relays_the_ipv6_client() {
         return;
     };
     let (listener, ours) = listen("127.0.0.1").await;
-    let front: SocketAddr = (
-        "::1".parse::<std::net::IpAddr>().expect("literal"),
-        peers::free_port("::1"),
-    )
-        .into();
-    let ready: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
+    let front = peers::free_addr("::1");
     let listen = format!("    bind {front}\n    server ours {ours} send-proxy-v2");
-    let _haproxy = peers::haproxy(
-        &haproxy,
-        &haproxy_config(&ready.to_string(), &listen),
-        ready,
-    );
+    let _haproxy = start_haproxy(&haproxy, &listen);
     let info = relay(front, &listener).await;
     assert_eq!(info.version(), Version::V2);
     assert!(info.client().is_some_and(|c| c.is_ipv6()));
@@ -290,8 +276,7 @@ async fn haproxy_over_tls_sends_authority_alpn_and_ssl_tlvs_with_the_client_cn()
     let certs_dir = tempfile::TempDir::new().expect("temp dir");
     let certs = peers::certificates(&openssl, certs_dir.path());
     let (listener, ours) = listen("127.0.0.1").await;
-    let front: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
-    let ready: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
+    let front = peers::free_addr("127.0.0.1");
     let listen = format!(
         "    bind {front} ssl crt {pem} ca-file {ca} verify optional alpn http/1.1\n    \
          unique-id-format uid-%cp\n    \
@@ -300,11 +285,7 @@ async fn haproxy_over_tls_sends_authority_alpn_and_ssl_tlvs_with_the_client_cn()
         pem = certs.server_pem.display(),
         ca = certs.ca.display(),
     );
-    let _haproxy = peers::haproxy(
-        &haproxy,
-        &haproxy_config(&ready.to_string(), &listen),
-        ready,
-    );
+    let _haproxy = start_haproxy(&haproxy, &listen);
     let client_cert = certs.client_cert.display().to_string();
     let client_key = certs.client_key.display().to_string();
     let child = run_curl(
@@ -361,17 +342,12 @@ async fn haproxy_health_check_sends_a_local_header_with_crc32c() {
         return;
     };
     let (listener, ours) = listen("127.0.0.1").await;
-    let front: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
-    let ready: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
+    let front = peers::free_addr("127.0.0.1");
     let listen = format!(
         "    bind {front}\n    \
          server ours {ours} send-proxy-v2 proxy-v2-options crc32c check check-send-proxy inter 100ms"
     );
-    let _haproxy = peers::haproxy(
-        &haproxy,
-        &haproxy_config(&ready.to_string(), &listen),
-        ready,
-    );
+    let _haproxy = start_haproxy(&haproxy, &listen);
     let (info, _, _) = accept_header(&listener).await;
     assert_eq!(info.command(), Command::Local);
     assert_eq!(info.client(), None, "LOCAL keeps the peer address");
@@ -385,8 +361,8 @@ async fn nginx_stream_proxy_protocol_relays_the_client_in_a_v1_line() {
         return common::skip("nginx's stream module (libnginx-mod-stream) is not installed");
     }
     let (listener, ours) = listen("127.0.0.1").await;
-    let front: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
-    let ready: SocketAddr = (([127, 0, 0, 1]), peers::free_port("127.0.0.1")).into();
+    let front = peers::free_addr("127.0.0.1");
+    let ready = peers::free_addr("127.0.0.1");
     let stream = format!(
         "server {{ listen {front}; proxy_pass {ours}; proxy_protocol on; }}\n\
          server {{ listen {ready}; return ready; }}"

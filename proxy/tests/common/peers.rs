@@ -85,12 +85,17 @@ impl Drop for Peer {
     }
 }
 
-/// A loopback port nobody listens on right now.
-pub fn free_port(ip: &str) -> u16 {
+/// A loopback address (`ip`, e.g. "127.0.0.1" or "::1") whose port nobody listens on
+/// right now.
+pub fn free_addr(ip: &str) -> SocketAddr {
     TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral loopback port")
-        .port()
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port(ip: &str) -> u16 {
+    free_addr(ip).port()
 }
 
 /// Starts HAProxy on `config`, a full configuration file's text, in its own directory,
