@@ -46,8 +46,27 @@ fn main() {
             }
         }
     }
+    // An object older than the programs' sources would load the wrong maps: say so.
+    let sources = [
+        manifest.join("../proxy-ebpf/src"),
+        manifest.join("../proxy-common/src"),
+    ];
+    for dir in &sources {
+        println!("cargo:rerun-if-changed={}", dir.display());
+    }
     match found {
         Some(object) => {
+            let built = modified(&object);
+            if sources
+                .iter()
+                .filter_map(|d| newest(d))
+                .any(|source| Some(source) > built)
+            {
+                println!(
+                    "cargo:warning=the eBPF object {} is older than its sources: run `cargo xtask build-ebpf`",
+                    object.display()
+                );
+            }
             std::fs::copy(&object, &dest).expect("copying the eBPF object into OUT_DIR");
         }
         None => {
@@ -57,4 +76,17 @@ fn main() {
             );
         }
     }
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The newest modification time of the files directly in `dir`.
+fn newest(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| modified(&e.path()))
+        .max()
 }
