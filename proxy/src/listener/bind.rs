@@ -27,10 +27,6 @@ impl Bound {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
-
-    pub fn protocol(&self) -> Protocol {
-        self.protocol
-    }
 }
 
 /// Every listener `config` names: plain HTTP, then TLS.

@@ -180,7 +180,7 @@ impl Server {
     }
 
     /// The addresses being listened on.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+    fn local_addrs(&self) -> Vec<SocketAddr> {
         lock(&self.serving).iter().map(|s| s.local).collect()
     }
 
