@@ -69,16 +69,40 @@ pub(super) fn value(name: &HeaderName, text: &str) -> Result<HeaderValue, Header
     })
 }
 
-/// Removes the hop-by-hop headers: those `Connection` names, then the fixed list.
+/// A value for `name` holding `text`: the request's own `Host` value when that is the same
+/// text (sharing its bytes), else a new one.
+fn host_value(
+    headers: &HeaderMap,
+    name: &HeaderName,
+    text: &str,
+) -> Result<HeaderValue, HeaderError> {
+    match headers.get(header::HOST) {
+        Some(own) if own.as_bytes() == text.as_bytes() => Ok(own.clone()),
+        _ => value(name, text),
+    }
+}
+
+/// Removes the hop-by-hop headers: those `Connection` names, then the fixed list. Most
+/// requests carry none, so the map is scanned once before anything is removed.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+    let mut doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| HOP_BY_HOP.contains(name))
+        .cloned()
         .collect();
-    for name in named.iter().chain(&HOP_BY_HOP) {
+    if doomed.is_empty() {
+        // `Connection` is on the list, so there are no named ones either.
+        return;
+    }
+    doomed.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
+    );
+    for name in &doomed {
         headers.remove(name);
     }
 }
@@ -139,7 +163,7 @@ pub(super) fn prepare_request(
         (HostHeader::Original, host) => host,
     };
     match host {
-        Some(host) => headers.insert(header::HOST, value(&header::HOST, host)?),
+        Some(host) => headers.insert(header::HOST, host_value(headers, &header::HOST, host)?),
         // The client named no host: the upstream client library sends the upstream's.
         None => headers.remove(header::HOST),
     };
@@ -173,20 +197,28 @@ fn identity(
         }
     }
     headers.remove(header::FORWARDED);
-    let xff = HeaderName::from_static(X_FORWARDED_FOR);
-    let real_ip = chain.first().map(|h| h.ip.to_string()).unwrap_or_default();
-    let set = [
-        (xff, forwarded::x_forwarded_for(&chain)),
-        (X_REAL_IP, real_ip),
-        (X_FORWARDED_PROTO, downstream.proto().to_owned()),
-        (X_FORWARDED_PORT, downstream.front.port().to_string()),
-    ];
-    for (name, text) in set {
-        let v = value(&name, &text)?;
-        headers.insert(name, v);
-    }
+    let xff = value(
+        &HeaderName::from_static(X_FORWARDED_FOR),
+        &forwarded::x_forwarded_for(&chain),
+    )?;
+    // The first hop is the whole chain when nothing before it was believed.
+    let real_ip = match chain.as_slice() {
+        [_] => xff.clone(),
+        [first, ..] => value(&X_REAL_IP, &forwarded::ip_text(first.ip))?,
+        [] => HeaderValue::from_static(""),
+    };
+    headers.insert(HeaderName::from_static(X_FORWARDED_FOR), xff);
+    headers.insert(X_REAL_IP, real_ip);
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(downstream.proto()),
+    );
+    headers.insert(X_FORWARDED_PORT, HeaderValue::from(downstream.front.port()));
     match downstream.host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, value(&X_FORWARDED_HOST, host)?),
+        Some(host) => headers.insert(
+            X_FORWARDED_HOST,
+            host_value(headers, &X_FORWARDED_HOST, host)?,
+        ),
         None => headers.remove(X_FORWARDED_HOST),
     };
     // As rpxy: with the option, always; without it, a Forwarded a trusted client sent is

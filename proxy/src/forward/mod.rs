@@ -241,31 +241,33 @@ impl Forwarder {
     }
 
     /// Answers one request that came on `conn`. Never fails; writes one access-log line
-    /// when the response body ends or is dropped.
+    /// when the response body ends or is dropped, if the access log is on (the record is
+    /// not even built otherwise: it costs a few allocations per request).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnContext) -> Response<ProxyBody> {
-        let mut record = AccessRecord::start(
-            conn.client,
-            conn.peer,
-            req.method(),
-            req.uri(),
-            req.version(),
-            self.redact_query,
-        );
-        match self.forward(req, conn, &mut record).await {
-            Ok(response) => {
-                self.count(response.status());
+        let mut record =
+            tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then(|| {
+                AccessRecord::start(
+                    conn.client,
+                    conn.peer,
+                    req.method(),
+                    req.uri(),
+                    req.version(),
+                    self.redact_query,
+                )
+            });
+        let response = match self.forward(req, conn, record.as_mut()).await {
+            Ok(response) => response.map(BodyExt::boxed),
+            Err(answer) => answer
+                .response()
+                .map(|body| body.map_err(|never: Infallible| match never {}).boxed()),
+        };
+        self.count(response.status());
+        match record {
+            Some(mut record) => {
                 record.status = response.status();
                 response.map(|body| AccessBody::new(body, record).boxed())
             }
-            Err(answer) => {
-                let response = answer.response();
-                self.count(response.status());
-                record.status = response.status();
-                response.map(|body| {
-                    AccessBody::new(body.map_err(|never: Infallible| match never {}), record)
-                        .boxed()
-                })
-            }
+            None => response,
         }
     }
 
@@ -278,13 +280,15 @@ impl Forwarder {
         &self,
         mut req: Request<Incoming>,
         conn: &ConnContext,
-        record: &mut AccessRecord,
+        mut record: Option<&mut AccessRecord>,
     ) -> Result<Response<Incoming>, Answer> {
         if req.method() == Method::CONNECT {
             return Err(Answer::Status(StatusCode::METHOD_NOT_ALLOWED));
         }
         let host = request::request_host(req.uri(), req.headers(), req.version())?;
-        record.host = host.as_ref().map(|h| h.original.clone());
+        if let Some(record) = record.as_deref_mut() {
+            record.host = host.as_ref().map(|h| h.original.clone());
+        }
         if request::has_dot_segment(req.uri().path()) {
             return Err(Refusal::BadRequest.into());
         }
@@ -304,7 +308,9 @@ impl Forwarder {
             return Err(Answer::Status(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let target = route.pick();
-        record.upstream = Some(target.authority.to_string());
+        if let Some(record) = record {
+            record.upstream = Some(target.authority.to_string());
+        }
         let path = route.upstream_path(req.uri()).ok_or(Refusal::BadRequest)?;
         let uri = Uri::builder()
             .scheme(target.scheme.clone())

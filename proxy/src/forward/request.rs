@@ -84,11 +84,23 @@ pub(super) fn request_host(
 /// could climb out of a route's prefix (or its `replace_path`) on the upstream, so they
 /// are refused rather than matched on their raw text.
 pub(super) fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|segment| {
-        let lower = segment.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    path.split('/')
+        .any(|segment| is_dot_segment(segment.as_bytes()))
+}
+
+/// `.` or `..`, each dot literal or `%2e` (either case).
+fn is_dot_segment(mut segment: &[u8]) -> bool {
+    let mut dots = 0;
+    loop {
+        segment = match segment {
+            [] => return dots > 0,
+            _ if dots == 2 => return false,
+            [b'.', rest @ ..] => rest,
+            [b'%', b'2', b'e' | b'E', rest @ ..] => rest,
+            _ => return false,
+        };
+        dots += 1;
+    }
 }
 
 #[cfg(test)]
