@@ -100,7 +100,16 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok()),
+            .map(str::trim)
+            // `close`, and names already on the list (`keep-alive`, `upgrade`): the
+            // usual tokens, skipped before the cost of parsing them as names.
+            .filter(|token| {
+                !token.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP
+                        .iter()
+                        .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+            })
+            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()),
     );
     for name in &doomed {
         headers.remove(name);

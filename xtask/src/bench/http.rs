@@ -111,6 +111,8 @@ struct Sample {
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    /// Busy time of the proxy's CPU per request, in microseconds.
+    cpu_us: f64,
 }
 
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
@@ -132,16 +134,19 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
          (h2: {H2_STREAMS} streams each). Proxy under test pinned to CPU {PROXY_CPU} (one worker: \
          nginx `worker_processes 1`, HAProxy `nbthread 1`, trustgate's runtime sized by its \
          affinity); front HAProxy, upstream nginx and the load generator on CPU {REST_CPU}. \
-         trustgate: release build, `RUST_LOG=warn` (no access log), kernel filter `socket`.\n",
+         trustgate: release build, `RUST_LOG=warn` (no access log), kernel filter `socket`. \
+         CPU µs/req: busy time of CPU {PROXY_CPU} (the proxy's own, kernel and softirq \
+         included) per request. Ratios are medians of the per-round ratios.\n",
         opts.rounds, opts.seconds
     );
     let _ = writeln!(
         text,
-        "| load | proxy | req/s (median) | req/s min–max | p50 ms | p99 ms | errors | trustgate ÷ proxy, req/s (median of rounds) |"
+        "| load | proxy | req/s (median) | req/s min–max | p50 ms | p99 ms | CPU µs/req | errors | \
+         trustgate ÷ proxy, req/s | trustgate ÷ proxy, CPU/req |"
     );
     let _ = writeln!(
         text,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut raw = String::new();
     for load in Load::ALL {
@@ -157,25 +162,19 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
                 let s = measure(load, target, opts.seconds, &scratch).with_context(|| {
                     format!("measuring {} under {}", target.name(), load.describe())
                 })?;
-                eprintln!(
-                    "{} round {round} {}: {:.0} req/s p50 {:.2} ms p99 {:.2} ms errors {}",
+                let line = format!(
+                    "{} | round {round} | {} | {:.0} req/s | p50 {:.3} ms | p99 {:.3} ms | \
+                     CPU {:.1} us/req | errors {}",
                     load.describe(),
                     target.name(),
                     s.rps,
                     s.p50_ms,
                     s.p99_ms,
+                    s.cpu_us,
                     s.errors
                 );
-                let _ = writeln!(
-                    raw,
-                    "{} | round {round} | {} | {:.0} req/s | p50 {:.3} ms | p99 {:.3} ms | errors {}",
-                    load.describe(),
-                    target.name(),
-                    s.rps,
-                    s.p50_ms,
-                    s.p99_ms,
-                    s.errors
-                );
+                eprintln!("{line}");
+                let _ = writeln!(raw, "{line}");
                 row[i] = s;
             }
             samples.push(row);
@@ -187,15 +186,16 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
             let min = rps.iter().copied().fold(f64::INFINITY, f64::min);
             let max = rps.iter().copied().fold(0.0, f64::max);
             let errors: u64 = samples.iter().map(|r| r[i].errors).sum();
-            let ratio = if target == Target::Trustgate {
-                "—".to_string()
-            } else {
-                let ratios: Vec<f64> = samples.iter().map(|r| r[0].rps / r[i].rps).collect();
+            let ratio = |f: fn(&Sample) -> f64| {
+                if target == Target::Trustgate {
+                    return "—".to_string();
+                }
+                let ratios: Vec<f64> = samples.iter().map(|r| f(&r[0]) / f(&r[i])).collect();
                 format!("{:.2}", median(&ratios))
             };
             let _ = writeln!(
                 text,
-                "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {errors} | {ratio} |",
+                "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.1} | {errors} | {} | {} |",
                 load.describe(),
                 target.name(),
                 median(&rps),
@@ -203,6 +203,9 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
                 max,
                 median(&col(|s| s.p50_ms)),
                 median(&col(|s| s.p99_ms)),
+                median(&col(|s| s.cpu_us)),
+                ratio(|s| s.rps),
+                ratio(|s| s.cpu_us),
             );
         }
     }
@@ -215,13 +218,47 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
 }
 
 /// Runs one load against one proxy for `seconds` and parses the generator's report.
+/// Also reads the busy time of [`PROXY_CPU`] over the run: the proxy under test is the
+/// only process there, so that is its own time plus the kernel's work for its sockets
+/// (loopback delivery runs on the sending CPU).
 fn measure(load: Load, target: Target, seconds: u64, scratch: &Scratch) -> Result<Sample> {
     let argv = load.command(target, seconds, scratch);
+    let busy_before = cpu_busy_ticks(PROXY_CPU)?;
     let out = run_bounded(&argv, Duration::from_secs(seconds) + OVERRUN)?;
-    match load {
-        Load::H2 => parse_h2load(&out, &scratch.path.join("h2load.log")),
-        _ => parse_wrk(&out),
-    }
+    let busy = cpu_busy_ticks(PROXY_CPU)?.saturating_sub(busy_before);
+    let mut sample = match load {
+        Load::H2 => parse_h2load(&out, &scratch.path.join("h2load.log"))?,
+        _ => parse_wrk(&out)?,
+    };
+    let requests = sample.rps * seconds as f64;
+    sample.cpu_us = busy as f64 * 1e6 / USER_HZ / requests.max(1.0);
+    Ok(sample)
+}
+
+/// The kernel's clock ticks per second in `/proc/stat` (USER_HZ, 100 on Linux).
+const USER_HZ: f64 = 100.0;
+
+/// Ticks `cpu` spent busy (user, nice, system, irq, softirq, steal) since boot.
+fn cpu_busy_ticks(cpu: &str) -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let label = format!("cpu{cpu}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
+        .with_context(|| format!("no `{label}` line in /proc/stat"))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| {
+            f.parse::<u64>()
+                .with_context(|| format!("/proc/stat field `{f}`"))
+        })
+        .collect::<Result<_>>()?;
+    // user nice system idle iowait irq softirq steal ...
+    Ok([0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| fields.get(i))
+        .sum())
 }
 
 /// Runs `argv` to completion, killing it if it outlives `limit`; returns its stdout.
