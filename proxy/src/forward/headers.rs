@@ -82,37 +82,43 @@ fn host_value(
     }
 }
 
-/// Removes the hop-by-hop headers: those `Connection` names, then the fixed list. Most
-/// requests carry none, so the map is scanned once before anything is removed.
+/// Removes the hop-by-hop headers: those `Connection` names, then the fixed list. The map
+/// is scanned once for the fixed names (most requests carry none, most responses only
+/// `Connection`), and only those present are removed.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut doomed: Vec<HeaderName> = headers
-        .keys()
-        .filter(|name| HOP_BY_HOP.contains(name))
-        .cloned()
-        .collect();
-    if doomed.is_empty() {
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         // `Connection` is on the list, so there are no named ones either.
         return;
     }
-    doomed.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // `close`, and names already on the list (`keep-alive`, `upgrade`): the
-            // usual tokens, skipped before the cost of parsing them as names.
-            .filter(|token| {
-                !token.eq_ignore_ascii_case("close")
-                    && !HOP_BY_HOP
-                        .iter()
-                        .any(|name| token.eq_ignore_ascii_case(name.as_str()))
-            })
-            .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok()),
-    );
-    for name in &doomed {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        // `close`, and names on the list (`keep-alive`, `upgrade`): the usual tokens,
+        // skipped before the cost of parsing them as names.
+        .filter(|token| {
+            !token.eq_ignore_ascii_case("close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|name| token.eq_ignore_ascii_case(name.as_str()))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token.as_bytes()).ok())
+        .collect();
+    for name in &named {
         headers.remove(name);
+    }
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -247,9 +253,11 @@ fn identity(
 /// Rewrites an upstream response's headers for the client: hop-by-hop headers out, with
 /// `Upgrade` and `Connection: upgrade` kept on a 101 that switches protocols.
 pub(super) fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
-    let protocol = headers.get(header::UPGRADE).cloned();
+    let protocol = upgraded
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
     strip_hop_by_hop(headers);
-    if let (true, Some(protocol)) = (upgraded, protocol) {
+    if let Some(protocol) = protocol {
         headers.insert(header::UPGRADE, protocol);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }

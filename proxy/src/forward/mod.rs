@@ -287,7 +287,7 @@ impl Forwarder {
         }
         let host = request::request_host(req.uri(), req.headers(), req.version())?;
         if let Some(record) = record.as_deref_mut() {
-            record.host = host.as_ref().map(|h| h.original.clone());
+            record.host = host.as_ref().map(|h| h.original.to_string());
         }
         if request::has_dot_segment(req.uri().path()) {
             return Err(Refusal::BadRequest.into());

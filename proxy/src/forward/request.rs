@@ -16,8 +16,8 @@ pub(super) struct RequestHost {
     /// Lowercased, without port or trailing dot; IPv6 literals keep their brackets.
     pub(super) name: String,
     /// As received (with its port), for `X-Forwarded-Host`, `Forwarded: host=` and the
-    /// access log. Always a valid authority, so it holds no CR, LF or other control byte.
-    pub(super) original: String,
+    /// access log. A valid authority, so it holds no CR, LF or other control byte.
+    pub(super) original: Authority,
 }
 
 impl RequestHost {
@@ -44,7 +44,7 @@ impl RequestHost {
         }
         Ok(RequestHost {
             name,
-            original: authority.as_str().to_owned(),
+            original: authority,
         })
     }
 }
