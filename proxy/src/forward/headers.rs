@@ -163,6 +163,8 @@ pub(super) fn prepare_request(
     authority: &Authority,
     upgrade: Option<&HeaderValue>,
 ) -> Result<(), HeaderError> {
+    // Room for the headers set below, so the map grows at most once.
+    headers.reserve(8);
     let trailers = te_trailers(headers);
     strip_hop_by_hop(headers);
     if let Some(protocol) = upgrade {
