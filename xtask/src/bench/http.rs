@@ -106,11 +106,11 @@ impl Load {
 
 /// One measurement.
 #[derive(Clone, Copy, Default)]
-struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+pub(super) struct Sample {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
 }
 
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
@@ -225,7 +225,7 @@ fn measure(load: Load, target: Target, seconds: u64, scratch: &Scratch) -> Resul
 }
 
 /// Runs `argv` to completion, killing it if it outlives `limit`; returns its stdout.
-fn run_bounded(argv: &[String], limit: Duration) -> Result<String> {
+pub(super) fn run_bounded(argv: &[String], limit: Duration) -> Result<String> {
     let child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdout(std::process::Stdio::piped())
@@ -258,7 +258,7 @@ fn run_bounded(argv: &[String], limit: Duration) -> Result<String> {
 }
 
 /// wrk's `--latency` report: Requests/sec, the 50% and 99% lines, and its error lines.
-fn parse_wrk(out: &str) -> Result<Sample> {
+pub(super) fn parse_wrk(out: &str) -> Result<Sample> {
     let mut s = Sample::default();
     for line in out.lines().map(str::trim) {
         let mut words = line.split_whitespace();
