@@ -1,7 +1,8 @@
 //! A throwaway network for a scenario: a namespace joined to the host by a veth pair, in a
 //! /29 of 198.19.0.0/16 (RFC 2544 benchmarking space) that no interface holds yet. Names
 //! carry the pid. `Drop` stops whatever still runs inside the namespace, then deletes it
-//! and the pair, so every exit path leaves the host as it was.
+//! and the pair, so every exit path leaves the host as it was; what an interrupted run
+//! (Ctrl-C, SIGKILL: no `Drop`) left is removed by the next one.
 
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
@@ -28,8 +29,10 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates `tg<tag><pid>` and its pair, or fails saying which step did.
+    /// Creates `tg<tag><pid>` and its pair, or fails saying which step did. First removes
+    /// any `tg<tag><pid>` namespace whose process is gone.
     pub fn new(tag: &str) -> Result<Netns> {
+        remove_stale(tag);
         let pid = std::process::id();
         let base = free_block(pid)?;
         let name = format!("tg{tag}{pid}");
@@ -118,46 +121,74 @@ impl Netns {
             .and_then(|l| l.split_whitespace().nth(column)?.parse().ok())
             .with_context(|| format!("no {header} counters in `ip -s link`: {text}"))
     }
-
-    fn pids(&self) -> Vec<String> {
-        Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .split_whitespace()
-                    .map(String::from)
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        // Only what this scenario started can be in the namespace; a process left there
-        // would keep the namespace, and the pair with it, alive after `netns del`.
-        let left = self.pids();
-        if !left.is_empty() {
-            let _ = Command::new("kill").arg("-TERM").args(&left).status();
-            let deadline = Instant::now() + STOP_GRACE;
-            while Instant::now() < deadline && !self.pids().is_empty() {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let left = self.pids();
-            if !left.is_empty() {
-                let _ = Command::new("kill").arg("-KILL").args(&left).status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .stderr(Stdio::null())
-            .status();
+        delete(&self.name);
     }
+}
+
+/// The processes in namespace `name`.
+fn pids(name: &str) -> Vec<String> {
+    Command::new("ip")
+        .args(["netns", "pids", name])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Stops what runs in namespace `name`, then deletes it and its pair.
+fn delete(name: &str) {
+    // Only a scenario's own processes can be in its namespace; one left there would keep
+    // the namespace, and the pair with it, alive after `netns del`.
+    let left = pids(name);
+    if !left.is_empty() {
+        let _ = Command::new("kill").arg("-TERM").args(&left).status();
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline && !pids(name).is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let left = pids(name);
+        if !left.is_empty() {
+            let _ = Command::new("kill").arg("-KILL").args(&left).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", name]).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("{name}h")])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Deletes the `tg<tag><pid>` namespaces whose pid no longer runs.
+fn remove_stale(tag: &str) {
+    let prefix = format!("tg{tag}");
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(name) = line.split_whitespace().next() else {
+            continue;
+        };
+        if let Some(pid) = stale_pid(name, &prefix) {
+            eprintln!("removing namespace {name}, left by an interrupted run (pid {pid})");
+            delete(name);
+        }
+    }
+}
+
+/// The pid in `name` (`<prefix><pid>`) when no process has it any more.
+pub fn stale_pid(name: &str, prefix: &str) -> Option<u32> {
+    let pid: u32 = name.strip_prefix(prefix)?.parse().ok()?;
+    let gone = pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists();
+    gone.then_some(pid)
 }
 
 /// The first address of a /29 in 198.19.0.0/16, chosen from the pid, that no interface

@@ -1,8 +1,8 @@
 //! The outsider of the `synflood` scenario: trafgen sending TCP SYNs as fast as one CPU
 //! allows, from an untrusted address, with source port, sequence number and IP id random
-//! per packet. trafgen runs in its own process group, because SIGTERM does not stop it
-//! and its sending worker is a forked child: the guard stops the group with SIGINT (then
-//! SIGKILL after a bounded wait) on drop.
+//! per packet. SIGTERM does not stop trafgen and it sends from a forked worker, so the
+//! guard stops it with SIGINT to the worker and the parent (then SIGKILL after a bounded
+//! wait) on drop; it stays in xtask's process group, so Ctrl-C reaches it too.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::bench::netns::Netns;
-use crate::bench::procs::Scratch;
+use crate::bench::procs::{Scratch, children};
 use crate::util::exec;
 
 /// How long trafgen may take to stop after SIGINT before it is killed.
@@ -76,6 +76,8 @@ pub fn packet(dst_mac: &str, src: Ipv4Addr, dst: Ipv4Addr, port: u16) -> String 
 pub struct Flood {
     child: Child,
     log: std::path::PathBuf,
+    /// trafgen's workers as last seen, to stop them should the parent be gone.
+    workers: Vec<u32>,
 }
 
 impl Flood {
@@ -104,13 +106,20 @@ impl Flood {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().context("starting trafgen")?;
-        Ok(Flood { child, log })
+        Ok(Flood {
+            child,
+            log,
+            workers: Vec::new(),
+        })
     }
 
     /// Fails with trafgen's output if it is no longer sending.
     pub fn check(&mut self) -> Result<()> {
+        let workers = children(self.child.id());
+        if !workers.is_empty() {
+            self.workers = workers;
+        }
         let log = fs::read_to_string(&self.log).unwrap_or_default();
         if let Some(status) = self.child.try_wait().context("polling trafgen")? {
             bail!("trafgen exited with {status}:\n{log}");
@@ -121,9 +130,26 @@ impl Flood {
         Ok(())
     }
 
-    fn signal_group(&self, signal: &str) {
+    /// Sends `signal` to trafgen's workers (those still named trafgen), and to trafgen
+    /// itself when `parent` (only while it has not been reaped: its pid could be reused).
+    fn signal(&self, signal: &str, parent: bool) {
+        let mut pids: Vec<String> = children(self.child.id())
+            .into_iter()
+            .chain(self.workers.iter().copied())
+            .filter(|pid| {
+                fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "trafgen")
+            })
+            .map(|pid| pid.to_string())
+            .collect();
+        if parent {
+            pids.push(self.child.id().to_string());
+        }
+        if pids.is_empty() {
+            return;
+        }
         let _ = Command::new("kill")
-            .args([signal, "--", &format!("-{}", self.child.id())])
+            .arg(signal)
+            .args(&pids)
             .stderr(Stdio::null())
             .status();
     }
@@ -132,11 +158,11 @@ impl Flood {
 impl Drop for Flood {
     fn drop(&mut self) {
         if let Ok(Some(_)) = self.child.try_wait() {
-            // The worker may outlive a parent that exited on its own.
-            self.signal_group("-KILL");
+            // The parent is gone; a worker it left would still be sending.
+            self.signal("-KILL", false);
             return;
         }
-        self.signal_group("-INT");
+        self.signal("-INT", true);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -145,7 +171,7 @@ impl Drop for Flood {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("trafgen did not stop within {STOP_GRACE:?}; killing it");
-        self.signal_group("-KILL");
+        self.signal("-KILL", true);
         let _ = self.child.wait();
     }
 }

@@ -383,6 +383,7 @@ fn require_root() -> Result<()> {
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
     require_root()?;
     procs::require(&[WRK, HAPROXY, NGINX, TASKSET, TRAFGEN, NFT, IP, GCC, PERF])?;
+    nft::remove_stale();
     let load_before = loadavg();
     let scratch = Scratch::new("synflood")?;
     let net = Netns::new("sf")?;
