@@ -9,6 +9,7 @@ use super::profile::Profile;
 use super::{CONNECTIONS, Case, Round, SERVICE_CPU};
 use crate::bench::median;
 
+/// One case in one round, every figure measured.
 pub fn raw_line(round: usize, case: Case, r: &Round) -> String {
     let cpus = |w: &Window| {
         w.softirq
@@ -69,10 +70,11 @@ pub fn report(
         t,
         "{} rounds, the cases in this order in each round. Per case and round: trustgate started \
          with the case's filter, a 1 s warm-up, then three {} s windows: the trusted client \
-         alone, the flood alone, the trusted client under the flood (in odd rounds the \
-         trusted client alone comes last). Flood: trafgen, one worker on CPU 0, IPv4 SYNs from \
+         alone, the flood alone, the trusted client under the flood (in rounds 1, 3, ... \
+         the trusted client alone comes last). Flood: trafgen, one worker on CPU 0, IPv4 SYNs from \
          an untrusted address to trustgate's port, source port, sequence and IP id random per \
-         packet. Trusted client: wrk -t1 -c{CONNECTIONS} keep-alive through HAProxy (TCP, \
+         packet; the address is not assigned in the namespace, which drops the SYN-ACKs sent \
+         to it (case `none`) without a RST, as for a spoofed source. Trusted client: wrk -t1 -c{CONNECTIONS} keep-alive through HAProxy (TCP, \
          `send-proxy-v2`) in the same namespace; trustgate, HAProxy, the nginx upstream and wrk \
          on CPU {SERVICE_CPU}. Softirq time from /proc/stat deltas, all CPUs; trustgate's CPU from \
          /proc/PID/stat. `none` counts the SYN cookies TCP sent, as it drops nothing.\n",
