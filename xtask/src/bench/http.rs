@@ -106,13 +106,13 @@ impl Load {
 
 /// One measurement.
 #[derive(Clone, Copy, Default)]
-struct Sample {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
+pub(super) struct Sample {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
     /// Busy time of the proxy's CPU per request, in microseconds.
-    cpu_us: f64,
+    pub cpu_us: f64,
 }
 
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
@@ -262,7 +262,7 @@ fn cpu_busy_ticks(cpu: &str) -> Result<u64> {
 }
 
 /// Runs `argv` to completion, killing it if it outlives `limit`; returns its stdout.
-fn run_bounded(argv: &[String], limit: Duration) -> Result<String> {
+pub(super) fn run_bounded(argv: &[String], limit: Duration) -> Result<String> {
     let child = Command::new(&argv[0])
         .args(&argv[1..])
         .stdout(std::process::Stdio::piped())
@@ -295,7 +295,7 @@ fn run_bounded(argv: &[String], limit: Duration) -> Result<String> {
 }
 
 /// wrk's `--latency` report: Requests/sec, the 50% and 99% lines, and its error lines.
-fn parse_wrk(out: &str) -> Result<Sample> {
+pub(super) fn parse_wrk(out: &str) -> Result<Sample> {
     let mut s = Sample::default();
     for line in out.lines().map(str::trim) {
         let mut words = line.split_whitespace();

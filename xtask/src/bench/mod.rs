@@ -1,13 +1,15 @@
 //! `cargo xtask bench [NAME]`: builds the release eBPF object, then runs the named
 //! benchmark (or all of them). The criterion benches (`kernel`, `proxy_protocol`) keep
-//! their output in `target/bench/NAME.txt`; the end-to-end scenarios (`http`, `memory`)
-//! print a markdown table and write it to `target/bench/NAME.md`, with the machine,
+//! their output in `target/bench/NAME.txt`; the end-to-end scenarios (`http`, `memory`,
+//! `synflood`) print a markdown table and write it to `target/bench/NAME.md`, with the machine,
 //! kernel, commit, load average and exact command at the top.
 
 mod http;
 mod memory;
+mod netns;
 mod peers;
 mod procs;
+mod synflood;
 
 use std::fs;
 use std::path::PathBuf;
@@ -21,16 +23,18 @@ use crate::util::{exec, output, workspace_root};
 /// The criterion benchmarks, each a `[[bench]]` target of the `proxy` crate.
 const BENCHES: &[&str] = &["kernel", "proxy_protocol"];
 /// The end-to-end scenarios, run by xtask itself.
-const SCENARIOS: &[&str] = &["http", "memory"];
+const SCENARIOS: &[&str] = &["http", "memory", "synflood"];
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// One benchmark to run (kernel, proxy_protocol, http, memory); all when absent.
+    /// One benchmark to run (kernel, proxy_protocol, http, memory, synflood); all when
+    /// absent. `synflood` needs root.
     pub name: Option<String>,
     /// Alternating rounds per end-to-end scenario (A B C A B C ...).
     #[arg(long, default_value_t = 5)]
     pub rounds: usize,
-    /// Seconds each load generator runs per measurement in `http`.
+    /// Seconds each load generator runs per measurement in `http`, and of each window
+    /// (and of each profile) in `synflood`.
     #[arg(long, default_value_t = 5)]
     pub seconds: u64,
     /// Idle keep-alive connections held open in `memory`.
@@ -54,6 +58,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         match name {
             "http" => report(&out_dir, name, &http::run(opts, &trustgate_binary()?)?)?,
             "memory" => report(&out_dir, name, &memory::run(opts, &trustgate_binary()?)?)?,
+            "synflood" => report(&out_dir, name, &synflood::run(opts, &trustgate_binary()?)?)?,
             _ => criterion(&root, &out_dir, &header, name)?,
         }
     }

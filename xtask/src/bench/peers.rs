@@ -107,12 +107,17 @@ pub fn certificate(dir: &Scratch) -> Result<(String, String, String)> {
 
 /// nginx answering `200 ok` on [`UPSTREAM_PORT`], one worker.
 pub fn start_upstream(dir: &Scratch, cpus: &str) -> Result<Proc> {
+    start_upstream_at(dir, cpus, UPSTREAM_PORT)
+}
+
+/// nginx answering `200 ok` on loopback port `port`, one worker.
+pub fn start_upstream_at(dir: &Scratch, cpus: &str, port: u16) -> Result<Proc> {
     let d = dir.path.display();
     let conf = format!(
         "worker_processes 1;\ndaemon off;\npid {d}/upstream.pid;\nerror_log stderr warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  {temps}\n\
-         server {{ listen 127.0.0.1:{UPSTREAM_PORT}; location / {{ return 200 'ok'; }} }}\n}}\n",
+         server {{ listen 127.0.0.1:{port}; location / {{ return 200 'ok'; }} }}\n}}\n",
         temps = temp_paths(dir, "upstream"),
     );
     let path = dir.write("upstream.conf", &conf)?;
@@ -123,7 +128,7 @@ pub fn start_upstream(dir: &Scratch, cpus: &str) -> Result<Proc> {
         &[],
         &dir.path,
     )?;
-    proc.wait_ready(local(UPSTREAM_PORT), &dir.path)?;
+    proc.wait_ready(local(port), &dir.path)?;
     Ok(proc)
 }
 

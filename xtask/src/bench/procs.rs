@@ -45,6 +45,26 @@ pub const TASKSET: Tool = Tool {
     program: "taskset",
     package: "util-linux",
 };
+pub const TRAFGEN: Tool = Tool {
+    program: "trafgen",
+    package: "netsniff-ng",
+};
+pub const NFT: Tool = Tool {
+    program: "nft",
+    package: "nftables",
+};
+pub const IP: Tool = Tool {
+    program: "ip",
+    package: "iproute2",
+};
+pub const GCC: Tool = Tool {
+    program: "gcc",
+    package: "gcc",
+};
+pub const PERF: Tool = Tool {
+    program: "perf",
+    package: "linux-perf",
+};
 
 /// Fails, naming the package to install, unless every tool is on the PATH (or in
 /// /usr/sbin, where Debian puts nginx and haproxy).
