@@ -1,18 +1,21 @@
 //! A connection's life after accept: the connection limits, the user-space trust check,
 //! the PROXY header under its deadline (from accept), TLS by SNI on the TLS port, then
-//! hyper-util's HTTP/1.1 + h2 server over the forwarder, closing gracefully on drain.
+//! hyper's HTTP/1.1 or h2 server over the forwarder (h2 by ALPN, or by its preface on a
+//! plain connection), closing gracefully on drain.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -21,11 +24,23 @@ use tracing::debug;
 use super::{Protocol, Runtime, Server};
 use crate::forward::{ConnContext, ConnPools};
 use crate::metrics::Metrics;
-use crate::proxy_protocol::{self, read_header};
+use crate::proxy_protocol::{self, Rewind, read_header};
 use crate::trust::normalize;
 
 /// How long a client may take over the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What an h2 connection starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// The most read at once while telling h2 from HTTP/1.1: a whole ordinary request head,
+/// so that hyper gets it in one piece (see [`sniff`]).
+const SNIFF_BYTES: usize = 4096;
+
+/// The HTTP a connection speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Http {
+    One,
+    Two,
+}
 
 impl Server {
     /// A connection's task up to its PROXY header; [`Server::admitted`] from there on,
@@ -134,7 +149,14 @@ impl Server {
         // 4 KB) would otherwise be allocated at the size of a TLS one's (about 7.5 KB).
         match protocol {
             Protocol::Http => {
-                Box::pin(serve_http(stream, ctx, &runtime, self.stop.subscribe())).await
+                Box::pin(serve_http(
+                    stream,
+                    None,
+                    ctx,
+                    &runtime,
+                    self.stop.subscribe(),
+                ))
+                .await
             }
             Protocol::Https => {
                 let handshake =
@@ -142,7 +164,14 @@ impl Server {
                 match handshake {
                     Ok(Ok((stream, sni))) => {
                         ctx.sni = Some(sni);
-                        Box::pin(serve_http(stream, ctx, &runtime, self.stop.subscribe())).await
+                        // ALPN decides; a client that offered none speaks HTTP/1.1 (RFC
+                        // 9113 §3.3: h2 over TLS is always negotiated).
+                        let http = match stream.get_ref().1.alpn_protocol() {
+                            Some(b"h2") => Http::Two,
+                            _ => Http::One,
+                        };
+                        let stop = self.stop.subscribe();
+                        Box::pin(serve_http(stream, Some(http), ctx, &runtime, stop)).await
                     }
                     Ok(Err(err)) => {
                         self.metrics.tls_error(err.kind());
@@ -158,17 +187,67 @@ impl Server {
     }
 }
 
-/// Serves HTTP/1.1 and h2 (by ALPN or prior knowledge) on one connection. When `stop`
-/// turns true, the connection finishes its in-flight requests and closes (h2 GOAWAY,
-/// HTTP/1.1 `Connection: close` after the current response).
+/// Reads a plain connection's first bytes, as many as have arrived (up to
+/// [`SNIFF_BYTES`]), until they are known to be the h2 preface or not to be. The bytes are
+/// replayed to the server. This is what hyper-util's `auto` server does, but that reads the
+/// first 24 bytes apart, and hyper's HTTP/1.1 reader, given a first piece too short for a
+/// whole request head, then doubles its read buffer to 16 KB (a reallocation on every new
+/// connection, and 8 KB more held by every idle one).
+async fn sniff<S>(mut stream: S) -> std::io::Result<(Http, Rewind<S>)>
+where
+    S: AsyncRead + Unpin,
+{
+    let mut buf = Vec::with_capacity(SNIFF_BYTES);
+    let http = loop {
+        let read = stream.read_buf(&mut buf).await?;
+        let seen = buf.get(..H2_PREFACE.len()).unwrap_or(&buf);
+        if read == 0 || !H2_PREFACE.starts_with(seen) {
+            break Http::One;
+        }
+        if seen.len() == H2_PREFACE.len() {
+            break Http::Two;
+        }
+    };
+    Ok((http, Rewind::new(stream, buf, 0)))
+}
+
+/// Serves HTTP/1.1 (with upgrades) or h2 on one connection: `http`, else what [`sniff`]
+/// finds. When `stop` turns true, the connection finishes its in-flight requests and closes
+/// (h2 GOAWAY, HTTP/1.1 `Connection: close` after the current response); one still
+/// waiting for its first bytes closes at once. `connection_handling_timeout` bounds it all.
 async fn serve_http<S>(
     stream: S,
+    http: Option<Http>,
     ctx: ConnContext,
     runtime: &Runtime,
     mut stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let deadline = runtime
+        .limits
+        .connection_handling_timeout
+        .map(|limit| Instant::now() + limit);
+    let (http, stream) = match http {
+        Some(http) => (http, Rewind::new(stream, Vec::new(), 0)),
+        None => {
+            let sniffed = tokio::select! {
+                sniffed = within(deadline, sniff(stream)) => sniffed,
+                () = stopped(&mut stop) => return,
+            };
+            match sniffed {
+                Some(Ok(sniffed)) => sniffed,
+                Some(Err(err)) => {
+                    debug!(client = %ctx.client, error = %err, "connection failed before its first request");
+                    return;
+                }
+                None => {
+                    debug!("connection_handling_timeout reached; closing");
+                    return;
+                }
+            }
+        }
+    };
     let forwarder = Arc::clone(&runtime.forwarder);
     let ctx = Arc::new(ctx);
     let service = service_fn(move |req| {
@@ -176,30 +255,67 @@ async fn serve_http<S>(
         let ctx = Arc::clone(&ctx);
         async move { Ok::<_, Infallible>(forwarder.handle(req, &ctx).await) }
     });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .max_concurrent_streams(runtime.limits.max_concurrent_streams);
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+    let io = TokioIo::new(stream);
+    match http {
+        Http::One => {
+            let conn = http1::Builder::new()
+                .serve_connection(io, service)
+                .with_upgrades();
+            drive(
+                Box::pin(conn),
+                http1::UpgradeableConnection::graceful_shutdown,
+                deadline,
+                stop,
+            )
+            .await;
+        }
+        Http::Two => {
+            let conn = http2::Builder::new(TokioExecutor::new())
+                .max_concurrent_streams(runtime.limits.max_concurrent_streams)
+                .serve_connection(io, service);
+            drive(
+                Box::pin(conn),
+                http2::Connection::graceful_shutdown,
+                deadline,
+                stop,
+            )
+            .await;
+        }
+    }
+}
+
+/// `future`'s output, or `None` if `deadline` comes first.
+async fn within<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Output> {
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline, future).await.ok(),
+        None => Some(future.await),
+    }
+}
+
+/// Runs a server connection to its end, or to `deadline`; when `stop` turns true, starts
+/// its graceful shutdown and lets it finish. The connection comes boxed: each future that
+/// wraps it here would otherwise hold a copy of its space (an h2 connection is 1.5 KB),
+/// making the connection's task several times larger, and slower to move.
+async fn drive<C>(
+    mut conn: Pin<Box<C>>,
+    shutdown: fn(Pin<&mut C>),
+    deadline: Option<Instant>,
+    mut stop: watch::Receiver<bool>,
+) where
+    C: Future<Output = Result<(), hyper::Error>>,
+{
     let drained = async {
-        let mut conn = std::pin::pin!(conn);
         tokio::select! {
             result = conn.as_mut() => result,
             () = stopped(&mut stop) => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
+                shutdown(conn.as_mut());
+                conn.as_mut().await
             }
         }
     };
-    let result = match runtime.limits.connection_handling_timeout {
-        Some(limit) => match tokio::time::timeout(limit, drained).await {
-            Ok(result) => result,
-            Err(_) => {
-                debug!("connection_handling_timeout reached; closing");
-                return;
-            }
-        },
-        None => drained.await,
+    let Some(result) = within(deadline, drained).await else {
+        debug!("connection_handling_timeout reached; closing");
+        return;
     };
     if let Err(err) = result {
         debug!(error = %err, "connection ended with an error");
@@ -272,6 +388,42 @@ impl Drop for PerIpGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `sniff` over `parts`, each handed out by a read of its own; returns what it
+    /// found and everything the stream then yields.
+    async fn sniffed(parts: &[&'static [u8]]) -> (Http, Vec<u8>) {
+        let mut stream: Box<dyn AsyncRead + Unpin + Send> = Box::new(&b""[..]);
+        for part in parts.iter().rev() {
+            stream = Box::new(AsyncReadExt::chain(*part, stream));
+        }
+        let (http, mut replay) = sniff(stream).await.expect("reads from memory");
+        let mut all = Vec::new();
+        replay
+            .read_to_end(&mut all)
+            .await
+            .expect("reads from memory");
+        (http, all)
+    }
+
+    #[tokio::test]
+    async fn sniff_tells_h2_from_http1_and_replays_every_byte() {
+        let request: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(sniffed(&[request]).await, (Http::One, request.to_vec()));
+        let (head, tail) = H2_PREFACE.split_at(5);
+        let (http, all) = sniffed(&[head, tail, b"frames"]).await;
+        assert_eq!(http, Http::Two);
+        assert_eq!(all, [H2_PREFACE, b"frames"].concat());
+        // A preface that goes wrong halfway is HTTP/1.1 (hyper answers it with a 400).
+        let (http, all) = sniffed(&[b"PRI * HTTP/1.1\r\n"]).await;
+        assert_eq!(
+            (http, all.as_slice()),
+            (Http::One, &b"PRI * HTTP/1.1\r\n"[..])
+        );
+        // EOF before anything.
+        assert_eq!(sniffed(&[]).await, (Http::One, Vec::new()));
+        // EOF inside the preface.
+        assert_eq!(sniffed(&[head]).await, (Http::One, head.to_vec()));
+    }
 
     #[test]
     fn per_ip_limit_counts_and_releases() {

@@ -114,7 +114,8 @@ pub struct Rewind<S> {
 }
 
 impl<S> Rewind<S> {
-    fn new(inner: S, buffered: Vec<u8>, pos: usize) -> Self {
+    /// A stream that replays `buffered[pos..]`, then reads `inner`.
+    pub fn new(inner: S, buffered: Vec<u8>, pos: usize) -> Self {
         let mut rewind = Self {
             inner,
             buffered,
