@@ -4,6 +4,7 @@
 //! ([`ConnPools`]), the choice of protocol itself (rpxy's rules), and the response timeout
 //! that becomes a 504. Connection failures surface as errors; the caller makes them 502s.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use tokio::sync::oneshot;
 
 use super::body::RequestBody;
 use super::connect::Connector;
+use super::plain::{GiveBack, PlainError, PlainPool};
 use crate::config::UpstreamHttp;
 
 /// A pool of upstream connections (hyper-util keys it by scheme and authority).
@@ -85,6 +87,8 @@ pub(super) enum UpstreamError {
     Timeout(Duration),
     #[error("request to the upstream failed")]
     Request(#[source] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Plain(PlainError),
 }
 
 /// The connection and response bounds of the upstream client.
@@ -193,6 +197,8 @@ impl PoolMaker {
 /// The shared pools, one per [`Protocol`], and what private ones are made from.
 #[derive(Debug)]
 pub(super) struct UpstreamClient {
+    /// Plain HTTP/1.1 to shared upstreams, the common case (see `plain`).
+    plain: PlainPool,
     http1: Pool,
     alpn: Pool,
     http2: Pool,
@@ -230,6 +236,7 @@ impl UpstreamClient {
             pool_idle: bounds.pool_idle,
         };
         Ok(UpstreamClient {
+            plain: PlainPool::new(maker.http.clone(), bounds.pool_idle),
             http1: maker.pool(Protocol::Http1, None),
             alpn: maker.pool(Protocol::Alpn, None),
             http2: maker.pool(Protocol::Http2, None),
@@ -238,39 +245,78 @@ impl UpstreamClient {
         })
     }
 
-    /// The pool a request goes through: a shared one, or for an upstream that takes a
-    /// PROXY header, `private`'s pool for exactly that header.
-    pub(super) fn pool(&self, protocol: Protocol, private: Option<(&ConnPools, &[u8])>) -> Pool {
-        match private {
+    /// The pool a request goes through: for an upstream that takes a PROXY header,
+    /// `private`'s pool for exactly that header; else a shared one. `None` is the plain
+    /// HTTP/1.1 pool, for a `plain` request (no TLS, no upgrade) to such an upstream.
+    pub(super) fn pool(
+        &self,
+        protocol: Protocol,
+        private: Option<(&ConnPools, &[u8])>,
+        plain: bool,
+    ) -> Option<Pool> {
+        let pool = match private {
             Some((pools, header)) => pools.get_or_make(protocol, header, |header| {
                 self.maker.pool(protocol, Some(header))
             }),
             None => match protocol {
+                Protocol::Http1 if plain => return None,
                 Protocol::Http1 => self.http1.clone(),
                 Protocol::Alpn => self.alpn.clone(),
                 Protocol::Http2 => self.http2.clone(),
             },
-        }
+        };
+        Some(pool)
     }
 
     /// Sends `request` through `pool` and waits for the response head. The response
     /// timeout starts once the request body has been sent (`body_done`), so a slow upload
     /// is not a slow upstream; connecting is bounded by the connect timeout.
+    /// Through the plain pool (`pool` is `None`), the response comes with what gives its
+    /// connection back once the body has been read.
     pub(super) async fn send(
         &self,
-        pool: &Pool,
+        pool: Option<&Pool>,
         request: Request<RequestBody>,
         body_done: oneshot::Receiver<()>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut response = pool.request(request);
+    ) -> Result<(Response<Incoming>, Option<GiveBack>), UpstreamError> {
+        match pool {
+            None => {
+                let sent = async {
+                    let (response, give_back) = self
+                        .plain
+                        .send(request)
+                        .await
+                        .map_err(UpstreamError::Plain)?;
+                    Ok((response, Some(give_back)))
+                };
+                self.bounded(sent, body_done).await
+            }
+            Some(pool) => {
+                let sent = async {
+                    let response = pool.request(request).await;
+                    Ok((response.map_err(UpstreamError::Request)?, None))
+                };
+                self.bounded(sent, body_done).await
+            }
+        }
+    }
+
+    /// `response`, failing with a timeout if it is not there within the response timeout
+    /// of `body_done`.
+    async fn bounded<T>(
+        &self,
+        response: impl Future<Output = Result<T, UpstreamError>>,
+        body_done: oneshot::Receiver<()>,
+    ) -> Result<T, UpstreamError> {
+        let mut response = std::pin::pin!(response);
         tokio::select! {
             biased;
-            result = &mut response => return result.map_err(UpstreamError::Request),
+            result = &mut response => return result,
             // Sent, failed or dropped: the wait for the head starts now either way.
             _ = body_done => {}
         }
         match tokio::time::timeout(self.response_timeout, response).await {
-            Ok(result) => result.map_err(UpstreamError::Request),
+            Ok(result) => result,
             Err(_elapsed) => Err(UpstreamError::Timeout(self.response_timeout)),
         }
     }
@@ -346,20 +392,24 @@ mod tests {
             &b"PROXY TCP4 192.0.2.1 192.0.2.9 1 80\r\n"[..],
             &b"PROXY TCP4 192.0.2.2 192.0.2.9 2 80\r\n"[..],
         );
-        client.pool(Protocol::Http1, Some((&mine, a)));
-        client.pool(Protocol::Http1, Some((&mine, a)));
+        client.pool(Protocol::Http1, Some((&mine, a)), true);
+        client.pool(Protocol::Http1, Some((&mine, a)), true);
         assert_eq!(mine.len(), 1, "the same header reuses its pool");
-        client.pool(Protocol::Http2, Some((&mine, a)));
-        client.pool(Protocol::Http1, Some((&mine, b)));
+        client.pool(Protocol::Http2, Some((&mine, a)), true);
+        client.pool(Protocol::Http1, Some((&mine, b)), true);
         assert_eq!(mine.len(), 3, "another protocol or header gets its own");
         let theirs = ConnPools::default();
-        client.pool(Protocol::Http1, Some((&theirs, a)));
+        client.pool(Protocol::Http1, Some((&theirs, a)), true);
         assert_eq!(
             (mine.len(), theirs.len()),
             (3, 1),
             "pools are per connection"
         );
-        client.pool(Protocol::Http1, None);
+        client.pool(Protocol::Http1, None, false);
+        assert!(
+            client.pool(Protocol::Http1, None, true).is_none(),
+            "plain HTTP/1.1 goes to the plain pool"
+        );
         assert_eq!(
             (mine.len(), theirs.len()),
             (3, 1),

@@ -11,6 +11,7 @@ mod client;
 mod connect;
 mod forwarded;
 mod headers;
+mod plain;
 mod request;
 mod route;
 mod tlv;
@@ -38,6 +39,7 @@ use access::{AccessBody, AccessRecord};
 use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError};
 use client::{Bounds, UpstreamClient, UpstreamError};
 use headers::Downstream;
+use plain::{GiveBack, PooledBody};
 use route::{Refusal, Router, Target};
 
 pub use access::ACCESS_TARGET;
@@ -256,7 +258,10 @@ impl Forwarder {
                 )
             });
         let response = match self.forward(req, conn, record.as_mut()).await {
-            Ok(response) => response.map(BodyExt::boxed),
+            Ok((response, give_back)) => response.map(|body| match give_back {
+                Some(give_back) => PooledBody::new(body, Some(give_back)).boxed(),
+                None => body.boxed(),
+            }),
             Err(answer) => answer
                 .response()
                 .map(|body| body.map_err(|never: Infallible| match never {}).boxed()),
@@ -281,7 +286,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
         conn: &ConnContext,
         mut record: Option<&mut AccessRecord>,
-    ) -> Result<Response<Incoming>, Answer> {
+    ) -> Result<(Response<Incoming>, Option<GiveBack>), Answer> {
         if req.method() == Method::CONNECT {
             return Err(Answer::Status(StatusCode::METHOD_NOT_ALLOWED));
         }
@@ -365,11 +370,13 @@ impl Forwarder {
         let private = proxy_header
             .as_deref()
             .map(|header| (&conn.upstream_pools, header));
-        let pool = self.client.pool(protocol, private);
-        let mut response = match self.client.send(&pool, upstream_req, done).await {
-            Ok(response) => response,
-            Err(error) => return Err(self.upstream_failed(&error, &over, target)),
-        };
+        let plain = !target.tls && upgrade.is_none();
+        let pool = self.client.pool(protocol, private, plain);
+        let (mut response, give_back) =
+            match self.client.send(pool.as_ref(), upstream_req, done).await {
+                Ok(sent) => sent,
+                Err(error) => return Err(self.upstream_failed(&error, &over, target)),
+            };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             let (Some(asked), Some(client_upgrade)) = (upgrade, client_upgrade) else {
@@ -383,7 +390,7 @@ impl Forwarder {
             upgrade::tunnel(client_upgrade, &mut response, target.authority.to_string());
         }
         headers::prepare_response(response.headers_mut(), switching);
-        Ok(response)
+        Ok((response, give_back))
     }
 
     /// The answer to a request that got no response, counted and logged: the client's
@@ -399,11 +406,11 @@ impl Forwarder {
                 bump(&self.counters.upstream_timeouts);
                 StatusCode::GATEWAY_TIMEOUT
             }
-            UpstreamError::Request(_) if client_body_failed(error) => {
+            UpstreamError::Request(_) | UpstreamError::Plain(_) if client_body_failed(error) => {
                 debug!(upstream = %target.authority, error = ?error, "client request body failed");
                 return Answer::Status(StatusCode::BAD_REQUEST);
             }
-            UpstreamError::Request(_) => {
+            UpstreamError::Request(_) | UpstreamError::Plain(_) => {
                 bump(&self.counters.upstream_errors);
                 StatusCode::BAD_GATEWAY
             }
