@@ -165,7 +165,8 @@ fn node(token: &str) -> Option<Hop> {
 
 /// `X-Forwarded-For`: the chain's addresses, bare (IPv6 unbracketed), without ports.
 pub(super) fn x_forwarded_for(chain: &[Hop]) -> String {
-    let mut out = String::new();
+    // Room for IPv4 hops and their separators, so the common case allocates once.
+    let mut out = String::with_capacity(chain.len() * 17);
     for (i, hop) in chain.iter().enumerate() {
         if i > 0 {
             out.push_str(", ");
@@ -177,7 +178,7 @@ pub(super) fn x_forwarded_for(chain: &[Hop]) -> String {
 
 /// An address as `X-Forwarded-For` and `X-Real-IP` carry it: bare, IPv6 unbracketed.
 pub(super) fn ip_text(ip: IpAddr) -> String {
-    let mut out = String::new();
+    let mut out = String::with_capacity(15);
     push_ip(&mut out, ip);
     out
 }
