@@ -142,8 +142,11 @@ const WARM_UP: usize = 2;
 /// Normal requests sent while each wave's connections are all open.
 const NORMAL_DURING_WAVE: usize = 20;
 /// Resident memory the measured floods may add: 2,000 slow connections or 2,600
-/// hostile ones, so a leak of 800 bytes per connection would exceed it.
-const RSS_TOLERANCE_KIB: u64 = 1536;
+/// hostile ones, so a leak of 1.3 KB per connection would exceed it (a waiting
+/// connection's whole state is about 2.5 KB). glibc's heap does not settle exactly: over
+/// two waves after the warm-up, with nothing leaking, RSS was seen to gain from 0 up to
+/// 1.7 MiB (a CI run on 2026-11-26; 1.5 MiB, the earlier tolerance, failed it).
+const RSS_TOLERANCE_KIB: u64 = 2560;
 /// What the proxy's RSS may gain per connection waiting for its header (a spawned
 /// connection task is allocated whole, so this is mostly the task's size).
 const PENDING_CONNECTION_MAX_BYTES: u64 = 6 * 1024;
