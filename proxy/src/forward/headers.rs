@@ -175,15 +175,13 @@ pub(super) fn prepare_request(
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }
     identity(headers, downstream, trusted, options.forwarded_header)?;
+    // The upstream's own name when the route asks for it, or when the client named none.
     let host = match (options.host, downstream.host) {
-        (HostHeader::Upstream, _) => Some(authority.as_str()),
-        (HostHeader::Original, host) => host,
+        (HostHeader::Original, Some(host)) => host,
+        _ => authority.as_str(),
     };
-    match host {
-        Some(host) => headers.insert(header::HOST, host_value(headers, &header::HOST, host)?),
-        // The client named no host: the upstream client library sends the upstream's.
-        None => headers.remove(header::HOST),
-    };
+    let host = host_value(headers, &header::HOST, host)?;
+    headers.insert(header::HOST, host);
     if options.upgrade_insecure_requests {
         headers
             .entry(header::UPGRADE_INSECURE_REQUESTS)

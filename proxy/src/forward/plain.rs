@@ -10,7 +10,6 @@
 //! skipped at checkout; a request a dead connection refused unsent goes once more, on a new
 //! connection.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
@@ -18,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::Authority;
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{Request, Response, Uri};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -79,7 +78,7 @@ struct Inner<B> {
 #[derive(Debug)]
 struct IdleLists<B> {
     /// Per upstream, most recently used last. Few upstreams, so a list, not a map.
-    by_upstream: Vec<(Authority, VecDeque<Idle<B>>)>,
+    by_upstream: Vec<(Authority, Vec<Idle<B>>)>,
     reaper_started: bool,
 }
 
@@ -112,17 +111,12 @@ impl<B: PoolBody> PlainPool<B> {
     ) -> Result<(Response<Incoming>, GiveBack<B>), PlainError> {
         let uri = request.uri().clone();
         let authority = uri.authority().cloned().ok_or(PlainError::NoAuthority)?;
-        // HTTP/1.1 to an origin server: the request line carries the path only, and the
-        // Host header the authority (a client that named none gets the upstream's).
+        // HTTP/1.1 to an origin server: the request line carries the path only (the Host
+        // header, set by `headers::prepare_request`, names the server).
         *request.uri_mut() = uri
             .path_and_query()
             .cloned()
             .map_or_else(Uri::default, Uri::from);
-        if !request.headers().contains_key(header::HOST) {
-            let host = HeaderValue::from_str(authority.as_str())
-                .map_err(|e| PlainError::Connect(e.into()))?;
-            request.headers_mut().insert(header::HOST, host);
-        }
         let mut fresh = false;
         loop {
             let idle = if fresh {
@@ -162,7 +156,7 @@ impl<B: PoolBody> PlainPool<B> {
             let idle = {
                 let mut lists = self.inner.lock();
                 let (_, list) = lists.by_upstream.iter_mut().find(|(a, _)| a == authority)?;
-                list.pop_back()?
+                list.pop()?
             };
             if idle.since.elapsed() > self.inner.idle_timeout || idle.sender.is_closed() {
                 continue;
@@ -268,10 +262,8 @@ impl<B> GiveBack<B> {
             .iter_mut()
             .find(|(a, _)| *a == self.authority)
         {
-            Some((_, list)) => list.push_back(idle),
-            None => lists
-                .by_upstream
-                .push((self.authority.clone(), VecDeque::from([idle]))),
+            Some((_, list)) => list.push(idle),
+            None => lists.by_upstream.push((self.authority.clone(), vec![idle])),
         }
     }
 }

@@ -223,42 +223,26 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
 /// (loopback delivery runs on the sending CPU).
 fn measure(load: Load, target: Target, seconds: u64, scratch: &Scratch) -> Result<Sample> {
     let argv = load.command(target, seconds, scratch);
-    let busy_before = cpu_busy_ticks(PROXY_CPU)?;
+    let busy_before = proxy_cpu_busy_ticks()?;
     let out = run_bounded(&argv, Duration::from_secs(seconds) + OVERRUN)?;
-    let busy = cpu_busy_ticks(PROXY_CPU)?.saturating_sub(busy_before);
+    let busy = proxy_cpu_busy_ticks()?.saturating_sub(busy_before);
     let mut sample = match load {
         Load::H2 => parse_h2load(&out, &scratch.path.join("h2load.log"))?,
         _ => parse_wrk(&out)?,
     };
     let requests = sample.rps * seconds as f64;
-    sample.cpu_us = busy as f64 * 1e6 / USER_HZ / requests.max(1.0);
+    sample.cpu_us = busy as f64 * 1e6 / procs::USER_HZ / requests.max(1.0);
     Ok(sample)
 }
 
-/// The kernel's clock ticks per second in `/proc/stat` (USER_HZ, 100 on Linux).
-const USER_HZ: f64 = 100.0;
-
-/// Ticks `cpu` spent busy (user, nice, system, irq, softirq, steal) since boot.
-fn cpu_busy_ticks(cpu: &str) -> Result<u64> {
-    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let label = format!("cpu{cpu}");
-    let line = stat
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some(label.as_str()))
-        .with_context(|| format!("no `{label}` line in /proc/stat"))?;
-    let fields: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(|f| {
-            f.parse::<u64>()
-                .with_context(|| format!("/proc/stat field `{f}`"))
-        })
-        .collect::<Result<_>>()?;
-    // user nice system idle iowait irq softirq steal ...
-    Ok([0, 1, 2, 5, 6, 7]
-        .iter()
-        .filter_map(|&i| fields.get(i))
-        .sum())
+/// Ticks [`PROXY_CPU`] has spent busy since boot.
+fn proxy_cpu_busy_ticks() -> Result<u64> {
+    let cpu: usize = PROXY_CPU.parse().context("PROXY_CPU is a CPU number")?;
+    let times = procs::cpu_times()?;
+    let proxy = times
+        .get(cpu)
+        .with_context(|| format!("no cpu{cpu} line in /proc/stat"))?;
+    Ok(proxy.busy)
 }
 
 /// Runs `argv` to completion, killing it if it outlives `limit`; returns its stdout.

@@ -227,6 +227,48 @@ impl Drop for Scratch {
     }
 }
 
+/// The unit of the times in /proc/stat and /proc/PID/stat: USER_HZ, 100 per second on
+/// Linux (x86, arm64).
+pub const USER_HZ: f64 = 100.0;
+
+/// One CPU's times since boot, in USER_HZ ticks, from its `cpuN` line of /proc/stat.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuTimes {
+    /// user, nice, system, irq, softirq and steal: everything but idle and iowait.
+    pub busy: u64,
+    pub softirq: u64,
+}
+
+/// The times of each CPU, `cpu0` first. Kernel times are sampled at the timer tick: read
+/// them as deltas over whole seconds.
+pub fn cpu_times() -> Result<Vec<CpuTimes>> {
+    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let times: Vec<CpuTimes> = text
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| {
+            // user nice system idle iowait irq softirq steal ...
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .skip(1)
+                .map(str::parse)
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("unexpected /proc/stat line `{l}`"))?;
+            let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = f[..] else {
+                bail!("too few columns in /proc/stat line `{l}`");
+            };
+            Ok(CpuTimes {
+                busy: user + nice + system + irq + softirq + steal,
+                softirq,
+            })
+        })
+        .collect::<Result<_>>()?;
+    if times.is_empty() {
+        bail!("no cpuN lines in /proc/stat");
+    }
+    Ok(times)
+}
+
 /// Resident memory of `pid` in KiB (VmRSS from /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
@@ -246,4 +288,21 @@ pub fn children(pid: u32) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_times_reads_every_cpu_of_this_machine() {
+        let times = cpu_times().expect("/proc/stat parses");
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert!(
+            times.len() >= cpus,
+            "{} cpuN lines for {cpus} CPUs",
+            times.len()
+        );
+        assert!(times.iter().all(|t| t.busy >= t.softirq));
+    }
 }

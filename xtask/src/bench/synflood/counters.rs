@@ -13,9 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::bench::netns::Netns;
+use crate::bench::procs::{self, USER_HZ};
 
-/// The unit of /proc/stat and /proc/PID/stat times: 100 per second on Linux (x86, arm64).
-const USER_HZ: f64 = 100.0;
 /// Bound on one metrics scrape.
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -58,7 +57,7 @@ impl Snapshot {
     pub fn take(net: &Netns, proxy_pid: u32, drops: &DropCount) -> Result<Snapshot> {
         Ok(Snapshot {
             at: Instant::now(),
-            softirq: softirq_ticks()?,
+            softirq: procs::cpu_times()?.iter().map(|t| t.softirq).collect(),
             proxy: process_ticks(proxy_pid)?,
             dropped: drops.read()?,
             lost: softnet_dropped()?
@@ -105,25 +104,6 @@ impl Window {
     pub fn softirq_total(&self) -> f64 {
         self.softirq.iter().sum()
     }
-}
-
-/// Softirq ticks of each CPU (the seventh value of each `cpuN` line).
-fn softirq_ticks() -> Result<Vec<u64>> {
-    let text = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    let ticks: Vec<u64> = text
-        .lines()
-        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
-        .map(|l| {
-            l.split_whitespace()
-                .nth(7)
-                .and_then(|v| v.parse().ok())
-                .with_context(|| format!("no softirq column in /proc/stat line `{l}`"))
-        })
-        .collect::<Result<_>>()?;
-    if ticks.is_empty() {
-        bail!("no cpuN lines in /proc/stat");
-    }
-    Ok(ticks)
 }
 
 /// utime + stime of `pid`, all threads, in ticks.
