@@ -12,6 +12,60 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::warn;
 
+/// What a connection or a request waited for too long (the `kind` label of
+/// `trustgate_timeouts_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeoutKind {
+    /// No complete request head within `request_header_timeout`.
+    RequestHeader,
+    /// Idle past `keepalive_timeout`.
+    Keepalive,
+    /// A request body paused past `request_body_timeout`.
+    RequestBody,
+    /// An upstream's response head or body paused past `upstream_read_timeout`.
+    UpstreamRead,
+    /// A client took no bytes for `send_timeout`.
+    Send,
+    /// A tunnel carried no byte for `tunnel_idle_timeout`.
+    TunnelIdle,
+}
+
+impl TimeoutKind {
+    pub const ALL: [TimeoutKind; 6] = [
+        TimeoutKind::RequestHeader,
+        TimeoutKind::Keepalive,
+        TimeoutKind::RequestBody,
+        TimeoutKind::UpstreamRead,
+        TimeoutKind::Send,
+        TimeoutKind::TunnelIdle,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            TimeoutKind::RequestHeader => "request_header",
+            TimeoutKind::Keepalive => "keepalive",
+            TimeoutKind::RequestBody => "request_body",
+            TimeoutKind::UpstreamRead => "upstream_read",
+            TimeoutKind::Send => "send",
+            TimeoutKind::TunnelIdle => "tunnel_idle",
+        }
+    }
+}
+
+/// Timeouts by kind, counted where they happen (the listener and the forwarder share one).
+#[derive(Debug, Default)]
+pub struct TimeoutCounts([AtomicU64; TimeoutKind::ALL.len()]);
+
+impl TimeoutCounts {
+    pub fn bump(&self, kind: TimeoutKind) {
+        self.0[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, kind: TimeoutKind) -> u64 {
+        self.0[kind as usize].load(Ordering::Relaxed)
+    }
+}
+
 /// How often the refusal summary may be logged.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 

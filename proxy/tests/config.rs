@@ -11,8 +11,8 @@ use http::header::HeaderName;
 use ipnet::IpNet;
 use proxy::config::{
     self, App, AppTls, Config, ConfigError, HostHeader, KernelFilterConfig, KernelFilterMode,
-    Limits, Listeners, LoadBalance, LoadOptions, ProxyProtocolConfig, Route, TlvField, TlvHeader,
-    Upstream, UpstreamHttp, UpstreamOptions, Warning, WarningKind, XdpMode,
+    Limits, Listeners, LoadBalance, LoadOptions, ProxyProtocolConfig, Route, Timeouts, TlvField,
+    TlvHeader, Upstream, UpstreamHttp, UpstreamOptions, Warning, WarningKind, XdpMode,
 };
 use proxy::proxy_protocol::Version;
 use proxy::trust::TrustList;
@@ -277,6 +277,15 @@ fn every_supported_key_is_parsed_to_its_value() {
             max_clients_per_ip: Some(20),
             request_max_body_size: Some(10 * 1024 * 1024),
             connection_handling_timeout: Some(Duration::from_secs(30)),
+        },
+        timeouts: Timeouts {
+            request_header: Duration::from_secs(30),
+            keepalive: Duration::from_millis(15_500),
+            request_body: Duration::from_secs(20),
+            upstream_connect: Duration::from_secs(3),
+            upstream_read: Duration::from_secs(90),
+            send: Duration::from_secs(45),
+            tunnel_idle: Some(Duration::from_secs(600)),
         },
         trusted_forwarded_proxies: nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]),
         redact_query_in_access_log: true,

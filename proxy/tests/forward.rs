@@ -154,11 +154,7 @@ async fn upstream_without_a_response_head_in_time_is_a_504() {
         }
     })
     .await;
-    let options = ForwardOptions {
-        response_timeout: Duration::from_millis(200),
-        ..ForwardOptions::default()
-    };
-    let p = proxy_with(&config("", &[silent], ""), options).await;
+    let p = proxy(&config("upstream_read_timeout = 0.2", &[silent], "")).await;
     let response = send(p.addr, get("/")).await;
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(p.forwarder.stats().upstream_timeouts, 1);

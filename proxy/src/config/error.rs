@@ -162,6 +162,10 @@ pub enum ValueError {
     BadSocketAddr,
     #[error("this port is also a proxy listen port on an overlapping address: pick another")]
     PortTaken,
+    #[error("must be more than 0: every wait is bounded (write seconds, such as 60 or 0.5)")]
+    ZeroTimeout,
+    #[error("not a timeout: write seconds from 0.001 to 86400, such as 60 or 0.5")]
+    BadTimeout,
     #[error("must start with \"/\"")]
     PathNotAbsolute,
     #[error("must not be empty")]

@@ -25,6 +25,14 @@ pub(crate) struct ConfigFile {
     pub trusted_forwarded_proxies: Option<OneOrMany>,
     pub request_max_body_size: Option<BodySize>,
     pub redact_query_in_access_log: Option<bool>,
+    /// trustgate's own keys: how long each wait may last (see `validate::timeouts`).
+    pub request_header_timeout: Option<Seconds>,
+    pub keepalive_timeout: Option<Seconds>,
+    pub request_body_timeout: Option<Seconds>,
+    pub upstream_connect_timeout: Option<Seconds>,
+    pub upstream_read_timeout: Option<Seconds>,
+    pub send_timeout: Option<Seconds>,
+    pub tunnel_idle_timeout: Option<Seconds>,
     pub default_app: Option<String>,
     pub apps: Option<BTreeMap<String, AppFile>>,
     pub experimental: Option<ExperimentalFile>,
@@ -60,6 +68,14 @@ impl OneOrMany {
 pub(crate) enum BodySize {
     Bytes(i64),
     Text(String),
+}
+
+/// A duration in seconds: a whole number, or a fraction (`0.5`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Seconds {
+    Whole(i64),
+    Fraction(f64),
 }
 
 /// `[apps.NAME]`.

@@ -91,6 +91,7 @@ pub struct Config {
     pub source: PathBuf,
     pub listeners: Listeners,
     pub limits: Limits,
+    pub timeouts: Timeouts,
     /// Peers whose `X-Forwarded-For`/`Forwarded` headers are believed (rpxy's
     /// `trusted_forwarded_proxies`). Empty: such headers are rebuilt from the client
     /// address. Provider names are not expanded (see [`WarningKind::ProviderIgnored`]).
@@ -150,6 +151,30 @@ pub struct Limits {
     pub request_max_body_size: Option<u64>,
     /// Hard limit on a connection's life, idle or not; `None`: no limit.
     pub connection_handling_timeout: Option<Duration>,
+}
+
+/// How long each wait may last. Every one is bounded: only the tunnel's can be turned
+/// off. Defaults are nginx's where it has the same wait (see `validate::timeouts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the start of HTTP (after the PROXY header and TLS), and from the first byte of
+    /// each later request, to the end of the request head (nginx `client_header_timeout`).
+    pub request_header: Duration,
+    /// An idle connection between requests: HTTP/1.1 keep-alive, or h2 with no open stream
+    /// (nginx `keepalive_timeout`).
+    pub keepalive: Duration,
+    /// Between two reads of a request body (nginx `client_body_timeout`).
+    pub request_body: Duration,
+    /// Connecting to an upstream.
+    pub upstream_connect: Duration,
+    /// From the end of the request body to the upstream's response head, and between two
+    /// reads of the upstream's body (nginx `proxy_read_timeout`).
+    pub upstream_read: Duration,
+    /// A write to the client that makes no progress: a socket that takes nothing, or an h2
+    /// stream whose window stays shut (nginx `send_timeout`).
+    pub send: Duration,
+    /// An upgraded connection (WebSocket) with no byte in either direction; `None`: never.
+    pub tunnel_idle: Option<Duration>,
 }
 
 /// One `[apps.NAME]`.

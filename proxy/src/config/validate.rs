@@ -8,6 +8,7 @@ mod apps;
 mod net;
 mod proxy_protocol;
 mod routes;
+mod timeouts;
 mod tlv_headers;
 
 use std::fmt::Debug;
@@ -38,6 +39,7 @@ pub(crate) fn validate(
         warnings,
     };
     let (listeners, ports) = listeners(&mut cx, &file)?;
+    let timeouts = timeouts::timeouts(&cx, &file)?;
     let experimental = file.experimental.unwrap_or_default();
     if experimental.ignore_sni_consistency == Some(true) {
         cx.warn(
@@ -98,6 +100,7 @@ pub(crate) fn validate(
         source: path.to_owned(),
         listeners,
         limits,
+        timeouts,
         trusted_forwarded_proxies,
         redact_query_in_access_log: file.redact_query_in_access_log.unwrap_or(false),
         apps,

@@ -1,16 +1,23 @@
-//! The request body on its way upstream: streamed frame by frame, never collected; cut
-//! off with an error once it passes `request_max_body_size` (which the caller turns into
-//! a 413); and reporting when it has been sent whole or abandoned, which starts the
-//! upstream response timeout.
+//! The bodies in both directions, each bounded in time. The request body on its way
+//! upstream: streamed frame by frame, never collected; cut off with an error once it
+//! passes `request_max_body_size` (which the caller turns into a 413) or pauses longer
+//! than `request_body_timeout` (a 408); and reporting when it has been sent whole or
+//! abandoned, which starts the upstream response timeout. The upstream's response body
+//! on its way down ([`UpstreamBody`]): ended with an error when it pauses longer than
+//! `upstream_read_timeout`, which hyper turns into a cut-short response.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+
+use crate::metrics::{TimeoutCounts, TimeoutKind};
 
 /// Why the request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +26,51 @@ pub(super) enum RequestBodyError {
     TooLarge { limit: u64 },
     #[error("reading the request body from the client failed")]
     Read(#[source] hyper::Error),
+    #[error("the client sent no more of its request body for {0:?} (request_body_timeout)")]
+    TimedOut(Duration),
+}
+
+/// A body that must not pause for longer than `limit` between two frames. The timer is
+/// made on the first pause only: most bodies never pause.
+#[derive(Debug)]
+struct Pause {
+    limit: Duration,
+    /// When the last frame came (or the body was first polled).
+    last: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl Pause {
+    fn new(limit: Duration) -> Pause {
+        Pause {
+            limit,
+            last: None,
+            sleep: None,
+        }
+    }
+
+    /// A frame came (or the body ended): the next pause starts now.
+    fn progressed(&mut self) {
+        self.last = None;
+    }
+
+    /// The body returned `Pending`: whether it has now paused for longer than the limit.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let last = *self.last.get_or_insert_with(Instant::now);
+        let deadline = last + self.limit;
+        let sleep = match &mut self.sleep {
+            Some(sleep) => {
+                if sleep.deadline() != deadline {
+                    sleep.as_mut().reset(deadline);
+                }
+                sleep
+            }
+            None => self
+                .sleep
+                .insert(Box::pin(tokio::time::sleep_until(deadline))),
+        };
+        sleep.as_mut().poll(cx).is_ready()
+    }
 }
 
 /// The client's body, as sent upstream.
@@ -28,6 +80,7 @@ pub(super) struct RequestBody {
     limit: Option<u64>,
     seen: u64,
     over: OverLimit,
+    pause: Pause,
     /// Fired (or dropped, which the receiver sees the same way) once the body has ended,
     /// failed, or been dropped by the upstream client.
     done: Option<oneshot::Sender<()>>,
@@ -56,7 +109,12 @@ impl OverLimit {
 }
 
 impl RequestBody {
-    pub(super) fn new(inner: Incoming, limit: Option<u64>) -> (RequestBody, BodyWatch) {
+    /// `inner`, at most `limit` bytes long, pausing at most `timeout` between frames.
+    pub(super) fn new(
+        inner: Incoming,
+        limit: Option<u64>,
+        timeout: Duration,
+    ) -> (RequestBody, BodyWatch) {
         let (tx, rx) = oneshot::channel();
         let over = OverLimit::default();
         let mut body = RequestBody {
@@ -64,6 +122,7 @@ impl RequestBody {
             limit,
             seen: 0,
             over: over.clone(),
+            pause: Pause::new(timeout),
             done: Some(tx),
         };
         if body.inner.is_end_stream() {
@@ -90,8 +149,13 @@ impl Body for RequestBody {
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
         let Poll::Ready(polled) = Pin::new(&mut this.inner).poll_frame(cx) else {
+            if this.pause.expired(cx) {
+                this.finish();
+                return Poll::Ready(Some(Err(RequestBodyError::TimedOut(this.pause.limit))));
+            }
             return Poll::Pending;
         };
+        this.pause.progressed();
         match polled {
             None => {
                 this.finish();
@@ -123,5 +187,101 @@ impl Body for RequestBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Why the body sent to the client ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseBodyError {
+    #[error("reading the response body from the upstream failed")]
+    Upstream(#[source] hyper::Error),
+    #[error("the upstream sent no more of its response body for {0:?} (upstream_read_timeout)")]
+    TimedOut(Duration),
+}
+
+/// An upstream's response body, ended with [`ResponseBodyError::TimedOut`] when it pauses
+/// for longer than `upstream_read_timeout` (counted).
+#[derive(Debug)]
+pub(super) struct UpstreamBody<B = Incoming> {
+    inner: B,
+    pause: Pause,
+    counts: Arc<TimeoutCounts>,
+}
+
+impl<B> UpstreamBody<B> {
+    pub(super) fn new(inner: B, timeout: Duration, counts: Arc<TimeoutCounts>) -> Self {
+        UpstreamBody {
+            inner,
+            pause: Pause::new(timeout),
+            counts,
+        }
+    }
+}
+
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body<Data = Bytes, Error = hyper::Error> + Unpin,
+{
+    type Data = Bytes;
+    type Error = ResponseBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending if this.pause.expired(cx) => {
+                this.counts.bump(TimeoutKind::UpstreamRead);
+                Poll::Ready(Some(Err(ResponseBodyError::TimedOut(this.pause.limit))))
+            }
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(polled) => {
+                this.pause.progressed();
+                Poll::Ready(polled.map(|r| r.map_err(ResponseBodyError::Upstream)))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use futures_util::StreamExt;
+    use http_body_util::{BodyExt, StreamBody};
+
+    use super::*;
+
+    /// A body that yields one frame, then nothing, ever.
+    fn stalled() -> impl Body<Data = Bytes, Error = Infallible> + Unpin {
+        let frames = futures_util::stream::iter([Ok(Frame::data(Bytes::from_static(b"ab")))])
+            .chain(futures_util::stream::pending());
+        StreamBody::new(Box::pin(frames))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_longer_than_the_limit_ends_the_body() {
+        let mut pause = Pause::new(Duration::from_secs(60));
+        let mut body = std::pin::pin!(stalled());
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "ab");
+        pause.progressed();
+        let t0 = Instant::now();
+        let ended = std::future::poll_fn(|cx| match body.as_mut().poll_frame(cx) {
+            Poll::Pending if pause.expired(cx) => Poll::Ready(()),
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => panic!("the stalled body yielded"),
+        });
+        ended.await;
+        assert_eq!(Instant::now() - t0, Duration::from_secs(60));
     }
 }

@@ -32,29 +32,26 @@ use hyper::body::{Body, Incoming};
 use rustls::RootCertStore;
 use tracing::{debug, warn};
 
-use crate::config::Config;
+use crate::config::{Config, Timeouts};
+use crate::metrics::{TimeoutCounts, TimeoutKind};
 use crate::proxy_protocol::{self, ProxyInfo};
 use crate::trust::TrustList;
 use access::{AccessBody, AccessRecord};
-use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError};
+use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError, UpstreamBody};
 use client::{Bounds, UpstreamClient, UpstreamError};
 use headers::Downstream;
 use plain::{GiveBack, PooledBody};
 use route::{Refusal, Router, Target};
 
 pub use access::ACCESS_TARGET;
+pub use body::ResponseBodyError as BodyError;
 pub use client::ConnPools;
 pub(crate) use headers::is_managed;
 pub use route::RouteError;
 
 /// The response body type: the upstream's body, or the proxy's own, streamed.
-pub type ProxyBody = BoxBody<Bytes, hyper::Error>;
+pub type ProxyBody = BoxBody<Bytes, BodyError>;
 
-/// How long connecting to an upstream may take before the request gets a 502.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long an upstream may take to send the response head, counted from the end of the
-/// request body, before the request gets a 504 (nginx's `proxy_read_timeout` default).
-pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long an idle upstream connection stays pooled (rpxy's `UPSTREAM_IDLE_TIMEOUT_SEC`).
 pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// At most one warning per this period about failing upstreams; the rest go to debug.
@@ -96,8 +93,6 @@ impl ConnContext {
 /// Settings the config file does not carry.
 #[derive(Clone, Debug)]
 pub struct ForwardOptions {
-    pub connect_timeout: Duration,
-    pub response_timeout: Duration,
     pub pool_idle_timeout: Duration,
     /// Verify TLS upstreams against these roots instead of the Mozilla roots.
     pub upstream_roots: Option<RootCertStore>,
@@ -106,8 +101,6 @@ pub struct ForwardOptions {
 impl Default for ForwardOptions {
     fn default() -> Self {
         ForwardOptions {
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             upstream_roots: None,
         }
@@ -142,6 +135,8 @@ struct Counters {
     upstream_errors: AtomicU64,
     upstream_timeouts: AtomicU64,
     bodies_too_large: AtomicU64,
+    /// Every timeout of the process by kind, the listener's included.
+    timeouts: Arc<TimeoutCounts>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -155,6 +150,7 @@ pub struct Forwarder {
     client: UpstreamClient,
     trusted: TrustList,
     body_limit: Option<u64>,
+    timeouts: Timeouts,
     redact_query: bool,
     /// Shared with the forwarder this one replaced on reload, so counts never go back.
     counters: Arc<Counters>,
@@ -207,8 +203,8 @@ impl Forwarder {
         options: ForwardOptions,
     ) -> Result<Forwarder, ForwardError> {
         let bounds = Bounds {
-            connect: options.connect_timeout,
-            response: options.response_timeout,
+            connect: config.timeouts.upstream_connect,
+            response: config.timeouts.upstream_read,
             pool_idle: options.pool_idle_timeout,
         };
         Ok(Forwarder {
@@ -216,6 +212,7 @@ impl Forwarder {
             client: UpstreamClient::new(bounds, options.upstream_roots)?,
             trusted: config.trusted_forwarded_proxies.clone(),
             body_limit: config.limits.request_max_body_size,
+            timeouts: config.timeouts,
             redact_query: config.redact_query_in_access_log,
             counters: Arc::default(),
             upstream_warning: Throttle::new(UPSTREAM_WARN_PERIOD),
@@ -228,6 +225,11 @@ impl Forwarder {
         let mut next = Forwarder::new(config)?;
         next.counters = Arc::clone(&previous.counters);
         Ok(next)
+    }
+
+    /// Timeouts by kind, shared by every forwarder of this process and its listener.
+    pub fn timeouts(&self) -> &Arc<TimeoutCounts> {
+        &self.counters.timeouts
     }
 
     /// Counts since the first forwarder of this process was built.
@@ -258,9 +260,10 @@ impl Forwarder {
                 )
             });
         let response = match self.forward(req, conn, record.as_mut()).await {
-            Ok((response, give_back)) => response.map(|body| match give_back {
-                Some(give_back) => PooledBody::new(body, Some(give_back)).boxed(),
-                None => body.boxed(),
+            Ok((response, give_back)) => response.map(|body| {
+                let read = self.timeouts.upstream_read;
+                let body = UpstreamBody::new(body, read, Arc::clone(&self.counters.timeouts));
+                PooledBody::new(body, give_back).boxed()
             }),
             Err(answer) => answer
                 .response()
@@ -357,7 +360,8 @@ impl Forwarder {
         })?;
         let tlvs = conn.proxy.as_ref().map(|p| p.tlvs()).unwrap_or_default();
         tlv::apply(&mut headers, &app.tlv_headers, tlvs);
-        let (body, BodyWatch { done, over }) = RequestBody::new(body, self.body_limit);
+        let (body, BodyWatch { done, over }) =
+            RequestBody::new(body, self.body_limit, self.timeouts.request_body);
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
@@ -387,7 +391,16 @@ impl Forwarder {
                 debug!(upstream = %target.authority, "upstream switched to another protocol");
                 return Err(Answer::Status(StatusCode::BAD_GATEWAY));
             }
-            upgrade::tunnel(client_upgrade, &mut response, target.authority.to_string());
+            let idle = self.timeouts.tunnel_idle.map(|limit| upgrade::Idle {
+                limit,
+                counts: Arc::clone(&self.counters.timeouts),
+            });
+            upgrade::tunnel(
+                client_upgrade,
+                &mut response,
+                target.authority.to_string(),
+                idle,
+            );
         }
         headers::prepare_response(response.headers_mut(), switching);
         Ok((response, give_back))
@@ -404,15 +417,25 @@ impl Forwarder {
         let status = match error {
             UpstreamError::Timeout(_) => {
                 bump(&self.counters.upstream_timeouts);
+                self.counters.timeouts.bump(TimeoutKind::UpstreamRead);
                 StatusCode::GATEWAY_TIMEOUT
             }
-            UpstreamError::Request(_) | UpstreamError::Plain(_) if client_body_failed(error) => {
-                debug!(upstream = %target.authority, error = ?error, "client request body failed");
-                return Answer::Status(StatusCode::BAD_REQUEST);
-            }
             UpstreamError::Request(_) | UpstreamError::Plain(_) => {
-                bump(&self.counters.upstream_errors);
-                StatusCode::BAD_GATEWAY
+                match client_body_failed(error) {
+                    Some(ClientBody::TimedOut) => {
+                        self.counters.timeouts.bump(TimeoutKind::RequestBody);
+                        debug!(upstream = %target.authority, error = ?error, "client request body timed out");
+                        return Answer::Status(StatusCode::REQUEST_TIMEOUT);
+                    }
+                    Some(ClientBody::Failed) => {
+                        debug!(upstream = %target.authority, error = ?error, "client request body failed");
+                        return Answer::Status(StatusCode::BAD_REQUEST);
+                    }
+                    None => {
+                        bump(&self.counters.upstream_errors);
+                        StatusCode::BAD_GATEWAY
+                    }
+                }
             }
         };
         debug!(upstream = %target.authority, error = ?error, "upstream request failed");
@@ -430,16 +453,26 @@ impl Forwarder {
     }
 }
 
-/// Whether an upstream error started with reading the client's body.
-fn client_body_failed(error: &UpstreamError) -> bool {
+/// How the client's body failed an upstream request.
+enum ClientBody {
+    Failed,
+    TimedOut,
+}
+
+/// Whether an upstream error started with reading the client's body, and how.
+fn client_body_failed(error: &UpstreamError) -> Option<ClientBody> {
     let mut source = error.source();
     while let Some(e) = source {
         if let Some(body) = e.downcast_ref::<RequestBodyError>() {
-            return matches!(body, RequestBodyError::Read(_));
+            return match body {
+                RequestBodyError::Read(_) => Some(ClientBody::Failed),
+                RequestBodyError::TimedOut(_) => Some(ClientBody::TimedOut),
+                RequestBodyError::TooLarge { .. } => None,
+            };
         }
         source = e.source();
     }
-    false
+    None
 }
 
 /// Lets one event through per period.

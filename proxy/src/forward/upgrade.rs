@@ -1,13 +1,32 @@
 //! HTTP/1.1 `Upgrade` (WebSocket) tunnelling: recognising an upgrade request, and, once
 //! the upstream has answered 101 with the protocol asked for, splicing the two upgraded
-//! connections together with `copy_bidirectional` in a task of its own. The listener
+//! connections together with `copy_bidirectional` in a task of its own, closed on both
+//! sides once no byte has crossed it either way for `tunnel_idle_timeout`. The listener
 //! serves connections `with_upgrades()`, or the client side never completes.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Response, Version, header};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
 use tracing::debug;
+
+use crate::metrics::{TimeoutCounts, TimeoutKind};
+
+/// How long a tunnel may carry nothing, and where its closing is counted.
+#[derive(Debug)]
+pub(super) struct Idle {
+    pub(super) limit: Duration,
+    pub(super) counts: Arc<TimeoutCounts>,
+}
 
 /// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade` value, when its
 /// `Connection` names `upgrade`. HTTP/2 has no `Upgrade`.
@@ -36,9 +55,15 @@ pub(super) fn matches(asked: &HeaderValue, response: &Response<Incoming>) -> boo
 }
 
 /// Splices the client's and the upstream's upgraded connections once both complete; the
-/// task ends when either side closes. Failures are the two peers' business: logged at
-/// debug only.
-pub(super) fn tunnel(client: OnUpgrade, upstream: &mut Response<Incoming>, who: String) {
+/// task ends when either side closes, or when `idle` says the tunnel has been silent too
+/// long (both connections are then dropped: closed). Failures are the two peers'
+/// business: logged at debug only.
+pub(super) fn tunnel(
+    client: OnUpgrade,
+    upstream: &mut Response<Incoming>,
+    who: String,
+    idle: Option<Idle>,
+) {
     let upstream = hyper::upgrade::on(upstream);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
@@ -48,13 +73,102 @@ pub(super) fn tunnel(client: OnUpgrade, upstream: &mut Response<Incoming>, who: 
                 return;
             }
         };
-        let mut client = TokioIo::new(client);
-        let mut upstream = TokioIo::new(upstream);
-        match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-            Ok((up, down)) => debug!(upstream = %who, up, down, "tunnel closed"),
-            Err(error) => debug!(upstream = %who, %error, "tunnel failed"),
+        let epoch = Instant::now();
+        let last = Arc::new(AtomicU64::new(0));
+        let mut client = Touched::new(TokioIo::new(client), epoch, &last);
+        let mut upstream = Touched::new(TokioIo::new(upstream), epoch, &last);
+        let copied = tokio::io::copy_bidirectional(&mut client, &mut upstream);
+        let Some(idle) = idle else {
+            return closed(&who, copied.await);
+        };
+        tokio::select! {
+            copied = copied => closed(&who, copied),
+            () = silence(epoch, &last, idle.limit) => {
+                idle.counts.bump(TimeoutKind::TunnelIdle);
+                debug!(upstream = %who, tunnel_idle_timeout = ?idle.limit, "tunnel idle: closed");
+            }
         }
     });
+}
+
+fn closed(who: &str, copied: io::Result<(u64, u64)>) {
+    match copied {
+        Ok((up, down)) => debug!(upstream = %who, up, down, "tunnel closed"),
+        Err(error) => debug!(upstream = %who, %error, "tunnel failed"),
+    }
+}
+
+/// Completes once `limit` has passed since `last` (milliseconds after `epoch`) moved.
+async fn silence(epoch: Instant, last: &AtomicU64, limit: Duration) {
+    loop {
+        let since = epoch + Duration::from_millis(last.load(Ordering::Relaxed));
+        let deadline = since + limit;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// One side of a tunnel, noting in `last` when a byte last crossed it either way.
+struct Touched<S> {
+    inner: S,
+    epoch: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<S> Touched<S> {
+    fn new(inner: S, epoch: Instant, last: &Arc<AtomicU64>) -> Self {
+        Touched {
+            inner,
+            epoch,
+            last: Arc::clone(last),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Touched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            this.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Touched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
 }
 
 #[cfg(test)]

@@ -14,21 +14,27 @@ use std::time::Duration;
 
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
+use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked};
 use super::{Protocol, Runtime, Server};
+use crate::config::Timeouts;
 use crate::forward::{ConnContext, ConnPools};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TimeoutCounts, TimeoutKind};
 use crate::proxy_protocol::{self, Rewind, read_header};
 use crate::trust::normalize;
 
 /// How long a client may take over the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an h2 connection may be silent before it is sent a PING, and how long the
+/// PING's answer may take: a peer that is gone is noticed even while streams wait.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
 /// What an h2 connection starts with (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The most read at once while telling h2 from HTTP/1.1: a whole ordinary request head,
@@ -220,8 +226,10 @@ where
 }
 
 /// Serves HTTP/1.1 (with upgrades) or h2 on one connection: `http`, else what [`sniff`]
-/// finds. When `stop` turns true, the connection finishes its in-flight requests and closes
-/// (h2 GOAWAY, HTTP/1.1 `Connection: close` after the current response); one still
+/// finds. Every wait is bounded (see `clock`): the request head, keep-alive and h2 idle
+/// by the watchdog, writes by [`Timed`], h2 streams by [`StreamExec`], bodies by the
+/// forwarder. When `stop` turns true, the connection finishes its in-flight requests and
+/// closes (h2 GOAWAY, HTTP/1.1 `Connection: close` after the current response); one still
 /// waiting for its first bytes closes at once. `connection_handling_timeout` bounds it all.
 async fn serve_http<S>(
     stream: S,
@@ -232,6 +240,9 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let timeouts = runtime.timeouts;
+    let counts = Arc::clone(runtime.forwarder.timeouts());
+    let activity = Activity::new();
     let deadline = runtime
         .limits
         .connection_handling_timeout
@@ -239,8 +250,10 @@ async fn serve_http<S>(
     let (http, stream) = match http {
         Some(http) => (http, Rewind::new(stream, Vec::new(), 0)),
         None => {
+            let first = Instant::now() + timeouts.request_header;
+            let first = deadline.map_or(first, |d| d.min(first));
             let sniffed = tokio::select! {
-                sniffed = within(deadline, sniff(stream)) => sniffed,
+                sniffed = within(Some(first), sniff(stream)) => sniffed,
                 () = stopped(&mut stop) => return,
             };
             match sniffed {
@@ -250,7 +263,8 @@ async fn serve_http<S>(
                     return;
                 }
                 None => {
-                    debug!("connection_handling_timeout reached; closing");
+                    counts.bump(TimeoutKind::RequestHeader);
+                    debug!(client = %ctx.client, "no request before request_header_timeout; closing");
                     return;
                 }
             }
@@ -258,12 +272,31 @@ async fn serve_http<S>(
     };
     let forwarder = Arc::clone(&runtime.forwarder);
     let ctx = Arc::new(ctx);
+    let requests = Arc::clone(&activity);
     let service = service_fn(move |req| {
         let forwarder = Arc::clone(&forwarder);
         let ctx = Arc::clone(&ctx);
-        async move { Ok::<_, Infallible>(forwarder.handle(req, &ctx).await) }
+        let in_flight = requests.begin();
+        async move {
+            let response = forwarder.handle(req, &ctx).await;
+            let clock = StreamClock::current();
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, clock)))
+        }
     });
-    let io = TokioIo::new(stream);
+    let heads = http == Http::One;
+    let io = TokioIo::new(Timed::new(
+        stream,
+        Arc::clone(&activity),
+        heads,
+        timeouts.send,
+        Arc::clone(&counts),
+    ));
+    let watch = Watch {
+        activity,
+        heads,
+        timeouts,
+        counts: Arc::clone(&counts),
+    };
     match http {
         Http::One => {
             let conn = http1::Builder::new()
@@ -274,11 +307,19 @@ async fn serve_http<S>(
                 http1::UpgradeableConnection::graceful_shutdown,
                 deadline,
                 stop,
+                watch,
             )
             .await;
         }
         Http::Two => {
-            let conn = http2::Builder::new(TokioExecutor::new())
+            let exec = StreamExec {
+                send: timeouts.send,
+                counts: Arc::clone(&counts),
+            };
+            let conn = http2::Builder::new(exec)
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(H2_PING_INTERVAL))
+                .keep_alive_timeout(H2_PING_TIMEOUT)
                 .max_concurrent_streams(runtime.limits.max_concurrent_streams)
                 .serve_connection(io, service);
             drive(
@@ -286,6 +327,7 @@ async fn serve_http<S>(
                 http2::Connection::graceful_shutdown,
                 deadline,
                 stop,
+                watch,
             )
             .await;
         }
@@ -300,32 +342,63 @@ async fn within<F: Future>(deadline: Option<Instant>, future: F) -> Option<F::Ou
     }
 }
 
+/// What [`drive`] watches a connection's waits with.
+struct Watch {
+    activity: Arc<Activity>,
+    /// HTTP/1: requests have heads to time.
+    heads: bool,
+    timeouts: Timeouts,
+    counts: Arc<TimeoutCounts>,
+}
+
 /// Runs a server connection to its end, or to `deadline`; when `stop` turns true, starts
-/// its graceful shutdown and lets it finish. The connection comes boxed: each future that
-/// wraps it here would otherwise hold a copy of its space (an h2 connection is 1.5 KB),
-/// making the connection's task several times larger, and slower to move.
+/// its graceful shutdown and lets it finish. When the watchdog finds it idle or its
+/// request head late, ends it: an idle HTTP/1.1 connection is closed, a late head is
+/// answered 408 first, an idle h2 connection gets GOAWAY (both bounded by
+/// `send_timeout`). The connection comes boxed: each future that wraps it here would
+/// otherwise hold a copy of its space (an h2 connection is 1.5 KB), making the
+/// connection's task several times larger, and slower to move.
 async fn drive<C>(
     mut conn: Pin<Box<C>>,
     shutdown: fn(Pin<&mut C>),
     deadline: Option<Instant>,
     mut stop: watch::Receiver<bool>,
+    watch: Watch,
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
+    let t = watch.timeouts;
+    let activity = &*watch.activity;
     let drained = async {
-        tokio::select! {
-            result = conn.as_mut() => result,
+        let expired = tokio::select! {
+            result = conn.as_mut() => return Some(result),
             () = stopped(&mut stop) => {
                 shutdown(conn.as_mut());
-                conn.as_mut().await
+                return Some(conn.as_mut().await);
             }
+            expired = clock::expiry(activity, watch.heads, t.request_header, t.keepalive) => expired,
+        };
+        let kind = match expired {
+            Expiry::Keepalive => TimeoutKind::Keepalive,
+            Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
+        };
+        watch.counts.bump(kind);
+        debug!(
+            timeout = kind.label(),
+            "connection waited too long; closing"
+        );
+        match expired {
+            Expiry::RequestHeader { begun: true } => clock::answer_late_head(activity),
+            _ if watch.heads => return None,
+            _ => shutdown(conn.as_mut()),
         }
+        within(Some(Instant::now() + t.send), conn.as_mut()).await
     };
     let Some(result) = within(deadline, drained).await else {
         debug!("connection_handling_timeout reached; closing");
         return;
     };
-    if let Err(err) = result {
+    if let Some(Err(err)) = result {
         debug!(error = %err, "connection ended with an error");
     }
 }

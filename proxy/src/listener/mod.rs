@@ -5,6 +5,7 @@
 //! errors end their task and are logged once, at debug: outsiders trigger them at will.
 
 mod bind;
+mod clock;
 mod conn;
 
 use std::collections::HashSet;
@@ -23,7 +24,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 pub use bind::{Bound, bind_all};
 use conn::PerIp;
 
-use crate::config::{Config, KernelFilterConfig, Limits};
+use crate::config::{Config, KernelFilterConfig, Limits, Timeouts};
 use crate::forward::{ForwardError, Forwarder};
 use crate::kernel::{Kernel, KernelError};
 use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot, Throttle};
@@ -83,6 +84,7 @@ pub struct Runtime {
     tls: Tls,
     proxy: Option<ProxySettings>,
     limits: Limits,
+    timeouts: Timeouts,
 }
 
 impl Runtime {
@@ -106,6 +108,7 @@ impl Runtime {
                 limits: proxy_protocol::Limits::default(),
             }),
             limits: config.limits.clone(),
+            timeouts: config.timeouts,
         })
     }
 }

@@ -1,0 +1,520 @@
+//! A connection's clock: what it waits for and since when, so that every wait after the
+//! PROXY header is bounded. [`Activity`] counts the requests in flight (the service marks
+//! them, [`InFlight`]) and knows when the connection last went idle; [`Timed`] wraps the
+//! client stream, notes the first byte of each HTTP/1 request head, fails writes that make
+//! no progress for `send_timeout`, and answers 408 when the watchdog ([`expiry`]) finds a
+//! head late. [`StreamExec`] runs h2 streams, ending one whose window stays shut.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+use tracing::debug;
+
+use crate::metrics::{TimeoutCounts, TimeoutKind};
+
+/// What a client is told when its request head came too slowly (RFC 9110 §15.5.9).
+const REQUEST_TIMEOUT_RESPONSE: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n";
+
+/// Milliseconds from `epoch` to now, plus one, so that 0 can mean "not yet".
+fn stamp(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_millis())
+        .unwrap_or(u64::MAX - 1)
+        .saturating_add(1)
+}
+
+/// The instant of a [`stamp`].
+fn at(epoch: Instant, stamp: u64) -> Instant {
+    epoch + Duration::from_millis(stamp.saturating_sub(1))
+}
+
+/// What one client connection is doing, shared by its stream wrapper, its service and its
+/// watchdog.
+#[derive(Debug)]
+pub(super) struct Activity {
+    epoch: Instant,
+    in_flight: AtomicUsize,
+    /// [`stamp`] of the moment the last request ended; 0: none has ended yet.
+    idle_since: AtomicU64,
+    /// [`stamp`] of the first byte read while no request was in flight (HTTP/1 only): a
+    /// request head has begun. 0: none has.
+    head_since: AtomicU64,
+    /// Set by the watchdog when a begun head is late; [`Timed`] then answers 408.
+    late: AtomicBool,
+    /// The task reading the connection, woken to see `late`.
+    reader: AtomicWaker,
+}
+
+/// Why the watchdog ends a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Expiry {
+    /// No complete request head within `request_header_timeout`; `begun` when some of it
+    /// had come, so that a 408 can be answered.
+    RequestHeader { begun: bool },
+    /// Idle between requests (HTTP/1.1) or with no stream open (h2).
+    Keepalive,
+}
+
+impl Activity {
+    pub(super) fn new() -> Arc<Activity> {
+        Arc::new(Activity {
+            epoch: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since: AtomicU64::new(0),
+            head_since: AtomicU64::new(0),
+            late: AtomicBool::new(false),
+            reader: AtomicWaker::new(),
+        })
+    }
+
+    /// A request has begun; it is in flight until the guard is dropped (with its
+    /// response body, or when the request is abandoned).
+    pub(super) fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(Arc::clone(self))
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Bytes were read: the start of a request head, if none is in flight.
+    fn read_some(&self) {
+        if self.idle() && self.head_since.load(Ordering::Relaxed) == 0 {
+            self.head_since.store(stamp(self.epoch), Ordering::Relaxed);
+        }
+    }
+
+    /// When the connection expires if nothing changes, and why; `None` while a request is
+    /// in flight (its own timeouts bound it then). HTTP/1 (`heads`): the head deadline
+    /// runs from the first byte of a head, or, before the first request, from the start;
+    /// between requests the keep-alive one. h2: the keep-alive one whenever no stream is
+    /// open.
+    fn deadline(
+        &self,
+        heads: bool,
+        header: Duration,
+        keepalive: Duration,
+    ) -> Option<(Instant, Expiry)> {
+        if !self.idle() {
+            return None;
+        }
+        let idle_since = self.idle_since.load(Ordering::Acquire);
+        if !heads {
+            return Some((at(self.epoch, idle_since) + keepalive, Expiry::Keepalive));
+        }
+        let head_since = self.head_since.load(Ordering::Relaxed);
+        if head_since != 0 {
+            let begun = Expiry::RequestHeader { begun: true };
+            return Some((at(self.epoch, head_since) + header, begun));
+        }
+        if idle_since == 0 {
+            let first = Expiry::RequestHeader { begun: false };
+            return Some((self.epoch + header, first));
+        }
+        Some((at(self.epoch, idle_since) + keepalive, Expiry::Keepalive))
+    }
+
+    /// Tells the stream to answer 408 and end the connection.
+    fn expire_head(&self) {
+        self.late.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+}
+
+/// A request in flight (see [`Activity::begin`]).
+#[derive(Debug)]
+pub(super) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.head_since.store(0, Ordering::Relaxed);
+        activity
+            .idle_since
+            .store(stamp(activity.epoch), Ordering::Release);
+        activity.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Completes when the connection has waited too long for its next request, with why.
+/// Sleeps to the earliest moment that can be a deadline and looks again; it never fires
+/// late, and costs one timer per connection.
+pub(super) async fn expiry(
+    activity: &Activity,
+    heads: bool,
+    header: Duration,
+    keepalive: Duration,
+) -> Expiry {
+    let shortest = header.min(keepalive);
+    loop {
+        let now = Instant::now();
+        let wake = match activity.deadline(heads, header, keepalive) {
+            Some((deadline, why)) if deadline <= now => return why,
+            Some((deadline, _)) => deadline,
+            None => now + shortest,
+        };
+        tokio::time::sleep_until(wake).await;
+    }
+}
+
+/// Ends a begun request head that the watchdog found late: [`Timed`] answers 408 on its
+/// next read.
+pub(super) fn answer_late_head(activity: &Activity) {
+    activity.expire_head();
+}
+
+/// The client stream, timed: see the module header.
+pub(super) struct Timed<S> {
+    inner: S,
+    activity: Arc<Activity>,
+    /// HTTP/1: reads while idle begin a request head.
+    heads: bool,
+    send: Duration,
+    /// The stalled write's deadline, while one is stalled.
+    stall: Option<Pin<Box<Sleep>>>,
+    stalled: bool,
+    counts: Arc<TimeoutCounts>,
+}
+
+impl<S> Timed<S> {
+    pub(super) fn new(
+        inner: S,
+        activity: Arc<Activity>,
+        heads: bool,
+        send: Duration,
+        counts: Arc<TimeoutCounts>,
+    ) -> Timed<S> {
+        Timed {
+            inner,
+            activity,
+            heads,
+            send,
+            stall: None,
+            stalled: false,
+            counts,
+        }
+    }
+
+    /// A write returned `Pending`: runs the stall clock (started at the first such
+    /// write), failing once it has run for `send_timeout`.
+    fn check_stall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if !self.stalled {
+            let deadline = Instant::now() + self.send;
+            match &mut self.stall {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            self.stalled = true;
+        }
+        let expired = self
+            .stall
+            .as_mut()
+            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        if expired {
+            self.counts.bump(TimeoutKind::Send);
+            debug!(send_timeout = ?self.send, "client took no bytes: send_timeout");
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "send_timeout: the client took no bytes",
+            ));
+        }
+        Ok(())
+    }
+
+    /// What a write returned, with the stall clock run or stopped.
+    fn timed<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match polled {
+            Poll::Pending => match self.check_stall(cx) {
+                Ok(()) => Poll::Pending,
+                Err(err) => Poll::Ready(Err(err)),
+            },
+            ready => {
+                self.stalled = false;
+                ready
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Timed<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.activity.late.load(Ordering::Acquire) {
+            // The head is late and nothing of a response has been written for it: a 408
+            // fits in any socket buffer, and is tried once; then the connection ends.
+            let _best_effort = Pin::new(&mut this.inner).poll_write(cx, REQUEST_TIMEOUT_RESPONSE);
+            let _best_effort = Pin::new(&mut this.inner).poll_flush(cx);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "request_header_timeout",
+            )));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        match &polled {
+            Poll::Ready(Ok(())) if this.heads && buf.filled().len() > before => {
+                this.activity.read_some();
+            }
+            Poll::Pending if this.heads => this.activity.reader.register(cx.waker()),
+            _ => {}
+        }
+        polled
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Timed<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.timed(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.timed(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.timed(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.timed(cx, polled)
+    }
+}
+
+tokio::task_local! {
+    /// The send clock of the h2 stream whose task is running (see [`StreamExec`]).
+    static STREAM: Arc<StreamClock>;
+}
+
+/// When an h2 stream's response body last handed hyper a frame that hyper has not come
+/// back for: hyper polls the body again as soon as the stream has window, so a long wait
+/// here is a client that keeps its window shut.
+#[derive(Debug)]
+pub(super) struct StreamClock {
+    epoch: Instant,
+    /// [`stamp`] of the frame handed over; 0 while the body is being polled.
+    waiting: AtomicU64,
+}
+
+impl StreamClock {
+    /// The clock of the h2 stream this task runs, if it runs one.
+    pub(super) fn current() -> Option<Arc<StreamClock>> {
+        STREAM.try_with(Arc::clone).ok()
+    }
+
+    fn handed_over(&self) {
+        self.waiting.store(stamp(self.epoch), Ordering::Relaxed);
+    }
+
+    fn polled(&self) {
+        self.waiting.store(0, Ordering::Relaxed);
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        match self.waiting.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(at(self.epoch, since)),
+        }
+    }
+}
+
+/// hyper's executor for one h2 connection: each stream runs in a task of its own (as
+/// with `TokioExecutor`), with a [`StreamClock`] its response body marks, and ends —
+/// hyper then resets the stream — once a frame has waited `send_timeout` for window.
+#[derive(Clone, Debug)]
+pub(super) struct StreamExec {
+    pub(super) send: Duration,
+    pub(super) counts: Arc<TimeoutCounts>,
+}
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        let clock = Arc::new(StreamClock {
+            epoch: Instant::now(),
+            waiting: AtomicU64::new(0),
+        });
+        let send = self.send;
+        let counts = Arc::clone(&self.counts);
+        tokio::spawn(async move {
+            let stream = STREAM.scope(Arc::clone(&clock), stream);
+            let mut stream = std::pin::pin!(stream);
+            let mut stall: Option<Pin<Box<Sleep>>> = None;
+            poll_fn(|cx| {
+                if stream.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+                let Some(since) = clock.waiting_since() else {
+                    return Poll::Pending;
+                };
+                let deadline = since + send;
+                let sleep = match &mut stall {
+                    Some(sleep) => {
+                        if sleep.deadline() != deadline {
+                            sleep.as_mut().reset(deadline);
+                        }
+                        sleep
+                    }
+                    None => stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
+                };
+                ready!(sleep.as_mut().poll(cx));
+                counts.bump(TimeoutKind::Send);
+                debug!(send_timeout = ?send, "h2 stream window stayed shut: send_timeout");
+                Poll::Ready(())
+            })
+            .await;
+        });
+    }
+}
+
+/// A response body on its way to the client: holds its request [`InFlight`], and marks
+/// the h2 stream's [`StreamClock`] as it hands frames over.
+pub(super) struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+    clock: Option<Arc<StreamClock>>,
+}
+
+impl<B> Tracked<B> {
+    pub(super) fn new(inner: B, in_flight: InFlight, clock: Option<Arc<StreamClock>>) -> Self {
+        Tracked {
+            inner,
+            _in_flight: in_flight,
+            clock,
+        }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        if let Some(clock) = &this.clock {
+            clock.polled();
+        }
+        let polled = ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        if let (Some(clock), Some(Ok(frame))) = (&this.clock, &polled)
+            && frame.is_data()
+        {
+            clock.handed_over();
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HEADER: Duration = Duration::from_secs(60);
+    const KEEPALIVE: Duration = Duration::from_secs(75);
+
+    #[tokio::test(start_paused = true)]
+    async fn the_first_request_gets_the_head_timeout_from_the_start() {
+        let a = Activity::new();
+        let t0 = Instant::now();
+        assert_eq!(
+            expiry(&a, true, HEADER, KEEPALIVE).await,
+            Expiry::RequestHeader { begun: false }
+        );
+        assert_eq!(Instant::now() - t0, HEADER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_begun_head_is_timed_from_its_first_byte_and_whole() {
+        let a = Activity::new();
+        let t0 = Instant::now();
+        tokio::time::advance(Duration::from_secs(10)).await;
+        a.read_some();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        // More bytes do not move the deadline: the head has one deadline, not one per read.
+        a.read_some();
+        assert_eq!(
+            expiry(&a, true, HEADER, KEEPALIVE).await,
+            Expiry::RequestHeader { begun: true }
+        );
+        assert_eq!(Instant::now() - t0, Duration::from_secs(70));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn between_requests_the_keepalive_timeout_runs_and_in_flight_stops_it() {
+        let a = Activity::new();
+        let request = a.begin();
+        a.read_some(); // body bytes: not a head
+        tokio::time::advance(Duration::from_secs(500)).await;
+        assert_eq!(
+            a.deadline(true, HEADER, KEEPALIVE),
+            None,
+            "busy: no deadline"
+        );
+        drop(request);
+        let ended = Instant::now();
+        assert_eq!(expiry(&a, true, HEADER, KEEPALIVE).await, Expiry::Keepalive);
+        assert_eq!(Instant::now() - ended, KEEPALIVE);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn h2_only_knows_the_keepalive_timeout() {
+        let a = Activity::new();
+        a.read_some();
+        let t0 = Instant::now();
+        assert_eq!(
+            expiry(&a, false, HEADER, KEEPALIVE).await,
+            Expiry::Keepalive
+        );
+        assert_eq!(Instant::now() - t0, KEEPALIVE);
+    }
+}
