@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached};
 use crate::listener::Server;
+use crate::metrics::TimeoutKind;
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -194,6 +195,12 @@ impl Collector for Scrape {
                 ),
             ],
         )?;
+        counter(
+            &mut enc,
+            "connections_shed",
+            "Idle connections closed to make room for a new one when max_clients was reached",
+            &[(vec![], m.shed)],
+        )?;
         let by_kind = |map: &std::collections::BTreeMap<&'static str, u64>| -> Vec<(Labels, u64)> {
             map.iter()
                 .map(|(k, v)| (vec![("kind", (*k).to_string())], *v))
@@ -247,6 +254,17 @@ impl Collector for Scrape {
                 (vec![("kind", "timeout".into())], f.upstream_timeouts),
                 (vec![("kind", "body_too_large".into())], f.bodies_too_large),
             ],
+        )?;
+        let timeouts = server.runtime().forwarder.timeouts().clone();
+        let by_kind: Vec<(Labels, u64)> = TimeoutKind::ALL
+            .iter()
+            .map(|&kind| (vec![("kind", kind.label().to_string())], timeouts.get(kind)))
+            .collect();
+        counter(
+            &mut enc,
+            "timeouts",
+            "Connections and requests ended for waiting too long, by what they waited for",
+            &by_kind,
         )?;
         self.encode_kernel(&mut enc)
     }

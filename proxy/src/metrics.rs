@@ -79,6 +79,8 @@ pub struct Metrics {
     pub refused_untrusted: AtomicU64,
     pub refused_max_clients: AtomicU64,
     pub refused_per_ip: AtomicU64,
+    /// Idle connections closed to make room for a new one at `max_clients`.
+    pub shed: AtomicU64,
     pub reloads_ok: AtomicU64,
     pub reloads_failed: AtomicU64,
     /// PROXY header failures by `ReadError::kind` (timeout and eof included).
@@ -96,6 +98,7 @@ pub struct Snapshot {
     pub refused_untrusted: u64,
     pub refused_max_clients: u64,
     pub refused_per_ip: u64,
+    pub shed: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub header_errors: BTreeMap<&'static str, u64>,
@@ -127,6 +130,7 @@ impl Metrics {
             refused_untrusted: load(&self.refused_untrusted),
             refused_max_clients: load(&self.refused_max_clients),
             refused_per_ip: load(&self.refused_per_ip),
+            shed: load(&self.shed),
             reloads_ok: load(&self.reloads_ok),
             reloads_failed: load(&self.reloads_failed),
             header_errors: copy(&self.header_errors),
@@ -141,13 +145,15 @@ impl Metrics {
         let untrusted = now.refused_untrusted - previous.refused_untrusted;
         let limited = (now.refused_max_clients + now.refused_per_ip)
             - (previous.refused_max_clients + previous.refused_per_ip);
+        let shed = now.shed - previous.shed;
         let bad_headers = now.header_errors_total() - previous.header_errors_total();
         let tls: u64 =
             now.tls_errors.values().sum::<u64>() - previous.tls_errors.values().sum::<u64>();
-        if untrusted + limited + bad_headers + tls > 0 {
+        if untrusted + limited + shed + bad_headers + tls > 0 {
             warn!(
                 untrusted,
                 over_limits = limited,
+                idle_shed = shed,
                 bad_proxy_headers = bad_headers,
                 tls_failures = tls,
                 interval_s = SUMMARY_INTERVAL.as_secs(),

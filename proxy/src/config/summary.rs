@@ -39,6 +39,19 @@ impl fmt::Display for Config {
             l.connection_handling_timeout
                 .map_or("unlimited".to_owned(), |d| format!("{d:?}")),
         )?;
+        let t = &self.timeouts;
+        writeln!(
+            f,
+            "timeouts: request head {:?}, keep-alive {:?}, request body {:?}, upstream connect \
+             {:?}, upstream read {:?}, send {:?}, tunnel idle {}",
+            t.request_header,
+            t.keepalive,
+            t.request_body,
+            t.upstream_connect,
+            t.upstream_read,
+            t.send,
+            t.tunnel_idle.map_or("never".to_owned(), |d| format!("{d:?}")),
+        )?;
         if self.trusted_forwarded_proxies.is_empty() {
             writeln!(
                 f,

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 use tracing::debug;
 
@@ -53,6 +54,9 @@ pub(super) struct Activity {
     late: AtomicBool,
     /// The task reading the connection, woken to see `late`.
     reader: AtomicWaker,
+    /// Set once the connection is picked to be shed; `shed` wakes its task.
+    shedding: AtomicBool,
+    shed: Notify,
 }
 
 /// Why the watchdog ends a connection.
@@ -74,7 +78,34 @@ impl Activity {
             head_since: AtomicU64::new(0),
             late: AtomicBool::new(false),
             reader: AtomicWaker::new(),
+            shedding: AtomicBool::new(false),
+            shed: Notify::new(),
         })
+    }
+
+    /// Since when the connection has had no request in flight; `None` while one is.
+    pub(super) fn idle_from(&self) -> Option<Instant> {
+        if !self.idle() {
+            return None;
+        }
+        match self.idle_since.load(Ordering::Acquire) {
+            0 => Some(self.epoch),
+            since => Some(at(self.epoch, since)),
+        }
+    }
+
+    /// Picks the connection to be shed; false if it already was.
+    pub(super) fn shed(&self) -> bool {
+        if self.shedding.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        self.shed.notify_one();
+        true
+    }
+
+    /// Completes once the connection has been picked to be shed.
+    pub(super) async fn shed_picked(&self) {
+        self.shed.notified().await;
     }
 
     /// A request has begun; it is in flight until the guard is dropped (with its

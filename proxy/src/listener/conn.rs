@@ -17,7 +17,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -41,6 +41,19 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// so that hyper gets it in one piece (see [`sniff`]).
 const SNIFF_BYTES: usize = 4096;
 
+/// How long a new connection waits for the slot of the idle connection it had shed.
+const SHED_WAIT: Duration = Duration::from_secs(1);
+
+/// What is known of a connection once its PROXY header is read.
+struct Facts {
+    peer: SocketAddr,
+    /// The client: the PROXY header's source, else the peer.
+    client: SocketAddr,
+    local: SocketAddr,
+    proxy: Option<Arc<proxy_protocol::ProxyInfo>>,
+    protocol: Protocol,
+}
+
 /// The HTTP a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Http {
@@ -61,26 +74,66 @@ impl Server {
         local: SocketAddr,
         protocol: Protocol,
     ) {
-        let accepted_at = Instant::now();
-        let metrics = &self.metrics;
-        metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        let Ok(_slot) = Arc::clone(&self.slots).try_acquire_owned() else {
-            metrics.refused_max_clients.fetch_add(1, Ordering::Relaxed);
-            debug!("refused: max_clients reached");
+        self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        let Some(_slot) = self.admit().await else {
+            self.metrics
+                .refused_max_clients
+                .fetch_add(1, Ordering::Relaxed);
+            debug!("refused: max_clients reached, and no idle connection to shed");
             return;
         };
-        let _active = Active::new(metrics);
+        let _active = Active::new(&self.metrics);
+        let activity = Activity::new();
+        let _listed = self.shed.list(&activity);
+        let served = self.served(stream, peer, local, protocol, Arc::clone(&activity));
+        tokio::select! {
+            () = served => {}
+            () = activity.shed_picked() => {
+                self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+                debug!("shed: idle while max_clients was reached");
+            }
+        }
+    }
+
+    /// A slot for a new connection: a free one, else the slot of the connection idle
+    /// longest, which is told to close (see `shed`); `None` when every connection has a
+    /// request in flight, or the shed one did not let go within [`SHED_WAIT`].
+    async fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(slot);
+        }
+        if !self.shed.shed_oldest_idle() {
+            return None;
+        }
+        let slot = tokio::time::timeout(SHED_WAIT, Arc::clone(&self.slots).acquire_owned());
+        slot.await.ok()?.ok()
+    }
+
+    /// The connection from the trust check on; the slot is held by the caller.
+    async fn served(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        protocol: Protocol,
+        activity: Arc<Activity>,
+    ) {
+        let accepted_at = Instant::now();
+        let metrics = &self.metrics;
         let _ = stream.set_nodelay(true);
         let runtime = self.runtime.load_full();
         let Some(proxy) = &runtime.proxy else {
             return Box::pin(self.admitted(
                 stream,
-                peer,
-                peer,
-                local,
-                None,
-                protocol,
+                Facts {
+                    peer,
+                    client: peer,
+                    local,
+                    proxy: None,
+                    protocol,
+                },
                 runtime.clone(),
+                activity,
             ))
             .await;
         };
@@ -98,12 +151,15 @@ impl Server {
                 let info = Some(Arc::new(info));
                 Box::pin(self.admitted(
                     stream,
-                    peer,
-                    client,
-                    local,
-                    info,
-                    protocol,
+                    Facts {
+                        peer,
+                        client,
+                        local,
+                        proxy: info,
+                        protocol,
+                    },
                     runtime.clone(),
+                    activity,
                 ))
                 .await
             }
@@ -115,22 +171,22 @@ impl Server {
     }
 
     /// Past the trust check and the header: per-client limit, TLS, HTTP.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the connection's facts, passed once down the pipeline"
-    )]
     async fn admitted<S>(
         &self,
         stream: S,
-        peer: SocketAddr,
-        client: SocketAddr,
-        local: SocketAddr,
-        proxy: Option<Arc<proxy_protocol::ProxyInfo>>,
-        protocol: Protocol,
+        facts: Facts,
         runtime: Arc<Runtime>,
+        activity: Arc<Activity>,
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let Facts {
+            peer,
+            client,
+            local,
+            proxy,
+            protocol,
+        } = facts;
         let _per_ip = match runtime.limits.max_clients_per_ip {
             None => None,
             Some(max) => match self.per_ip.enter(client.ip(), max) {
@@ -161,18 +217,24 @@ impl Server {
                     ctx,
                     &runtime,
                     self.stop.subscribe(),
+                    activity,
                 ))
                 .await
             }
-            Protocol::Https => Box::pin(self.serve_tls(stream, ctx, &runtime)).await,
+            Protocol::Https => Box::pin(self.serve_tls(stream, ctx, &runtime, activity)).await,
         }
     }
 
     /// The TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP over it. Boxed
     /// by the caller: the handshake's state (about 3.5 KB) would otherwise be part of every
     /// plain connection's task too.
-    async fn serve_tls<S>(&self, stream: S, mut ctx: ConnContext, runtime: &Runtime)
-    where
+    async fn serve_tls<S>(
+        &self,
+        stream: S,
+        mut ctx: ConnContext,
+        runtime: &Runtime,
+        activity: Arc<Activity>,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let handshake =
@@ -187,7 +249,7 @@ impl Server {
                     _ => Http::One,
                 };
                 let stop = self.stop.subscribe();
-                Box::pin(serve_http(stream, Some(http), ctx, runtime, stop)).await
+                Box::pin(serve_http(stream, Some(http), ctx, runtime, stop, activity)).await
             }
             Ok(Err(err)) => {
                 self.metrics.tls_error(err.kind());
@@ -237,12 +299,12 @@ async fn serve_http<S>(
     ctx: ConnContext,
     runtime: &Runtime,
     mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let timeouts = runtime.timeouts;
     let counts = Arc::clone(runtime.forwarder.timeouts());
-    let activity = Activity::new();
     let deadline = runtime
         .limits
         .connection_handling_timeout

@@ -7,6 +7,7 @@
 mod bind;
 mod clock;
 mod conn;
+mod shed;
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -23,6 +24,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 pub use bind::{Bound, bind_all};
 use conn::PerIp;
+use shed::Shed;
 
 use crate::config::{Config, KernelFilterConfig, Limits, Timeouts};
 use crate::forward::{ForwardError, Forwarder};
@@ -138,6 +140,8 @@ pub struct Server {
     slots: Arc<Semaphore>,
     max_clients: usize,
     per_ip: Arc<PerIp>,
+    /// Every open connection, to pick one to shed when `max_clients` is reached.
+    shed: Arc<Shed>,
     /// Set when draining starts; every listener and HTTP connection watches it.
     stop: watch::Sender<bool>,
     /// The kernel filter, updated on reload and read by scrapes; taken at exit.
@@ -155,6 +159,7 @@ impl Server {
             slots: Arc::new(Semaphore::new(max_clients)),
             max_clients,
             per_ip: Arc::new(PerIp::default()),
+            shed: Arc::new(Shed::default()),
             stop: watch::channel(false).0,
             kernel: Mutex::new(kernel),
             serving: Mutex::new(Vec::new()),
