@@ -1,5 +1,6 @@
 //! Adversarial load against the real `trustgate` binary: trusted peers that drip a PROXY
-//! header slower than the timeout, a connection storm beyond `max_clients`, untrusted
+//! header slower than the timeout, a connection storm beyond `max_clients` (refused while
+//! every slot is busy, shedding idle connections otherwise), untrusted
 //! sources forging headers under every kernel filter mode, and hostile header bytes.
 //! Each test checks every connection's outcome, the counters, that the proxy kept
 //! serving, and that memory and descriptors came back. Bounded in count and time.
@@ -20,7 +21,7 @@ use common::netns::Lab;
 use common::probe::{self, Held, room_for};
 use common::scrape::{self, Scrape};
 use common::upstream;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinSet, block_in_place};
 use tokio::time::Instant;
 
@@ -427,12 +428,32 @@ async fn storm_one(addr: SocketAddr) -> (usize, Option<Duration>) {
     (answer.len(), closed)
 }
 
+/// An upstream that answers `/wait` only once `gate` opens, everything else at once;
+/// counts every request that reaches it.
+async fn gated_upstream(gate: watch::Receiver<bool>) -> (SocketAddr, Arc<AtomicUsize>) {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&hits);
+    let addr = upstream::serve(move |req| {
+        let mut gate = gate.clone();
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if req.uri().path() == "/wait" {
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            upstream::text("ok")
+        }
+    })
+    .await;
+    (addr, hits)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn storm_beyond_max_clients_is_refused_and_counted_and_capacity_returns_at_once() {
+async fn storm_beyond_max_clients_is_refused_while_every_slot_is_busy_and_sheds_idle_ones() {
     if !room_for(4 * (MAX_CLIENTS + STORM) as u64) {
         return;
     }
-    let (upstream, hits) = upstream::counting().await;
+    let (open_gate, gate) = watch::channel(false);
+    let (upstream, hits) = gated_upstream(gate).await;
     let (gw, metrics) = start(
         &loopback_config(upstream, 1000, &format!("max_clients = {MAX_CLIENTS}")),
         1,
@@ -444,12 +465,15 @@ async fn storm_beyond_max_clients_is_refused_and_counted_and_capacity_returns_at
     })
     .await;
     let idle = held(&gw, upstream, metrics);
+    // Every slot busy: each holder's request waits at the upstream.
     let mut holders = Vec::with_capacity(MAX_CLIENTS);
     for _ in 0..MAX_CLIENTS {
-        holders.push(lb::hold(addr, ANSWER_TIMEOUT).await);
+        holders.push(lb::busy(addr, "/wait").await);
     }
-    let full = scrape::scrape(metrics).await;
-    assert_eq!(full.active(), MAX_CLIENTS as u64, "holders fill every slot");
+    let full = scrape::until(metrics, "holders in flight", SETTLE_TIMEOUT, |s| {
+        s.active() == MAX_CLIENTS as u64 && hits.load(Ordering::SeqCst) == 5 + MAX_CLIENTS
+    })
+    .await;
 
     let storm_started = Instant::now();
     let mut storm = JoinSet::new();
@@ -481,48 +505,53 @@ async fn storm_beyond_max_clients_is_refused_and_counted_and_capacity_returns_at
     );
     assert_eq!(stormed.refused("max_clients"), STORM as u64);
     assert_eq!(stormed.refused("untrusted_peer"), 0);
+    assert_eq!(
+        stormed.get("trustgate_connections_shed_total"),
+        0,
+        "a connection with a request in flight is never shed"
+    );
 
-    // The holders were served throughout: each one's connection still works.
+    // The holders were served throughout: each gets its answer once the upstream gives it.
+    open_gate.send_replace(true);
     for (i, holder) in holders.iter_mut().enumerate() {
-        let status = tokio::time::timeout(ANSWER_TIMEOUT, lb::keep_alive_get(holder, "/again"))
+        let status = tokio::time::timeout(ANSWER_TIMEOUT, lb::read_answer(holder))
             .await
             .expect("an answer in time")
             .unwrap_or_else(|e| panic!("holder {i} after the storm: {e}"));
         assert!(status.starts_with("HTTP/1.1 200"), "holder {i}: {status}");
     }
 
-    // One slot freed: the very next request is served.
-    drop(holders.pop());
-    let freed = Instant::now();
-    scrape::until(metrics, "one slot freed", SETTLE_TIMEOUT, |s| {
-        s.active() == MAX_CLIENTS as u64 - 1
+    // Every holder idle now: one more connection sheds one of them and is served at once.
+    let recovery = normal_requests(addr, 1, "past max_clients with idle holders").await;
+    let shed = scrape::until(metrics, "one idle holder shed", SETTLE_TIMEOUT, |s| {
+        s.get("trustgate_connections_shed_total") == 1 && s.active() == MAX_CLIENTS as u64 - 1
     })
     .await;
-    let recovery = normal_requests(addr, 1, "right after the storm").await;
-    let recovered_in = freed.elapsed();
+    assert_eq!(
+        shed.refused("max_clients"),
+        STORM as u64,
+        "nobody else was refused"
+    );
+    let mut closed = 0;
+    for holder in &mut holders {
+        match tokio::time::timeout(ANSWER_TIMEOUT, lb::keep_alive_get(holder, "/again")).await {
+            Ok(Ok(status)) => assert!(status.starts_with("HTTP/1.1 200"), "{status}"),
+            Ok(Err(_)) => closed += 1,
+            Err(_) => panic!("a holder got no answer in time"),
+        }
+    }
+    assert_eq!(closed, 1, "exactly one idle holder was shed");
 
-    // Every slot freed: exactly max_clients connections fit again, and one more is
-    // refused, so no refusal kept a slot.
+    // Every slot freed: no refusal or shedding kept a slot or a descriptor.
     holders.clear();
     scrape::until(metrics, "every slot freed", SETTLE_TIMEOUT, |s| {
         s.active() == 0
     })
     .await;
     let after_storm = held(&gw, upstream, metrics);
-    for _ in 0..MAX_CLIENTS {
-        holders.push(lb::hold(addr, ANSWER_TIMEOUT).await);
-    }
-    let (answered, closed) = storm_one(addr).await;
-    assert_eq!(answered, 0, "max_clients + 1 is refused again");
-    assert!(closed.is_some(), "max_clients + 1 is closed");
-    holders.clear();
-    scrape::until(metrics, "every slot freed again", SETTLE_TIMEOUT, |s| {
-        s.active() == 0 && s.refused("max_clients") == STORM as u64 + 1
-    })
-    .await;
     assert_eq!(
         hits.load(Ordering::SeqCst),
-        5 + 2 * MAX_CLIENTS + 1 + MAX_CLIENTS,
+        5 + MAX_CLIENTS + 1 + (MAX_CLIENTS - 1),
         "only the admitted requests reach the upstream"
     );
     assert!(
@@ -533,8 +562,8 @@ async fn storm_beyond_max_clients_is_refused_and_counted_and_capacity_returns_at
     );
     eprintln!(
         "storm: {STORM} connections beyond max_clients = {MAX_CLIENTS} refused in {storm_took:?} \
-         (each closed after {:?} median, {:?} max); after one slot was freed, a request was \
-         served in {:?} ({recovered_in:?} from the release); proxy before the storm: {idle}; \
+         (each closed after {:?} median, {:?} max) while every slot was busy; with the holders \
+         idle, a request was served in {:?} by shedding one; proxy before the storm: {idle}; \
          after: {after_storm}",
         median(&refusals),
         max(&refusals),

@@ -50,7 +50,8 @@ impl fmt::Display for Config {
             t.upstream_connect,
             t.upstream_read,
             t.send,
-            t.tunnel_idle.map_or("never".to_owned(), |d| format!("{d:?}")),
+            t.tunnel_idle
+                .map_or("never".to_owned(), |d| format!("{d:?}")),
         )?;
         if self.trusted_forwarded_proxies.is_empty() {
             writeln!(

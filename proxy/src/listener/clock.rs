@@ -127,10 +127,10 @@ impl Activity {
     }
 
     /// When the connection expires if nothing changes, and why; `None` while a request is
-    /// in flight (its own timeouts bound it then). HTTP/1 (`heads`): the head deadline
-    /// runs from the first byte of a head, or, before the first request, from the start;
-    /// between requests the keep-alive one. h2: the keep-alive one whenever no stream is
-    /// open.
+    /// in flight (its own timeouts bound it then). HTTP/1 (`heads`): the first request's
+    /// head is due `header` after accept; a later one's `header` after its first byte;
+    /// between requests the keep-alive deadline runs. h2: the keep-alive deadline,
+    /// whenever no stream is open.
     fn deadline(
         &self,
         heads: bool,
@@ -145,13 +145,15 @@ impl Activity {
             return Some((at(self.epoch, idle_since) + keepalive, Expiry::Keepalive));
         }
         let head_since = self.head_since.load(Ordering::Relaxed);
-        if head_since != 0 {
-            let begun = Expiry::RequestHeader { begun: true };
-            return Some((at(self.epoch, head_since) + header, begun));
-        }
+        let begun = head_since != 0;
         if idle_since == 0 {
-            let first = Expiry::RequestHeader { begun: false };
-            return Some((self.epoch + header, first));
+            // The first request: its head is due `header` after accept, however late its
+            // first byte came.
+            return Some((self.epoch + header, Expiry::RequestHeader { begun }));
+        }
+        if begun {
+            let due = at(self.epoch, head_since) + header;
+            return Some((due, Expiry::RequestHeader { begun }));
         }
         Some((at(self.epoch, idle_since) + keepalive, Expiry::Keepalive))
     }
@@ -179,8 +181,8 @@ impl Drop for InFlight {
 }
 
 /// Completes when the connection has waited too long for its next request, with why.
-/// Sleeps to the earliest moment that can be a deadline and looks again; it never fires
-/// late, and costs one timer per connection.
+/// Sleeps to the current deadline, or for the shorter of the two timeouts if that comes
+/// first, and looks again: it never fires late, and costs one timer per connection.
 pub(super) async fn expiry(
     activity: &Activity,
     heads: bool,
@@ -192,7 +194,9 @@ pub(super) async fn expiry(
         let now = Instant::now();
         let wake = match activity.deadline(heads, header, keepalive) {
             Some((deadline, why)) if deadline <= now => return why,
-            Some((deadline, _)) => deadline,
+            // A request beginning or ending after this look can only set a deadline at
+            // least `shortest` from now: waking by then is never late.
+            Some((deadline, _)) => deadline.min(now + shortest),
             None => now + shortest,
         };
         tokio::time::sleep_until(wake).await;
@@ -502,11 +506,22 @@ mod tests {
             Expiry::RequestHeader { begun: false }
         );
         assert_eq!(Instant::now() - t0, HEADER);
+        // A first byte that comes late does not move the first head's deadline.
+        let a = Activity::new();
+        let t0 = Instant::now();
+        tokio::time::advance(HEADER - Duration::from_secs(1)).await;
+        a.read_some();
+        assert_eq!(
+            expiry(&a, true, HEADER, KEEPALIVE).await,
+            Expiry::RequestHeader { begun: true }
+        );
+        assert_eq!(Instant::now() - t0, HEADER);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_begun_head_is_timed_from_its_first_byte_and_whole() {
+    async fn a_later_head_is_timed_from_its_first_byte_and_whole() {
         let a = Activity::new();
+        drop(a.begin());
         let t0 = Instant::now();
         tokio::time::advance(Duration::from_secs(10)).await;
         a.read_some();

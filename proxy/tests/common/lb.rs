@@ -185,8 +185,29 @@ pub fn is_ok(answer: &str) -> bool {
 /// Sends a keep-alive GET for `path` on `stream` (after whatever it already carried) and
 /// reads one answer: the head, then a `Content-Length` body. Returns the status line.
 pub async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> io::Result<String> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n");
-    stream.write_all(req.as_bytes()).await?;
+    stream.write_all(&keep_alive_request(path)).await?;
+    read_answer(stream).await
+}
+
+/// A keep-alive GET for `path`.
+fn keep_alive_request(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").into_bytes()
+}
+
+/// Opens a connection to `addr` with [`client_header`] and a keep-alive GET for `path`,
+/// and returns it without reading: its request is in flight until the answer is read
+/// with [`read_answer`].
+pub async fn busy(addr: SocketAddr, path: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut out = client_header(addr);
+    out.extend(keep_alive_request(path));
+    stream.write_all(&out).await.expect("write the request");
+    stream
+}
+
+/// Reads one answer on `stream`: the head, then a `Content-Length` body. Returns the
+/// status line.
+pub async fn read_answer(stream: &mut TcpStream) -> io::Result<String> {
     let mut answer = Vec::new();
     let mut chunk = [0u8; 1024];
     // Bounded by the answer's size: a head and a short body, at most 64 KiB.
