@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached};
 use crate::listener::Server;
+use crate::metrics;
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -247,6 +248,40 @@ impl Collector for Scrape {
                 (vec![("kind", "timeout".into())], f.upstream_timeouts),
                 (vec![("kind", "body_too_large".into())], f.bodies_too_large),
             ],
+        )?;
+        let u = server.runtime().forwarder.upstream_stats();
+        gauge(
+            &mut enc,
+            metrics::UPSTREAM_CONNECTIONS_OPEN,
+            "Upstream connections open now, idle pooled ones included",
+            &[(vec![], u.open as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            metrics::UPSTREAM_CONNECTIONS_MAX,
+            "max_upstream_connections",
+            &[(vec![], u.max as i64)],
+        )?;
+        counter(
+            &mut enc,
+            metrics::UPSTREAM_REQUESTS_QUEUED,
+            "Upstream requests that waited, by the limit they waited for",
+            &[
+                (vec![("limit", "max_upstream_connections".into())], u.waited),
+                (
+                    vec![("limit", "max_upstream_connections_per_client".into())],
+                    u.waited_per_client,
+                ),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            metrics::UPSTREAM_REQUESTS_REFUSED,
+            "Requests answered 503: no upstream connection freed up within the connect timeout",
+            &[(
+                vec![("reason", "max_upstream_connections".into())],
+                u.refused,
+            )],
         )?;
         self.encode_kernel(&mut enc)
     }
