@@ -244,12 +244,11 @@ impl Forwarder {
 
     /// Builds the forwarder of a reloaded config; it goes on counting where
     /// `previous` left off (and `previous` still counts its in-flight requests there),
-    /// and its upstream connections are under the same cap as those `previous` holds,
-    /// set to the new config's `max_upstream_connections`.
+    /// and its upstream connections are under the same cap as those `previous` holds
+    /// (`max_upstream_connections` keeps its startup value, as `max_clients` does).
     pub fn succeeding(config: &Config, previous: &Forwarder) -> Result<Forwarder, ForwardError> {
         let slots = Arc::clone(previous.client.slots());
-        let mut next = Forwarder::build(config, ForwardOptions::default(), Arc::clone(&slots))?;
-        slots.set_max(config.limits.max_upstream_connections);
+        let mut next = Forwarder::build(config, ForwardOptions::default(), slots)?;
         next.counters = Arc::clone(&previous.counters);
         Ok(next)
     }

@@ -50,11 +50,13 @@ pub struct UpstreamStats {
 }
 
 /// The process-wide cap on upstream connections. Shared by the forwarders a reload
-/// replaces, so connections an old one still holds count against the new one's cap.
+/// replaces, so connections an old one still holds count against the new one's cap;
+/// the cap keeps its startup value, like `max_clients` (the open-file limit was sized
+/// for it at start).
 pub(super) struct Slots {
-    /// Slots taken; at most `max` but for a moment when a reload lowers `max`.
+    /// Slots taken; never more than `max`.
     open: AtomicUsize,
-    max: AtomicUsize,
+    max: usize,
     /// Signalled once per slot given back.
     freed: Notify,
     /// The pools to ask for idle connections at the cap, in order (plain pools first).
@@ -68,7 +70,7 @@ impl std::fmt::Debug for Slots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slots")
             .field("open", &self.open.load(Ordering::Relaxed))
-            .field("max", &self.max.load(Ordering::Relaxed))
+            .field("max", &self.max)
             .finish_non_exhaustive()
     }
 }
@@ -77,22 +79,13 @@ impl Slots {
     pub(super) fn new(max: usize) -> Arc<Slots> {
         Arc::new(Slots {
             open: AtomicUsize::new(0),
-            max: AtomicUsize::new(max),
+            max,
             freed: Notify::new(),
             pools: Mutex::new(Vec::new()),
             waited: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             waited_per_client: AtomicU64::new(0),
         })
-    }
-
-    /// A reload's new cap. Lowering it closes nothing: connections over it are not
-    /// replaced as they close.
-    pub(super) fn set_max(&self, max: usize) {
-        let before = self.max.swap(max, Ordering::Relaxed);
-        if max > before {
-            self.freed.notify_waiters();
-        }
     }
 
     /// Adds a pool to ask for idle connections at the cap; it is held weakly and
@@ -107,7 +100,7 @@ impl Slots {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
         UpstreamStats {
             open: self.open.load(Ordering::Relaxed) as u64,
-            max: self.max.load(Ordering::Relaxed) as u64,
+            max: self.max as u64,
             waited: load(&self.waited),
             refused: load(&self.refused),
             waited_per_client: load(&self.waited_per_client),
@@ -140,7 +133,7 @@ impl Slots {
             Err(_elapsed) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 Err(SlotsFull {
-                    max: self.max.load(Ordering::Relaxed),
+                    max: self.max,
                     waited: wait,
                 })
             }
@@ -148,7 +141,7 @@ impl Slots {
     }
 
     fn try_take(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.max.load(Ordering::Relaxed);
+        let max = self.max;
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < max).then_some(open + 1)
@@ -430,27 +423,6 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::ZERO, "no wait for the bound");
         assert!(pool.asked.load(Ordering::Relaxed));
         assert_eq!(slots.stats().open, 1);
-    }
-
-    #[tokio::test]
-    async fn raising_the_cap_wakes_waiters_and_lowering_it_closes_nothing() {
-        let slots = Slots::new(1);
-        let first = slots.try_take().expect("the first");
-        let waiter = tokio::spawn({
-            let slots = Arc::clone(&slots);
-            async move { slots.take(WAIT).await.map(|_slot| ()) }
-        });
-        tokio::task::yield_now().await;
-        slots.set_max(2);
-        waiter
-            .await
-            .expect("no panic")
-            .expect("room under the new cap");
-        slots.set_max(0);
-        assert_eq!(slots.stats().open, 1, "the open one stays");
-        assert!(slots.try_take().is_none());
-        drop(first);
-        assert_eq!(slots.stats().open, 0);
     }
 
     #[tokio::test]
