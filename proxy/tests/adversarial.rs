@@ -1,6 +1,7 @@
 //! Adversarial load against the real `trustgate` binary: trusted peers that drip a PROXY
 //! header slower than the timeout, a connection storm beyond `max_clients`, untrusted
-//! sources forging headers under every kernel filter mode, and hostile header bytes.
+//! sources forging headers under every kernel filter mode, hostile header bytes, and h2
+//! clients holding many stalled uploads against the upstream connection caps.
 //! Each test checks every connection's outcome, the counters, that the proxy kept
 //! serving, and that memory and descriptors came back. Bounded in count and time.
 
