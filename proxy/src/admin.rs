@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached};
 use crate::listener::Server;
+use crate::metrics;
 use crate::metrics::TimeoutKind;
 
 /// The content type of the OpenMetrics text format.
@@ -265,6 +266,40 @@ impl Collector for Scrape {
             "timeouts",
             "Connections and requests ended for waiting too long, by what they waited for",
             &by_kind,
+        )?;
+        let u = server.runtime().forwarder.upstream_stats();
+        gauge(
+            &mut enc,
+            metrics::UPSTREAM_CONNECTIONS_OPEN,
+            "Upstream connections open now, idle pooled ones included",
+            &[(vec![], u.open as i64)],
+        )?;
+        gauge(
+            &mut enc,
+            metrics::UPSTREAM_CONNECTIONS_MAX,
+            "max_upstream_connections",
+            &[(vec![], u.max as i64)],
+        )?;
+        counter(
+            &mut enc,
+            metrics::UPSTREAM_REQUESTS_QUEUED,
+            "Upstream requests that waited, by the limit they waited for",
+            &[
+                (vec![("limit", "max_upstream_connections".into())], u.waited),
+                (
+                    vec![("limit", "max_upstream_connections_per_client".into())],
+                    u.waited_per_client,
+                ),
+            ],
+        )?;
+        counter(
+            &mut enc,
+            metrics::UPSTREAM_REQUESTS_REFUSED,
+            "Requests answered 503: no upstream connection freed up within the connect timeout",
+            &[(
+                vec![("reason", "max_upstream_connections".into())],
+                u.refused,
+            )],
         )?;
         self.encode_kernel(&mut enc)
     }

@@ -12,7 +12,8 @@
 //!   to a connection under a timeout, and the encoder for upstreams.
 //! - [`forward`]: a request's way upstream and back: routing, header rewriting with the
 //!   recovered client address and PROXY v2 TLVs, the pooled upstream client (PROXY
-//!   headers to upstreams that take them), upgrades, the access log.
+//!   headers to upstreams that take them) under the upstream connection caps, upgrades,
+//!   the access log.
 //! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs).
 //! - [`listener`]: binding, the accept loop, limits, and a connection's life: trust
 //!   check, PROXY header, TLS, HTTP/1.1 and h2; reload and graceful drain.

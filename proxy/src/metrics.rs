@@ -66,6 +66,16 @@ impl TimeoutCounts {
     }
 }
 
+/// The upstream side's series, as registered under the `trustgate` prefix (counters
+/// are exposed with `_total` appended): `trustgate_upstream_connections_open`, …
+pub const UPSTREAM_CONNECTIONS_OPEN: &str = "upstream_connections_open";
+/// `max_upstream_connections`, as a gauge beside the open count.
+pub const UPSTREAM_CONNECTIONS_MAX: &str = "upstream_connections_max";
+/// Requests that waited for an upstream connection, by `limit`.
+pub const UPSTREAM_REQUESTS_QUEUED: &str = "upstream_requests_queued";
+/// Requests answered 503 for want of an upstream connection, by `reason`.
+pub const UPSTREAM_REQUESTS_REFUSED: &str = "upstream_requests_refused";
+
 /// How often the refusal summary may be logged.
 pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 

@@ -1,16 +1,20 @@
-//! The open-file limit. Every client connection holds a descriptor, and usually a second
-//! one upstream, but services are often started with a soft limit of 1024 (systemd's
-//! default is `LimitNOFILE=1024:524288`: low for programs that still use select(2), with
-//! the room above it left for servers to take). trustgate uses epoll only, so at start it
-//! raises its soft limit to the hard limit, as Go programs, nginx and HAProxy do.
+//! The open-file limit and the descriptor budget. Every client connection holds a
+//! descriptor, and every upstream connection one more; both are capped (`max_clients`,
+//! `max_upstream_connections`), so the budget is their sum and a reserve. Services are
+//! often started with a soft limit of 1024 (systemd's default is `LimitNOFILE=1024:524288`:
+//! low for programs that still use select(2), with the room above it left for servers to
+//! take). trustgate uses epoll only, so at start it raises its soft limit to the hard
+//! limit, as Go programs, nginx and HAProxy do.
 
 use std::io;
 
 use tracing::{info, warn};
 
+use crate::config::Limits;
+
 /// Descriptors needed besides the connections: listeners, the metrics listener, the
 /// runtime's epoll and wakers, log output, eBPF programs and maps.
-const RESERVED_FDS: u64 = 64;
+pub const RESERVED_FDS: u64 = 64;
 
 /// The soft limit before and after [`raise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,28 +30,35 @@ pub fn raise() -> io::Result<Limit> {
     Ok(Limit { before, now })
 }
 
-/// Descriptors `max_clients` connections can need: one each, one upstream each, and
-/// [`RESERVED_FDS`].
-pub fn needed(max_clients: usize) -> u64 {
-    u64::try_from(max_clients)
-        .unwrap_or(u64::MAX)
-        .saturating_mul(2)
+/// Descriptors the limits allow trustgate to hold: one per client connection
+/// (`max_clients`), one per upstream connection, open or idle, whatever the number of
+/// h2 streams (`max_upstream_connections`), and [`RESERVED_FDS`].
+pub fn needed(limits: &Limits) -> u64 {
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    count(limits.max_clients)
+        .saturating_add(count(limits.max_upstream_connections))
         .saturating_add(RESERVED_FDS)
 }
 
 /// [`raise`], logged: at info when it worked, at warn when it failed or when the limit
-/// still cannot hold `max_clients` connections (accept() would then fail with EMFILE
-/// before `max_clients` is reached).
-pub fn raise_for(max_clients: usize) {
-    let needed = needed(max_clients);
+/// still cannot hold what `limits` allow (accept() or upstream connects would then fail
+/// with EMFILE before the caps are reached).
+pub fn raise_for(limits: &Limits) {
+    let needed = needed(limits);
     match raise() {
         Ok(limit) if limit.now < needed => warn!(
             limit = limit.now,
             needed,
-            max_clients,
-            "the open-file limit (hard limit included) is below what max_clients needs; raise LimitNOFILE or lower max_clients"
+            max_clients = limits.max_clients,
+            max_upstream_connections = limits.max_upstream_connections,
+            "the open-file limit (hard limit included) is below what max_clients and max_upstream_connections need; raise LimitNOFILE or lower them"
         ),
-        Ok(limit) => info!(limit = limit.now, was = limit.before, "open-file limit"),
+        Ok(limit) => info!(
+            limit = limit.now,
+            was = limit.before,
+            needed,
+            "open-file limit"
+        ),
         Err(err) => warn!(error = %err, "cannot read or raise the open-file limit"),
     }
 }
@@ -56,9 +67,23 @@ pub fn raise_for(max_clients: usize) {
 mod tests {
     use super::*;
 
+    /// The defaults (built by validation, so new limits need no change here) with the
+    /// two caps set.
+    fn limits(max_clients: usize, max_upstream_connections: usize) -> Limits {
+        let text = "listen_port = 80\n[apps.a]\nserver_name = \"a.example\"\n\
+            reverse_proxy = [{ upstream = [{ location = \"127.0.0.1:8081\" }] }]\n";
+        let (config, _) = crate::config::parse_str(text, "t.toml").expect("a valid config");
+        Limits {
+            max_clients,
+            max_upstream_connections,
+            ..config.limits
+        }
+    }
+
     #[test]
-    fn each_client_may_need_two_descriptors() {
-        assert_eq!(needed(512), 2 * 512 + RESERVED_FDS);
-        assert_eq!(needed(usize::MAX), u64::MAX);
+    fn each_client_and_each_upstream_connection_needs_one_descriptor() {
+        assert_eq!(needed(&limits(512, 512)), 2 * 512 + RESERVED_FDS);
+        assert_eq!(needed(&limits(1000, 50)), 1050 + RESERVED_FDS);
+        assert_eq!(needed(&limits(usize::MAX, 1)), u64::MAX);
     }
 }

@@ -59,7 +59,7 @@ pub async fn run(
     }
     info!(config = %options.config.display(), "config loaded");
     let watched = reload::Watched::new(&options.config, &config);
-    nofile::raise_for(config.limits.max_clients);
+    nofile::raise_for(&config.limits);
     let runtime = Runtime::new(&config, None)?;
     let mut kernel = kernel::start_for(&config).map_err(ServiceError::Kernel)?;
     let listeners = listener::bind_all(&config, kernel.as_mut())?;

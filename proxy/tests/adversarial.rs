@@ -1,7 +1,8 @@
 //! Adversarial load against the real `trustgate` binary: trusted peers that drip a PROXY
 //! header slower than the timeout, a connection storm beyond `max_clients` (refused while
-//! every slot is busy, shedding idle connections otherwise), untrusted
-//! sources forging headers under every kernel filter mode, and hostile header bytes.
+//! every slot is busy, shedding idle connections otherwise), untrusted sources forging
+//! headers under every kernel filter mode, hostile header bytes, and h2 clients holding
+//! many stalled uploads against the upstream connection caps.
 //! Each test checks every connection's outcome, the counters, that the proxy kept
 //! serving, and that memory and descriptors came back. Bounded in count and time.
 
@@ -926,4 +927,180 @@ async fn spoofed_header_from_an_untrusted_source_never_reaches_the_upstream_with
         "only the trusted connections were accepted"
     );
     eprintln!("spoofed headers from untrusted sources (classic): {outcomes:?}");
+}
+
+/// h2 connections of the stalled-upload test, each with [`MAX_STREAMS`] streams.
+const STALLERS: usize = 20;
+/// The proxy's default `max_concurrent_streams`: every stream a connection may open.
+const MAX_STREAMS: usize = 64;
+/// `max_upstream_connections_per_client` of the stalled-upload test.
+const PER_CLIENT: usize = 4;
+/// `max_upstream_connections` of the stalled-upload test: above what the stallers may
+/// hold together (`STALLERS × PER_CLIENT`), so room is left for others.
+const UPSTREAM_CAP: usize = 100;
+/// `max_clients` of the stalled-upload tests.
+const STALL_MAX_CLIENTS: usize = 64;
+/// What the proxy holds besides connections, as its start-up budget reserves it.
+const RESERVED_FDS: usize = proxy::nofile::RESERVED_FDS as usize;
+/// How long the proxy may wait for room under `max_upstream_connections` before a 503:
+/// its connect timeout, plus scheduling slack.
+const ROOM_WAIT: Duration = Duration::from_secs(15);
+
+/// 20 h2 connections × 64 streams whose bodies send a few bytes and stall (1,280 open
+/// uploads) held 1,280 upstream connections before the caps, one per stream. With
+/// `max_upstream_connections_per_client = 4`, each connection gets 4 upstream requests
+/// and its other 60 streams wait their turn holding no upstream connection: the upstream
+/// sees 80 connections, the proxy's descriptors stay within max_clients +
+/// max_upstream_connections + reserved, and a new client is served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_h2_uploads_hold_at_most_their_share_of_upstream_connections_and_others_are_served()
+{
+    if !room_for(4 * (STALLERS * MAX_STREAMS) as u64) {
+        return;
+    }
+    let (upstream, seen) = upstream::body_reading().await;
+    let top = format!(
+        "max_clients = {STALL_MAX_CLIENTS}\nmax_upstream_connections = {UPSTREAM_CAP}\n\
+         max_upstream_connections_per_client = {PER_CLIENT}"
+    );
+    let (gw, metrics) = start(&loopback_config(upstream, 1000, &top), 1);
+    let addr = gw.listeners[0];
+    let pid = gw.pid().as_raw();
+    normal_requests(addr, 2, "warm-up").await;
+    let before = probe::usage(pid);
+
+    let header = lb::client_header(addr);
+    let mut stallers = Vec::with_capacity(STALLERS);
+    for _ in 0..STALLERS {
+        stallers.push(common::stall::open(addr, &header, MAX_STREAMS, "/upload").await);
+    }
+    let held_upstream = STALLERS * PER_CLIENT;
+    // Every stream has reached the proxy: each connection's first 4 went upstream and
+    // the other 60 are waiting for a turn.
+    let waiting = (STALLERS * (MAX_STREAMS - PER_CLIENT)) as u64;
+    let counted = scrape::until(
+        metrics,
+        "every stream reached the proxy",
+        SETTLE_TIMEOUT,
+        |s| s.upstream_queued("max_upstream_connections_per_client") >= waiting,
+    )
+    .await;
+    seen.until("the stallers' upstream requests", SETTLE_TIMEOUT, |s| {
+        s.requests() >= 2 + held_upstream
+    })
+    .await;
+    let during = probe::usage(pid);
+    let proxy_upstream = probe::connections_with(pid, &[upstream]);
+    let budget = STALL_MAX_CLIENTS + UPSTREAM_CAP + RESERVED_FDS;
+    eprintln!(
+        "stalled uploads: {} streams on {STALLERS} connections; proxy fds {} before, {} \
+         during (budget {budget}); {proxy_upstream} upstream connections, upstream saw {} \
+         requests, peak {} connections",
+        STALLERS * MAX_STREAMS,
+        before.fds,
+        during.fds,
+        seen.requests(),
+        seen.peak()
+    );
+    let latencies = normal_requests(addr, 5, "during the stalled uploads").await;
+
+    assert!(
+        during.fds <= budget,
+        "{} descriptors, over the budget {budget}",
+        during.fds
+    );
+    assert!(
+        during.fds <= before.fds + STALLERS + held_upstream + 1,
+        "{} descriptors: more than one per staller and one per upstream request ({} before)",
+        during.fds,
+        before.fds
+    );
+    assert_eq!(
+        seen.requests(),
+        2 + held_upstream + latencies.len(),
+        "only each connection's share of streams went upstream"
+    );
+    assert!(
+        seen.peak() <= held_upstream + 1,
+        "the upstream saw {} connections at once; the stallers may hold {held_upstream}, \
+         the normal clients one",
+        seen.peak()
+    );
+    assert!(seen.peak() <= UPSTREAM_CAP);
+    assert!(counted.upstream_open() <= UPSTREAM_CAP as u64);
+    assert_eq!(
+        counted.upstream_refused(),
+        0,
+        "the total cap was never reached"
+    );
+    for staller in &mut stallers {
+        assert!(
+            staller.answers.try_join_next().is_none(),
+            "a stalled upload was answered"
+        );
+    }
+
+    drop(stallers);
+    seen.until(
+        "the stallers' upstream connections closed",
+        SETTLE_TIMEOUT,
+        |s| s.open() <= 1,
+    )
+    .await;
+    normal_requests(addr, 2, "after the stalled uploads").await;
+    stop_and_check_log(gw, "stalled uploads");
+}
+
+/// At `max_upstream_connections` with every connection busy, a request waits the
+/// connect timeout for room, then gets a 503, counted; the upstream never sees more
+/// connections than the cap; once the busy ones finish, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_max_upstream_connections_requests_wait_then_get_503_and_are_counted() {
+    const CAP: usize = 4;
+    const STREAMS: usize = 8;
+    let (upstream, seen) = upstream::body_reading().await;
+    let top = format!(
+        "max_clients = {STALL_MAX_CLIENTS}\nmax_upstream_connections = {CAP}\n\
+         max_upstream_connections_per_client = {STREAMS}"
+    );
+    let (gw, metrics) = start(&loopback_config(upstream, 1000, &top), 1);
+    let addr = gw.listeners[0];
+    let mut staller = common::stall::open(addr, &lb::client_header(addr), STREAMS, "/upload").await;
+    let full = scrape::until(
+        metrics,
+        "the streams beyond the cap waiting",
+        SETTLE_TIMEOUT,
+        |s| s.upstream_queued("max_upstream_connections") >= (STREAMS - CAP) as u64,
+    )
+    .await;
+    assert_eq!(full.upstream_open(), CAP as u64);
+    let started = Instant::now();
+    let mut refused = 0;
+    while refused < STREAMS - CAP {
+        let answer = tokio::time::timeout(ROOM_WAIT, staller.answers.join_next())
+            .await
+            .expect("the streams beyond the cap are answered after the connect timeout")
+            .expect("streams left")
+            .expect("no panic");
+        assert_eq!(answer, Some(http::StatusCode::SERVICE_UNAVAILABLE));
+        refused += 1;
+    }
+    let waited = started.elapsed();
+    let counted = scrape::scrape(metrics).await;
+    assert_eq!(counted.upstream_refused(), (STREAMS - CAP) as u64);
+    assert_eq!(seen.peak(), CAP, "the upstream never saw more than the cap");
+    assert_eq!(seen.requests(), CAP);
+    eprintln!("at the cap: {refused} streams answered 503 after {waited:?}");
+
+    // The bodies end: the busy connections answer, go idle and serve the next request.
+    staller.bodies.clear();
+    let mut ok = 0;
+    while let Some(answer) = staller.answers.join_next().await {
+        assert_eq!(answer.expect("no panic"), Some(http::StatusCode::OK));
+        ok += 1;
+    }
+    assert_eq!(ok, CAP);
+    normal_requests(addr, 3, "after the cap").await;
+    assert_eq!(seen.peak(), CAP);
+    stop_and_check_log(gw, "upstream cap");
 }

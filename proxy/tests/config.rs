@@ -275,6 +275,8 @@ fn every_supported_key_is_parsed_to_its_value() {
             max_concurrent_streams: 100,
             max_clients: 1000,
             max_clients_per_ip: Some(20),
+            max_upstream_connections: 300,
+            max_upstream_connections_per_client: 4,
             request_max_body_size: Some(10 * 1024 * 1024),
             connection_handling_timeout: Some(Duration::from_secs(30)),
         },
@@ -320,6 +322,8 @@ fn summary_prints_listeners_apps_routes_trust_and_the_kernel_filter_plan() {
         "  HTTPS redirects go to port 443\n",
         "limits: 1000 clients, 20 per client address, 100 HTTP/2 streams per connection, \
          backlog 2048, request body 10 MiB, connection lifetime 30s\n",
+        "upstream: 300 connections in total, 4 requests in flight per connection (more wait); \
+         descriptors needed: 1364 (1000 clients + 300 upstream + 64 reserved)\n",
         "forwarded headers: believed from 10.0.0.0/8, 192.0.2.7/32, 2001:db8::/32\n",
         "access log: query strings redacted\n",
         "  plain (server_name plain.example), default app for plain HTTP, plain HTTP only\n",
@@ -614,6 +618,16 @@ fn error_messages_name_the_file_key_value_and_the_fix() {
         (
             cfg("listen_port = 80\nmax_clients = 0", ""),
             "t.toml: max_clients = 0: must be at least 1: with 0, every connection would be refused",
+        ),
+        (
+            cfg("listen_port = 80\nmax_upstream_connections = 0", ""),
+            "t.toml: max_upstream_connections = 0: must be at least 1: with 0, no request could \
+             reach an upstream",
+        ),
+        (
+            cfg("listen_port = 80\nmax_upstream_connections_per_client = 0", ""),
+            "t.toml: max_upstream_connections_per_client = 0: must be at least 1: with 0, no \
+             request could reach an upstream",
         ),
         (
             cfg("listen_port = 80\nrequest_max_body_size = \"10x\"", ""),

@@ -22,6 +22,10 @@ pub(crate) struct ConfigFile {
     pub max_concurrent_streams: Option<u32>,
     pub max_clients: Option<u32>,
     pub max_clients_per_ip: Option<u32>,
+    /// trustgate's own key.
+    pub max_upstream_connections: Option<u32>,
+    /// trustgate's own key.
+    pub max_upstream_connections_per_client: Option<u32>,
     pub trusted_forwarded_proxies: Option<OneOrMany>,
     pub request_max_body_size: Option<BodySize>,
     pub redact_query_in_access_log: Option<bool>,

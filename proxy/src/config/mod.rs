@@ -147,6 +147,12 @@ pub struct Limits {
     /// Connections per client address (the recovered one under the PROXY protocol);
     /// `None`: no per-client cap.
     pub max_clients_per_ip: Option<usize>,
+    /// Upstream connections the process may hold, open or idle, every pool together;
+    /// at least 1. With `max_clients`, what the descriptor budget is made of.
+    pub max_upstream_connections: usize,
+    /// Upstream requests one downstream connection may have in flight (h2 streams
+    /// beyond it wait); at least 1.
+    pub max_upstream_connections_per_client: usize,
     /// Largest request body in bytes; `None`: unlimited.
     pub request_max_body_size: Option<u64>,
     /// Hard limit on a connection's life, idle or not; `None`: no limit.

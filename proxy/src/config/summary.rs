@@ -1,5 +1,6 @@
 //! The human-readable account of a [`Config`] that `trustgate check` prints: listeners,
-//! limits, apps and routes, the trusted lists and the kernel-filter plan. Text only;
+//! limits (with the descriptor budget), apps and routes, the trusted lists and the
+//! kernel-filter plan. Text only;
 //! nothing here decides anything.
 
 use std::fmt;
@@ -52,6 +53,17 @@ impl fmt::Display for Config {
             t.send,
             t.tunnel_idle
                 .map_or("never".to_owned(), |d| format!("{d:?}")),
+        )?;
+        writeln!(
+            f,
+            "upstream: {} connections in total, {} requests in flight per connection \
+             (more wait); descriptors needed: {} ({} clients + {} upstream + {} reserved)",
+            l.max_upstream_connections,
+            l.max_upstream_connections_per_client,
+            crate::nofile::needed(l),
+            l.max_clients,
+            l.max_upstream_connections,
+            crate::nofile::RESERVED_FDS,
         )?;
         if self.trusted_forwarded_proxies.is_empty() {
             writeln!(

@@ -27,6 +27,9 @@ const DEFAULT_TCP_LISTEN_BACKLOG: u32 = 1024;
 const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 64;
 const DEFAULT_MAX_CLIENTS: u32 = 512;
 const DEFAULT_REQUEST_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
+/// Upstream requests in flight per downstream connection: what browsers open to one
+/// HTTP/1.1 origin (6), with room for a little more.
+const DEFAULT_MAX_UPSTREAM_PER_CLIENT: u32 = 8;
 
 /// Turns the file into a `Config`, or names the first thing wrong with it.
 pub(crate) fn validate(
@@ -47,6 +50,12 @@ pub(crate) fn validate(
             WarningKind::SniConsistencyKept,
         );
     }
+    let max_clients = at_least_one(
+        &cx,
+        "max_clients",
+        file.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
+        "every connection would be refused",
+    )?;
     let limits = Limits {
         tcp_listen_backlog: file
             .tcp_listen_backlog
@@ -58,13 +67,21 @@ pub(crate) fn validate(
                 .unwrap_or(DEFAULT_MAX_CONCURRENT_STREAMS),
             "HTTP/2 clients could send no request",
         )?,
-        max_clients: to_usize(at_least_one(
-            &cx,
-            "max_clients",
-            file.max_clients.unwrap_or(DEFAULT_MAX_CLIENTS),
-            "every connection would be refused",
-        )?),
+        max_clients: to_usize(max_clients),
         max_clients_per_ip: file.max_clients_per_ip.filter(|n| *n > 0).map(to_usize),
+        max_upstream_connections: to_usize(at_least_one(
+            &cx,
+            "max_upstream_connections",
+            file.max_upstream_connections.unwrap_or(max_clients),
+            "no request could reach an upstream",
+        )?),
+        max_upstream_connections_per_client: to_usize(at_least_one(
+            &cx,
+            "max_upstream_connections_per_client",
+            file.max_upstream_connections_per_client
+                .unwrap_or(DEFAULT_MAX_UPSTREAM_PER_CLIENT),
+            "no request could reach an upstream",
+        )?),
         request_max_body_size: match &file.request_max_body_size {
             None => Some(DEFAULT_REQUEST_MAX_BODY_BYTES),
             Some(size) => body_size(&cx, size)?,
@@ -427,6 +444,13 @@ pub(super) mod tests {
             assert!(matches!(p, ValueError::TooSmall { min: 1, .. }));
             ok(&format!("listen_port = 80\n{key} = 1\n{APP}"));
         }
+        assert_eq!(
+            (
+                l.max_upstream_connections,
+                l.max_upstream_connections_per_client
+            ),
+            (512, 8)
+        );
         let (c, _) = ok(&format!("listen_port = 80\nmax_clients_per_ip = 0\n{APP}"));
         assert_eq!(c.limits.max_clients_per_ip, None);
         let (c, _) = ok(&format!("listen_port = 80\nmax_clients_per_ip = 4\n{APP}"));
@@ -515,5 +539,37 @@ pub(super) mod tests {
         );
         let (c, _) = ok(&text);
         assert_eq!(c.metrics_listen, Some("127.0.0.1:0".parse().expect("addr")));
+    }
+
+    #[test]
+    fn upstream_connections_default_to_max_clients_and_zero_is_refused() {
+        let (c, _) = ok(&format!("listen_port = 80\nmax_clients = 100\n{APP}"));
+        assert_eq!(c.limits.max_upstream_connections, 100);
+        let text = format!(
+            "listen_port = 80\nmax_clients = 100\nmax_upstream_connections = 7\n\
+             max_upstream_connections_per_client = 3\n{APP}"
+        );
+        let l = ok(&text).0.limits;
+        assert_eq!(
+            (
+                l.max_upstream_connections,
+                l.max_upstream_connections_per_client
+            ),
+            (7, 3)
+        );
+        for key in [
+            "max_upstream_connections",
+            "max_upstream_connections_per_client",
+        ] {
+            let (k, p) = invalid(&format!("listen_port = 80\n{key} = 0\n{APP}"));
+            assert_eq!(k, key);
+            assert!(matches!(p, ValueError::TooSmall { min: 1, .. }));
+            let l = ok(&format!("listen_port = 80\n{key} = 1\n{APP}")).0.limits;
+            let got = match key {
+                "max_upstream_connections" => l.max_upstream_connections,
+                _ => l.max_upstream_connections_per_client,
+            };
+            assert_eq!(got, 1, "{key}");
+        }
     }
 }

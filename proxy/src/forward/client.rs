@@ -2,12 +2,15 @@
 //! upstream certificates verified against the Mozilla roots of webpki-roots), shared pools
 //! per protocol choice, the connection-private pools of upstreams that take a PROXY header
 //! ([`ConnPools`]), the choice of protocol itself (rpxy's rules), and the response timeout
-//! that becomes a 504. Connection failures surface as errors; the caller makes them 502s.
+//! that becomes a 504. Connection failures surface as errors; the caller makes them 502s
+//! (503 when `max_upstream_connections` left no room). Every pool's connections come
+//! from one [`Slots`].
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{HeaderMap, Request, Response, Version, header};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -18,8 +21,9 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::oneshot;
 
 use super::body::RequestBody;
-use super::connect::Connector;
+use super::connect::{Capped, Connector};
 use super::plain::{GiveBack, PlainError, PlainPool};
+use super::slots::{Evict, OpenCount, Slots, Turns};
 use crate::config::UpstreamHttp;
 
 /// A pool of upstream connections (hyper-util keys it by scheme and authority).
@@ -94,6 +98,7 @@ pub(super) enum UpstreamError {
 /// The connection and response bounds of the upstream client.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Bounds {
+    /// Also how long a connect waits for room under `max_upstream_connections`.
     pub(super) connect: Duration,
     pub(super) response: Duration,
     pub(super) pool_idle: Duration,
@@ -104,10 +109,12 @@ pub(super) struct Bounds {
 /// protocol and header, made on first use and dropped with the downstream connection,
 /// which closes its idle connections. A connection that carries one client's header is
 /// therefore never offered to another client's request, while the requests of one
-/// client connection (keep-alive, h2 streams) still reuse it. Clones share the pools.
+/// client connection (keep-alive, h2 streams) still reuse it. Also the connection's
+/// turns under `max_upstream_connections_per_client`. Clones share the pools.
 #[derive(Clone, Debug, Default)]
 pub struct ConnPools {
     pools: Arc<Mutex<Vec<PrivatePool>>>,
+    pub(super) turns: Turns,
 }
 
 #[derive(Debug)]
@@ -174,16 +181,26 @@ struct PoolMaker {
     /// `Http1`, `Alpn`, `Http2`.
     tls: [Arc<ClientConfig>; 3],
     pool_idle: Duration,
+    capped: Capped,
 }
 
 impl PoolMaker {
-    fn pool(&self, protocol: Protocol, header: Option<Arc<[u8]>>) -> Pool {
+    fn pool(
+        &self,
+        protocol: Protocol,
+        header: Option<Arc<[u8]>>,
+        count: Option<OpenCount>,
+    ) -> Pool {
         let tls = match protocol {
             Protocol::Http1 => &self.tls[0],
             Protocol::Alpn => &self.tls[1],
             Protocol::Http2 => &self.tls[2],
         };
-        let connector = Connector::new(self.http.clone(), header);
+        let capped = Capped {
+            count,
+            ..self.capped.clone()
+        };
+        let connector = Connector::new(self.http.clone(), header, capped);
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .pool_idle_timeout(self.pool_idle)
@@ -194,23 +211,53 @@ impl PoolMaker {
     }
 }
 
+/// hyper-util's shared pools, one per [`Protocol`] in the order of `PoolMaker::tls`.
+/// hyper-util cannot close one idle connection on demand, so at the cap all three are
+/// replaced by empty ones: their idle connections close once no request holds the old
+/// pools, and in-flight ones are not reused.
+#[derive(Debug)]
+struct SharedPools {
+    pools: ArcSwap<[Pool; 3]>,
+    maker: PoolMaker,
+    /// Connections open through these pools, old ones included.
+    open: OpenCount,
+}
+
+impl SharedPools {
+    fn make(maker: &PoolMaker, open: &OpenCount) -> [Pool; 3] {
+        [Protocol::Http1, Protocol::Alpn, Protocol::Http2]
+            .map(|protocol| maker.pool(protocol, None, Some(open.clone())))
+    }
+}
+
+impl Evict for SharedPools {
+    fn evict_idle(&self) -> bool {
+        if self.open.get() == 0 {
+            return false;
+        }
+        self.pools
+            .store(Arc::new(SharedPools::make(&self.maker, &self.open)));
+        true
+    }
+}
+
 /// The shared pools, one per [`Protocol`], and what private ones are made from.
 #[derive(Debug)]
 pub(super) struct UpstreamClient {
     /// Plain HTTP/1.1 to shared upstreams, the common case (see `plain`).
     plain: PlainPool,
-    http1: Pool,
-    alpn: Pool,
-    http2: Pool,
-    maker: PoolMaker,
+    shared: Arc<SharedPools>,
     response_timeout: Duration,
+    slots: Arc<Slots>,
 }
 
 impl UpstreamClient {
-    /// Builds the pools; `roots` replaces the Mozilla roots when given.
+    /// Builds the pools, their connections under `slots`; `roots` replaces the Mozilla
+    /// roots when given.
     pub(super) fn new(
         bounds: Bounds,
         roots: Option<RootCertStore>,
+        slots: Arc<Slots>,
     ) -> Result<UpstreamClient, rustls::Error> {
         let roots = roots.unwrap_or_else(|| RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -230,19 +277,39 @@ impl UpstreamClient {
         http.enforce_http(false);
         http.set_nodelay(true);
         http.set_connect_timeout(Some(bounds.connect));
+        let capped = Capped {
+            slots: Arc::clone(&slots),
+            wait: bounds.connect,
+            count: None,
+        };
         let maker = PoolMaker {
             http,
             tls: [Protocol::Http1, Protocol::Alpn, Protocol::Http2].map(with_alpn),
             pool_idle: bounds.pool_idle,
+            capped: capped.clone(),
         };
-        Ok(UpstreamClient {
-            plain: PlainPool::new(maker.http.clone(), bounds.pool_idle),
-            http1: maker.pool(Protocol::Http1, None),
-            alpn: maker.pool(Protocol::Alpn, None),
-            http2: maker.pool(Protocol::Http2, None),
+        // The plain pool registers first, so it is asked first: it closes one idle
+        // connection, where the shared pools can only close all of theirs.
+        let plain = PlainPool::new(maker.http.clone(), bounds.pool_idle, capped);
+        let open = OpenCount::default();
+        let shared = Arc::new(SharedPools {
+            pools: ArcSwap::from_pointee(SharedPools::make(&maker, &open)),
             maker,
+            open,
+        });
+        let evict: Arc<dyn Evict> = Arc::clone(&shared) as Arc<dyn Evict>;
+        slots.register(Arc::downgrade(&evict));
+        Ok(UpstreamClient {
+            plain,
+            shared,
             response_timeout: bounds.response,
+            slots,
         })
+    }
+
+    /// The cap every pool's connections are under.
+    pub(super) fn slots(&self) -> &Arc<Slots> {
+        &self.slots
     }
 
     /// The pool a request goes through: for an upstream that takes a PROXY header,
@@ -256,14 +323,17 @@ impl UpstreamClient {
     ) -> Option<Pool> {
         let pool = match private {
             Some((pools, header)) => pools.get_or_make(protocol, header, |header| {
-                self.maker.pool(protocol, Some(header))
+                self.shared.maker.pool(protocol, Some(header), None)
             }),
-            None => match protocol {
-                Protocol::Http1 if plain => return None,
-                Protocol::Http1 => self.http1.clone(),
-                Protocol::Alpn => self.alpn.clone(),
-                Protocol::Http2 => self.http2.clone(),
-            },
+            None => {
+                let shared = self.shared.pools.load();
+                match protocol {
+                    Protocol::Http1 if plain => return None,
+                    Protocol::Http1 => shared[0].clone(),
+                    Protocol::Alpn => shared[1].clone(),
+                    Protocol::Http2 => shared[2].clone(),
+                }
+            }
         };
         Some(pool)
     }
@@ -381,7 +451,7 @@ mod tests {
             response: Duration::from_secs(1),
             pool_idle: Duration::from_secs(1),
         };
-        UpstreamClient::new(bounds, None).expect("client builds")
+        UpstreamClient::new(bounds, None, Slots::new(8)).expect("client builds")
     }
 
     #[tokio::test]

@@ -2,7 +2,8 @@
 //! routes it, rewrites its headers from the connection's facts ([`ConnContext`], with the
 //! client recovered from the PROXY header), sends it upstream and streams the answer back.
 //! [`Forwarder::handle`] never fails: every failure is a response (400, 404, 405, 413, 421,
-//! 502, 504, or a 301 to HTTPS). Immutable once built; a reload builds a new one.
+//! 502, 503, 504, or a 301 to HTTPS). Immutable once built; a reload builds a new one,
+//! which shares the old one's upstream connection cap (`slots`).
 
 mod access;
 mod balance;
@@ -14,6 +15,7 @@ mod headers;
 mod plain;
 mod request;
 mod route;
+mod slots;
 mod tlv;
 mod upgrade;
 
@@ -42,12 +44,14 @@ use client::{Bounds, UpstreamClient, UpstreamError};
 use headers::Downstream;
 use plain::{GiveBack, PooledBody};
 use route::{Refusal, Router, Target};
+use slots::{Slots, SlotsFull, WithTurn};
 
 pub use access::ACCESS_TARGET;
 pub use body::ResponseBodyError as BodyError;
 pub use client::ConnPools;
 pub(crate) use headers::is_managed;
 pub use route::RouteError;
+pub use slots::UpstreamStats;
 
 /// The response body type: the upstream's body, or the proxy's own, streamed.
 pub type ProxyBody = BoxBody<Bytes, BodyError>;
@@ -151,11 +155,16 @@ pub struct Forwarder {
     trusted: TrustList,
     body_limit: Option<u64>,
     timeouts: Timeouts,
+    /// `max_upstream_connections_per_client`.
+    per_client: usize,
     redact_query: bool,
     /// Shared with the forwarder this one replaced on reload, so counts never go back.
     counters: Arc<Counters>,
     upstream_warning: Throttle,
 }
+
+/// A request's turn under `max_upstream_connections_per_client`.
+type Turn = tokio::sync::OwnedSemaphorePermit;
 
 /// What the proxy answers itself.
 #[derive(Debug)]
@@ -202,6 +211,15 @@ impl Forwarder {
         config: &Config,
         options: ForwardOptions,
     ) -> Result<Forwarder, ForwardError> {
+        let slots = Slots::new(config.limits.max_upstream_connections);
+        Forwarder::build(config, options, slots)
+    }
+
+    fn build(
+        config: &Config,
+        options: ForwardOptions,
+        slots: Arc<Slots>,
+    ) -> Result<Forwarder, ForwardError> {
         let bounds = Bounds {
             connect: config.timeouts.upstream_connect,
             response: config.timeouts.upstream_read,
@@ -209,10 +227,11 @@ impl Forwarder {
         };
         Ok(Forwarder {
             router: Router::new(config)?,
-            client: UpstreamClient::new(bounds, options.upstream_roots)?,
+            client: UpstreamClient::new(bounds, options.upstream_roots, slots)?,
             trusted: config.trusted_forwarded_proxies.clone(),
             body_limit: config.limits.request_max_body_size,
             timeouts: config.timeouts,
+            per_client: config.limits.max_upstream_connections_per_client,
             redact_query: config.redact_query_in_access_log,
             counters: Arc::default(),
             upstream_warning: Throttle::new(UPSTREAM_WARN_PERIOD),
@@ -220,9 +239,12 @@ impl Forwarder {
     }
 
     /// Builds the forwarder of a reloaded config; it goes on counting where
-    /// `previous` left off (and `previous` still counts its in-flight requests there).
+    /// `previous` left off (and `previous` still counts its in-flight requests there),
+    /// and its upstream connections are under the same cap as those `previous` holds
+    /// (`max_upstream_connections` keeps its startup value, as `max_clients` does).
     pub fn succeeding(config: &Config, previous: &Forwarder) -> Result<Forwarder, ForwardError> {
-        let mut next = Forwarder::new(config)?;
+        let slots = Arc::clone(previous.client.slots());
+        let mut next = Forwarder::build(config, ForwardOptions::default(), slots)?;
         next.counters = Arc::clone(&previous.counters);
         Ok(next)
     }
@@ -230,6 +252,12 @@ impl Forwarder {
     /// Timeouts by kind, shared by every forwarder of this process and its listener.
     pub fn timeouts(&self) -> &Arc<TimeoutCounts> {
         &self.counters.timeouts
+    }
+
+    /// The upstream connections open now, the cap, and the requests that waited for
+    /// room or got none, since the process started.
+    pub fn upstream_stats(&self) -> UpstreamStats {
+        self.client.slots().stats()
     }
 
     /// Counts since the first forwarder of this process was built.
@@ -260,10 +288,10 @@ impl Forwarder {
                 )
             });
         let response = match self.forward(req, conn, record.as_mut()).await {
-            Ok((response, give_back)) => response.map(|body| {
+            Ok((response, give_back, turn)) => response.map(|body| {
                 let read = self.timeouts.upstream_read;
                 let body = UpstreamBody::new(body, read, Arc::clone(&self.counters.timeouts));
-                PooledBody::new(body, give_back).boxed()
+                WithTurn::new(PooledBody::new(body, give_back), turn).boxed()
             }),
             Err(answer) => answer
                 .response()
@@ -289,7 +317,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
         conn: &ConnContext,
         mut record: Option<&mut AccessRecord>,
-    ) -> Result<(Response<Incoming>, Option<GiveBack>), Answer> {
+    ) -> Result<(Response<Incoming>, Option<GiveBack>, Option<Turn>), Answer> {
         if req.method() == Method::CONNECT {
             return Err(Answer::Status(StatusCode::METHOD_NOT_ALLOWED));
         }
@@ -376,6 +404,13 @@ impl Forwarder {
             .map(|header| (&conn.upstream_pools, header));
         let plain = !target.tls && upgrade.is_none();
         let pool = self.client.pool(protocol, private, plain);
+        // Held until the response body ends, so h2 streams beyond the cap wait here
+        // holding no upstream connection.
+        let turn = conn
+            .upstream_pools
+            .turns
+            .take(self.per_client, self.client.slots())
+            .await;
         let (mut response, give_back) =
             match self.client.send(pool.as_ref(), upstream_req, done).await {
                 Ok(sent) => sent,
@@ -403,16 +438,22 @@ impl Forwarder {
             );
         }
         headers::prepare_response(response.headers_mut(), switching);
-        Ok((response, give_back))
+        Ok((response, give_back, turn))
     }
 
     /// The answer to a request that got no response, counted and logged: the client's
-    /// body over the limit (413) or unreadable (400), the upstream too slow (504) or
-    /// unreachable or failing (502).
+    /// body over the limit (413) or unreadable (400), no room for an upstream connection
+    /// (503, counted by the slots), the upstream too slow (504) or unreachable or
+    /// failing (502).
     fn upstream_failed(&self, error: &UpstreamError, over: &OverLimit, target: &Target) -> Answer {
         if over.get() {
             bump(&self.counters.bodies_too_large);
             return Answer::Status(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        if no_room(error) {
+            // The clients' own load can cause this at will: debug, and the counter.
+            debug!(upstream = %target.authority, error = ?error, "no room for an upstream connection");
+            return Answer::Status(StatusCode::SERVICE_UNAVAILABLE);
         }
         let status = match error {
             UpstreamError::Timeout(_) => {
@@ -451,6 +492,18 @@ impl Forwarder {
         }
         Answer::Status(status)
     }
+}
+
+/// Whether an upstream error is the cap on upstream connections.
+fn no_room(error: &UpstreamError) -> bool {
+    let mut source = error.source();
+    while let Some(e) = source {
+        if e.is::<SlotsFull>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// How the client's body failed an upstream request.

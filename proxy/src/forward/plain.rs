@@ -8,7 +8,8 @@
 //! ([`GiveBack`], dropped with the body); one whose body is abandoned is closed. Idle ones
 //! past the idle timeout are closed by a reaper task; one the upstream closed while idle is
 //! skipped at checkout; a request a dead connection refused unsent goes once more, on a new
-//! connection.
+//! connection. Each connection holds a slot under `max_upstream_connections`; at the cap
+//! the pool closes its least recently used idle connection to make room ([`Evict`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -26,6 +27,8 @@ use tower_service::Service;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::connect::Capped;
+use super::slots::{Evict, SlotsFull, Slotted};
 
 /// What a request body must be to go through the pool.
 pub(super) trait PoolBody:
@@ -46,6 +49,8 @@ impl<B> PoolBody for B where
 pub(super) enum PlainError {
     #[error("the upstream request has no authority")]
     NoAuthority,
+    #[error("no room for an upstream connection")]
+    Full(#[from] SlotsFull),
     #[error("connecting to the upstream failed")]
     Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the HTTP/1.1 handshake with the upstream failed")]
@@ -71,6 +76,7 @@ impl<B> Clone for PlainPool<B> {
 #[derive(Debug)]
 struct Inner<B> {
     http: HttpConnector,
+    capped: Capped,
     idle_timeout: Duration,
     idle: Mutex<IdleLists<B>>,
 }
@@ -89,18 +95,21 @@ struct Idle<B> {
 }
 
 impl<B: PoolBody> PlainPool<B> {
-    /// `http` makes the TCP connections (its connect timeout and `TCP_NODELAY` apply).
-    pub(super) fn new(http: HttpConnector, idle_timeout: Duration) -> PlainPool<B> {
-        PlainPool {
-            inner: Arc::new(Inner {
-                http,
-                idle_timeout,
-                idle: Mutex::new(IdleLists {
-                    by_upstream: Vec::new(),
-                    reaper_started: false,
-                }),
+    /// `http` makes the TCP connections (its connect timeout and `TCP_NODELAY` apply),
+    /// each under `capped`, which is asked to close idle ones of this pool at the cap.
+    pub(super) fn new(http: HttpConnector, idle_timeout: Duration, capped: Capped) -> PlainPool<B> {
+        let inner = Arc::new(Inner {
+            http,
+            capped,
+            idle_timeout,
+            idle: Mutex::new(IdleLists {
+                by_upstream: Vec::new(),
+                reaper_started: false,
             }),
-        }
+        });
+        let evict: Arc<dyn Evict> = Arc::clone(&inner) as Arc<dyn Evict>;
+        inner.capped.slots.register(Arc::downgrade(&evict));
+        PlainPool { inner }
     }
 
     /// Sends `request` (its URI absolute, `http`) on an idle connection to its upstream,
@@ -172,6 +181,7 @@ impl<B: PoolBody> PlainPool<B> {
     /// A new connection to the upstream `uri` names, its task spawned.
     async fn connect(&self, uri: &Uri) -> Result<SendRequest<B>, PlainError> {
         self.start_reaper();
+        let slot = self.inner.capped.slot().await?;
         let io = self
             .inner
             .http
@@ -179,6 +189,7 @@ impl<B: PoolBody> PlainPool<B> {
             .call(uri.clone())
             .await
             .map_err(|e| PlainError::Connect(e.into()))?;
+        let io = Slotted::new(io, slot, None);
         let (sender, conn) = http1::handshake(io).await.map_err(PlainError::Handshake)?;
         tokio::spawn(async move {
             if let Err(error) = conn.await {
@@ -223,6 +234,26 @@ impl<B: PoolBody> PlainPool<B> {
     fn idle_count(&self) -> usize {
         let lists = self.inner.lock();
         lists.by_upstream.iter().map(|(_, l)| l.len()).sum()
+    }
+}
+
+impl<B: Send> Evict for Inner<B> {
+    /// Closes the least recently used idle connection, of any upstream.
+    fn evict_idle(&self) -> bool {
+        let mut lists = self.lock();
+        let oldest = lists
+            .by_upstream
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, list))| Some((i, list.first()?.since)))
+            .min_by_key(|(_, since)| *since);
+        let Some((i, _)) = oldest else {
+            return false;
+        };
+        // Dropping its sender ends the connection's task, which closes the socket and
+        // gives its slot back.
+        drop(lists.by_upstream[i].1.remove(0));
+        true
     }
 }
 
@@ -334,6 +365,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
+    use super::super::slots::Slots;
     use super::*;
 
     /// An upstream answering `hello` on every request; counts its connections.
@@ -361,6 +393,20 @@ mod tests {
 
     type TestPool = PlainPool<Empty<Bytes>>;
 
+    /// A pool under a cap of `max` connections, waiting at most 200 ms at it.
+    fn pool(idle_timeout: Duration, max: usize) -> (TestPool, Arc<Slots>) {
+        let slots = Slots::new(max);
+        let capped = Capped {
+            slots: Arc::clone(&slots),
+            wait: Duration::from_millis(200),
+            count: None,
+        };
+        (
+            TestPool::new(HttpConnector::new(), idle_timeout, capped),
+            slots,
+        )
+    }
+
     async fn request(pool: &TestPool, uri: &Uri) -> Bytes {
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = uri.clone();
@@ -372,7 +418,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_reused_once_its_body_is_read() {
         let (uri, accepted) = upstream().await;
-        let pool = TestPool::new(HttpConnector::new(), Duration::from_secs(30));
+        let (pool, _) = pool(Duration::from_secs(30), 8);
         for _ in 0..5 {
             assert_eq!(request(&pool, &uri).await, "hello");
         }
@@ -383,7 +429,7 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_body_closes_its_connection() {
         let (uri, accepted) = upstream().await;
-        let pool = TestPool::new(HttpConnector::new(), Duration::from_secs(30));
+        let (pool, _) = pool(Duration::from_secs(30), 8);
         let mut req = Request::new(Empty::new());
         *req.uri_mut() = uri.clone();
         let (response, give_back) = pool.send(req).await.expect("a response");
@@ -401,12 +447,39 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn idle_connections_past_the_timeout_are_closed() {
         let (uri, accepted) = upstream().await;
-        let pool = TestPool::new(HttpConnector::new(), Duration::from_secs(2));
+        let (pool, _) = pool(Duration::from_secs(2), 8);
         assert_eq!(request(&pool, &uri).await, "hello");
         assert_eq!(pool.idle_count(), 1);
         tokio::time::sleep(Duration::from_secs(5)).await;
         assert_eq!(pool.idle_count(), 0, "the reaper closed it");
         assert_eq!(request(&pool, &uri).await, "hello");
         assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_an_idle_connection_makes_room_and_a_busy_one_does_not() {
+        let (uri, accepted) = upstream().await;
+        let (pool, slots) = pool(Duration::from_secs(30), 1);
+        assert_eq!(request(&pool, &uri).await, "hello");
+        assert_eq!((pool.idle_count(), slots.stats().open), (1, 1));
+        // The one connection is busy: a second request finds no room within the wait.
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = uri.clone();
+        let (busy, give_back) = pool.send(req).await.expect("the idle one is reused");
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = "http://127.0.0.1:1/".parse().expect("uri");
+        let refused = pool.send(req).await.expect_err("no room at the cap");
+        assert!(matches!(refused, PlainError::Full(_)), "{refused:?}");
+        assert_eq!(slots.stats().refused, 1);
+        let body = PooledBody::new(busy.into_body(), Some(give_back));
+        body.collect().await.expect("the body");
+        assert_eq!(pool.idle_count(), 1, "idle again");
+        // Idle now: a request to another upstream closes it to make room.
+        let (other, other_accepted) = upstream().await;
+        assert_eq!(request(&pool, &other).await, "hello");
+        assert_eq!(pool.idle_count(), 1, "only the new one is idle");
+        assert_eq!(slots.stats().open, 1, "never more than the cap");
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(other_accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

@@ -17,6 +17,7 @@ pub mod netns;
 pub mod peers;
 pub mod probe;
 pub mod scrape;
+pub mod stall;
 pub mod upstream;
 
 use std::path::PathBuf;

@@ -207,3 +207,107 @@ where
     });
     addr
 }
+
+/// What a [`body_reading`] upstream saw: its connections open now and at most at once,
+/// and the request heads it received. Tests wait on it with [`Seen::until`].
+#[derive(Debug, Default)]
+pub struct Seen {
+    open: AtomicUsize,
+    peak: AtomicUsize,
+    requests: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Seen {
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `done` holds, woken by each change; panics naming `what` after
+    /// `timeout`.
+    pub async fn until(
+        &self,
+        what: &str,
+        timeout: std::time::Duration,
+        done: impl Fn(&Seen) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            let mut changed = std::pin::pin!(changed);
+            // Registered before looking, so a change in between is not missed.
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                panic!(
+                    "{what}: not within {timeout:?} (upstream: {} open, peak {}, {} requests)",
+                    self.open(),
+                    self.peak(),
+                    self.requests()
+                );
+            }
+        }
+    }
+
+    fn opened(&self) {
+        let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(open, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    fn requested(&self) {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+}
+
+/// An upstream (HTTP/1.1 and h2c) that reads each request body to its end before it
+/// answers 200 `ok`, so a stalled body holds its connection; it counts its connections
+/// and requests in [`Seen`].
+pub async fn body_reading() -> (SocketAddr, Arc<Seen>) {
+    let (listener, addr) = bind().await;
+    let seen = Arc::new(Seen::default());
+    let counts = Arc::clone(&seen);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counts.opened();
+            let counts = Arc::clone(&counts);
+            tokio::spawn(async move {
+                let per_request = Arc::clone(&counts);
+                let service = service_fn(move |req: Request<Incoming>| {
+                    per_request.requested();
+                    async move {
+                        // A body that fails (the proxy gave up on it) gets no answer anyway.
+                        let _body = req.into_body().collect().await;
+                        Ok::<_, Infallible>(text("ok"))
+                    }
+                });
+                let builder = auto::Builder::new(TokioExecutor::new());
+                // Connection errors are the test's to observe from the client side.
+                let _ended = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                counts.closed();
+            });
+        }
+    });
+    (addr, seen)
+}
