@@ -24,6 +24,12 @@ pub(crate) struct ConfigFile {
     pub max_clients_per_ip: Option<u32>,
     pub trusted_forwarded_proxies: Option<OneOrMany>,
     pub request_max_body_size: Option<BodySize>,
+    /// nginx's name (`underscores_in_headers`).
+    pub underscores_in_headers: Option<bool>,
+    /// trustgate's own key.
+    pub upgrade_protocols: Option<Vec<String>>,
+    /// trustgate's own key.
+    pub request_max_header_size: Option<BodySize>,
     pub redact_query_in_access_log: Option<bool>,
     pub default_app: Option<String>,
     pub apps: Option<BTreeMap<String, AppFile>>,
@@ -54,7 +60,8 @@ impl OneOrMany {
     }
 }
 
-/// `request_max_body_size`: bytes, or a string such as `"10m"` or `"unlimited"`.
+/// `request_max_body_size` and `request_max_header_size`: bytes, or a string such as
+/// `"10m"` (or `"unlimited"`, for bodies).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum BodySize {
