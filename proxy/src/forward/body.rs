@@ -1,7 +1,8 @@
 //! The request body on its way upstream: streamed frame by frame, never collected; cut
 //! off with an error once it passes `request_max_body_size` (which the caller turns into
 //! a 413); and reporting when it has been sent whole or abandoned, which starts the
-//! upstream response timeout.
+//! upstream response timeout. Trailers lose the names a client may not set (see
+//! `hygiene`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +12,8 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
+
+use super::hygiene::NameGuard;
 
 /// Why the request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,8 @@ pub(super) struct RequestBody {
     /// Fired (or dropped, which the receiver sees the same way) once the body has ended,
     /// failed, or been dropped by the upstream client.
     done: Option<oneshot::Sender<()>>,
+    /// Filters the trailers, when set (see [`RequestBody::guarding_trailers`]).
+    names: Option<Arc<NameGuard>>,
 }
 
 /// The caller's view of a [`RequestBody`] in flight.
@@ -65,11 +70,26 @@ impl RequestBody {
             seen: 0,
             over: over.clone(),
             done: Some(tx),
+            names: None,
         };
         if body.inner.is_end_stream() {
             body.finish();
         }
         (body, BodyWatch { done: rx, over })
+    }
+
+    /// Trailers pass through `names`: none of the names it refuses reaches the upstream.
+    pub(super) fn guarding_trailers(mut self, names: Arc<NameGuard>) -> RequestBody {
+        self.names = Some(names);
+        self
+    }
+
+    /// A frame as sent upstream: trailers cleaned, data as it came.
+    fn clean(&self, mut frame: Frame<Bytes>) -> Frame<Bytes> {
+        if let (Some(names), Some(trailers)) = (&self.names, frame.trailers_mut()) {
+            names.clean_trailers(trailers);
+        }
+        frame
     }
 
     fn finish(&mut self) {
@@ -112,7 +132,7 @@ impl Body for RequestBody {
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(this.clean(frame))))
             }
         }
     }

@@ -11,6 +11,7 @@ mod client;
 mod connect;
 mod forwarded;
 mod headers;
+mod hygiene;
 mod plain;
 mod request;
 mod route;
@@ -156,6 +157,8 @@ pub struct Forwarder {
     trusted: TrustList,
     body_limit: Option<u64>,
     redact_query: bool,
+    /// `upgrade_protocols`: lowercase, never `h2c`.
+    upgrade_protocols: Vec<String>,
     /// Shared with the forwarder this one replaced on reload, so counts never go back.
     counters: Arc<Counters>,
     upstream_warning: Throttle,
@@ -217,6 +220,7 @@ impl Forwarder {
             trusted: config.trusted_forwarded_proxies.clone(),
             body_limit: config.limits.request_max_body_size,
             redact_query: config.redact_query_in_access_log,
+            upgrade_protocols: config.headers.upgrade_protocols.clone(),
             counters: Arc::default(),
             upstream_warning: Throttle::new(UPSTREAM_WARN_PERIOD),
         })
@@ -326,7 +330,7 @@ impl Forwarder {
                 debug!(%error, "upstream URI not buildable");
                 Refusal::BadRequest
             })?;
-        let upgrade = upgrade::requested(req.version(), req.headers());
+        let upgrade = upgrade::requested(req.version(), req.headers(), &self.upgrade_protocols);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let protocol = client::protocol(
             route.options.http_version,
@@ -337,6 +341,7 @@ impl Forwarder {
         );
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
+        app.names.clean_head(&mut headers);
         let downstream = Downstream {
             client: conn.client,
             front: conn.front(),
@@ -358,6 +363,7 @@ impl Forwarder {
         let tlvs = conn.proxy.as_ref().map(|p| p.tlvs()).unwrap_or_default();
         tlv::apply(&mut headers, &app.tlv_headers, tlvs);
         let (body, BodyWatch { done, over }) = RequestBody::new(body, self.body_limit);
+        let body = body.guarding_trailers(Arc::clone(&app.names));
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;
