@@ -623,3 +623,85 @@ async fn forged_trailers_never_reach_an_http11_upstream() {
         }
     }
 }
+
+/// An HTTP/1.1 head of exactly `len` bytes, `Connection: close`, padded by one header.
+fn head_of(len: usize) -> Vec<u8> {
+    let start = "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nX-Pad: ";
+    let end = "\r\n\r\n";
+    let pad = len - start.len() - end.len();
+    format!("{start}{}{end}", "p".repeat(pad)).into_bytes()
+}
+
+/// trustgate's own listener (no PROXY protocol, no kernel filter) in front of `upstream`.
+fn listener_for(upstream: SocketAddr, top: &str) -> common::inprocess::InProcess {
+    let text = config(
+        &format!("listen_address_v4 = \"127.0.0.1\"\n{top}"),
+        &[upstream],
+        "",
+    )
+    .replacen("listen_port = 8080", "listen_port = 0", 1);
+    common::inprocess::InProcess::start(&text, proxy::kernel::Plan::Off)
+        .expect("no kernel filter to load")
+}
+
+/// Both sides of `request_max_header_size` on the real listener: a head of exactly the
+/// limit is forwarded, one byte more is a 431 that never reaches the upstream.
+#[tokio::test]
+async fn http1_head_over_request_max_header_size_is_a_431_the_upstream_never_sees() {
+    for (top, limit) in [
+        ("", 64 * 1024),
+        ("request_max_header_size = \"8k\"", 8 * 1024),
+    ] {
+        let (up, hits) = upstream::counting().await;
+        let gate = listener_for(up, top);
+        let addr = gate.listeners[0];
+        let answer = common::forwarder::raw_exchange(addr, &head_of(limit)).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{limit}: {answer}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        let answer = common::forwarder::raw_exchange(addr, &head_of(limit + 1)).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{limit} + 1: {answer}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "the upstream saw nothing more"
+        );
+    }
+}
+
+/// The h2 side takes the same limit as `SETTINGS_MAX_HEADER_LIST_SIZE` (hyper's default
+/// is 16 KiB): a 40 KiB header list passes, an 80 KiB one never reaches the upstream.
+#[tokio::test]
+async fn h2_header_list_is_bounded_by_request_max_header_size() {
+    let (up, hits) = upstream::counting().await;
+    let gate = listener_for(up, "");
+    let addr = gate.listeners[0];
+    let with_pad = |len: usize| {
+        Request::get("http://app.example/")
+            .header("x-pad", "p".repeat(len))
+            .body(Empty::new().boxed())
+            .expect("test request")
+    };
+    let response = send_h2(addr, with_pad(40 * 1024)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let refused = sender.send_request(with_pad(80 * 1024)).await;
+    if let Ok(response) = &refused {
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the upstream saw nothing more"
+    );
+}
