@@ -705,3 +705,69 @@ async fn h2_header_list_is_bounded_by_request_max_header_size() {
         "the upstream saw nothing more"
     );
 }
+
+/// RFC 9112 §6.3: with `Transfer-Encoding`, `Content-Length` is ignored, and a proxy
+/// passing the message on must drop it. hyper's client keeps it in the response
+/// headers, so the client would get the chunked body framed by a stale length.
+#[tokio::test]
+async fn response_framed_by_transfer_encoding_loses_its_content_length() {
+    let up = upstream::raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = proxy(&config("", &[up], "")).await;
+    let answer = common::forwarder::raw_exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length: 3"),
+        "{answer}"
+    );
+    assert!(body.contains("0123456789"), "{answer}");
+}
+
+/// RFC 9113 §8.2.3: h2 clients may split `cookie` into crumbs; an HTTP/1.1 upstream
+/// must get them as one field joined with "; ".
+#[tokio::test]
+async fn h2_cookie_crumbs_reach_an_http11_upstream_as_one_header() {
+    let (up, mut rx) = upstream::recording().await;
+    let p = proxy(&config("", &[up], "")).await;
+    let req = Request::get("http://app.example/")
+        .header(header::COOKIE, "a=1")
+        .header(header::COOKIE, "b=2")
+        .header(header::COOKIE, "c=3")
+        .body(Empty::new().boxed())
+        .expect("test request");
+    assert_eq!(send_h2(p.addr, req).await.status(), StatusCode::OK);
+    let got = received(&mut rx).await;
+    assert_eq!(got.version, http::Version::HTTP_11);
+    let cookies: Vec<&[u8]> = got
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+    assert_eq!(cookies, [b"a=1; b=2; c=3"]);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400, absolute-form or not.
+#[tokio::test]
+async fn absolute_form_http11_request_without_host_is_a_400_the_upstream_never_sees() {
+    let (up, hits) = upstream::counting().await;
+    let p = proxy(&config("", &[up], "")).await;
+    let exchange = |req: &'static str| common::forwarder::raw_exchange(p.addr, req.as_bytes());
+    let answer = exchange("GET http://app.example/ HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let answer = exchange(
+        "GET http://app.example/ HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}

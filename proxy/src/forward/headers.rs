@@ -254,8 +254,13 @@ fn identity(
 }
 
 /// Rewrites an upstream response's headers for the client: hop-by-hop headers out, with
-/// `Upgrade` and `Connection: upgrade` kept on a 101 that switches protocols.
+/// `Upgrade` and `Connection: upgrade` kept on a 101 that switches protocols. A response
+/// framed by `Transfer-Encoding` loses its `Content-Length` too (RFC 9112 §6.3: the
+/// encoding wins), which hyper's client keeps and its server would frame the body by.
 pub(super) fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let protocol = upgraded
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();

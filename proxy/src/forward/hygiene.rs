@@ -1,12 +1,12 @@
 //! Header names a client may not send upstream, in the head and in trailers: names with
 //! `_` (CGI, WSGI and Rack fold `_` into `-`, so `X_Forwarded_For` would be read as
-//! `X-Forwarded-For`), and managed names and the app's TLV names in trailers. Decides by
-//! name only; values are `headers`' business.
+//! `X-Forwarded-For`), managed names and the app's TLV names in trailers, and h2 cookie
+//! crumbs joined for HTTP/1.1. Decides by name only; values are `headers`' business.
 
 use std::sync::Arc;
 
-use http::HeaderMap;
-use http::header::HeaderName;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue};
 use tracing::debug;
 
 use super::headers::is_managed;
@@ -91,10 +91,31 @@ fn remove_where(
     }
 }
 
+/// Joins several `cookie` fields into one with `"; "` (RFC 9113 §8.2.3): h2 clients may
+/// split cookies into crumbs, which an HTTP/1.1 upstream must get as one field.
+pub(super) fn join_cookie_crumbs(headers: &mut HeaderMap) {
+    let mut crumbs = headers.get_all(header::COOKIE).iter();
+    if crumbs.next().is_none() || crumbs.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for crumb in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(crumb.as_bytes());
+    }
+    // Each crumb was a valid value and "; " is visible ASCII, so the join is one too.
+    match HeaderValue::from_bytes(&joined) {
+        Ok(value) => {
+            headers.insert(header::COOKIE, value);
+        }
+        Err(error) => debug!(%error, "cookie crumbs not joinable; passed on as they came"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use http::HeaderValue;
-
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -176,5 +197,23 @@ mod tests {
         let mut map = headers(&[("x_forwarded_for", "6.6.6.6"), ("x_app", "1")]);
         allowed.clean_trailers(&mut map);
         assert_eq!(names(&map), ["x_app"]);
+    }
+
+    #[test]
+    fn cookie_crumbs_are_joined_in_order() {
+        let mut map = headers(&[("cookie", "a=1"), ("cookie", "b=2"), ("cookie", "c=3")]);
+        join_cookie_crumbs(&mut map);
+        let all: Vec<&[u8]> = map
+            .get_all(header::COOKIE)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect();
+        assert_eq!(all, [b"a=1; b=2; c=3"]);
+        let mut one = headers(&[("cookie", "a=1; b=2")]);
+        join_cookie_crumbs(&mut one);
+        assert_eq!(
+            one.get(header::COOKIE).map(HeaderValue::as_bytes),
+            Some(&b"a=1; b=2"[..])
+        );
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
@@ -342,6 +342,9 @@ impl Forwarder {
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
         app.names.clean_head(&mut headers);
+        if parts.version == Version::HTTP_2 && protocol.version() != Version::HTTP_2 {
+            hygiene::join_cookie_crumbs(&mut headers);
+        }
         let downstream = Downstream {
             client: conn.client,
             front: conn.front(),

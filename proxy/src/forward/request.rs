@@ -10,7 +10,8 @@ use http::{HeaderMap, Uri, Version, header};
 use super::route::Refusal;
 
 /// The host a request is addressed to: the URI authority (HTTP/2, or an absolute-form
-/// HTTP/1.1 target), else the Host header.
+/// HTTP/1 target), else the Host header. An HTTP/1.1 request must carry a Host header
+/// even in absolute form (empty is allowed there: the authority is used).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RequestHost {
     /// Lowercased, without port or trailing dot; IPv6 literals keep their brackets.
@@ -57,6 +58,8 @@ pub(super) fn request_host(
 ) -> Result<Option<RequestHost>, Refusal> {
     let mut values = headers.get_all(header::HOST).iter();
     let from_header = match (values.next(), values.next()) {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host gets a 400, whatever its form.
+        (None, _) if version == Version::HTTP_11 => return Err(Refusal::BadRequest),
         (None, _) => None,
         (Some(_), Some(_)) => return Err(Refusal::BadRequest),
         (Some(v), None) if v.is_empty() => None,
@@ -74,7 +77,7 @@ pub(super) fn request_host(
         (Some(u), Some(h)) if u.name != h.name => Err(Refusal::BadRequest),
         (Some(u), _) => Ok(Some(u)),
         (None, Some(h)) => Ok(Some(h)),
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host gets a 400.
+        // An empty Host and no authority: nothing names the host.
         (None, None) if version == Version::HTTP_11 => Err(Refusal::BadRequest),
         (None, None) => Ok(None),
     }
@@ -157,6 +160,23 @@ mod tests {
         );
         let same_name = headers(&[("host", "web.example:443")]);
         assert!(request_host(&uri, &same_name, Version::HTTP_2).is_ok());
+    }
+
+    #[test]
+    fn absolute_form_http11_needs_a_host_header_and_http10_does_not() {
+        let uri: Uri = "http://web.example/x".parse().expect("test uri");
+        let none = HeaderMap::new();
+        assert_eq!(
+            request_host(&uri, &none, Version::HTTP_11),
+            Err(Refusal::BadRequest)
+        );
+        let got = request_host(&uri, &none, Version::HTTP_10).expect("valid");
+        assert_eq!(got.expect("a host").name, "web.example");
+        let empty = headers(&[("host", "")]);
+        let got = request_host(&uri, &empty, Version::HTTP_11).expect("valid");
+        assert_eq!(got.expect("a host").name, "web.example");
+        // HTTP/2 names its host in :authority and carries no Host header.
+        assert!(request_host(&uri, &none, Version::HTTP_2).is_ok());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Upstream servers for the tests: the shipped demo upstream, one that counts what
 //! reaches it, a generic one that runs a closure per request (HTTP/1.1 and h2c, upgrades
 //! allowed), optionally behind TLS, one that reads a PROXY header first and reports its
-//! connections' ends, and one that reports each request's headers and trailers. All bind
-//! 127.0.0.1:0 and return their address.
+//! connections' ends, one that reports each request's headers and trailers, and a raw
+//! one that answers fixed bytes. All bind 127.0.0.1:0 and return their address.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy::proxy_protocol::{Limits, read_header};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -187,6 +188,31 @@ pub async fn recording() -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
     })
     .await;
     (addr, rx)
+}
+
+/// An upstream that reads each connection's request head (to its blank line) and answers
+/// `response` byte for byte, then closes: for responses hyper would never build.
+pub async fn raw(response: &'static [u8]) -> SocketAddr {
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+            });
+        }
+    });
+    addr
 }
 
 /// An address nothing listens on: bound, then released.
