@@ -771,3 +771,30 @@ async fn absolute_form_http11_request_without_host_is_a_400_the_upstream_never_s
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert_eq!(hits.load(Ordering::SeqCst), 1);
 }
+
+/// Dot segments an upstream would still read as `..` (Tomcat's `;` parameters, IIS's
+/// backslashes, servers that decode `%2f` before splitting) are a 400 that never leaves
+/// the proxy; sent as raw bytes so no client library normalises them first.
+#[tokio::test]
+async fn dot_segments_behind_params_backslashes_or_encoded_slashes_never_reach_the_upstream() {
+    let (up, hits) = upstream::counting().await;
+    let p = proxy(&config("", &[up], "")).await;
+    for path in [
+        "/s/..;/x",
+        "/s/.;p=1/x",
+        "/s\\..\\x",
+        "/s%2f..%2fx",
+        "/s%2F%2e%2e%2Fx",
+        "/s%5c..%5cx",
+        "/s/%2e%2e;/x",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n");
+        let answer = common::forwarder::raw_exchange(p.addr, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{path}: {answer}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let req = "GET /s/a;b/x%2fy\\z HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n";
+    let answer = common::forwarder::raw_exchange(p.addr, req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
