@@ -10,9 +10,10 @@ use http::Uri;
 use http::header::HeaderName;
 use ipnet::IpNet;
 use proxy::config::{
-    self, App, AppTls, Config, ConfigError, HostHeader, KernelFilterConfig, KernelFilterMode,
-    Limits, Listeners, LoadBalance, LoadOptions, ProxyProtocolConfig, Route, Timeouts, TlvField,
-    TlvHeader, Upstream, UpstreamHttp, UpstreamOptions, Warning, WarningKind, XdpMode,
+    self, App, AppTls, Config, ConfigError, HeaderRules, HostHeader, KernelFilterConfig,
+    KernelFilterMode, Limits, Listeners, LoadBalance, LoadOptions, ProxyProtocolConfig, Route,
+    Timeouts, TlvField, TlvHeader, Upstream, UpstreamHttp, UpstreamOptions, Warning, WarningKind,
+    XdpMode,
 };
 use proxy::proxy_protocol::Version;
 use proxy::trust::TrustList;
@@ -278,6 +279,7 @@ fn every_supported_key_is_parsed_to_its_value() {
             max_upstream_connections: 300,
             max_upstream_connections_per_client: 4,
             request_max_body_size: Some(10 * 1024 * 1024),
+            request_max_header_size: 32 * 1024,
             connection_handling_timeout: Some(Duration::from_secs(30)),
         },
         timeouts: Timeouts {
@@ -291,6 +293,10 @@ fn every_supported_key_is_parsed_to_its_value() {
         },
         trusted_forwarded_proxies: nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]),
         redact_query_in_access_log: true,
+        headers: HeaderRules {
+            underscores_in_headers: true,
+            upgrade_protocols: vec!["websocket".into(), "x-custom".into()],
+        },
         apps: vec![plain_app, secure_app],
         default_app: Some("plain".into()),
         proxy_protocol: Some(ProxyProtocolConfig {
@@ -326,6 +332,8 @@ fn summary_prints_listeners_apps_routes_trust_and_the_kernel_filter_plan() {
          descriptors needed: 1364 (1000 clients + 300 upstream + 64 reserved)\n",
         "forwarded headers: believed from 10.0.0.0/8, 192.0.2.7/32, 2001:db8::/32\n",
         "access log: query strings redacted\n",
+        "request headers: head up to 32 KiB (431 beyond), names with '_' passed on unless they \
+         fold onto a managed or TLV header, upgrades websocket, x-custom\n",
         "  plain (server_name plain.example), default app for plain HTTP, plain HTTP only\n",
         "  secure (server_name secure.example), TLS with certs/secure.crt, client certificates from certs/ca.crt\n",
         "    PROXY v2 TLVs as headers: alpn -> x-pp-alpn, authority -> x-pp-authority, \
@@ -633,6 +641,22 @@ fn error_messages_name_the_file_key_value_and_the_fix() {
             cfg("listen_port = 80\nrequest_max_body_size = \"10x\"", ""),
             "t.toml: request_max_body_size = \"10x\": not a size: write bytes (1048576), a number \
              with k, m or g (\"10m\" = 10 MiB), or \"unlimited\"",
+        ),
+        (
+            cfg("listen_port = 80\nrequest_max_header_size = \"1m\"", ""),
+            "t.toml: request_max_header_size = \"1m\": not a header size: write bytes (65536) or a \
+             number with k (\"64k\" = 64 KiB), from 1024 to 262144 bytes",
+        ),
+        (
+            cfg("listen_port = 80\nupgrade_protocols = [\"websocket\", \"h2c\"]", ""),
+            "t.toml: upgrade_protocols[1] = \"h2c\": h2c is never tunnelled: every later request on \
+             the upgraded connection would skip routing, identity headers and the path checks; \
+             remove it",
+        ),
+        (
+            cfg("listen_port = 80\nupgrade_protocols = [\"web socket\"]", ""),
+            "t.toml: upgrade_protocols[0] = \"web socket\": not a protocol name: an HTTP token such \
+             as \"websocket\" (letters, digits and !#$%&'*+-.^_`|~), without a version",
         ),
         (
             cfg("listen_port = 80", "[metrics]\nlisten = \"9464\""),

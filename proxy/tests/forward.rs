@@ -427,3 +427,370 @@ async fn tls_upstream_is_verified() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(text(response).await, "HTTP/2.0");
 }
+
+/// A request for [`common::forwarder::HOST`] carrying `headers`.
+fn get_with(headers: &[(&str, &str)]) -> Request<ReqBody> {
+    let mut req = get("/");
+    for (name, value) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
+            http::HeaderValue::from_str(value).expect("test header value"),
+        );
+    }
+    req
+}
+
+/// The one request a recording upstream got.
+async fn received(rx: &mut mpsc::UnboundedReceiver<upstream::Received>) -> upstream::Received {
+    tokio::time::timeout(HANG_GUARD, rx.recv())
+        .await
+        .expect("the upstream got a request in time")
+        .expect("the upstream is running")
+}
+
+fn names(headers: &http::HeaderMap) -> Vec<&str> {
+    let mut names: Vec<&str> = headers.keys().map(http::HeaderName::as_str).collect();
+    names.sort_unstable();
+    names
+}
+
+/// nginx drops such names by default (`underscores_in_headers off`): CGI, WSGI and Rack
+/// fold `_` into `-`, so the application would read `X_Forwarded_For` as the real one.
+#[tokio::test]
+async fn underscored_request_headers_never_reach_the_upstream() {
+    let (up, mut rx) = upstream::recording().await;
+    let p = proxy(&config("", &[up], "")).await;
+    let req = get_with(&[
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("X_Request_Id", "forged"),
+        ("X-Request-Id", "real"),
+    ]);
+    assert_eq!(send(p.addr, req).await.status(), StatusCode::OK);
+    let got = received(&mut rx).await;
+    assert!(
+        !names(&got.headers).iter().any(|n| n.contains('_')),
+        "{got:?}"
+    );
+    assert_eq!(got.headers["x-forwarded-for"], "203.0.113.7");
+    assert_eq!(got.headers["x-request-id"], "real");
+}
+
+#[tokio::test]
+async fn allowed_underscores_pass_unless_they_fold_onto_a_managed_or_tlv_header() {
+    let (up, mut rx) = upstream::recording().await;
+    let route = "[apps.app.proxy_protocol_tlv_headers]\nssl_cn = \"x-client-cn\"";
+    let p = proxy(&config("underscores_in_headers = true", &[up], route)).await;
+    let req = get_with(&[
+        ("X_Forwarded_For", "6.6.6.6"),
+        ("X_Real_IP", "6.6.6.6"),
+        ("X_Forwarded_Server", "evil"),
+        ("X_Client_CN", "admin"),
+        ("X_App_Flag", "1"),
+    ]);
+    assert_eq!(send(p.addr, req).await.status(), StatusCode::OK);
+    let got = received(&mut rx).await;
+    let underscored: Vec<&str> = names(&got.headers)
+        .into_iter()
+        .filter(|n| n.contains('_'))
+        .collect();
+    assert_eq!(underscored, ["x_app_flag"]);
+    assert!(!got.headers.contains_key("x-client-cn"), "{got:?}");
+    assert_eq!(got.headers["x-real-ip"], "203.0.113.7");
+}
+
+/// `Upgrade: h2c` answered 101 would turn the connection into raw h2 straight to the
+/// upstream, past routing, identity headers and the path checks for every later request.
+#[tokio::test]
+async fn h2c_upgrade_is_forwarded_as_a_plain_request_without_upgrade() {
+    let (up, mut rx) = upstream::recording().await;
+    let top = "upgrade_protocols = [\"websocket\", \"x-custom\"]";
+    let p = proxy(&config(top, &[up], "")).await;
+    let req = get_with(&[
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+    ]);
+    let response = send(p.addr, req).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let got = received(&mut rx).await;
+    for name in ["upgrade", "http2-settings", "connection"] {
+        assert!(!got.headers.contains_key(name), "{name} reached: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn only_listed_upgrade_protocols_reach_the_upstream() {
+    let (up, mut rx) = upstream::recording().await;
+    let upgrade = [("connection", "upgrade"), ("upgrade", "x-custom")];
+    let p = proxy(&config("", &[up], "")).await;
+    assert_eq!(
+        send(p.addr, get_with(&upgrade)).await.status(),
+        StatusCode::OK
+    );
+    let got = received(&mut rx).await;
+    assert!(!got.headers.contains_key("upgrade"), "{got:?}");
+
+    let top = "upgrade_protocols = [\"websocket\", \"X-Custom\"]";
+    let p = proxy(&config(top, &[up], "")).await;
+    let response = send(p.addr, get_with(&upgrade)).await;
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let got = received(&mut rx).await;
+    assert_eq!(got.headers["upgrade"], "x-custom");
+}
+
+/// Trailers a client may not set: identity, `Host`, framing, a TLV name, an `_` name.
+const FORGED_TRAILERS: [(&str, &str); 7] = [
+    ("x-forwarded-for", "6.6.6.6"),
+    ("x-real-ip", "6.6.6.6"),
+    ("forwarded", "for=6.6.6.6"),
+    ("host", "evil.example"),
+    ("x-client-cn", "admin"),
+    ("x_request_id", "forged"),
+    ("x-forwarded-server", "evil"),
+];
+
+/// A POST with a small body ending in [`FORGED_TRAILERS`] plus `x-checksum: abc`; the
+/// `Trailer` header declares them all, which an HTTP/1.1 client needs to send them.
+fn post_with_trailers() -> Request<ReqBody> {
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in FORGED_TRAILERS.iter().chain(&[("x-checksum", "abc")]) {
+        trailers.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    let declared: Vec<String> = trailers.keys().map(|n| n.as_str().to_owned()).collect();
+    let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
+    tx.try_send(hyper::body::Frame::data(Bytes::from_static(b"body")))
+        .expect("room for the data");
+    tx.try_send(hyper::body::Frame::trailers(trailers))
+        .expect("room for the trailers");
+    Request::post("http://app.example/")
+        .header(header::HOST, "app.example")
+        .header(header::TRAILER, declared.join(", "))
+        .header(header::TE, "trailers")
+        .body(body.boxed())
+        .expect("test request")
+}
+
+fn trailer_config(upstream: SocketAddr, route: &str) -> String {
+    let tlv = "[apps.app.proxy_protocol_tlv_headers]\nssl_cn = \"x-client-cn\"";
+    config("", &[upstream], &format!("{route}\n{tlv}"))
+}
+
+#[tokio::test]
+async fn forged_trailers_never_reach_an_h2_upstream() {
+    let (up, mut rx) = upstream::recording().await;
+    let route = "upstream_options = [\"force_http2_upstream\"]";
+    let p = proxy(&trailer_config(up, route)).await;
+    for h2_client in [false, true] {
+        let response = if h2_client {
+            send_h2(p.addr, post_with_trailers()).await
+        } else {
+            send(p.addr, post_with_trailers()).await
+        };
+        assert_eq!(response.status(), StatusCode::OK, "h2 client: {h2_client}");
+        let got = received(&mut rx).await;
+        assert_eq!(got.version, http::Version::HTTP_2);
+        let trailers = got.trailers.expect("the trailers arrived");
+        assert_eq!(names(&trailers), ["x-checksum"], "h2 client: {h2_client}");
+    }
+}
+
+/// hyper's HTTP/1.1 client sends only the trailers a `Trailer` header names, and that
+/// header is hop-by-hop: none arrive today. Asserted so that this stays true of the
+/// forged ones if trailers toward HTTP/1.1 upstreams are ever passed on.
+#[tokio::test]
+async fn forged_trailers_never_reach_an_http11_upstream() {
+    let (up, mut rx) = upstream::recording().await;
+    let p = proxy(&trailer_config(up, "")).await;
+    for h2_client in [false, true] {
+        let response = if h2_client {
+            send_h2(p.addr, post_with_trailers()).await
+        } else {
+            send(p.addr, post_with_trailers()).await
+        };
+        assert_eq!(response.status(), StatusCode::OK, "h2 client: {h2_client}");
+        let got = received(&mut rx).await;
+        assert_eq!(got.version, http::Version::HTTP_11);
+        let trailers = got.trailers.unwrap_or_default();
+        for (name, _) in FORGED_TRAILERS {
+            assert!(!trailers.contains_key(name), "{name} reached: {trailers:?}");
+        }
+    }
+}
+
+/// An HTTP/1.1 head of exactly `len` bytes, `Connection: close`, padded by one header.
+fn head_of(len: usize) -> Vec<u8> {
+    let start = "GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\nX-Pad: ";
+    let end = "\r\n\r\n";
+    let pad = len - start.len() - end.len();
+    format!("{start}{}{end}", "p".repeat(pad)).into_bytes()
+}
+
+/// trustgate's own listener (no PROXY protocol, no kernel filter) in front of `upstream`.
+fn listener_for(upstream: SocketAddr, top: &str) -> common::inprocess::InProcess {
+    let text = config(
+        &format!("listen_address_v4 = \"127.0.0.1\"\n{top}"),
+        &[upstream],
+        "",
+    )
+    .replacen("listen_port = 8080", "listen_port = 0", 1);
+    common::inprocess::InProcess::start(&text, proxy::kernel::Plan::Off)
+        .expect("no kernel filter to load")
+}
+
+/// Both sides of `request_max_header_size` on the real listener: a head of exactly the
+/// limit is forwarded, one byte more is a 431 that never reaches the upstream.
+#[tokio::test]
+async fn http1_head_over_request_max_header_size_is_a_431_the_upstream_never_sees() {
+    for (top, limit) in [
+        ("", 64 * 1024),
+        ("request_max_header_size = \"8k\"", 8 * 1024),
+    ] {
+        let (up, hits) = upstream::counting().await;
+        let gate = listener_for(up, top);
+        let addr = gate.listeners[0];
+        let answer = common::forwarder::raw_exchange(addr, &head_of(limit)).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{limit}: {answer}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1);
+        let answer = common::forwarder::raw_exchange(addr, &head_of(limit + 1)).await;
+        assert!(answer.starts_with("HTTP/1.1 431 "), "{limit} + 1: {answer}");
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            1,
+            "the upstream saw nothing more"
+        );
+    }
+}
+
+/// The h2 side takes the same limit as `SETTINGS_MAX_HEADER_LIST_SIZE` (hyper's default
+/// is 16 KiB): a 40 KiB header list passes, an 80 KiB one never reaches the upstream.
+#[tokio::test]
+async fn h2_header_list_is_bounded_by_request_max_header_size() {
+    let (up, hits) = upstream::counting().await;
+    let gate = listener_for(up, "");
+    let addr = gate.listeners[0];
+    let with_pad = |len: usize| {
+        Request::get("http://app.example/")
+            .header("x-pad", "p".repeat(len))
+            .body(Empty::new().boxed())
+            .expect("test request")
+    };
+    let response = send_h2(addr, with_pad(40 * 1024)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let refused = sender.send_request(with_pad(80 * 1024)).await;
+    if let Ok(response) = &refused {
+        assert_eq!(
+            response.status(),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        );
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "the upstream saw nothing more"
+    );
+}
+
+/// RFC 9112 §6.3: with `Transfer-Encoding`, `Content-Length` is ignored, and a proxy
+/// passing the message on must drop it. hyper's client keeps it in the response
+/// headers, so the client would get the chunked body framed by a stale length.
+#[tokio::test]
+async fn response_framed_by_transfer_encoding_loses_its_content_length() {
+    let up = upstream::raw(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
+    )
+    .await;
+    let p = proxy(&config("", &[up], "")).await;
+    let answer = common::forwarder::raw_exchange(
+        p.addr,
+        b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a whole head");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        !head.to_ascii_lowercase().contains("content-length: 3"),
+        "{answer}"
+    );
+    assert!(body.contains("0123456789"), "{answer}");
+}
+
+/// RFC 9113 §8.2.3: h2 clients may split `cookie` into crumbs; an HTTP/1.1 upstream
+/// must get them as one field joined with "; ".
+#[tokio::test]
+async fn h2_cookie_crumbs_reach_an_http11_upstream_as_one_header() {
+    let (up, mut rx) = upstream::recording().await;
+    let p = proxy(&config("", &[up], "")).await;
+    let req = Request::get("http://app.example/")
+        .header(header::COOKIE, "a=1")
+        .header(header::COOKIE, "b=2")
+        .header(header::COOKIE, "c=3")
+        .body(Empty::new().boxed())
+        .expect("test request");
+    assert_eq!(send_h2(p.addr, req).await.status(), StatusCode::OK);
+    let got = received(&mut rx).await;
+    assert_eq!(got.version, http::Version::HTTP_11);
+    let cookies: Vec<&[u8]> = got
+        .headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+    assert_eq!(cookies, [b"a=1; b=2; c=3"]);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host` is a 400, absolute-form or not.
+#[tokio::test]
+async fn absolute_form_http11_request_without_host_is_a_400_the_upstream_never_sees() {
+    let (up, hits) = upstream::counting().await;
+    let p = proxy(&config("", &[up], "")).await;
+    let exchange = |req: &'static str| common::forwarder::raw_exchange(p.addr, req.as_bytes());
+    let answer = exchange("GET http://app.example/ HTTP/1.1\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let answer = exchange(
+        "GET http://app.example/ HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// Dot segments an upstream would still read as `..` (Tomcat's `;` parameters, IIS's
+/// backslashes, servers that decode `%2f` before splitting) are a 400 that never leaves
+/// the proxy; sent as raw bytes so no client library normalises them first.
+#[tokio::test]
+async fn dot_segments_behind_params_backslashes_or_encoded_slashes_never_reach_the_upstream() {
+    let (up, hits) = upstream::counting().await;
+    let p = proxy(&config("", &[up], "")).await;
+    for path in [
+        "/s/..;/x",
+        "/s/.;p=1/x",
+        "/s\\..\\x",
+        "/s%2f..%2fx",
+        "/s%2F%2e%2e%2Fx",
+        "/s%5c..%5cx",
+        "/s/%2e%2e;/x",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n");
+        let answer = common::forwarder::raw_exchange(p.addr, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{path}: {answer}");
+    }
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    let req = "GET /s/a;b/x%2fy\\z HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n";
+    let answer = common::forwarder::raw_exchange(p.addr, req.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}

@@ -158,6 +158,21 @@ pub enum ValueError {
          or \"unlimited\""
     )]
     BadSize,
+    #[error(
+        "not a header size: write bytes (65536) or a number with k (\"64k\" = 64 KiB), \
+         from {min} to {max} bytes"
+    )]
+    BadHeaderSize { min: u32, max: u32 },
+    #[error(
+        "not a protocol name: an HTTP token such as \"websocket\" (letters, digits and \
+         !#$%&'*+-.^_`|~), without a version"
+    )]
+    NotAToken,
+    #[error(
+        "h2c is never tunnelled: every later request on the upgraded connection would skip \
+         routing, identity headers and the path checks; remove it"
+    )]
+    H2cUpgrade,
     #[error("not an address and port: write \"127.0.0.1:9464\" or \"[::1]:9464\"")]
     BadSocketAddr,
     #[error("this port is also a proxy listen port on an overlapping address: pick another")]

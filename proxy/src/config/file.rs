@@ -28,6 +28,12 @@ pub(crate) struct ConfigFile {
     pub max_upstream_connections_per_client: Option<u32>,
     pub trusted_forwarded_proxies: Option<OneOrMany>,
     pub request_max_body_size: Option<BodySize>,
+    /// nginx's name (`underscores_in_headers`).
+    pub underscores_in_headers: Option<bool>,
+    /// trustgate's own key.
+    pub upgrade_protocols: Option<Vec<String>>,
+    /// trustgate's own key.
+    pub request_max_header_size: Option<BodySize>,
     pub redact_query_in_access_log: Option<bool>,
     /// trustgate's own keys: how long each wait may last (see `validate::timeouts`).
     pub request_header_timeout: Option<Seconds>,
@@ -66,7 +72,8 @@ impl OneOrMany {
     }
 }
 
-/// `request_max_body_size`: bytes, or a string such as `"10m"` or `"unlimited"`.
+/// `request_max_body_size` and `request_max_header_size`: bytes, or a string such as
+/// `"10m"` (or `"unlimited"`, for bodies).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub(crate) enum BodySize {

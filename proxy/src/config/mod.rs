@@ -98,6 +98,8 @@ pub struct Config {
     pub trusted_forwarded_proxies: TrustList,
     /// Replace query-string values with `<redacted>` in the access log.
     pub redact_query_in_access_log: bool,
+    /// Which client-sent header names and upgrades are passed on.
+    pub headers: HeaderRules,
     /// Sorted by name; names and server names are unique and lowercase.
     pub apps: Vec<App>,
     /// The app that answers plain-HTTP requests whose Host matches no app; always the
@@ -155,6 +157,10 @@ pub struct Limits {
     pub max_upstream_connections_per_client: usize,
     /// Largest request body in bytes; `None`: unlimited.
     pub request_max_body_size: Option<u64>,
+    /// Largest HTTP/1 request head (request line, headers, final CRLF; also the chunked
+    /// trailer section) in bytes, answered 431; also the HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`.
+    /// Between [`REQUEST_MAX_HEADER_SIZE_MIN`] and [`REQUEST_MAX_HEADER_SIZE_MAX`].
+    pub request_max_header_size: u32,
     /// Hard limit on a connection's life, idle or not; `None`: no limit.
     pub connection_handling_timeout: Option<Duration>,
 }
@@ -181,6 +187,24 @@ pub struct Timeouts {
     pub send: Duration,
     /// An upgraded connection (WebSocket) with no byte in either direction; `None`: never.
     pub tunnel_idle: Option<Duration>,
+}
+
+/// The smallest `request_max_header_size`: room for an ordinary request line and headers.
+pub const REQUEST_MAX_HEADER_SIZE_MIN: u32 = 1 << 10;
+/// The largest `request_max_header_size`: hyper's HTTP/1 read buffer (about 400 KB by
+/// default) would otherwise cut the head first.
+pub const REQUEST_MAX_HEADER_SIZE_MAX: u32 = 256 << 10;
+
+/// Top-level header hygiene: what a client may send upstream by name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRules {
+    /// `underscores_in_headers`: pass on request headers whose name holds `_` (default
+    /// false). Even then, a name that folds (`_` as `-`) onto a header trustgate manages
+    /// or an app's TLV header is dropped.
+    pub underscores_in_headers: bool,
+    /// `upgrade_protocols`: the `Upgrade` protocols tunnelled, lowercase tokens without
+    /// a version (default `["websocket"]`). Never `h2c`.
+    pub upgrade_protocols: Vec<String>,
 }
 
 /// One `[apps.NAME]`.

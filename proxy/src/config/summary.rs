@@ -86,6 +86,22 @@ impl fmt::Display for Config {
                 "logged in full"
             }
         )?;
+        let h = &self.headers;
+        writeln!(
+            f,
+            "request headers: head up to {} (431 beyond), names with '_' {}, upgrades {}",
+            size(u64::from(l.request_max_header_size)),
+            if h.underscores_in_headers {
+                "passed on unless they fold onto a managed or TLV header"
+            } else {
+                "dropped"
+            },
+            if h.upgrade_protocols.is_empty() {
+                "none".to_owned()
+            } else {
+                h.upgrade_protocols.join(", ")
+            },
+        )?;
 
         writeln!(f, "apps:")?;
         for app in &self.apps {

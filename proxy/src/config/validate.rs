@@ -19,7 +19,10 @@ use std::time::Duration;
 use super::error::{ConfigError, Family, ValueError};
 use super::file::{BodySize, ConfigFile, MetricsFile};
 use super::warning::{Warning, WarningKind};
-use super::{Config, Limits, Listeners};
+use super::{
+    Config, HeaderRules, Limits, Listeners, REQUEST_MAX_HEADER_SIZE_MAX,
+    REQUEST_MAX_HEADER_SIZE_MIN,
+};
 use crate::trust::TrustList;
 
 /// rpxy's defaults, so that an rpxy config behaves the same.
@@ -30,6 +33,11 @@ const DEFAULT_REQUEST_MAX_BODY_BYTES: u64 = 256 * 1024 * 1024;
 /// Upstream requests in flight per downstream connection: what browsers open to one
 /// HTTP/1.1 origin (6), with room for a little more.
 const DEFAULT_MAX_UPSTREAM_PER_CLIENT: u32 = 8;
+/// Four times the h2 default trustgate had before (hyper's 16 KiB), and nginx's
+/// `large_client_header_buffers` total (4 × 8k) twice over.
+const DEFAULT_REQUEST_MAX_HEADER_BYTES: u32 = 64 * 1024;
+/// The only upgrade tunnelled unless the operator lists others.
+const DEFAULT_UPGRADE_PROTOCOLS: [&str; 1] = ["websocket"];
 
 /// Turns the file into a `Config`, or names the first thing wrong with it.
 pub(crate) fn validate(
@@ -86,10 +94,21 @@ pub(crate) fn validate(
             None => Some(DEFAULT_REQUEST_MAX_BODY_BYTES),
             Some(size) => body_size(&cx, size)?,
         },
+        request_max_header_size: match &file.request_max_header_size {
+            None => DEFAULT_REQUEST_MAX_HEADER_BYTES,
+            Some(size) => header_size(&cx, size)?,
+        },
         connection_handling_timeout: experimental
             .connection_handling_timeout
             .filter(|s| *s > 0)
             .map(Duration::from_secs),
+    };
+    let headers = HeaderRules {
+        underscores_in_headers: file.underscores_in_headers.unwrap_or(false),
+        upgrade_protocols: match &file.upgrade_protocols {
+            None => DEFAULT_UPGRADE_PROTOCOLS.map(str::to_owned).to_vec(),
+            Some(list) => upgrade_protocols(&cx, list)?,
+        },
     };
     let trusted_forwarded_proxies = match &file.trusted_forwarded_proxies {
         None => TrustList::default(),
@@ -120,6 +139,7 @@ pub(crate) fn validate(
         timeouts,
         trusted_forwarded_proxies,
         redact_query_in_access_log: file.redact_query_in_access_log.unwrap_or(false),
+        headers,
         apps,
         default_app,
         proxy_protocol,
@@ -262,37 +282,86 @@ fn to_usize(n: u32) -> usize {
     usize::try_from(n).expect("trustgate runs on targets whose usize holds a u32")
 }
 
-/// `request_max_body_size`: `None` is unlimited (`0` or `"unlimited"`). Suffixes are
-/// binary: `k` = 1024 bytes.
+/// `request_max_body_size`: `None` is unlimited (`0` or `"unlimited"`).
 fn body_size(cx: &Cx<'_>, size: &BodySize) -> Result<Option<u64>, ConfigError> {
     const KEY: &str = "request_max_body_size";
-    let bytes = match size {
-        BodySize::Bytes(n) => {
-            u64::try_from(*n).map_err(|_| cx.invalid(KEY, n.to_string(), ValueError::BadSize))?
-        }
-        BodySize::Text(text) => {
-            let bad = || cx.invalid(KEY, shown(text), ValueError::BadSize);
-            let t = text.trim().to_ascii_lowercase();
-            if t == "unlimited" {
-                return Ok(None);
-            }
-            let (digits, unit) = match t.char_indices().last() {
-                Some((i, 'k')) => (&t[..i], 1u64 << 10),
-                Some((i, 'm')) => (&t[..i], 1 << 20),
-                Some((i, 'g')) => (&t[..i], 1 << 30),
-                _ => (t.as_str(), 1),
-            };
-            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad());
-            }
-            digits
-                .parse::<u64>()
-                .ok()
-                .and_then(|n| n.checked_mul(unit))
-                .ok_or_else(bad)?
-        }
+    let bad = || cx.invalid(KEY, shown_size(size), ValueError::BadSize);
+    if let BodySize::Text(text) = size
+        && text.trim().eq_ignore_ascii_case("unlimited")
+    {
+        return Ok(None);
+    }
+    let n = bytes(size).ok_or_else(bad)?;
+    Ok((n > 0).then_some(n))
+}
+
+/// `request_max_header_size`: between the bounds, never unlimited.
+fn header_size(cx: &Cx<'_>, size: &BodySize) -> Result<u32, ConfigError> {
+    bytes(size)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| (REQUEST_MAX_HEADER_SIZE_MIN..=REQUEST_MAX_HEADER_SIZE_MAX).contains(n))
+        .ok_or_else(|| {
+            cx.invalid(
+                "request_max_header_size",
+                shown_size(size),
+                ValueError::BadHeaderSize {
+                    min: REQUEST_MAX_HEADER_SIZE_MIN,
+                    max: REQUEST_MAX_HEADER_SIZE_MAX,
+                },
+            )
+        })
+}
+
+fn shown_size(size: &BodySize) -> String {
+    match size {
+        BodySize::Bytes(n) => n.to_string(),
+        BodySize::Text(text) => shown(text),
+    }
+}
+
+/// A size in bytes: a non-negative integer, or digits with a binary `k`, `m` or `g`
+/// suffix (`k` = 1024 bytes). `None` for anything else, and on overflow.
+fn bytes(size: &BodySize) -> Option<u64> {
+    let text = match size {
+        BodySize::Bytes(n) => return u64::try_from(*n).ok(),
+        BodySize::Text(text) => text.trim().to_ascii_lowercase(),
     };
-    Ok((bytes > 0).then_some(bytes))
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, 'k')) => (&text[..i], 1u64 << 10),
+        Some((i, 'm')) => (&text[..i], 1 << 20),
+        Some((i, 'g')) => (&text[..i], 1 << 30),
+        _ => (text.as_str(), 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// `upgrade_protocols`: HTTP tokens naming a protocol (no `/version`), lowercased,
+/// each once; never `h2c`, whose tunnel would carry later requests past every check.
+fn upgrade_protocols(cx: &Cx<'_>, list: &[String]) -> Result<Vec<String>, ConfigError> {
+    let mut protocols: Vec<String> = Vec::with_capacity(list.len());
+    for (i, raw) in list.iter().enumerate() {
+        let key = format!("upgrade_protocols[{i}]");
+        let token = raw.to_ascii_lowercase();
+        if token.is_empty() || !token.bytes().all(is_tchar) {
+            return Err(cx.invalid(key, shown(raw), ValueError::NotAToken));
+        }
+        if token == "h2c" {
+            return Err(cx.invalid(key, shown(raw), ValueError::H2cUpgrade));
+        }
+        if protocols.contains(&token) {
+            return Err(cx.invalid(key, shown(raw), ValueError::Duplicate));
+        }
+        protocols.push(token);
+    }
+    Ok(protocols)
+}
+
+/// RFC 9110 §5.6.2 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn metrics(cx: &Cx<'_>, m: MetricsFile, listeners: &Listeners) -> Result<SocketAddr, ConfigError> {
@@ -484,6 +553,89 @@ pub(super) mod tests {
             assert_eq!(key, "request_max_body_size");
             assert!(matches!(p, ValueError::BadSize), "{bad}");
         }
+    }
+
+    #[test]
+    fn header_size_defaults_to_64k_and_is_bounded_on_both_sides() {
+        let size = |v: &str| {
+            let text = format!("listen_port = 80\nrequest_max_header_size = {v}\n{APP}");
+            ok(&text).0.limits.request_max_header_size
+        };
+        assert_eq!(
+            ok(&format!("listen_port = 80\n{APP}"))
+                .0
+                .limits
+                .request_max_header_size,
+            64 << 10
+        );
+        assert_eq!(size("\"32k\""), 32 << 10);
+        assert_eq!(size("1024"), 1024);
+        assert_eq!(size("\"256k\""), 256 << 10);
+        for bad in [
+            "1023",
+            "262145",
+            "0",
+            "-1",
+            "\"unlimited\"",
+            "\"1m\"",
+            "\"64x\"",
+        ] {
+            let (key, p) = invalid(&format!(
+                "listen_port = 80\nrequest_max_header_size = {bad}\n{APP}"
+            ));
+            assert_eq!(key, "request_max_header_size");
+            assert!(
+                matches!(
+                    p,
+                    ValueError::BadHeaderSize {
+                        min: 1024,
+                        max: 262_144
+                    }
+                ),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn underscores_are_dropped_and_only_websocket_upgrades_by_default() {
+        let (c, _) = ok(&format!("listen_port = 80\n{APP}"));
+        assert!(!c.headers.underscores_in_headers);
+        assert_eq!(c.headers.upgrade_protocols, ["websocket"]);
+        let text = format!(
+            "listen_port = 80\nunderscores_in_headers = true\n\
+             upgrade_protocols = [\"WebSocket\", \"x-custom.1\"]\n{APP}"
+        );
+        let (c, _) = ok(&text);
+        assert!(c.headers.underscores_in_headers);
+        assert_eq!(c.headers.upgrade_protocols, ["websocket", "x-custom.1"]);
+        let (c, _) = ok(&format!("listen_port = 80\nupgrade_protocols = []\n{APP}"));
+        assert!(c.headers.upgrade_protocols.is_empty());
+    }
+
+    #[test]
+    fn upgrade_protocols_must_be_tokens_listed_once_and_never_h2c() {
+        let refused = |list: &str| {
+            invalid(&format!(
+                "listen_port = 80\nupgrade_protocols = {list}\n{APP}"
+            ))
+        };
+        let (key, p) = refused("[\"websocket\", \"H2C\"]");
+        assert_eq!(key, "upgrade_protocols[1]");
+        assert!(matches!(p, ValueError::H2cUpgrade));
+        for bad in [
+            "[\"\"]",
+            "[\"web socket\"]",
+            "[\"websocket/13\"]",
+            "[\"a,b\"]",
+        ] {
+            let (key, p) = refused(bad);
+            assert_eq!(key, "upgrade_protocols[0]", "{bad}");
+            assert!(matches!(p, ValueError::NotAToken), "{bad}");
+        }
+        let (key, p) = refused("[\"websocket\", \"WEBSOCKET\"]");
+        assert_eq!(key, "upgrade_protocols[1]");
+        assert!(matches!(p, ValueError::Duplicate));
     }
 
     #[test]

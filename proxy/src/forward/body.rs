@@ -4,7 +4,8 @@
 //! than `request_body_timeout` (a 408); and reporting when it has been sent whole or
 //! abandoned, which starts the upstream response timeout. The upstream's response body
 //! on its way down ([`UpstreamBody`]): ended with an error when it pauses longer than
-//! `upstream_read_timeout`, which hyper turns into a cut-short response.
+//! `upstream_read_timeout`, which hyper turns into a cut-short response. Request trailers
+//! lose the names a client may not set (see `hygiene`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use crate::metrics::{TimeoutCounts, TimeoutKind};
+
+use super::hygiene::NameGuard;
 
 /// Why the request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +87,8 @@ pub(super) struct RequestBody {
     /// Fired (or dropped, which the receiver sees the same way) once the body has ended,
     /// failed, or been dropped by the upstream client.
     done: Option<oneshot::Sender<()>>,
+    /// Filters the trailers, when set (see [`RequestBody::guarding_trailers`]).
+    names: Option<Arc<NameGuard>>,
 }
 
 /// The caller's view of a [`RequestBody`] in flight.
@@ -124,11 +129,26 @@ impl RequestBody {
             over: over.clone(),
             pause: Pause::new(timeout),
             done: Some(tx),
+            names: None,
         };
         if body.inner.is_end_stream() {
             body.finish();
         }
         (body, BodyWatch { done: rx, over })
+    }
+
+    /// Trailers pass through `names`: none of the names it refuses reaches the upstream.
+    pub(super) fn guarding_trailers(mut self, names: Arc<NameGuard>) -> RequestBody {
+        self.names = Some(names);
+        self
+    }
+
+    /// A frame as sent upstream: trailers cleaned, data as it came.
+    fn clean(&self, mut frame: Frame<Bytes>) -> Frame<Bytes> {
+        if let (Some(names), Some(trailers)) = (&self.names, frame.trailers_mut()) {
+            names.clean_trailers(trailers);
+        }
+        frame
     }
 
     fn finish(&mut self) {
@@ -176,7 +196,7 @@ impl Body for RequestBody {
                 if this.inner.is_end_stream() {
                     this.finish();
                 }
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(this.clean(frame))))
             }
         }
     }

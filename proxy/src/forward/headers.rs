@@ -19,10 +19,12 @@ const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port")
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the ones RFC 2616 §13.5.1 listed), removed in
-/// both directions whatever `Connection` says.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1, plus the ones RFC 2616 §13.5.1 listed, plus
+/// `HTTP2-Settings`, which only an h2c upgrade uses and h2c is never tunnelled), removed
+/// in both directions whatever `Connection` says.
+const HOP_BY_HOP: [HeaderName; 10] = [
     header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -32,6 +34,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HTTP2_SETTINGS,
 ];
 
 /// Whether the forwarder sets, removes or rewrites `name` itself on every request: the
@@ -251,8 +254,13 @@ fn identity(
 }
 
 /// Rewrites an upstream response's headers for the client: hop-by-hop headers out, with
-/// `Upgrade` and `Connection: upgrade` kept on a 101 that switches protocols.
+/// `Upgrade` and `Connection: upgrade` kept on a 101 that switches protocols. A response
+/// framed by `Transfer-Encoding` loses its `Content-Length` too (RFC 9112 §6.3: the
+/// encoding wins), which hyper's client keeps and its server would frame the body by.
 pub(super) fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     let protocol = upgraded
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();

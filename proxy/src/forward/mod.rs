@@ -12,6 +12,7 @@ mod client;
 mod connect;
 mod forwarded;
 mod headers;
+mod hygiene;
 mod plain;
 mod request;
 mod route;
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Incoming};
@@ -158,6 +159,8 @@ pub struct Forwarder {
     /// `max_upstream_connections_per_client`.
     per_client: usize,
     redact_query: bool,
+    /// `upgrade_protocols`: lowercase, never `h2c`.
+    upgrade_protocols: Vec<String>,
     /// Shared with the forwarder this one replaced on reload, so counts never go back.
     counters: Arc<Counters>,
     upstream_warning: Throttle,
@@ -233,6 +236,7 @@ impl Forwarder {
             timeouts: config.timeouts,
             per_client: config.limits.max_upstream_connections_per_client,
             redact_query: config.redact_query_in_access_log,
+            upgrade_protocols: config.headers.upgrade_protocols.clone(),
             counters: Arc::default(),
             upstream_warning: Throttle::new(UPSTREAM_WARN_PERIOD),
         })
@@ -357,7 +361,7 @@ impl Forwarder {
                 debug!(%error, "upstream URI not buildable");
                 Refusal::BadRequest
             })?;
-        let upgrade = upgrade::requested(req.version(), req.headers());
+        let upgrade = upgrade::requested(req.version(), req.headers(), &self.upgrade_protocols);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let protocol = client::protocol(
             route.options.http_version,
@@ -368,6 +372,10 @@ impl Forwarder {
         );
         let (parts, body) = req.into_parts();
         let mut headers = parts.headers;
+        app.names.clean_head(&mut headers);
+        if parts.version == Version::HTTP_2 && protocol.version() != Version::HTTP_2 {
+            hygiene::join_cookie_crumbs(&mut headers);
+        }
         let downstream = Downstream {
             client: conn.client,
             front: conn.front(),
@@ -390,6 +398,7 @@ impl Forwarder {
         tlv::apply(&mut headers, &app.tlv_headers, tlvs);
         let (body, BodyWatch { done, over }) =
             RequestBody::new(body, self.body_limit, self.timeouts.request_body);
+        let body = body.guarding_trailers(Arc::clone(&app.names));
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;

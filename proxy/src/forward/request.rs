@@ -1,6 +1,6 @@
 //! What a request names before any app is chosen: its host (the URI authority, else the
 //! single Host header; both must agree) and whether its path is safe to match on its raw
-//! text. Malformed input is a [`Refusal::BadRequest`], never a panic.
+//! text (no dot segment, however spelt: see [`has_dot_segment`]). Malformed input is a [`Refusal::BadRequest`], never a panic.
 
 use std::str::FromStr;
 
@@ -10,7 +10,8 @@ use http::{HeaderMap, Uri, Version, header};
 use super::route::Refusal;
 
 /// The host a request is addressed to: the URI authority (HTTP/2, or an absolute-form
-/// HTTP/1.1 target), else the Host header.
+/// HTTP/1 target), else the Host header. An HTTP/1.1 request must carry a Host header
+/// even in absolute form (empty is allowed there: the authority is used).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RequestHost {
     /// Lowercased, without port or trailing dot; IPv6 literals keep their brackets.
@@ -57,6 +58,8 @@ pub(super) fn request_host(
 ) -> Result<Option<RequestHost>, Refusal> {
     let mut values = headers.get_all(header::HOST).iter();
     let from_header = match (values.next(), values.next()) {
+        // RFC 9112 §3.2: an HTTP/1.1 request without Host gets a 400, whatever its form.
+        (None, _) if version == Version::HTTP_11 => return Err(Refusal::BadRequest),
         (None, _) => None,
         (Some(_), Some(_)) => return Err(Refusal::BadRequest),
         (Some(v), None) if v.is_empty() => None,
@@ -74,18 +77,60 @@ pub(super) fn request_host(
         (Some(u), Some(h)) if u.name != h.name => Err(Refusal::BadRequest),
         (Some(u), _) => Ok(Some(u)),
         (None, Some(h)) => Ok(Some(h)),
-        // RFC 9112 §3.2: an HTTP/1.1 request without Host gets a 400.
+        // An empty Host and no authority: nothing names the host.
         (None, None) if version == Version::HTTP_11 => Err(Refusal::BadRequest),
         (None, None) => Ok(None),
     }
 }
 
-/// Whether a path holds a `.` or `..` segment, literally or percent-encoded. Such paths
+/// Whether a path holds a `.` or `..` segment as some upstream might read it. Such paths
 /// could climb out of a route's prefix (or its `replace_path`) on the upstream, so they
-/// are refused rather than matched on their raw text.
+/// are refused rather than matched on their raw text. Covered, in any combination:
+///
+/// - segments split at `/`, `\` (Windows and IIS servers), `%2f` and `%5c` (servers that
+///   decode before splitting), either case;
+/// - dots literal or `%2e`, either case;
+/// - a segment's `;` parameters (Tomcat and Jetty strip them: `/..;/` is `/../`), from the
+///   first `;` or `%3b` on.
+///
+/// Not covered: double encoding (`%252e`), overlong UTF-8 (`%c0%ae`), NUL and other
+/// decodings an upstream may do after trustgate's check; the query is not a path.
 pub(super) fn has_dot_segment(path: &str) -> bool {
-    path.split('/')
-        .any(|segment| is_dot_segment(segment.as_bytes()))
+    let mut rest = path.as_bytes();
+    loop {
+        let (segment, next) = split_segment(rest);
+        if is_dot_segment(without_params(segment)) {
+            return true;
+        }
+        match next {
+            Some(next) => rest = next,
+            None => return false,
+        }
+    }
+}
+
+/// The bytes up to the first separator (`/`, `\`, `%2f`, `%5c`), and what follows it.
+fn split_segment(path: &[u8]) -> (&[u8], Option<&[u8]>) {
+    let mut i = 0;
+    while i < path.len() {
+        let sep = match &path[i..] {
+            [b'/' | b'\\', ..] => 1,
+            [b'%', b'2', b'f' | b'F', ..] | [b'%', b'5', b'c' | b'C', ..] => 3,
+            _ => 0,
+        };
+        if sep > 0 {
+            return (&path[..i], Some(&path[i + sep..]));
+        }
+        i += 1;
+    }
+    (path, None)
+}
+
+/// A segment without its `;` parameters (literal `;` or `%3b`).
+fn without_params(segment: &[u8]) -> &[u8] {
+    let cut = (0..segment.len())
+        .find(|&i| matches!(&segment[i..], [b';', ..] | [b'%', b'3', b'b' | b'B', ..]));
+    cut.map_or(segment, |i| &segment[..i])
 }
 
 /// `.` or `..`, each dot literal or `%2e` (either case).
@@ -160,6 +205,23 @@ mod tests {
     }
 
     #[test]
+    fn absolute_form_http11_needs_a_host_header_and_http10_does_not() {
+        let uri: Uri = "http://web.example/x".parse().expect("test uri");
+        let none = HeaderMap::new();
+        assert_eq!(
+            request_host(&uri, &none, Version::HTTP_11),
+            Err(Refusal::BadRequest)
+        );
+        let got = request_host(&uri, &none, Version::HTTP_10).expect("valid");
+        assert_eq!(got.expect("a host").name, "web.example");
+        let empty = headers(&[("host", "")]);
+        let got = request_host(&uri, &empty, Version::HTTP_11).expect("valid");
+        assert_eq!(got.expect("a host").name, "web.example");
+        // HTTP/2 names its host in :authority and carries no Host header.
+        assert!(request_host(&uri, &none, Version::HTTP_2).is_ok());
+    }
+
+    #[test]
     fn missing_repeated_or_malformed_host_is_a_bad_request() {
         let uri: Uri = "/".parse().expect("test uri");
         let none = HeaderMap::new();
@@ -195,8 +257,34 @@ mod tests {
             "/a/...",
             "/%2e%2e%2e",
             "/.well-known/x",
+            "/a;b/c",
+            "/a/..x;/b",
+            "/a%2fb%5Cc",
+            "/%3b..",
+            "/a/.../x;y",
         ] {
             assert!(!has_dot_segment(ok), "{ok}");
+        }
+    }
+
+    #[test]
+    fn dot_segments_hidden_by_params_backslashes_or_encoded_slashes_are_detected() {
+        for bad in [
+            "/s/..;/x",
+            "/s/.;jsessionid=1/x",
+            "/s/..%3b/x",
+            "/s/%2e%2E;x/y",
+            "/s\\..\\x",
+            "/s\\.",
+            "/s%2f..%2fx",
+            "/s%2F..%2Fx",
+            "/s%5c..%5cx",
+            "/s%5C%2e%2e%5Cx",
+            "/s/..\\x",
+            "/s%2f%2e%2e",
+            "/..;",
+        ] {
+            assert!(has_dot_segment(bad), "{bad}");
         }
     }
 }

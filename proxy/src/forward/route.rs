@@ -5,12 +5,14 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, StatusCode, Uri};
 
 use super::ConnContext;
 use super::balance::Balancer;
+use super::hygiene::NameGuard;
 use super::request::RequestHost;
 use crate::config::{App, Config, Route, TlvHeader, UpstreamOptions};
 use crate::proxy_protocol::Version;
@@ -59,6 +61,8 @@ pub(super) struct AppRoutes {
     pub(super) https_redirection: bool,
     /// PROXY v2 TLVs sent as headers; these names are removed from every request.
     pub(super) tlv_headers: Vec<TlvHeader>,
+    /// Which client-sent names its requests lose, in the head and in trailers.
+    pub(super) names: Arc<NameGuard>,
     /// Longest path first.
     routes: Vec<RouteEntry>,
 }
@@ -98,7 +102,7 @@ impl Router {
         let apps = config
             .apps
             .iter()
-            .map(AppRoutes::new)
+            .map(|app| AppRoutes::new(app, config.headers.underscores_in_headers))
             .collect::<Result<Vec<_>, _>>()?;
         let by_name = apps
             .iter()
@@ -163,7 +167,7 @@ impl Router {
 }
 
 impl AppRoutes {
-    fn new(app: &App) -> Result<AppRoutes, RouteError> {
+    fn new(app: &App, underscores_in_headers: bool) -> Result<AppRoutes, RouteError> {
         let routes = app
             .routes
             .iter()
@@ -175,6 +179,10 @@ impl AppRoutes {
             tls: app.tls.is_some(),
             https_redirection: app.tls.as_ref().is_some_and(|t| t.https_redirection),
             tlv_headers: app.tlv_headers.clone(),
+            names: NameGuard::new(
+                underscores_in_headers,
+                app.tlv_headers.iter().map(|t| t.name.clone()).collect(),
+            ),
             routes,
         })
     }

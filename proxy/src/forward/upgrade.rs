@@ -1,4 +1,5 @@
-//! HTTP/1.1 `Upgrade` (WebSocket) tunnelling: recognising an upgrade request, and, once
+//! HTTP/1.1 `Upgrade` (WebSocket) tunnelling: recognising an upgrade request to a
+//! protocol the operator allows (`upgrade_protocols`; never h2c), and, once
 //! the upstream has answered 101 with the protocol asked for, splicing the two upgraded
 //! connections together with `copy_bidirectional` in a task of its own, closed on both
 //! sides once no byte has crossed it either way for `tunnel_idle_timeout`. The listener
@@ -28,9 +29,16 @@ pub(super) struct Idle {
     pub(super) counts: Arc<TimeoutCounts>,
 }
 
-/// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade` value, when its
-/// `Connection` names `upgrade`. HTTP/2 has no `Upgrade`.
-pub(super) fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderValue> {
+/// The protocols an HTTP/1.1 request asks to switch to and may: the entries of its
+/// `Upgrade` whose protocol name (before any `/version`) is in `allowed` (lowercase),
+/// in the client's order, when its `Connection` names `upgrade`. `None` when no entry is
+/// allowed: the request is then forwarded without `Upgrade`. `h2c` never passes, whatever
+/// `allowed` says. HTTP/2 has no `Upgrade`.
+pub(super) fn requested(
+    version: Version,
+    headers: &HeaderMap,
+    allowed: &[String],
+) -> Option<HeaderValue> {
     if version != Version::HTTP_11 {
         return None;
     }
@@ -43,15 +51,51 @@ pub(super) fn requested(version: Version, headers: &HeaderMap) -> Option<HeaderV
     if !connection_upgrade {
         return None;
     }
-    headers.get(header::UPGRADE).cloned()
+    let offered = headers.get(header::UPGRADE)?;
+    let all_allowed = |v: &HeaderValue| {
+        v.to_str()
+            .ok()
+            .map(|text| text.split(',').map(str::trim).filter(|p| !p.is_empty()))
+            .map(|mut entries| entries.all(|p| allowed_protocol(p, allowed)))
+    };
+    // The usual case, one allowed entry, keeps the client's value as it is.
+    if all_allowed(offered) == Some(true) && headers.get_all(header::UPGRADE).iter().count() == 1 {
+        return Some(offered.clone());
+    }
+    let kept: Vec<&str> = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|p| allowed_protocol(p, allowed))
+        .collect();
+    if kept.is_empty() {
+        debug!(upgrade = ?offered, "upgrade to a protocol not allowed; forwarded without it");
+        return None;
+    }
+    HeaderValue::from_str(&kept.join(", ")).ok()
 }
 
-/// Whether a 101 switches to the protocol that was asked for.
+/// Whether an `Upgrade` entry (`name[/version]`) names an allowed protocol.
+fn allowed_protocol(entry: &str, allowed: &[String]) -> bool {
+    let name = entry.split('/').next().unwrap_or_default().trim();
+    !name.is_empty()
+        && !name.eq_ignore_ascii_case("h2c")
+        && allowed.iter().any(|a| name.eq_ignore_ascii_case(a))
+}
+
+/// Whether a 101 switches to one of the protocols that were asked for.
 pub(super) fn matches(asked: &HeaderValue, response: &Response<Incoming>) -> bool {
-    response
-        .headers()
-        .get(header::UPGRADE)
-        .is_some_and(|got| got.as_bytes().eq_ignore_ascii_case(asked.as_bytes()))
+    let Some(got) = response.headers().get(header::UPGRADE) else {
+        return false;
+    };
+    got.as_bytes().eq_ignore_ascii_case(asked.as_bytes())
+        || asked.to_str().is_ok_and(|asked| {
+            asked
+                .split(',')
+                .any(|p| p.trim().as_bytes().eq_ignore_ascii_case(got.as_bytes()))
+        })
 }
 
 /// Splices the client's and the upstream's upgraded connections once both complete; the
@@ -183,6 +227,40 @@ mod tests {
         map
     }
 
+    fn websocket() -> Vec<String> {
+        vec!["websocket".to_owned()]
+    }
+
+    #[test]
+    fn only_allowed_protocols_are_upgraded_and_h2c_never() {
+        let asked = |value: &'static str, allowed: &[String]| {
+            requested(
+                Version::HTTP_11,
+                &headers(&[
+                    ("connection", "Upgrade, HTTP2-Settings"),
+                    ("upgrade", value),
+                ]),
+                allowed,
+            )
+        };
+        assert_eq!(
+            asked("WebSocket", &websocket()),
+            Some(HeaderValue::from_static("WebSocket"))
+        );
+        assert_eq!(asked("h2c", &websocket()), None);
+        assert_eq!(asked("h2c", &["h2c".to_owned()]), None);
+        assert_eq!(asked("foo/2", &websocket()), None);
+        assert_eq!(
+            asked("foo/2", &["foo".to_owned()]),
+            Some(HeaderValue::from_static("foo/2"))
+        );
+        assert_eq!(
+            asked("h2c, websocket", &websocket()),
+            Some(HeaderValue::from_static("websocket"))
+        );
+        assert_eq!(asked("websocket", &[]), None);
+    }
+
     #[test]
     fn upgrade_needs_connection_upgrade_and_http11() {
         let ws = headers(&[
@@ -190,14 +268,17 @@ mod tests {
             ("upgrade", "websocket"),
         ]);
         assert_eq!(
-            requested(Version::HTTP_11, &ws),
+            requested(Version::HTTP_11, &ws, &websocket()),
             Some(HeaderValue::from_static("websocket"))
         );
-        assert_eq!(requested(Version::HTTP_2, &ws), None);
-        assert_eq!(requested(Version::HTTP_10, &ws), None);
+        assert_eq!(requested(Version::HTTP_2, &ws, &websocket()), None);
+        assert_eq!(requested(Version::HTTP_10, &ws, &websocket()), None);
         let no_connection = headers(&[("upgrade", "websocket")]);
-        assert_eq!(requested(Version::HTTP_11, &no_connection), None);
+        assert_eq!(
+            requested(Version::HTTP_11, &no_connection, &websocket()),
+            None
+        );
         let no_upgrade = headers(&[("connection", "upgrade")]);
-        assert_eq!(requested(Version::HTTP_11, &no_upgrade), None);
+        assert_eq!(requested(Version::HTTP_11, &no_upgrade, &websocket()), None);
     }
 }

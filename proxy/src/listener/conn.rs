@@ -362,6 +362,7 @@ async fn serve_http<S>(
     match http {
         Http::One => {
             let conn = http1::Builder::new()
+                .max_header_size(to_usize(runtime.limits.request_max_header_size))
                 .serve_connection(io, service)
                 .with_upgrades();
             drive(
@@ -383,6 +384,7 @@ async fn serve_http<S>(
                 .keep_alive_interval(Some(H2_PING_INTERVAL))
                 .keep_alive_timeout(H2_PING_TIMEOUT)
                 .max_concurrent_streams(runtime.limits.max_concurrent_streams)
+                .max_header_list_size(runtime.limits.request_max_header_size)
                 .serve_connection(io, service);
             drive(
                 Box::pin(conn),
@@ -394,6 +396,11 @@ async fn serve_http<S>(
             .await;
         }
     }
+}
+
+/// A `u32` limit as hyper's `usize`.
+fn to_usize(n: u32) -> usize {
+    usize::try_from(n).expect("trustgate runs on targets whose usize holds a u32")
 }
 
 /// `future`'s output, or `None` if `deadline` comes first.

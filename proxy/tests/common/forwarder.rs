@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy::forward::{ConnContext, ConnPools, ForwardOptions, Forwarder};
 use proxy::proxy_protocol::{self, ProxyInfo};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::upstream;
@@ -196,4 +196,24 @@ pub async fn text(response: Response<Incoming>) -> String {
 pub fn echoed<'a>(echo: &'a str, name: &str) -> Option<&'a str> {
     echo.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
+}
+
+/// Writes `bytes` on a fresh connection to `addr` and reads until the peer closes: the
+/// raw exchange, for requests no client library would send. Send `Connection: close`. A
+/// reset after the answer (the peer closing with some of `bytes` unread) ends the read:
+/// Linux hands over what had arrived before the reset first.
+pub async fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(bytes).await.expect("write the request");
+    let mut answer = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            answer.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), read)
+        .await
+        .expect("the peer closes the connection");
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -1,7 +1,8 @@
 //! Upstream servers for the tests: the shipped demo upstream, one that counts what
 //! reaches it, a generic one that runs a closure per request (HTTP/1.1 and h2c, upgrades
-//! allowed), optionally behind TLS, and one that reads a PROXY header first and reports
-//! its connections' ends. All bind 127.0.0.1:0 and return their address.
+//! allowed), optionally behind TLS, one that reads a PROXY header first and reports its
+//! connections' ends, one that reports each request's headers and trailers, and a raw
+//! one that answers fixed bytes. All bind 127.0.0.1:0 and return their address.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response, StatusCode, Version, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -18,6 +19,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use proxy::proxy_protocol::{Limits, read_header};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -140,6 +142,77 @@ pub async fn counting() -> (SocketAddr, Arc<AtomicUsize>) {
     })
     .await;
     (addr, hits)
+}
+
+/// What a [`recording`] upstream received of one request.
+#[derive(Debug)]
+pub struct Received {
+    pub version: Version,
+    pub headers: HeaderMap,
+    /// The trailers, when the body ended with some.
+    pub trailers: Option<HeaderMap>,
+}
+
+/// An upstream that sends what it received of each request on the returned channel
+/// (after reading the whole body), then answers 200 `ok`, or 101 with the same `Upgrade`
+/// when asked to upgrade: an upstream that would switch to anything.
+pub async fn recording() -> (SocketAddr, mpsc::UnboundedReceiver<Received>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let addr = serve(move |req: Request<Incoming>| {
+        let tx = tx.clone();
+        async move {
+            let (parts, body) = req.into_parts();
+            let trailers = body
+                .collect()
+                .await
+                .ok()
+                .and_then(|c| c.trailers().cloned());
+            let upgrade = parts.headers.get(header::UPGRADE).cloned();
+            let _ = tx.send(Received {
+                version: parts.version,
+                headers: parts.headers,
+                trailers,
+            });
+            let Some(upgrade) = upgrade else {
+                return text("ok");
+            };
+            let mut response = text("");
+            *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            response.headers_mut().insert(header::UPGRADE, upgrade);
+            response.headers_mut().insert(
+                header::CONNECTION,
+                http::HeaderValue::from_static("upgrade"),
+            );
+            response
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// An upstream that reads each connection's request head (to its blank line) and answers
+/// `response` byte for byte, then closes: for responses hyper would never build.
+pub async fn raw(response: &'static [u8]) -> SocketAddr {
+    let (listener, addr) = bind().await;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(response).await;
+            });
+        }
+    });
+    addr
 }
 
 /// An address nothing listens on: bound, then released.
