@@ -943,8 +943,8 @@ const STALL_MAX_CLIENTS: usize = 64;
 /// What the proxy holds besides connections, as its start-up budget reserves it.
 const RESERVED_FDS: usize = proxy::nofile::RESERVED_FDS as usize;
 /// How long the proxy may wait for room under `max_upstream_connections` before a 503:
-/// its connect timeout, plus scheduling slack.
-const ROOM_WAIT: Duration = Duration::from_secs(15);
+/// its connect timeout (1 s in the 503 test), plus scheduling slack.
+const ROOM_WAIT: Duration = Duration::from_secs(5);
 
 /// 20 h2 connections × 64 streams whose bodies send a few bytes and stall (1,280 open
 /// uploads) held 1,280 upstream connections before the caps, one per stream. With
@@ -1061,7 +1061,7 @@ async fn at_max_upstream_connections_requests_wait_then_get_503_and_are_counted(
     let (upstream, seen) = upstream::body_reading().await;
     let top = format!(
         "max_clients = {STALL_MAX_CLIENTS}\nmax_upstream_connections = {CAP}\n\
-         max_upstream_connections_per_client = {STREAMS}"
+         max_upstream_connections_per_client = {STREAMS}\nupstream_connect_timeout = 1"
     );
     let (gw, metrics) = start(&loopback_config(upstream, 1000, &top), 1);
     let addr = gw.listeners[0];
