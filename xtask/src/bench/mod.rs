@@ -4,6 +4,7 @@
 //! `synflood`) print a markdown table and write it to `target/bench/NAME.md`, with the machine,
 //! kernel, commit, load average and exact command at the top.
 
+mod client;
 mod http;
 mod memory;
 mod netns;
