@@ -98,8 +98,8 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
          straight to the proxy; then for {} s a normal client makes {RATE_PER_S} new-connection \
          `GET /` per second, each writing its own PROXY v1 header (no front), {} s bound per \
          connect/write/read; then the hostile connections still open (not closed, nothing \
-         received) are counted. Proxy pinned to CPU {PROXY_CPU}; upstream nginx and this client \
-         on the rest.\n",
+         received) are counted. Proxy pinned to CPU {PROXY_CPU}, upstream nginx to CPU \
+         {REST_CPU}; this client is not pinned.\n",
         opts.rounds,
         DRIP.as_secs(),
         opts.window,
