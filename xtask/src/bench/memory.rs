@@ -4,12 +4,11 @@
 //! Each proxy is started fresh for each round; rounds alternate the proxies.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use super::client;
 use super::peers::{self, Target};
 use super::procs::{self, HAPROXY, NGINX, OPENSSL, Proc, Scratch, TASKSET};
 use super::{Measured, loadavg, median};
@@ -106,7 +105,7 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
 /// Idle RSS after one request, then RSS while holding `n` served keep-alive connections.
 fn measure(proc: &Proc, target: Target, n: usize) -> Result<(u64, u64)> {
     let port = target.plain_port();
-    drop(open(port, 0)?);
+    drop(client::get(port, 0, IO_TIMEOUT)?);
     std::thread::sleep(SETTLE);
     let idle = rss(proc)?;
     let deadline = Instant::now() + OPEN_LIMIT;
@@ -115,46 +114,15 @@ fn measure(proc: &Proc, target: Target, n: usize) -> Result<(u64, u64)> {
         if Instant::now() > deadline {
             bail!("opened only {i} of {n} connections within {OPEN_LIMIT:?}");
         }
-        held.push(open(port, i).with_context(|| format!("connection {i}"))?);
+        held.push(client::get(port, i, IO_TIMEOUT).with_context(|| format!("connection {i}"))?);
     }
     std::thread::sleep(SETTLE);
     let loaded = rss(proc)?;
     // Every connection must still be open: a proxy that shed some would look cheaper.
-    for (i, conn) in held.iter_mut().enumerate() {
-        conn.set_nonblocking(true)?;
-        let mut b = [0u8; 1];
-        match conn.read(&mut b) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            _ => bail!("connection {i} was closed by the proxy while idle"),
-        }
+    if let Some(i) = held.iter().position(|c| !client::still_open(c)) {
+        bail!("connection {i} was closed by the proxy while idle");
     }
     Ok((idle, loaded))
-}
-
-/// Connects, sends a PROXY v1 header and a request, and reads the whole `200 ok`.
-fn open(port: u16, i: usize) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(peers::local(port))?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    let client_port = 1024 + (i % 60000);
-    // One write: nginx rejects a PROXY header that arrives in more than one segment.
-    let request = format!(
-        "PROXY TCP4 192.0.2.1 127.0.0.1 {client_port} {port}\r\nGET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
-    );
-    s.write_all(request.as_bytes())?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !(buf.starts_with(b"HTTP/1.1 200") && buf.ends_with(b"ok")) {
-        let got = s.read(&mut chunk)?;
-        if got == 0 {
-            bail!(
-                "closed before the response ended: {}",
-                String::from_utf8_lossy(&buf)
-            );
-        }
-        buf.extend_from_slice(&chunk[..got]);
-    }
-    Ok(s)
 }
 
 /// VmRSS of the process and its children, in KiB.

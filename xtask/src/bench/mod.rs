@@ -1,14 +1,16 @@
 //! `cargo xtask bench [NAME]`: builds the release eBPF object, then runs the named
 //! benchmark (or all of them). The criterion benches (`kernel`, `proxy_protocol`) keep
 //! their output in `target/bench/NAME.txt`; the end-to-end scenarios (`http`, `memory`,
-//! `synflood`) print a markdown table and write it to `target/bench/NAME.md`, with the machine,
+//! `slowloris`, `synflood`) print a markdown table and write it to `target/bench/NAME.md`, with the machine,
 //! kernel, commit, load average and exact command at the top.
 
+mod client;
 mod http;
 mod memory;
 mod netns;
 mod peers;
 mod procs;
+mod slowloris;
 mod synflood;
 
 use std::fs;
@@ -23,11 +25,11 @@ use crate::util::{exec, output, workspace_root};
 /// The criterion benchmarks, each a `[[bench]]` target of the `proxy` crate.
 const BENCHES: &[&str] = &["kernel", "proxy_protocol"];
 /// The end-to-end scenarios, run by xtask itself.
-const SCENARIOS: &[&str] = &["http", "memory", "synflood"];
+const SCENARIOS: &[&str] = &["http", "memory", "slowloris", "synflood"];
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// One benchmark to run (kernel, proxy_protocol, http, memory, synflood); all when
+    /// One benchmark to run (kernel, proxy_protocol, http, memory, slowloris, synflood); all when
     /// absent. `synflood` needs root.
     pub name: Option<String>,
     /// Alternating rounds per end-to-end scenario (A B C A B C ...).
@@ -40,6 +42,9 @@ pub struct Options {
     /// Idle keep-alive connections held open in `memory`.
     #[arg(long, default_value_t = 10_000)]
     pub connections: usize,
+    /// Seconds the normal client runs in `slowloris` while the hostile connections are held.
+    #[arg(long, default_value_t = 30)]
+    pub window: u64,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
@@ -58,6 +63,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         match name {
             "http" => report(&out_dir, name, &http::run(opts, &trustgate_binary()?)?)?,
             "memory" => report(&out_dir, name, &memory::run(opts, &trustgate_binary()?)?)?,
+            "slowloris" => report(&out_dir, name, &slowloris::run(opts, &trustgate_binary()?)?)?,
             "synflood" => report(&out_dir, name, &synflood::run(opts, &trustgate_binary()?)?)?,
             _ => criterion(&root, &out_dir, &header, name)?,
         }

@@ -167,33 +167,62 @@ pub fn start_front(dir: &Scratch, cpus: &str, targets: &[Target]) -> Result<Proc
     Ok(proc)
 }
 
-/// trustgate, release build, logging at warn (so no access log), kernel filter in socket
-/// mode (required: the run fails rather than measure without it).
-pub fn start_trustgate(
+/// How a scenario limits trustgate.
+#[derive(Clone, Copy)]
+pub enum Limits {
+    /// Raised for throughput and memory: `max_clients` 20,000, PROXY header timeout 1 s.
+    Raised,
+    /// trustgate's own defaults: no limit or timeout key is set.
+    Defaults,
+}
+
+/// trustgate's config for the scenarios, written to `dir/trustgate.toml`; returns its path.
+/// The kernel filter runs in socket mode and is required (the run fails rather than
+/// measure without it).
+pub fn trustgate_config(
     dir: &Scratch,
-    cpus: &str,
-    binary: &str,
     cert: &(String, String, String),
-) -> Result<Proc> {
+    limits: Limits,
+) -> Result<String> {
     let t = Target::Trustgate;
+    let (clients, header_timeout) = match limits {
+        Limits::Raised => ("max_clients = 20000\n", "timeout = 1000\n"),
+        Limits::Defaults => ("", ""),
+    };
     let conf = format!(
         "listen_port = {plain}\nlisten_port_tls = {tls}\nlisten_address_v4 = \"127.0.0.1\"\n\
-         max_clients = 20000\nmax_concurrent_streams = 128\ndefault_app = \"bench\"\n\
+         {clients}max_concurrent_streams = 128\ndefault_app = \"bench\"\n\
          [apps.bench]\nserver_name = \"localhost\"\n\
          tls = {{ tls_cert_path = \"{c}\", tls_cert_key_path = \"{k}\", https_redirection = false }}\n\
          [[apps.bench.reverse_proxy]]\npath = \"/\"\nupstream = [{{ location = \"127.0.0.1:{UPSTREAM_PORT}\" }}]\n\
-         [experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"127.0.0.1/32\"]\ntimeout = 1000\n\
+         [experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{header_timeout}\
          [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n",
         plain = t.plain_port(),
         tls = t.tls_port(),
         c = cert.0,
         k = cert.1,
     );
-    let path = dir.write("trustgate.toml", &conf)?;
+    dir.write("trustgate.toml", &conf)
+}
+
+/// trustgate, release build, logging at warn (so no access log), [`Limits::Raised`].
+pub fn start_trustgate(
+    dir: &Scratch,
+    cpus: &str,
+    binary: &str,
+    cert: &(String, String, String),
+) -> Result<Proc> {
+    let config = trustgate_config(dir, cert, Limits::Raised)?;
+    start_trustgate_with(dir, cpus, binary, &config)
+}
+
+/// trustgate, release build, logging at warn, on the config at `config`.
+pub fn start_trustgate_with(dir: &Scratch, cpus: &str, binary: &str, config: &str) -> Result<Proc> {
+    let t = Target::Trustgate;
     let mut proc = Proc::start(
         "trustgate",
         cpus,
-        &[binary, "-c", &path, "--grace-period", "1"],
+        &[binary, "-c", config, "--grace-period", "1"],
         &[("RUST_LOG", "warn")],
         &dir.path,
     )?;
@@ -203,15 +232,33 @@ pub fn start_trustgate(
 }
 
 /// nginx for the same job: PROXY on every listener, the client address from the header,
-/// `X-Forwarded-For` set, a keep-alive upstream pool; one worker, access log off.
+/// `X-Forwarded-For` set, a keep-alive upstream pool; one worker with 18,000
+/// connections, access log off.
 pub fn start_nginx(dir: &Scratch, cpus: &str, cert: &(String, String, String)) -> Result<Proc> {
+    start_nginx_with(dir, cpus, cert, 18_000)
+}
+
+/// The upstream connections nginx keeps idle (`keepalive`), counted in its
+/// `worker_connections`.
+pub const NGINX_UPSTREAM_KEEPALIVE: usize = 64;
+/// nginx's listening sockets, each of which takes one of its `worker_connections`.
+pub const NGINX_LISTENERS: usize = 3;
+
+/// [`start_nginx`] with `worker_connections` set (clients, upstream connections and the
+/// listeners all count against it); every timeout at nginx's default.
+pub fn start_nginx_with(
+    dir: &Scratch,
+    cpus: &str,
+    cert: &(String, String, String),
+    worker_connections: usize,
+) -> Result<Proc> {
     let t = Target::Nginx;
     let d = dir.path.display();
     let conf = format!(
         "worker_processes 1;\nworker_rlimit_nofile 19000;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
-         events {{ worker_connections 18000; }}\n\
+         events {{ worker_connections {worker_connections}; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n  {temps}\n\
-         upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}\n\
+         upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive {NGINX_UPSTREAM_KEEPALIVE}; }}\n\
          server {{\n\
            listen 127.0.0.1:{plain} proxy_protocol;\n\
            listen 127.0.0.1:{h2c} proxy_protocol http2;\n\
