@@ -15,8 +15,9 @@
 //!   headers to upstreams that take them) under the upstream connection caps, upgrades,
 //!   the access log.
 //! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs).
-//! - [`listener`]: binding, the accept loop, limits, and a connection's life: trust
-//!   check, PROXY header, TLS, HTTP/1.1 and h2; reload and graceful drain.
+//! - [`listener`]: binding, the accept loop, limits (idle connections shed at
+//!   `max_clients`), and a connection's life: trust check, PROXY header, TLS, HTTP/1.1
+//!   and h2, every wait timed by its clock; reload and graceful drain.
 //! - [`metrics`] and [`admin`]: the counters and their OpenMetrics exposition.
 //! - [`reload`]: SIGHUP and `-w` reloads.
 //! - [`service`]: the whole service from config to drain, as `trustgate` runs it.
