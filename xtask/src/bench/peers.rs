@@ -172,7 +172,7 @@ pub fn start_front(dir: &Scratch, cpus: &str, targets: &[Target]) -> Result<Proc
 pub enum Limits {
     /// Raised for throughput and memory: `max_clients` 20,000, PROXY header timeout 1 s.
     Raised,
-    /// trustgate's own defaults: no limit or timeout key is set.
+    /// trustgate's own defaults: no connection-limit or timeout key is set.
     Defaults,
 }
 

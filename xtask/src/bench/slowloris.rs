@@ -107,7 +107,7 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
     );
     let _ = writeln!(
         text,
-        "- trustgate: no limit or timeout key set (its defaults); `trustgate check` says: {}",
+        "- trustgate: no connection-limit or timeout key set (its defaults; `max_concurrent_streams = 128`, as in every scenario, does not apply to HTTP/1.1); `trustgate check` says: {}",
         trustgate_limits
     );
     let _ = writeln!(
