@@ -23,7 +23,6 @@ use tracing::debug;
 
 use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked};
 use super::{Protocol, Runtime, Server};
-use crate::config::Timeouts;
 use crate::forward::{ConnContext, ConnPools};
 use crate::metrics::{Metrics, TimeoutCounts, TimeoutKind};
 use crate::proxy_protocol::{self, Rewind, read_header};
@@ -303,7 +302,7 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = runtime.timeouts;
+    let timeouts = &runtime.timeouts;
     let counts = Arc::clone(runtime.forwarder.timeouts());
     let deadline = runtime
         .limits
@@ -356,7 +355,9 @@ async fn serve_http<S>(
     let watch = Watch {
         activity,
         heads,
-        timeouts,
+        header: timeouts.request_header,
+        keepalive: timeouts.keepalive,
+        send: timeouts.send,
         counts: Arc::clone(&counts),
     };
     match http {
@@ -416,7 +417,10 @@ struct Watch {
     activity: Arc<Activity>,
     /// HTTP/1: requests have heads to time.
     heads: bool,
-    timeouts: Timeouts,
+    /// `request_header_timeout`, `keepalive_timeout`, `send_timeout`.
+    header: Duration,
+    keepalive: Duration,
+    send: Duration,
     counts: Arc<TimeoutCounts>,
 }
 
@@ -436,7 +440,6 @@ async fn drive<C>(
 ) where
     C: Future<Output = Result<(), hyper::Error>>,
 {
-    let t = watch.timeouts;
     let activity = &*watch.activity;
     let drained = async {
         let expired = tokio::select! {
@@ -445,7 +448,7 @@ async fn drive<C>(
                 shutdown(conn.as_mut());
                 return Some(conn.as_mut().await);
             }
-            expired = clock::expiry(activity, watch.heads, t.request_header, t.keepalive) => expired,
+            expired = clock::expiry(activity, watch.heads, watch.header, watch.keepalive) => expired,
         };
         let kind = match expired {
             Expiry::Keepalive => TimeoutKind::Keepalive,
@@ -461,7 +464,7 @@ async fn drive<C>(
             _ if watch.heads => return None,
             _ => shutdown(conn.as_mut()),
         }
-        within(Some(Instant::now() + t.send), conn.as_mut()).await
+        within(Some(Instant::now() + watch.send), conn.as_mut()).await
     };
     let Some(result) = within(deadline, drained).await else {
         debug!("connection_handling_timeout reached; closing");
