@@ -21,12 +21,14 @@
 //! - [`metrics`] and [`admin`]: the counters and their OpenMetrics exposition.
 //! - [`reload`]: SIGHUP and `-w` reloads.
 //! - [`service`]: the whole service from config to drain, as `trustgate` runs it.
-//! - [`nofile`]: raises the open-file limit at start.
+//! - [`nofile`]: raises the open-file limit at start; `deadline`: a timer allocated only
+//!   when waited on.
 //! - [`demo`]: the demo upstream that echoes the request it received.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod config;
+mod deadline;
 pub mod demo;
 pub mod forward;
 pub mod kernel;

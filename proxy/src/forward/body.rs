@@ -16,8 +16,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use crate::deadline::Deadline;
 use crate::metrics::{TimeoutCounts, TimeoutKind};
 
 use super::hygiene::NameGuard;
@@ -40,7 +41,7 @@ struct Pause {
     limit: Duration,
     /// When the last frame came (or the body was first polled).
     last: Option<Instant>,
-    sleep: Option<Pin<Box<Sleep>>>,
+    deadline: Deadline,
 }
 
 impl Pause {
@@ -48,7 +49,7 @@ impl Pause {
         Pause {
             limit,
             last: None,
-            sleep: None,
+            deadline: Deadline::default(),
         }
     }
 
@@ -60,19 +61,7 @@ impl Pause {
     /// The body returned `Pending`: whether it has now paused for longer than the limit.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
         let last = *self.last.get_or_insert_with(Instant::now);
-        let deadline = last + self.limit;
-        let sleep = match &mut self.sleep {
-            Some(sleep) => {
-                if sleep.deadline() != deadline {
-                    sleep.as_mut().reset(deadline);
-                }
-                sleep
-            }
-            None => self
-                .sleep
-                .insert(Box::pin(tokio::time::sleep_until(deadline))),
-        };
-        sleep.as_mut().poll(cx).is_ready()
+        self.deadline.passed(last + self.limit, cx)
     }
 }
 

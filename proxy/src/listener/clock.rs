@@ -18,9 +18,10 @@ use futures_util::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tracing::debug;
 
+use crate::deadline::Deadline;
 use crate::metrics::{TimeoutCounts, TimeoutKind};
 
 /// What a client is told when its request head came too slowly (RFC 9110 §15.5.9).
@@ -216,9 +217,9 @@ pub(super) struct Timed<S> {
     /// HTTP/1: reads while idle begin a request head.
     heads: bool,
     send: Duration,
-    /// The stalled write's deadline, while one is stalled.
-    stall: Option<Pin<Box<Sleep>>>,
-    stalled: bool,
+    /// Since when a write has been stalled, while one is.
+    stalled: Option<Instant>,
+    stall: Deadline,
     counts: Arc<TimeoutCounts>,
 }
 
@@ -235,8 +236,8 @@ impl<S> Timed<S> {
             activity,
             heads,
             send,
-            stall: None,
-            stalled: false,
+            stalled: None,
+            stall: Deadline::default(),
             counts,
         }
     }
@@ -244,18 +245,8 @@ impl<S> Timed<S> {
     /// A write returned `Pending`: runs the stall clock (started at the first such
     /// write), failing once it has run for `send_timeout`.
     fn check_stall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if !self.stalled {
-            let deadline = Instant::now() + self.send;
-            match &mut self.stall {
-                Some(sleep) => sleep.as_mut().reset(deadline),
-                None => self.stall = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
-            self.stalled = true;
-        }
-        let expired = self
-            .stall
-            .as_mut()
-            .is_some_and(|sleep| sleep.as_mut().poll(cx).is_ready());
+        let since = *self.stalled.get_or_insert_with(Instant::now);
+        let expired = self.stall.passed(since + self.send, cx);
         if expired {
             self.counts.bump(TimeoutKind::Send);
             debug!(send_timeout = ?self.send, "client took no bytes: send_timeout");
@@ -279,7 +270,7 @@ impl<S> Timed<S> {
                 Err(err) => Poll::Ready(Err(err)),
             },
             ready => {
-                self.stalled = false;
+                self.stalled = None;
                 ready
             }
         }
@@ -414,7 +405,7 @@ where
         tokio::spawn(async move {
             let stream = STREAM.scope(Arc::clone(&clock), stream);
             let mut stream = std::pin::pin!(stream);
-            let mut stall: Option<Pin<Box<Sleep>>> = None;
+            let mut stall = Deadline::default();
             poll_fn(|cx| {
                 if stream.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(());
@@ -422,17 +413,9 @@ where
                 let Some(since) = clock.waiting_since() else {
                     return Poll::Pending;
                 };
-                let deadline = since + send;
-                let sleep = match &mut stall {
-                    Some(sleep) => {
-                        if sleep.deadline() != deadline {
-                            sleep.as_mut().reset(deadline);
-                        }
-                        sleep
-                    }
-                    None => stall.insert(Box::pin(tokio::time::sleep_until(deadline))),
-                };
-                ready!(sleep.as_mut().poll(cx));
+                if !stall.passed(since + send, cx) {
+                    return Poll::Pending;
+                }
                 counts.bump(TimeoutKind::Send);
                 debug!(send_timeout = ?send, "h2 stream window stayed shut: send_timeout");
                 Poll::Ready(())
