@@ -5,7 +5,7 @@
 //! no progress for `send_timeout`, and answers 408 when the watchdog ([`expiry`]) finds a
 //! head late. [`StreamExec`] runs h2 streams, ending one whose window stays shut.
 
-use std::future::{Future, poll_fn};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -400,28 +400,46 @@ where
             epoch: Instant::now(),
             waiting: AtomicU64::new(0),
         });
-        let send = self.send;
-        let counts = Arc::clone(&self.counts);
-        tokio::spawn(async move {
-            let stream = STREAM.scope(Arc::clone(&clock), stream);
-            let mut stream = std::pin::pin!(stream);
-            let mut stall = Deadline::default();
-            poll_fn(|cx| {
-                if stream.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-                let Some(since) = clock.waiting_since() else {
-                    return Poll::Pending;
-                };
-                if !stall.passed(since + send, cx) {
-                    return Poll::Pending;
-                }
-                counts.bump(TimeoutKind::Send);
-                debug!(send_timeout = ?send, "h2 stream window stayed shut: send_timeout");
-                Poll::Ready(())
-            })
-            .await;
+        // Built in place and moved once, into the task: a stream's future is several KB.
+        tokio::spawn(SendBound {
+            stream: STREAM.scope(Arc::clone(&clock), stream),
+            clock,
+            stall: Deadline::default(),
+            send: self.send,
+            counts: Arc::clone(&self.counts),
         });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An h2 stream's task: the stream, ended once a frame has waited `send` for window.
+    struct SendBound<F: Future> {
+        #[pin]
+        stream: tokio::task::futures::TaskLocalFuture<Arc<StreamClock>, F>,
+        clock: Arc<StreamClock>,
+        stall: Deadline,
+        send: Duration,
+        counts: Arc<TimeoutCounts>,
+    }
+}
+
+impl<F: Future<Output = ()>> Future for SendBound<F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        if this.stream.poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        let Some(since) = this.clock.waiting_since() else {
+            return Poll::Pending;
+        };
+        if !this.stall.passed(since + *this.send, cx) {
+            return Poll::Pending;
+        }
+        this.counts.bump(TimeoutKind::Send);
+        debug!(send_timeout = ?this.send, "h2 stream window stayed shut: send_timeout");
+        Poll::Ready(())
     }
 }
 
