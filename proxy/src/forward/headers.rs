@@ -272,7 +272,7 @@ pub(super) fn prepare_response(headers: &mut HeaderMap, upgraded: bool) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::str::FromStr;
 
     use ipnet::IpNet;
@@ -280,7 +280,8 @@ mod tests {
     use super::*;
     use crate::config::UpstreamHttp;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A map of `pairs`, in order, repeats appended (also used by `hygiene`'s tests).
+    pub(in crate::forward) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {
             map.append(

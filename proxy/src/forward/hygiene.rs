@@ -117,17 +117,7 @@ pub(super) fn join_cookie_crumbs(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("test name"),
-                HeaderValue::from_str(v).expect("test value"),
-            );
-        }
-        map
-    }
+    use crate::forward::headers::tests::headers;
 
     fn names(map: &HeaderMap) -> Vec<&str> {
         let mut names: Vec<&str> = map.keys().map(HeaderName::as_str).collect();

@@ -84,9 +84,10 @@ impl Activity {
         })
     }
 
-    /// Since when the connection has had no request in flight; `None` while one is.
+    /// Since when the connection has had no request in flight; `None` while one is, or
+    /// once it has been picked to be shed.
     pub(super) fn idle_from(&self) -> Option<Instant> {
-        if !self.idle() {
+        if !self.idle() || self.shedding.load(Ordering::Acquire) {
             return None;
         }
         match self.idle_since.load(Ordering::Acquire) {
@@ -159,8 +160,9 @@ impl Activity {
         Some((at(self.epoch, idle_since) + keepalive, Expiry::Keepalive))
     }
 
-    /// Tells the stream to answer 408 and end the connection.
-    fn expire_head(&self) {
+    /// Ends a begun request head that the watchdog found late: [`Timed`] answers 408 on
+    /// its next read, and the connection ends.
+    pub(super) fn expire_head(&self) {
         self.late.store(true, Ordering::Release);
         self.reader.wake();
     }
@@ -202,12 +204,6 @@ pub(super) async fn expiry(
         };
         tokio::time::sleep_until(wake).await;
     }
-}
-
-/// Ends a begun request head that the watchdog found late: [`Timed`] answers 408 on its
-/// next read.
-pub(super) fn answer_late_head(activity: &Activity) {
-    activity.expire_head();
 }
 
 /// The client stream, timed: see the module header.

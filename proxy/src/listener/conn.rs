@@ -460,7 +460,7 @@ async fn drive<C>(
             "connection waited too long; closing"
         );
         match expired {
-            Expiry::RequestHeader { begun: true } => clock::answer_late_head(activity),
+            Expiry::RequestHeader { begun: true } => activity.expire_head(),
             _ if watch.heads => return None,
             _ => shutdown(conn.as_mut()),
         }

@@ -33,12 +33,10 @@ impl Shed {
     /// connection has a request in flight (or is already being shed).
     pub(super) fn shed_oldest_idle(&self) -> bool {
         let open = self.lock();
-        let mut idle: Vec<(tokio::time::Instant, &Arc<Activity>)> = open
-            .values()
+        open.values()
             .filter_map(|a| a.idle_from().map(|since| (since, a)))
-            .collect();
-        idle.sort_unstable_by_key(|(since, _)| *since);
-        idle.into_iter().any(|(_, activity)| activity.shed())
+            .min_by_key(|(since, _)| *since)
+            .is_some_and(|(_, activity)| activity.shed())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Activity>>> {
