@@ -3,6 +3,15 @@
 //! options, IPv6 with a bounded walk over extension headers. The only place in the
 //! crate that reads packet memory, and only through [`Bytes::load`]. It tells what the
 //! frame is; what to do with it is `decide`'s business.
+//!
+//! Every byte judged past the IP header's first bytes lies inside the IP datagram:
+//! loads are bounded by the IPv4 total length or the IPv6 payload length
+//! ([`Datagram`]), never by the frame alone. A frame is often longer than its datagram
+//! (Ethernet pads to 60 bytes; anything may trail), and the kernel trims that tail
+//! before TCP or reassembly sees it, so a verdict read from it would judge bytes the
+//! kernel throws away (a padded tiny first fragment looked like a whole non-SYN
+//! header). A length of 0 means "the whole packet": the kernel keeps such a datagram
+//! only when it built it itself (a GSO super-packet, BIG TCP) and drops any other.
 
 use core::ffi::c_void;
 
@@ -27,8 +36,9 @@ const IPPROTO_DSTOPTS: u8 = 60;
 
 const IPV4_MIN_HEADER_BYTES: usize = 20;
 const IPV6_HEADER_BYTES: usize = 40;
-/// A TCP header must be whole for the segment to be judged: a first fragment that
-/// cuts it (RFC 1858's tiny fragment) is `Truncated`, never read past.
+/// A TCP header must be whole inside the datagram for the segment to be judged: a
+/// first fragment that cuts it (RFC 1858's tiny fragment), padded or not, is
+/// `Truncated`, never read past.
 const TCP_HEADER_BYTES: usize = 20;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -51,8 +61,9 @@ pub enum Frame {
     Other,
     /// An initial SYN (SYN set, ACK clear).
     Syn { src: Addr, dport: u16 },
-    /// Claims IP (or TCP) but is cut short, or hides its TCP header deeper than the
-    /// walk goes. `src` is known when the IP header was whole.
+    /// Claims IP (or TCP) but is cut short (by the frame or by the datagram's own
+    /// length), or hides its TCP header deeper than the walk goes. `src` is known
+    /// when the IP header was whole.
     Truncated { src: Option<Addr> },
 }
 
@@ -110,6 +121,33 @@ impl Bytes for SkbBytes<'_> {
     }
 }
 
+/// The bytes of one IP datagram inside a frame: loads that end past `end` (an offset
+/// in the frame) fail as if the frame ended there.
+struct Datagram<'a, B> {
+    bytes: &'a B,
+    end: usize,
+}
+
+impl<B: Bytes> Bytes for Datagram<'_, B> {
+    #[inline(always)]
+    fn load<const N: usize>(&self, offset: usize) -> Option<[u8; N]> {
+        if offset > MAX_OFFSET_BYTES || offset + N > self.end {
+            return None;
+        }
+        self.bytes.load(offset)
+    }
+}
+
+/// Where a datagram that starts at `start` and whose header says `length` bytes ends
+/// (0: the whole packet, see the module comment).
+#[inline(always)]
+fn datagram_end(start: usize, length: u16) -> usize {
+    match length {
+        0 => usize::MAX,
+        n => start + usize::from(n),
+    }
+}
+
 /// Walks a frame from its Ethernet header (XDP).
 #[inline(always)]
 pub fn ethernet<B: Bytes>(b: &B) -> Frame {
@@ -158,17 +196,27 @@ fn ipv4<B: Bytes>(b: &B, offset: usize) -> Frame {
         return Frame::Truncated { src: None };
     };
     let header_bytes = usize::from(h[0] & 0x0f) * 4;
-    if h[0] >> 4 != 4 || header_bytes < IPV4_MIN_HEADER_BYTES {
+    let total = u16::from_be_bytes([h[2], h[3]]);
+    if h[0] >> 4 != 4
+        || header_bytes < IPV4_MIN_HEADER_BYTES
+        || (total != 0 && usize::from(total) < header_bytes)
+    {
+        // Not a header the kernel accepts; and when the total length ends inside the
+        // header, even the source lies outside the datagram.
         return Frame::Truncated { src: None };
     }
     let src = Addr::V4([h[12], h[13], h[14], h[15]]);
     let fragment_offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
     if fragment_offset != 0 || h[9] != IPPROTO_TCP {
         // A non-first fragment carries no TCP header; the kernel drops any that would
-        // overlap the first fragment's.
+        // overlap the first fragment's (whose whole TCP header `tcp` requires).
         return Frame::Other;
     }
-    tcp(b, offset + header_bytes, src)
+    let datagram = Datagram {
+        bytes: b,
+        end: datagram_end(offset, total),
+    };
+    tcp(&datagram, offset + header_bytes, src)
 }
 
 #[inline(always)]
@@ -182,6 +230,11 @@ fn ipv6<B: Bytes>(b: &B, l3: usize) -> Frame {
     let mut addr = [0u8; 16];
     addr.copy_from_slice(&h[8..24]);
     let src = Addr::V6(addr);
+    let payload = u16::from_be_bytes([h[4], h[5]]);
+    let b = &Datagram {
+        bytes: b,
+        end: datagram_end(l3 + IPV6_HEADER_BYTES, payload),
+    };
     let mut next = h[6];
     let mut offset = l3 + IPV6_HEADER_BYTES;
     for _ in 0..MAX_IPV6_EXT_HEADERS {

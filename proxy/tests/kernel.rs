@@ -342,6 +342,125 @@ fn xdp_judges_first_fragments_and_passes_later_ones() {
     h.assert_xdp(&later, XDP_PASS, NONE, "non-first fragment");
 }
 
+/// The datagram cases, shared by both programs: (frame, source trusted, counters an
+/// enforcing program moves, whether it drops, name). Padding, trailing bytes and a
+/// length field shorter than the frame never change a verdict: only the bytes inside
+/// the IP datagram are judged.
+fn datagram_cases() -> Vec<(Vec<u8>, &'static [Counter], bool, String)> {
+    let first = Frag {
+        more: true,
+        offset: 0,
+    };
+    let syn = frames::tcp(PORT, SYN);
+    let tiny = |src| eth(&[], ETH_P_IP, &ipv4(src, TCP, 0, first, &syn[..8]));
+    // Pads of zeros (flags 0, what a NIC adds), of 0xff, and of the rest of a SYN
+    // header: read as the rest of the TCP header, each would give a different verdict.
+    let syn_pad: Vec<u8> = syn.iter().cycle().take(1500).copied().collect();
+    let mut cases = Vec::new();
+    for (src, trusted) in [(UNTRUSTED4, false), (TRUSTED4, true)] {
+        let who = if trusted { "trusted" } else { "untrusted" };
+        let cut = |moved: &'static [Counter]| if trusted { NONE } else { moved };
+        for (len, byte) in [(60, 0u8), (1500, 0u8), (1500, 0xff)] {
+            cases.push((
+                pad(&tiny(src), len, byte),
+                cut(MALFORMED),
+                !trusted,
+                format!("tiny first fragment padded to {len} with {byte:#x}, {who}"),
+            ));
+        }
+        cases.push((
+            trailed(&tiny(src), &syn_pad[8..]),
+            cut(MALFORMED),
+            !trusted,
+            format!("tiny first fragment, the rest of a SYN in its pad, {who}"),
+        ));
+        // The total length ends at the IP header; a whole SYN header follows it.
+        let header_only = with_ipv4_total(&tcp4(src, PORT, SYN), 20);
+        cases.push((
+            header_only,
+            cut(MALFORMED),
+            !trusted,
+            format!("IPv4 total length 20, a SYN in the pad, {who}"),
+        ));
+        // The total length ends inside the TCP header.
+        let cut_tcp = with_ipv4_total(&tcp4(src, PORT, SYN), 20 + 13);
+        cases.push((
+            cut_tcp,
+            cut(MALFORMED),
+            !trusted,
+            format!("IPv4 total length ends before the TCP flags, {who}"),
+        ));
+        // A whole datagram with trailing garbage is judged on the datagram.
+        cases.push((
+            pad(&tcp4(src, PORT, SYN), 1500, 0xff),
+            if trusted { SEEN4_PASSED } else { SEEN4_DROPPED },
+            !trusted,
+            format!("IPv4 SYN with a 1500-byte pad, {who}"),
+        ));
+        cases.push((
+            trailed(&tcp4(src, PORT, ACK), &syn),
+            NONE,
+            false,
+            format!("IPv4 ACK, a SYN header trailing it, {who}"),
+        ));
+    }
+    for (src, trusted) in [(UNTRUSTED6, false), (TRUSTED6, true)] {
+        let who = if trusted { "trusted" } else { "untrusted" };
+        let cut = |moved: &'static [Counter]| if trusted { NONE } else { moved };
+        cases.push((
+            with_ipv6_payload(&tcp6(src, PORT, SYN), 10),
+            cut(MALFORMED),
+            !trusted,
+            format!("IPv6 payload length ends inside the TCP header, {who}"),
+        ));
+        cases.push((
+            pad(&with_ipv6_payload(&tcp6(src, PORT, SYN), 13), 1500, 0),
+            cut(MALFORMED),
+            !trusted,
+            format!("IPv6 payload length before the TCP flags, padded, {who}"),
+        ));
+        cases.push((
+            pad(&tcp6(src, PORT, SYN), 1500, 0xff),
+            if trusted { SEEN6_PASSED } else { SEEN6_DROPPED },
+            !trusted,
+            format!("IPv6 SYN with a 1500-byte pad, {who}"),
+        ));
+    }
+    // A total length that ends inside the IP header: not even the source is inside
+    // the datagram, so a trusted-looking source does not help.
+    cases.push((
+        with_ipv4_total(&tcp4(TRUSTED4, PORT, SYN), 19),
+        MALFORMED,
+        true,
+        "IPv4 total length shorter than its header, trusted-looking".into(),
+    ));
+    cases
+}
+
+#[test]
+fn xdp_judges_the_datagram_not_the_frame() {
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
+    for (frame, moved, drops, name) in datagram_cases() {
+        let verdict = if drops { XDP_DROP } else { XDP_PASS };
+        h.assert_xdp(&frame, verdict, moved, &name);
+    }
+}
+
+#[test]
+fn socket_filter_judges_the_datagram_not_the_frame() {
+    let Some(h) = Harness::socket(&default_list()) else {
+        return;
+    };
+    for (frame, moved, drops, name) in datagram_cases() {
+        let (verdict, got_moved) = h.run(&frame);
+        let expect = if drops { 0 } else { (frame.len() - 14) as u32 };
+        assert_eq!(verdict, expect, "{name}: bytes kept (0 = drop)");
+        assert_eq!(got_moved, moved, "{name}: counters");
+    }
+}
+
 #[test]
 fn xdp_walks_each_ipv6_extension_header() {
     let Some(h) = Harness::xdp(&default_list()) else {

@@ -146,3 +146,32 @@ pub fn tcp4(src: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
 pub fn tcp6(src: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
     eth(&[], ETH_P_IPV6, &ipv6(src, TCP, &tcp(dport, flags)))
 }
+
+/// `frame` padded with `byte` to `len` bytes (a NIC pads to 60; anything may trail a
+/// datagram). The IP length fields are left as they were.
+pub fn pad(frame: &[u8], len: usize, byte: u8) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    if f.len() < len {
+        f.resize(len, byte);
+    }
+    f
+}
+
+/// `frame` followed by `tail` (say, a SYN header outside the datagram).
+pub fn trailed(frame: &[u8], tail: &[u8]) -> Vec<u8> {
+    [frame, tail].concat()
+}
+
+/// Rewrites the IPv4 total length of the untagged frame `frame`.
+pub fn with_ipv4_total(frame: &[u8], total: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[14 + 2..14 + 4].copy_from_slice(&total.to_be_bytes());
+    f
+}
+
+/// Rewrites the IPv6 payload length of the untagged frame `frame`.
+pub fn with_ipv6_payload(frame: &[u8], payload: u16) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[14 + 4..14 + 6].copy_from_slice(&payload.to_be_bytes());
+    f
+}
