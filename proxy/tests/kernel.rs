@@ -3,10 +3,14 @@
 //! each test skips loudly (and fails where TRUSTGATE_REQUIRE_ALL is set).
 
 mod common;
+#[path = "kernel/model.rs"]
+mod model;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use common::frames::{self, *};
+use proptest::prelude::*;
+use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use proxy::kernel::{Kernel, KernelError, Plan, Program, ProgramCounters, XdpMode};
 use proxy::trust::TrustList;
 use proxy_common::Counter;
@@ -829,4 +833,264 @@ fn socket_filter_judges_syns_by_source_only() {
         (0, MALFORMED),
         "cut TCP header"
     );
+}
+
+/// A valid frame, then mutations of it: the property tests' input.
+#[derive(Clone, Debug)]
+struct Mutant {
+    family: MutantFamily,
+    trusted: bool,
+    tags: Vec<u16>,
+    /// IPv4 options, in 32-bit words.
+    options: u8,
+    /// IPv4 fragment fields (more fragments, offset in 8-byte units).
+    fragment: (bool, u16),
+    /// IPv6 extension headers: kind and length units (a fragment header's units are
+    /// its offset; odd ones set the M flag).
+    chain: Vec<(u8, u8)>,
+    flags: u8,
+    to_port: bool,
+    mutations: Vec<Mutation>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum MutantFamily {
+    V4,
+    V6,
+    Mapped,
+}
+
+#[derive(Clone, Debug)]
+enum Mutation {
+    /// Keep this many bytes past the IP header's start.
+    Cut(usize),
+    /// Pad to this length with this byte.
+    Pad(usize, u8),
+    /// Append the rest of a SYN header, as if the pad carried one.
+    TrailSyn,
+    /// Move the IP length field (IPv4 total, IPv6 payload) by this much.
+    Length(i32),
+    /// Set the IP length field.
+    LengthTo(u16),
+    /// Set the IPv4 IHL.
+    Ihl(u8),
+    /// Set the IPv4 fragment fields.
+    Fragment(bool, u16),
+    /// Overwrite one byte past the IP header's start.
+    Byte(usize, u8),
+}
+
+fn mutant(max_tags: usize) -> impl Strategy<Value = Mutant> {
+    let family = prop_oneof![
+        Just(MutantFamily::V4),
+        Just(MutantFamily::V6),
+        Just(MutantFamily::Mapped)
+    ];
+    let tag = prop_oneof![Just(ETH_P_8021Q), Just(ETH_P_8021AD)];
+    let kind = prop_oneof![
+        Just(HOPOPTS),
+        Just(ROUTING),
+        Just(DSTOPTS),
+        Just(AH),
+        Just(FRAGMENT)
+    ];
+    let flags = prop_oneof![
+        4 => Just(SYN),
+        1 => Just(SYN | ACK),
+        1 => Just(ACK),
+        1 => Just(0u8),
+        1 => any::<u8>(),
+    ];
+    let mutation = prop_oneof![
+        1 => (0usize..100).prop_map(Mutation::Cut),
+        2 => (0usize..1500, prop_oneof![Just(0u8), Just(0xffu8), any::<u8>()])
+            .prop_map(|(len, byte)| Mutation::Pad(len, byte)),
+        1 => Just(Mutation::TrailSyn),
+        3 => (-40i32..=40).prop_map(Mutation::Length),
+        1 => any::<u16>().prop_map(Mutation::LengthTo),
+        1 => (0u8..16).prop_map(Mutation::Ihl),
+        1 => (any::<bool>(), prop_oneof![Just(0u16), Just(1), Just(2), any::<u16>()])
+            .prop_map(|(more, offset)| Mutation::Fragment(more, offset)),
+        1 => (0usize..100, any::<u8>()).prop_map(|(at, byte)| Mutation::Byte(at, byte)),
+    ];
+    (
+        family,
+        any::<bool>(),
+        prop::collection::vec(tag, 0..=max_tags),
+        0u8..=10,
+        (any::<bool>(), prop_oneof![3 => Just(0u16), 1 => 1u16..4]),
+        prop_oneof![
+            2 => Just(Vec::new()),
+            1 => prop::collection::vec((kind, 0u8..4), 0..=10),
+        ],
+        flags,
+        prop_oneof![4 => Just(true), 1 => Just(false)],
+        prop::collection::vec(mutation, 0..=3),
+    )
+        .prop_map(
+            |(family, trusted, tags, options, fragment, chain, flags, to_port, mutations)| Mutant {
+                family,
+                trusted,
+                tags,
+                options,
+                fragment,
+                chain,
+                flags,
+                to_port,
+                mutations,
+            },
+        )
+}
+
+impl Mutant {
+    /// The frame, and where its IP header starts.
+    fn frame(&self) -> (Vec<u8>, usize) {
+        let dport = if self.to_port { PORT } else { OTHER_PORT };
+        let tcp = frames::tcp(dport, self.flags);
+        let (ethertype, mut packet) = match self.family {
+            MutantFamily::V4 => {
+                let src = if self.trusted { TRUSTED4 } else { UNTRUSTED4 };
+                let (more, offset) = self.fragment;
+                let frag = Frag { more, offset };
+                (ETH_P_IP, ipv4(src, TCP, self.options, frag, &tcp))
+            }
+            MutantFamily::V6 | MutantFamily::Mapped => {
+                let src = match (self.family, self.trusted) {
+                    (MutantFamily::V6, true) => TRUSTED6,
+                    (MutantFamily::V6, false) => UNTRUSTED6,
+                    (_, true) => TRUSTED4.to_ipv6_mapped(),
+                    (_, false) => UNTRUSTED4.to_ipv6_mapped(),
+                };
+                let kinds: Vec<u8> = self.chain.iter().map(|(k, _)| *k).collect();
+                let mut payload = Vec::new();
+                for (i, (kind, units)) in self.chain.iter().enumerate() {
+                    let next = kinds.get(i + 1).copied().unwrap_or(TCP);
+                    payload.extend(match *kind {
+                        FRAGMENT => ext_fragment(next, u16::from(*units / 2), units % 2 == 1),
+                        kind => ext(kind, next, *units),
+                    });
+                }
+                payload.extend_from_slice(&tcp);
+                let first = kinds.first().copied().unwrap_or(TCP);
+                (ETH_P_IPV6, ipv6(src, first, &payload))
+            }
+        };
+        let l3 = 14 + 4 * self.tags.len();
+        let v4 = matches!(self.family, MutantFamily::V4);
+        for m in &self.mutations {
+            match *m {
+                Mutation::Cut(keep) => packet.truncate(keep),
+                Mutation::Pad(len, byte) => packet = pad(&packet, len.saturating_sub(l3), byte),
+                Mutation::TrailSyn => packet.extend_from_slice(&frames::tcp(PORT, SYN)[8..]),
+                Mutation::Length(delta) => {
+                    let at = if v4 { 2 } else { 4 };
+                    if let Some(field) = packet.get_mut(at..at + 2) {
+                        let now = i32::from(u16::from_be_bytes([field[0], field[1]]));
+                        let new = (now + delta).clamp(0, 65535) as u16;
+                        field.copy_from_slice(&new.to_be_bytes());
+                    }
+                }
+                Mutation::LengthTo(len) => {
+                    let at = if v4 { 2 } else { 4 };
+                    if let Some(field) = packet.get_mut(at..at + 2) {
+                        field.copy_from_slice(&len.to_be_bytes());
+                    }
+                }
+                Mutation::Ihl(ihl) if v4 => {
+                    if let Some(b) = packet.first_mut() {
+                        *b = 0x40 | ihl;
+                    }
+                }
+                Mutation::Fragment(more, offset) if v4 => {
+                    if let Some(field) = packet.get_mut(6..8) {
+                        let value = (u16::from(more) << 13) | (offset & 0x1fff);
+                        field.copy_from_slice(&value.to_be_bytes());
+                    }
+                }
+                Mutation::Byte(at, byte) => {
+                    if let Some(b) = packet.get_mut(at) {
+                        *b = byte;
+                    }
+                }
+                Mutation::Ihl(_) | Mutation::Fragment(..) => {}
+            }
+        }
+        (eth(&self.tags, ethertype, &packet), l3)
+    }
+}
+
+/// Runs `cases` mutants through `program` and checks them against the kernel model:
+/// whenever what the kernel keeps is (or may become) an initial SYN from an untrusted
+/// source, the verdict is drop; from a trusted source (within the walk's two VLAN
+/// tags), pass. Asserts that both kinds were generated often enough to mean something.
+fn mutants_against_the_model(h: &Harness, cases: u32) {
+    let trust = default_list();
+    let socket = h.program == Program::Socket;
+    let seen_untrusted = std::cell::Cell::new(0u32);
+    let seen_trusted = std::cell::Cell::new(0u32);
+    let mut runner = TestRunner::new(ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    });
+    // A listening socket never sees VLAN tags: the kernel has taken them off.
+    let max_tags = if socket { 0 } else { 3 };
+    let result = runner.run(&mutant(max_tags), |m| {
+        let (frame, _) = m.frame();
+        let port = if socket { None } else { Some(PORT) };
+        let (kept, tags) = model::ethernet(&frame, port);
+        let model::Kept::Syn { src } = kept else {
+            return Ok(());
+        };
+        let (verdict, _) = h
+            .kernel
+            .test_run(h.program, &frame, 1)
+            .map_err(|e| TestCaseError::fail(format!("BPF_PROG_TEST_RUN: {e}")))?;
+        let dropped = if socket {
+            verdict == 0
+        } else {
+            verdict == XDP_DROP
+        };
+        if trust.contains(src) {
+            seen_trusted.set(seen_trusted.get() + 1);
+            if tags <= 2 {
+                prop_assert!(!dropped, "a trusted SYN was dropped: {frame:02x?}");
+            }
+        } else {
+            seen_untrusted.set(seen_untrusted.get() + 1);
+            prop_assert!(dropped, "an untrusted SYN passed: {frame:02x?}");
+        }
+        Ok(())
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+    eprintln!(
+        "{cases} mutants: the model kept {} untrusted and {} trusted SYNs",
+        seen_untrusted.get(),
+        seen_trusted.get()
+    );
+    let floor = cases / 20;
+    assert!(
+        seen_untrusted.get() >= floor && seen_trusted.get() >= floor,
+        "too few SYNs kept by the model to mean anything: {} untrusted, {} trusted of {cases}",
+        seen_untrusted.get(),
+        seen_trusted.get()
+    );
+}
+
+#[test]
+fn xdp_drops_every_untrusted_syn_the_kernel_would_keep() {
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
+    mutants_against_the_model(&h, 4000);
+}
+
+#[test]
+fn socket_filter_drops_every_untrusted_syn_the_kernel_would_keep() {
+    let Some(h) = Harness::socket(&default_list()) else {
+        return;
+    };
+    mutants_against_the_model(&h, 4000);
 }
