@@ -19,6 +19,7 @@ pub mod probe;
 pub mod scrape;
 pub mod stall;
 pub mod upstream;
+pub mod wire;
 
 use std::path::PathBuf;
 

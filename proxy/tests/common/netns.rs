@@ -19,6 +19,8 @@ pub struct Lab {
     pub ns: String,
     /// The host end of the pair, where XDP attaches.
     pub host_if: String,
+    /// The namespace's end of the pair.
+    pub ns_if: String,
     pub host4: Ipv4Addr,
     pub trusted4: Ipv4Addr,
     pub untrusted4: Ipv4Addr,
@@ -51,6 +53,7 @@ impl Lab {
         let lab = Lab {
             ns: format!("tg{tag}"),
             host_if: format!("tg{tag}h"),
+            ns_if: format!("tg{tag}n"),
             host4: Ipv4Addr::from(base + 1),
             trusted4: Ipv4Addr::from(base + 2),
             untrusted4: Ipv4Addr::from(base + 3),
@@ -58,7 +61,7 @@ impl Lab {
             trusted6: v6(2),
             untrusted6: v6(3),
         };
-        let ns_if = format!("tg{tag}n");
+        let ns_if = lab.ns_if.clone();
         let ns = lab.ns.clone();
         ip(&["netns", "add", &ns])?;
         // From here on, Drop cleans up whatever the rest manages to create.

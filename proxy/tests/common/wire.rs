@@ -1,0 +1,263 @@
+//! Hand-made IPv4 frames on a real wire: a namespace thread writes whole Ethernet
+//! frames (with the padding a NIC would add) to its end of a [`Lab`]'s veth pair with
+//! an AF_PACKET socket, and counts the SYN-ACKs that come back for a source with a raw
+//! TCP socket. Checksums are real, since the kernel checks them. For the kernel tests
+//! that judge what the filter lets the kernel answer, beyond what `connect()` can send.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::sched::{CloneFlags, setns};
+
+use super::netns::Lab;
+
+/// A TCP SYN to `dst` from `src`, as IPv4 fragments of one datagram cut at each of
+/// `cuts` (byte offsets into the 20-byte TCP header, multiples of 8). Each fragment is
+/// returned as an IP packet (no link header), first to last.
+pub fn syn_fragments(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    id: u16,
+    cuts: &[usize],
+) -> Vec<Vec<u8>> {
+    let mut tcp = vec![0u8; 20];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
+    tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let sum = tcp4_checksum(src, dst, &tcp);
+    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let mut bounds = vec![0];
+    bounds.extend_from_slice(cuts);
+    bounds.push(tcp.len());
+    bounds
+        .windows(2)
+        .map(|w| {
+            let offset_units = u16::try_from(w[0] / 8).expect("a small offset");
+            let more = w[1] < tcp.len();
+            ipv4(src, dst, id, more, offset_units, &tcp[w[0]..w[1]])
+        })
+        .collect()
+}
+
+/// An IPv4 packet carrying `payload` (TCP), with a correct header checksum.
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    id: u16,
+    more: bool,
+    offset_units: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut p = vec![0u8; 20];
+    p[0] = 0x45;
+    let total = u16::try_from(20 + payload.len()).expect("a small packet");
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p[4..6].copy_from_slice(&id.to_be_bytes());
+    p[6..8].copy_from_slice(&((u16::from(more) << 13) | offset_units).to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let sum = checksum(&p, 0);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(payload);
+    p
+}
+
+fn tcp4_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6]);
+    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    checksum(segment, sum_words(&pseudo))
+}
+
+fn sum_words(bytes: &[u8]) -> u32 {
+    bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum()
+}
+
+fn checksum(bytes: &[u8], initial: u32) -> u16 {
+    let mut sum = initial + sum_words(bytes);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Writes each of `packets` from the namespace's end of the pair as an Ethernet frame
+/// to the host end, padded to Ethernet's 60-byte minimum as a NIC pads it, and counts
+/// the SYN-ACKs from `from_port` that reach `to` within `wait` (stopping at the first
+/// when `until_first`).
+pub fn inject_and_count_syn_acks(
+    lab: &Lab,
+    packets: &[Vec<u8>],
+    to: Ipv4Addr,
+    from_port: u16,
+    wait: Duration,
+    until_first: bool,
+) -> io::Result<usize> {
+    let ns_path = format!("/run/netns/{}", lab.ns);
+    let host_mac = mac(&std::fs::read_to_string(format!(
+        "/sys/class/net/{}/address",
+        lab.host_if
+    ))?)?;
+    let ns_if = lab.ns_if.clone();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let ns = File::open(&ns_path)?;
+            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+            let capture = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;
+            let sender = raw_socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
+            let name = std::ffi::CString::new(ns_if.clone()).map_err(io::Error::other)?;
+            // SAFETY: `name` is a NUL-terminated string that outlives the call.
+            let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if ifindex == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let ns_mac = ns_mac(&ns_if)?;
+            for packet in packets {
+                let mut frame = Vec::with_capacity(60);
+                frame.extend_from_slice(&host_mac);
+                frame.extend_from_slice(&ns_mac);
+                frame.extend_from_slice(&0x0800u16.to_be_bytes());
+                frame.extend_from_slice(packet);
+                frame.resize(frame.len().max(60), 0);
+                send_frame(&sender, ifindex, &frame)?;
+            }
+            count_syn_acks(&capture, to, from_port, wait, until_first)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the injecting thread panicked")))
+    })
+}
+
+fn raw_socket(domain: i32, kind: i32, protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: a plain socket(2) call; the result is checked before use.
+    let fd = unsafe { libc::socket(domain, kind | libc::SOCK_CLOEXEC, protocol) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by socket(2) and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn send_frame(sender: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
+    // SAFETY: an all-zero sockaddr_ll is a valid value of the type.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_ifindex = i32::try_from(ifindex).map_err(io::Error::other)?;
+    addr.sll_halen = 6;
+    addr.sll_addr[..6].copy_from_slice(&frame[..6]);
+    // SAFETY: `frame` is valid for `frame.len()` bytes and `addr` is a sockaddr_ll of
+    // the size passed.
+    let sent = unsafe {
+        libc::sendto(
+            sender.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn count_syn_acks(
+    capture: &OwnedFd,
+    to: Ipv4Addr,
+    from_port: u16,
+    wait: Duration,
+    until_first: bool,
+) -> io::Result<usize> {
+    let deadline = Instant::now() + wait;
+    let mut count = 0;
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(count);
+        }
+        let mut poll = libc::pollfd {
+            fd: capture.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd, for the count passed.
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if ready == 0 {
+            continue;
+        }
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::recv(capture.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let p = &buf[..n as usize];
+        let header = usize::from(p.first().map_or(0, |b| b & 0x0f)) * 4;
+        let Some(tcp) = p.get(header..header + 14) else {
+            continue;
+        };
+        let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
+        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
+        if dst == to && sport == from_port && tcp[13] & 0x12 == 0x12 {
+            count += 1;
+            if until_first {
+                return Ok(count);
+            }
+        }
+    }
+}
+
+fn ns_mac(ns_if: &str) -> io::Result<[u8; 6]> {
+    // This thread is in the namespace, but sysfs shows the mount's: ask the kernel.
+    let probe = raw_socket(libc::AF_INET, libc::SOCK_DGRAM, 0)?;
+    // SAFETY: an all-zero ifreq is a valid value of the type.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(ns_if.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR reads `ifr_name` and writes `ifr_hwaddr` of the ifreq
+    // passed, which lives across the call.
+    if unsafe { libc::ioctl(probe.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl succeeded, so the union holds `ifr_hwaddr`.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data.iter()) {
+        *dst = *src as u8;
+    }
+    Ok(mac)
+}
+
+fn mac(text: &str) -> io::Result<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = text.trim().split(':').collect();
+    if parts.len() != 6 {
+        return Err(io::Error::other(format!("not a MAC address: {text:?}")));
+    }
+    for (dst, part) in mac.iter_mut().zip(parts) {
+        *dst = u8::from_str_radix(part, 16).map_err(io::Error::other)?;
+    }
+    Ok(mac)
+}
