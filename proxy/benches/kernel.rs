@@ -108,6 +108,27 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             ),
         ),
         (
+            "IPv4 tiny first fragment padded to 60 bytes, untrusted",
+            pad(
+                &eth(
+                    &[],
+                    ETH_P_IP,
+                    &ipv4(
+                        UNTRUSTED4,
+                        TCP,
+                        0,
+                        Frag {
+                            more: true,
+                            offset: 0,
+                        },
+                        &syn[..8],
+                    ),
+                ),
+                60,
+                0,
+            ),
+        ),
+        (
             "IPv4 non-first fragment",
             eth(
                 &[],
