@@ -361,6 +361,9 @@ impl Server {
         {
             debug!(listener = %bound.addr, error = %err, "shutting the listener down");
         }
+        let local = bound.addr;
+        drop(bound);
+        info!(listener = %local, "listener closed");
     }
 }
 
