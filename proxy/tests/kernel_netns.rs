@@ -3,7 +3,8 @@
 //! untrusted address, IPv4 and IPv6. For XDP (generic and native) and the socket filter
 //! (eBPF and classic): the untrusted client's connect times out (no SYN-ACK, no RST),
 //! the trusted one connects, counters move, reloads apply in place, and dropping the
-//! filter detaches it. Needs root (namespaces) and CAP_BPF; skips loudly without.
+//! filter detaches it. Reloads moving a port under an outsider's SYN flood never answer
+//! it. Needs root (namespaces) and CAP_BPF; skips loudly without.
 
 mod common;
 
@@ -628,8 +629,10 @@ fn xdp_dropped_v4(scrape: &common::scrape::Scrape) -> u64 {
 }
 
 /// Moves `listen_port_tls` back and forth [`MOVES`] times under an outsider's SYN flood
-/// to both ports: no SYN-ACK may ever reach the outsider (a port listens only while
-/// protected), and the trusted load balancer is served on the new port after each move.
+/// to both ports, then tries a move to a port another socket holds: no SYN-ACK may ever
+/// reach the outsider (a port listens only while protected), the trusted load balancer
+/// is served on the new port after each move, and the failed move leaves no stray port
+/// protected.
 fn reload_moving_a_port_under_a_syn_flood(attach: &str, expect: &str) {
     let (Some(lab), Some(curl), Some(openssl)) =
         (lab(), common::tool("curl"), common::tool("openssl"))
@@ -639,6 +642,8 @@ fn reload_moving_a_port_under_a_syn_flood(attach: &str, expect: &str) {
     let (_upstream_rt, upstream) = common::upstream::demo_in_background();
     let dir = tempfile::tempdir().expect("temp dir");
     let cert = common::self_signed(&openssl, dir.path(), "app.test");
+    // Held by another socket throughout: a reload moving the port there must fail.
+    let taken = Echo::bind(SocketAddr::new(lab.host4.into(), 0)).serve();
     let host = lab.host4.to_string();
     let ports = [
         common::peers::free_port(&host),
@@ -695,6 +700,35 @@ fn reload_moving_a_port_under_a_syn_flood(attach: &str, expect: &str) {
         await_reload(&mut gw, mark, SocketAddr::new(lab.host4.into(), old));
         assert_eq!(served(new), "200", "{attach}: after move {i} to port {new}");
     }
+    // A move that cannot bind changes nothing: the current port stays protected (the
+    // flood goes on), and the port it tried is not left protected (the outsider still
+    // reaches the socket that holds it).
+    std::fs::write(&gw.config_path, config(taken.addr.port())).expect("rewriting the config");
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    let failed = gw
+        .wait_for(
+            |e| {
+                common::gateway::message(e).is_some_and(|m| {
+                    m.starts_with("reload failed") || m.starts_with("config reloaded")
+                })
+            },
+            RELOAD_TIMEOUT,
+        )
+        .and_then(|e| common::gateway::message(&e).map(String::from));
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|m| m.starts_with("reload failed")),
+        "{attach}: moving to a taken port: {failed:?}; log:\n{}",
+        gw.log()
+    );
+    assert_connects(
+        &lab,
+        lab.untrusted4.into(),
+        taken.addr,
+        "untrusted to the port a failed reload tried",
+    );
+    assert_eq!(served(ports[0]), "200", "{attach}: after the failed reload");
     let outcome = flood.stop();
     let dropped = xdp_dropped_v4(&scrape()) - dropped_before;
     eprintln!(
