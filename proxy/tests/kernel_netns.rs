@@ -3,7 +3,8 @@
 //! untrusted address, IPv4 and IPv6. For XDP (generic and native) and the socket filter
 //! (eBPF and classic): the untrusted client's connect times out (no SYN-ACK, no RST),
 //! the trusted one connects, counters move, reloads apply in place, and dropping the
-//! filter detaches it. Needs root (namespaces) and CAP_BPF; skips loudly without.
+//! filter detaches it. Reloads moving a port under an outsider's SYN flood never answer
+//! it. Needs root (namespaces) and CAP_BPF; skips loudly without.
 
 mod common;
 
@@ -609,4 +610,231 @@ fn is_root() -> bool {
 fn is_first_fragment(packet: &[u8]) -> bool {
     let field = u16::from_be_bytes([packet[6], packet[7]]);
     field & 0x2000 != 0 && field & 0x1fff == 0
+}
+
+/// Reloads moving `listen_port_tls` between two ports under the flood.
+const MOVES: usize = 20;
+/// The outsider's SYNs per second, both ports together: enough to land in any window
+/// of a few hundred microseconds, bounded so the test stays a test on a shared machine.
+const FLOOD_RATE: u32 = 20_000;
+/// The flood stops by itself after this long, whatever happens to the test.
+const FLOOD_LIMIT: Duration = Duration::from_secs(120);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// trustgate in XDP mode (`attach`) on the lab's host end: plain HTTP on a port of its
+/// choosing, TLS on `tls_port`, `/metrics` on loopback, the namespace's trusted address
+/// trusted and its untrusted one not.
+fn moving_tls_config(
+    lab: &Lab,
+    upstream: SocketAddr,
+    (cert, key): &(std::path::PathBuf, std::path::PathBuf),
+    tls_port: u16,
+    attach: &str,
+) -> String {
+    format!(
+        r#"
+listen_port = 0
+listen_port_tls = {tls_port}
+listen_address_v4 = "{host4}"
+default_app = "app"
+[apps.app]
+server_name = "app.test"
+tls = {{ tls_cert_path = "{cert}", tls_cert_key_path = "{key}", https_redirection = false }}
+[[apps.app.reverse_proxy]]
+upstream = [{{ location = "{upstream}" }}]
+[metrics]
+listen = "127.0.0.1:0"
+[experimental.tcp_recv_proxy_protocol]
+trusted_proxies = ["{trusted4}/32"]
+[experimental.tcp_recv_proxy_protocol.kernel_filter]
+mode = "xdp"
+interfaces = ["{host_if}"]
+xdp_mode = "{attach}"
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        host4 = lab.host4,
+        trusted4 = lab.trusted4,
+        host_if = lab.host_if,
+    )
+}
+
+/// Waits until the events logged since `mark` say the reload was applied and the
+/// listener on `closed` has closed (in either order); panics on a failed reload.
+fn await_reload(gw: &mut common::gateway::Gateway, mark: usize, closed: SocketAddr) {
+    use common::gateway::{field, message};
+    let deadline = std::time::Instant::now() + RELOAD_TIMEOUT;
+    loop {
+        let since = &gw.seen[mark..];
+        if let Some(failed) = since
+            .iter()
+            .find(|e| message(e).is_some_and(|m| m.starts_with("reload ")))
+        {
+            panic!("the reload was not applied: {failed}\nlog:\n{}", gw.log());
+        }
+        let reloaded = since.iter().any(|e| message(e) == Some("config reloaded"));
+        let gone = since.iter().any(|e| {
+            message(e) == Some("listener closed")
+                && field(e, "listener") == Some(closed.to_string())
+        });
+        if reloaded && gone {
+            return;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no reload outcome (or {closed} never closed) within {RELOAD_TIMEOUT:?}; log:\n{}",
+            gw.log()
+        );
+        gw.wait_for(|_| true, left);
+    }
+}
+
+/// `trustgate_kernel_syns_total{program="xdp",family="ipv4",outcome="dropped"}`.
+fn xdp_dropped_v4(scrape: &common::scrape::Scrape) -> u64 {
+    scrape
+        .starting_with("trustgate_kernel_syns_total")
+        .iter()
+        .filter(|(series, _)| {
+            ["program=\"xdp\"", "family=\"ipv4\"", "outcome=\"dropped\""]
+                .iter()
+                .all(|label| series.contains(label))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+/// Moves `listen_port_tls` back and forth [`MOVES`] times under an outsider's SYN flood
+/// to both ports, then tries a move to a port another socket holds: no SYN-ACK may ever
+/// reach the outsider (a port listens only while protected), the trusted load balancer
+/// is served on the new port after each move, and the failed move leaves no stray port
+/// protected.
+fn reload_moving_a_port_under_a_syn_flood(attach: &str, expect: &str) {
+    let (Some(lab), Some(curl), Some(openssl)) =
+        (lab(), common::tool("curl"), common::tool("openssl"))
+    else {
+        return;
+    };
+    let (_upstream_rt, upstream) = common::upstream::demo_in_background();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = common::self_signed(&openssl, dir.path(), "app.test");
+    // Held by another socket throughout: a reload moving the port there must fail.
+    let taken = Echo::bind(SocketAddr::new(lab.host4.into(), 0)).serve();
+    let host = lab.host4.to_string();
+    let ports = [
+        common::peers::free_port(&host),
+        common::peers::free_port(&host),
+    ];
+    assert_ne!(ports[0], ports[1], "two distinct free ports");
+    let config = |port| moving_tls_config(&lab, upstream, &cert, port, attach);
+    let mut gw = common::gateway::Gateway::start(&config(ports[0]), 2);
+    let attached = gw
+        .events("XDP trust filter attached")
+        .first()
+        .and_then(|e| common::gateway::field(e, "mode"));
+    assert_eq!(attached.as_deref(), Some(expect), "log:\n{}", gw.log());
+    let metrics = gw.metrics_listener();
+    let scraper = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for scraping");
+    let scrape = || scraper.block_on(common::scrape::scrape(metrics));
+    let dropped_before = xdp_dropped_v4(&scrape());
+    let served = |port: u16| {
+        let resolve = format!("app.test:{port}:{}", lab.host4);
+        let url = format!("https://app.test:{port}/");
+        let out = lab
+            .command(&curl)
+            .args(["-sS", "-k", "--max-time", "10", "--haproxy-protocol"])
+            .args([
+                "--interface",
+                &lab.trusted4.to_string(),
+                "--resolve",
+                &resolve,
+            ])
+            .args(["-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .expect("running curl in the namespace");
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+    };
+    assert_eq!(served(ports[0]), "200", "before any reload");
+    let flood = common::synflood::Flood::start(
+        &lab,
+        common::synflood::Target {
+            src: lab.untrusted4,
+            dst: lab.host4,
+            ports: ports.to_vec(),
+            rate: FLOOD_RATE,
+            limit: FLOOD_LIMIT,
+        },
+    );
+    for i in 0..MOVES {
+        let (old, new) = (ports[i % 2], ports[(i + 1) % 2]);
+        let mark = gw.seen.len();
+        std::fs::write(&gw.config_path, config(new)).expect("rewriting the config");
+        gw.signal(nix::sys::signal::Signal::SIGHUP);
+        await_reload(&mut gw, mark, SocketAddr::new(lab.host4.into(), old));
+        assert_eq!(served(new), "200", "{attach}: after move {i} to port {new}");
+    }
+    // A move that cannot bind changes nothing: the current port stays protected (the
+    // flood goes on), and the port it tried is not left protected (the outsider still
+    // reaches the socket that holds it).
+    std::fs::write(&gw.config_path, config(taken.addr.port())).expect("rewriting the config");
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    let failed = gw
+        .wait_for(
+            |e| {
+                common::gateway::message(e).is_some_and(|m| {
+                    m.starts_with("reload failed") || m.starts_with("config reloaded")
+                })
+            },
+            RELOAD_TIMEOUT,
+        )
+        .and_then(|e| common::gateway::message(&e).map(String::from));
+    assert!(
+        failed
+            .as_deref()
+            .is_some_and(|m| m.starts_with("reload failed")),
+        "{attach}: moving to a taken port: {failed:?}; log:\n{}",
+        gw.log()
+    );
+    assert_connects(
+        &lab,
+        lab.untrusted4.into(),
+        taken.addr,
+        "untrusted to the port a failed reload tried",
+    );
+    assert_eq!(served(ports[0]), "200", "{attach}: after the failed reload");
+    let outcome = flood.stop();
+    let dropped = xdp_dropped_v4(&scrape()) - dropped_before;
+    eprintln!(
+        "{attach}: {MOVES} moves between ports {ports:?}: {} SYNs sent, {dropped} dropped by XDP, SYN-ACKs to the outsider by port: {:?}",
+        outcome.sent, outcome.syn_acks
+    );
+    assert!(
+        outcome.sent >= 2_000,
+        "{attach}: the flood barely ran ({} SYNs)",
+        outcome.sent
+    );
+    assert!(
+        dropped >= outcome.sent / 4,
+        "{attach}: XDP dropped only {dropped} of {} SYNs: the flood did not reach the filter",
+        outcome.sent
+    );
+    assert_eq!(
+        outcome.total_syn_acks(),
+        0,
+        "{attach}: the outsider got SYN-ACKs (by port: {:?}) across {MOVES} reloads",
+        outcome.syn_acks
+    );
+}
+
+#[test]
+fn reload_moving_a_port_never_answers_an_outsider_with_generic_xdp() {
+    reload_moving_a_port_under_a_syn_flood("generic", "Generic");
+}
+
+#[test]
+fn reload_moving_a_port_never_answers_an_outsider_with_native_xdp() {
+    reload_moving_a_port_under_a_syn_flood("native", "Native");
 }

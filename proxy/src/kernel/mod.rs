@@ -298,11 +298,21 @@ impl Kernel {
     }
 
     /// Makes the XDP program protect exactly `ports` (the listeners' actual ports, known
-    /// once bound; or new ones after a reload). A no-op in the socket modes, where each
+    /// once bound; or new ones after a reload): new ports are added before stale ones are
+    /// cleared. The caller decides when a port may leave (only once nothing listens on
+    /// it). On failure the map may hold some of both sets: both are remembered, so the
+    /// next call clears what should not stay. A no-op in the socket modes, where each
     /// listener carries its own filter.
     pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
         if let (Plan::Xdp { .. }, Some(ebpf)) = (&self.plan, &mut self.ebpf) {
-            maps::set_ports(ebpf, &self.ports, ports)?;
+            if let Err(err) = maps::set_ports(ebpf, &self.ports, ports) {
+                for port in ports {
+                    if !self.ports.contains(port) {
+                        self.ports.push(*port);
+                    }
+                }
+                return Err(err);
+            }
             self.ports = ports.to_vec();
         }
         Ok(())

@@ -1,6 +1,8 @@
-//! Binding the listeners a config names. The kernel socket filter (socket mode) is
-//! attached before `listen()`, so no connection is ever accepted unfiltered; in XDP mode
-//! the bound ports (port 0 becomes a real one here) are the protected ones.
+//! Binding the listeners a config names, in two steps: [`reserve`] binds a socket (port
+//! 0 becomes a real one here) and attaches the socket filter (socket mode), then
+//! [`Reserved::listen`] makes it listen. In between, the caller puts the port in the XDP
+//! program's protected set, so no socket ever listens on an unprotected port and no
+//! connection is ever accepted unfiltered.
 
 use std::net::SocketAddr;
 
@@ -11,6 +13,39 @@ use tracing::{error, info};
 use super::{ListenerError, Protocol};
 use crate::config::Config;
 use crate::kernel::Kernel;
+
+/// A bound socket that does not listen yet: its port is known, and in socket mode the
+/// filter is attached. Dropping it closes the socket.
+pub(super) struct Reserved {
+    socket: Socket,
+    /// The address bound (with the port the kernel chose for port 0).
+    addr: SocketAddr,
+    configured: SocketAddr,
+    protocol: Protocol,
+    backlog: i32,
+}
+
+impl Reserved {
+    /// The address bound.
+    pub(super) fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Starts listening. In XDP mode, call only once the port is protected.
+    pub(super) fn listen(self) -> Result<Bound, ListenerError> {
+        let addr = self.addr;
+        let err = |source| ListenerError::Listen { addr, source };
+        self.socket.listen(self.backlog).map_err(err)?;
+        let listener = TcpListener::from_std(self.socket.into()).map_err(err)?;
+        info!(listener = %addr, protocol = ?self.protocol, "listening");
+        Ok(Bound {
+            listener,
+            addr,
+            configured: self.configured,
+            protocol: self.protocol,
+        })
+    }
+}
 
 /// A bound, listening socket, with the kernel filter already attached.
 pub struct Bound {
@@ -40,34 +75,37 @@ pub(super) fn wanted(config: &Config) -> Vec<(SocketAddr, Protocol)> {
         .collect()
 }
 
-/// Binds every listener `config` names, then makes XDP protect their ports.
+/// Binds every listener `config` names, makes XDP protect exactly their ports, then
+/// makes them listen (at startup: nothing else listens yet).
 pub fn bind_all(
     config: &Config,
     mut kernel: Option<&mut Kernel>,
 ) -> Result<Vec<Bound>, ListenerError> {
-    let bound = wanted(config)
+    let reserved = wanted(config)
         .into_iter()
-        .map(|(addr, protocol)| bind_one(addr, protocol, config, kernel.as_deref_mut()))
+        .map(|(addr, protocol)| reserve(addr, protocol, config, kernel.as_deref_mut()))
         .collect::<Result<Vec<_>, _>>()?;
     if let Some(kernel) = kernel {
-        let ports: Vec<u16> = bound.iter().map(|b| b.addr.port()).collect();
+        // Before any listen(): the kernel was started with the configured ports, and
+        // port 0 only now has a real one.
+        let ports: Vec<u16> = reserved.iter().map(|r| r.addr.port()).collect();
         kernel
             .set_ports(&ports)
             .map_err(|source| ListenerError::Ports {
                 source: Box::new(source),
             })?;
     }
-    Ok(bound)
+    reserved.into_iter().map(Reserved::listen).collect()
 }
 
-/// Binds one listener, with the socket filter attached before it listens. A filter that
+/// Binds one listener without listening, with the socket filter attached. A filter that
 /// cannot be attached fails the bind unless `kernel_filter.required` is false.
-pub(super) fn bind_one(
+pub(super) fn reserve(
     addr: SocketAddr,
     protocol: Protocol,
     config: &Config,
     kernel: Option<&mut Kernel>,
-) -> Result<Bound, ListenerError> {
+) -> Result<Reserved, ListenerError> {
     let err = |source| ListenerError::Bind { addr, source };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
     socket.set_reuse_address(true).map_err(err)?;
@@ -77,6 +115,15 @@ pub(super) fn bind_one(
     }
     socket.set_nonblocking(true).map_err(err)?;
     socket.bind(&addr.into()).map_err(err)?;
+    let local = socket
+        .local_addr()
+        .map_err(err)?
+        .as_socket()
+        .ok_or_else(|| {
+            err(std::io::Error::other(
+                "the bound address is not an IP address",
+            ))
+        })?;
     if let Some(kernel) = kernel {
         let required = config
             .proxy_protocol
@@ -95,15 +142,11 @@ pub(super) fn bind_one(
             }
         }
     }
-    let backlog = i32::try_from(config.limits.tcp_listen_backlog).unwrap_or(i32::MAX);
-    socket.listen(backlog).map_err(err)?;
-    let listener = TcpListener::from_std(socket.into()).map_err(err)?;
-    let local = listener.local_addr().map_err(err)?;
-    info!(listener = %local, protocol = ?protocol, "listening");
-    Ok(Bound {
-        listener,
+    Ok(Reserved {
+        socket,
         addr: local,
         configured: addr,
         protocol,
+        backlog: i32::try_from(config.limits.tcp_listen_backlog).unwrap_or(i32::MAX),
     })
 }

@@ -3,8 +3,10 @@
 //! HTTP/1.1 and h2 over the forwarder), its waits (`clock`: head, keep-alive, h2 idle and
 //! send deadlines), slots (`shed`: the idle connection goes first at `max_clients`),
 //! reload (new runtime, kernel trusted list in place,
-//! listeners re-bound where their addresses changed) and graceful drain. Connection
-//! errors end their task and are logged once, at debug: outsiders trigger them at will.
+//! listeners re-bound where their addresses changed) and graceful drain. In XDP mode it
+//! keeps the protected ports in step with the listening sockets: a socket listens only
+//! while its port is protected ([`Listening`]). Connection errors end their task and are
+//! logged once, at debug: outsiders trigger them at will.
 
 mod bind;
 mod clock;
@@ -24,6 +26,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
+use bind::Reserved;
 pub use bind::{Bound, bind_all};
 use conn::PerIp;
 use shed::Shed;
@@ -45,6 +48,12 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 pub enum ListenerError {
     #[error("binding {addr}")]
     Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("listening on {addr} (bound, but listen() failed)")]
+    Listen {
         addr: SocketAddr,
         #[source]
         source: io::Error,
@@ -134,6 +143,41 @@ struct Serving {
     task: JoinHandle<()>,
 }
 
+/// The sockets that may be listening, which the XDP-protected ports are computed from.
+///
+/// Invariant (XDP mode): a socket listens only while its port is in the protected set.
+/// A new socket's port joins the set between its bind and its `listen()`
+/// ([`Server::add_listeners`], [`bind_all`]); a stopped listener stays in `closing` until
+/// its accept loop has ended, which drops the socket, and only then is the set
+/// recomputed ([`Server::closed`]). Every update of the set is computed from all the
+/// sockets here (plus the ones being added) while the kernel lock is held, so concurrent
+/// reloads and closes never take out a port some socket still listens on: a port two
+/// sockets share (`0.0.0.0:p` and `[::]:p`, or an old and a new address) stays while
+/// either is open.
+#[derive(Default)]
+struct Listening {
+    serving: Vec<Serving>,
+    /// The bound addresses of listeners told to stop whose socket may still be open.
+    closing: Vec<SocketAddr>,
+}
+
+impl Listening {
+    /// The ports of every socket that may be listening, and of `adding`, each once.
+    fn ports(&self, adding: impl IntoIterator<Item = SocketAddr>) -> Vec<u16> {
+        let mut ports: Vec<u16> = self
+            .serving
+            .iter()
+            .map(|s| s.local)
+            .chain(self.closing.iter().copied())
+            .chain(adding)
+            .map(|a| a.port())
+            .collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
 /// The running proxy: its current runtime, counters and connection limits.
 pub struct Server {
     runtime: ArcSwap<Runtime>,
@@ -146,10 +190,11 @@ pub struct Server {
     shed: Arc<Shed>,
     /// Set when draining starts; every listener and HTTP connection watches it.
     stop: watch::Sender<bool>,
-    /// The kernel filter, updated on reload and read by scrapes; taken at exit.
+    /// The kernel filter, updated on reload and read by scrapes; taken at exit. Lock it
+    /// before `listening` when both are needed.
     kernel: Mutex<Option<Kernel>>,
-    /// The listeners being served.
-    serving: Mutex<Vec<Serving>>,
+    /// The listeners being served, and those still closing.
+    listening: Mutex<Listening>,
 }
 
 impl Server {
@@ -164,7 +209,7 @@ impl Server {
             shed: Arc::new(Shed::default()),
             stop: watch::channel(false).0,
             kernel: Mutex::new(kernel),
-            serving: Mutex::new(Vec::new()),
+            listening: Mutex::new(Listening::default()),
         })
     }
 
@@ -189,17 +234,16 @@ impl Server {
         self.kernel.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// The addresses being listened on.
-    fn local_addrs(&self) -> Vec<SocketAddr> {
-        lock(&self.serving).iter().map(|s| s.local).collect()
-    }
-
-    /// Applies a new config to new connections. New listeners are bound first (a port
-    /// that cannot be bound fails the reload before anything changed); then the kernel's
-    /// trusted list is updated in place, then user space switches, so a prefix is never
-    /// trusted by user space before the kernel lets it in. Listeners the config no longer
-    /// names stop (their open connections carry on). Connections already running keep
-    /// their runtime. The filter mode and `max_clients` keep their startup values.
+    /// Applies a new config to new connections. New listeners are bound first, without
+    /// listening (a port that cannot be bound fails the reload before anything changed);
+    /// their ports join the XDP-protected set, and only then do they listen. Then the
+    /// kernel's trusted list is updated in place, then user space switches, so a prefix is
+    /// never trusted by user space before the kernel lets it in. Listeners the config no
+    /// longer names stop (their open connections carry on); a stopped listener's port
+    /// leaves the protected set once its socket has closed, unless another socket still
+    /// listens on it. A failed reload leaves the listeners and the protected set as they
+    /// were. Connections already running keep their runtime. The filter mode and
+    /// `max_clients` keep their startup values.
     pub fn reload(self: &Arc<Self>, config: &Config) -> Result<(), ListenerError> {
         let current = self.runtime.load_full();
         let runtime = Runtime::new(config, Some(&current))?;
@@ -209,49 +253,139 @@ impl Server {
             );
         }
         let wanted: Vec<(SocketAddr, Protocol)> = bind::wanted(config);
-        let serving: HashSet<(SocketAddr, Protocol)> =
-            lock(&self.serving).iter().map(|s| s.wanted).collect();
-        let added: Vec<Bound> = {
-            let mut kernel = self.kernel.lock().unwrap_or_else(|p| p.into_inner());
-            wanted
-                .iter()
-                .filter(|w| !serving.contains(w))
-                .map(|&(addr, protocol)| bind::bind_one(addr, protocol, config, kernel.as_mut()))
-                .collect::<Result<_, _>>()?
-        };
+        // Held to the end, so that no listener closing meanwhile recomputes the protected
+        // ports from a half-updated list.
+        let mut kernel = lock(&self.kernel);
+        let added = self.add_listeners(kernel.as_mut(), config, &wanted)?;
         let trust = config
             .proxy_protocol
             .as_ref()
             .map(|p| p.trust.clone())
             .unwrap_or_default();
-        self.with_kernel(|kernel| kernel.sync(&trust))
-            .transpose()
-            .map_err(|source| ListenerError::Sync {
+        if let Some(k) = kernel.as_mut()
+            && let Err(source) = k.sync(&trust)
+        {
+            let opened: Vec<SocketAddr> = added.iter().map(|b| b.addr).collect();
+            drop(added);
+            self.unprotect(Some(k), &opened);
+            return Err(ListenerError::Sync {
                 source: Box::new(source),
-            })?;
+            });
+        }
         self.runtime.store(Arc::new(runtime));
         for bound in added {
             self.serve_listener(bound);
         }
         let wanted: HashSet<(SocketAddr, Protocol)> = wanted.into_iter().collect();
         let gone: Vec<Serving> = {
-            let mut serving = lock(&self.serving);
-            let (keep, gone) = serving.drain(..).partition(|s| wanted.contains(&s.wanted));
-            *serving = keep;
+            let mut listening = lock(&self.listening);
+            let (keep, gone) = listening
+                .serving
+                .drain(..)
+                .partition(|s| wanted.contains(&s.wanted));
+            listening.serving = keep;
             gone
         };
         for gone in gone {
-            info!(listener = %gone.local, "no longer in the config: closing");
-            gone.stop.send_replace(true);
-            self.with_kernel(|kernel| kernel.forget_listener(gone.local));
+            self.retire(kernel.as_mut(), gone);
         }
-        let ports: Vec<u16> = self.local_addrs().iter().map(SocketAddr::port).collect();
-        self.with_kernel(|kernel| kernel.set_ports(&ports))
-            .transpose()
-            .map_err(|source| ListenerError::Ports {
-                source: Box::new(source),
-            })?;
         Ok(())
+    }
+
+    /// Opens the listeners of `wanted` not served yet: binds them, adds their ports to the
+    /// protected set, then makes them listen. On failure every socket opened here is
+    /// closed again and the set is as it was. Call with the kernel lock held.
+    fn add_listeners(
+        &self,
+        mut kernel: Option<&mut Kernel>,
+        config: &Config,
+        wanted: &[(SocketAddr, Protocol)],
+    ) -> Result<Vec<Bound>, ListenerError> {
+        let serving: HashSet<(SocketAddr, Protocol)> = lock(&self.listening)
+            .serving
+            .iter()
+            .map(|s| s.wanted)
+            .collect();
+        let mut opened = Vec::new();
+        let mut open = || {
+            let mut reserved: Vec<Reserved> = Vec::new();
+            for &(addr, protocol) in wanted.iter().filter(|w| !serving.contains(w)) {
+                let socket = bind::reserve(addr, protocol, config, kernel.as_deref_mut())?;
+                opened.push(socket.local_addr());
+                reserved.push(socket);
+            }
+            if let Some(kernel) = kernel.as_deref_mut()
+                && !reserved.is_empty()
+            {
+                let ports = lock(&self.listening).ports(opened.iter().copied());
+                kernel
+                    .set_ports(&ports)
+                    .map_err(|source| ListenerError::Ports {
+                        source: Box::new(source),
+                    })?;
+            }
+            reserved
+                .into_iter()
+                .map(Reserved::listen)
+                .collect::<Result<Vec<_>, _>>()
+        };
+        // On failure the sockets opened so far are dropped (closed) with `open`'s locals.
+        let added = open();
+        if added.is_err() {
+            self.unprotect(kernel, &opened);
+        }
+        added
+    }
+
+    /// After the sockets bound to `closed` were dropped: the kernel lets go of them (the
+    /// socket filter's duplicate descriptors), and the protected set is recomputed from
+    /// the sockets still open. Call with the kernel lock held.
+    fn unprotect(&self, kernel: Option<&mut Kernel>, closed: &[SocketAddr]) {
+        let Some(kernel) = kernel else { return };
+        for local in closed {
+            kernel.forget_listener(*local);
+        }
+        let ports = lock(&self.listening).ports([]);
+        if let Err(err) = kernel.set_ports(&ports) {
+            warn!(error = %err, "updating the XDP-protected ports failed; ports no longer listened on stay protected until the next update");
+        }
+    }
+
+    /// Stops a listener the config no longer names. Its port stays protected until the
+    /// accept loop has ended: [`Server::closed`] then takes it out. Call with the kernel
+    /// lock held.
+    fn retire(self: &Arc<Self>, kernel: Option<&mut Kernel>, gone: Serving) {
+        info!(listener = %gone.local, "no longer in the config: closing");
+        gone.stop.send_replace(true);
+        if let Some(kernel) = kernel {
+            kernel.forget_listener(gone.local);
+        }
+        lock(&self.listening).closing.push(gone.local);
+        let server = Arc::clone(self);
+        tokio::spawn(async move {
+            // The accept loop drops its socket before it ends; a task that panicked has
+            // dropped it too.
+            let _ = gone.task.await;
+            server.closed(gone.local);
+        });
+    }
+
+    /// The socket of a retired listener on `local` has closed: the protected set is
+    /// recomputed without it (its port stays while another socket uses it).
+    fn closed(&self, local: SocketAddr) {
+        let mut kernel = lock(&self.kernel);
+        let ports = {
+            let mut listening = lock(&self.listening);
+            if let Some(i) = listening.closing.iter().position(|c| *c == local) {
+                listening.closing.swap_remove(i);
+            }
+            listening.ports([])
+        };
+        if let Some(kernel) = kernel.as_mut()
+            && let Err(err) = kernel.set_ports(&ports)
+        {
+            warn!(listener = %local, error = %err, "updating the XDP-protected ports failed; the closed listener's port stays protected until the next update");
+        }
     }
 
     /// Starts accepting on `bound`.
@@ -261,7 +395,7 @@ impl Server {
         let local = bound.addr;
         let server = Arc::clone(self);
         let task = tokio::spawn(async move { server.accept_loop(bound, own_stop).await });
-        lock(&self.serving).push(Serving {
+        lock(&self.listening).serving.push(Serving {
             wanted,
             local,
             stop,
@@ -286,7 +420,11 @@ impl Server {
         self.stop.send_replace(true);
         // Each loop shuts its listening socket down as it ends: after this, new
         // connections are refused by the kernel.
-        let tasks: Vec<JoinHandle<()>> = lock(&self.serving).drain(..).map(|s| s.task).collect();
+        let tasks: Vec<JoinHandle<()>> = lock(&self.listening)
+            .serving
+            .drain(..)
+            .map(|s| s.task)
+            .collect();
         for task in tasks {
             let _ = task.await;
         }
@@ -361,6 +499,11 @@ impl Server {
         {
             debug!(listener = %bound.addr, error = %err, "shutting the listener down");
         }
+        // Closed before the task ends: what a reload waits for before it unprotects the
+        // port (`Server::retire`).
+        let local = bound.addr;
+        drop(bound);
+        info!(listener = %local, "listener closed");
     }
 }
 

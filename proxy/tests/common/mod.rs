@@ -18,6 +18,7 @@ pub mod peers;
 pub mod probe;
 pub mod scrape;
 pub mod stall;
+pub mod synflood;
 pub mod upstream;
 pub mod wire;
 

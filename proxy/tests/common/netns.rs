@@ -152,13 +152,11 @@ impl Lab {
         dst: SocketAddr,
         timeout: Duration,
     ) -> io::Result<TcpStream> {
-        let ns_path = format!("/run/netns/{}", self.ns);
+        let ns_path = self.ns_path();
         std::thread::scope(|s| {
             s.spawn(|| {
-                // The thread joins the namespace for good; the socket it creates stays
-                // in that namespace after the thread is gone.
-                let ns = File::open(&ns_path)?;
-                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                // The socket this thread creates stays in the namespace after it is gone.
+                Lab::enter(&ns_path)?;
                 let socket = Socket::new(Domain::for_address(dst), Type::STREAM, None)?;
                 socket.bind(&SocketAddr::new(src, 0).into())?;
                 socket.connect_timeout(&dst.into(), timeout)?;
@@ -167,6 +165,25 @@ impl Lab {
             .join()
             .unwrap_or_else(|_| Err(io::Error::other("connect thread panicked")))
         })
+    }
+
+    /// The namespace's file, for [`Lab::enter`].
+    pub fn ns_path(&self) -> String {
+        format!("/run/netns/{}", self.ns)
+    }
+
+    /// Joins the calling thread to the namespace at `ns_path` for good: call it on a
+    /// thread of its own.
+    pub fn enter(ns_path: &str) -> io::Result<()> {
+        let ns = File::open(ns_path)?;
+        setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+    }
+
+    /// `program`, to be run inside the namespace (by `ip netns exec`).
+    pub fn command(&self, program: &std::path::Path) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns]).arg(program);
+        command
     }
 
     /// Whether the host end has an XDP program attached (`ip link` says `xdp`).
