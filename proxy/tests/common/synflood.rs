@@ -16,10 +16,8 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::netns::Lab;
+use super::wire::{syn_ack_port, tcp_syn};
 
-const TCP_SYN: u8 = 0x02;
-const TCP_ACK: u8 = 0x10;
-const IPPROTO_TCP: u8 = 6;
 /// The sender's pacing step: `rate / 1000` SYNs per millisecond.
 const TICK: Duration = Duration::from_millis(1);
 /// How often the counter looks at the stop flag while nothing arrives.
@@ -173,7 +171,7 @@ fn flood(target: &Target, stop: &AtomicBool, sent: &AtomicU64) -> io::Result<()>
             // A new source port each time round the ports: every SYN opens a new
             // handshake.
             let sport = 1024 + (n / target.ports.len() as u32 % 64000) as u16;
-            let segment = syn(target.src, target.dst, sport, dport, n);
+            let segment = tcp_syn(target.src, target.dst, sport, dport, n);
             match socket.send_to(&segment, &to) {
                 Ok(_) => {
                     sent.fetch_add(1, Ordering::Relaxed);
@@ -235,48 +233,4 @@ fn count(
                 .or_default() += 1;
         }
     }
-}
-
-/// The source port of `packet` (IPv4, as a raw socket reads it) when it is a SYN-ACK
-/// from `host` to `outsider`.
-fn syn_ack_port(packet: &[u8], host: Ipv4Addr, outsider: Ipv4Addr) -> Option<u16> {
-    let ihl = usize::from(packet.first()? & 0x0f) * 4;
-    let tcp = packet.get(ihl..)?;
-    let from = Ipv4Addr::from(<[u8; 4]>::try_from(packet.get(12..16)?).ok()?);
-    let to = Ipv4Addr::from(<[u8; 4]>::try_from(packet.get(16..20)?).ok()?);
-    let flags = *tcp.get(13)?;
-    let is_syn_ack = flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
-    (*packet.get(9)? == IPPROTO_TCP && from == host && to == outsider && is_syn_ack)
-        .then(|| u16::from_be_bytes([tcp[0], tcp[1]]))
-}
-
-/// A 20-byte TCP SYN from `src:sport` to `dst:dport`, checksummed.
-fn syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32) -> [u8; 20] {
-    let mut t = [0u8; 20];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = TCP_SYN;
-    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(32);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, 20]);
-    pseudo.extend_from_slice(&t);
-    let sum = checksum(&pseudo);
-    t[16..18].copy_from_slice(&sum.to_be_bytes());
-    t
-}
-
-/// The Internet checksum (RFC 1071) of `bytes` (even length here).
-fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }

@@ -1,18 +1,23 @@
-//! Hand-made IPv4 frames on a real wire: a namespace thread writes whole Ethernet
-//! frames (with the padding a NIC would add) to its end of a [`Lab`]'s veth pair with
-//! an AF_PACKET socket, and counts the SYN-ACKs that come back for a source with a raw
-//! TCP socket. Checksums are real, since the kernel checks them. For the kernel tests
-//! that judge what the filter lets the kernel answer, beyond what `connect()` can send.
+//! Hand-made IPv4 packets on a real wire: SYN segments and fragments with real
+//! checksums (the kernel checks them), recognising a SYN-ACK as a raw socket reads it,
+//! and [`inject_and_count_syn_acks`]: a namespace thread writes whole Ethernet frames
+//! (padded as a NIC pads them) to its end of a [`Lab`]'s veth pair with an AF_PACKET
+//! socket and counts the SYN-ACKs that come back. For the kernel tests that judge what
+//! the filter lets the kernel answer, beyond what `connect()` can send (`synflood` sends
+//! its SYNs with the same builders).
 
-use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::sched::{CloneFlags, setns};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use super::netns::Lab;
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+const IPPROTO_TCP: u8 = 6;
 
 /// A TCP SYN to `dst` from `src`, as IPv4 fragments of one datagram cut at each of
 /// `cuts` (byte offsets into the 20-byte TCP header, multiples of 8). Each fragment is
@@ -25,15 +30,7 @@ pub fn syn_fragments(
     id: u16,
     cuts: &[usize],
 ) -> Vec<Vec<u8>> {
-    let mut tcp = vec![0u8; 20];
-    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
-    tcp[2..4].copy_from_slice(&dport.to_be_bytes());
-    tcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
-    tcp[12] = 5 << 4;
-    tcp[13] = 0x02;
-    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let sum = tcp4_checksum(src, dst, &tcp);
-    tcp[16..18].copy_from_slice(&sum.to_be_bytes());
+    let tcp = tcp_syn(src, dst, sport, dport, 0x1234_5678);
     let mut bounds = vec![0];
     bounds.extend_from_slice(cuts);
     bounds.push(tcp.len());
@@ -66,34 +63,54 @@ pub fn ipv4(
     p[9] = 6;
     p[12..16].copy_from_slice(&src.octets());
     p[16..20].copy_from_slice(&dst.octets());
-    let sum = checksum(&p, 0);
+    let sum = checksum(&p);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(payload);
     p
 }
 
-fn tcp4_checksum(src: Ipv4Addr, dst: Ipv4Addr, segment: &[u8]) -> u16 {
-    let mut pseudo = Vec::with_capacity(12);
+/// A 20-byte TCP SYN from `src:sport` to `dst:dport`, checksummed.
+pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32) -> [u8; 20] {
+    let mut t = [0u8; 20];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = TCP_SYN;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
     pseudo.extend_from_slice(&src.octets());
     pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 6]);
-    pseudo.extend_from_slice(&(segment.len() as u16).to_be_bytes());
-    checksum(segment, sum_words(&pseudo))
+    pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, 20]);
+    pseudo.extend_from_slice(&t);
+    let sum = checksum(&pseudo);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    t
 }
 
-fn sum_words(bytes: &[u8]) -> u32 {
-    bytes
+/// The Internet checksum (RFC 1071) of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
         .chunks(2)
         .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn checksum(bytes: &[u8], initial: u32) -> u16 {
-    let mut sum = initial + sum_words(bytes);
+        .sum();
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }
     !(sum as u16)
+}
+
+/// The source port of `packet` (IPv4, as a raw socket reads it) when it is a SYN-ACK
+/// from `host` to `outsider`.
+pub fn syn_ack_port(packet: &[u8], host: Ipv4Addr, outsider: Ipv4Addr) -> Option<u16> {
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    let tcp = packet.get(ihl..)?;
+    let from = Ipv4Addr::from(<[u8; 4]>::try_from(packet.get(12..16)?).ok()?);
+    let to = Ipv4Addr::from(<[u8; 4]>::try_from(packet.get(16..20)?).ok()?);
+    let flags = *tcp.get(13)?;
+    let is_syn_ack = flags & (TCP_SYN | TCP_ACK) == TCP_SYN | TCP_ACK;
+    (*packet.get(9)? == IPPROTO_TCP && from == host && to == outsider && is_syn_ack)
+        .then(|| u16::from_be_bytes([tcp[0], tcp[1]]))
 }
 
 /// Writes each of `packets` from the namespace's end of the pair as an Ethernet frame
@@ -108,7 +125,7 @@ pub fn inject_and_count_syn_acks(
     wait: Duration,
     until_first: bool,
 ) -> io::Result<usize> {
-    let ns_path = format!("/run/netns/{}", lab.ns);
+    let ns_path = lab.ns_path();
     let host_mac = mac(&std::fs::read_to_string(format!(
         "/sys/class/net/{}/address",
         lab.host_if
@@ -116,9 +133,8 @@ pub fn inject_and_count_syn_acks(
     let ns_if = lab.ns_if.clone();
     std::thread::scope(|s| {
         s.spawn(move || {
-            let ns = File::open(&ns_path)?;
-            setns(&ns, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
-            let capture = raw_socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;
+            Lab::enter(&ns_path)?;
+            let capture = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::TCP))?;
             let sender = raw_socket(libc::AF_PACKET, libc::SOCK_RAW, 0)?;
             let name = std::ffi::CString::new(ns_if.clone()).map_err(io::Error::other)?;
             // SAFETY: `name` is a NUL-terminated string that outlives the call.
@@ -136,7 +152,7 @@ pub fn inject_and_count_syn_acks(
                 frame.resize(frame.len().max(60), 0);
                 send_frame(&sender, ifindex, &frame)?;
             }
-            count_syn_acks(&capture, to, from_port, wait, until_first)
+            count_syn_acks(capture, lab.host4, to, from_port, wait, until_first)
         })
         .join()
         .unwrap_or_else(|_| Err(io::Error::other("the injecting thread panicked")))
@@ -179,7 +195,8 @@ fn send_frame(sender: &OwnedFd, ifindex: u32, frame: &[u8]) -> io::Result<()> {
 }
 
 fn count_syn_acks(
-    capture: &OwnedFd,
+    mut capture: Socket,
+    host: Ipv4Addr,
     to: Ipv4Addr,
     from_port: u16,
     wait: Duration,
@@ -193,33 +210,20 @@ fn count_syn_acks(
         if left.is_zero() {
             return Ok(count);
         }
-        let mut poll = libc::pollfd {
-            fd: capture.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        capture.set_read_timeout(Some(left))?;
+        let n = match capture.read(&mut buf) {
+            Ok(n) => n,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(err) => return Err(err),
         };
-        let millis = i32::try_from(left.as_millis().max(1)).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd, for the count passed.
-        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
-        if ready < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if ready == 0 {
-            continue;
-        }
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(capture.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let p = &buf[..n as usize];
-        let header = usize::from(p.first().map_or(0, |b| b & 0x0f)) * 4;
-        let Some(tcp) = p.get(header..header + 14) else {
-            continue;
-        };
-        let dst = Ipv4Addr::new(p[16], p[17], p[18], p[19]);
-        let sport = u16::from_be_bytes([tcp[0], tcp[1]]);
-        if dst == to && sport == from_port && tcp[13] & 0x12 == 0x12 {
+        if syn_ack_port(&buf[..n], host, to) == Some(from_port) {
             count += 1;
             if until_first {
                 return Ok(count);
