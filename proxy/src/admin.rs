@@ -198,6 +198,18 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut enc,
+            "connections_closed",
+            "Connections closed before HTTP for a reason that is not a refusal, by reason (no_data: a trusted proxy connected and closed without a byte, a TCP health check)",
+            &[(vec![("reason", "no_data".into())], m.closed_no_data)],
+        )?;
+        counter(
+            &mut enc,
+            "proxy_v1_mixed_families",
+            "PROXY v1 lines whose addresses differed in family, accepted by accept_v1_mixed_families",
+            &[(vec![], m.v1_mixed_families)],
+        )?;
+        counter(
+            &mut enc,
             "connections_shed",
             "Idle connections closed to make room for a new one when max_clients was reached",
             &[(vec![], m.shed)],

@@ -28,16 +28,19 @@ pub enum TimeoutKind {
     Send,
     /// A tunnel carried no byte for `tunnel_idle_timeout`.
     TunnelIdle,
+    /// A connection from a trusted proxy sent no byte within `first_byte_timeout`.
+    ProxyFirstByte,
 }
 
 impl TimeoutKind {
-    pub const ALL: [TimeoutKind; 6] = [
+    pub const ALL: [TimeoutKind; 7] = [
         TimeoutKind::RequestHeader,
         TimeoutKind::Keepalive,
         TimeoutKind::RequestBody,
         TimeoutKind::UpstreamRead,
         TimeoutKind::Send,
         TimeoutKind::TunnelIdle,
+        TimeoutKind::ProxyFirstByte,
     ];
 
     pub fn label(self) -> &'static str {
@@ -48,6 +51,7 @@ impl TimeoutKind {
             TimeoutKind::UpstreamRead => "upstream_read",
             TimeoutKind::Send => "send",
             TimeoutKind::TunnelIdle => "tunnel_idle",
+            TimeoutKind::ProxyFirstByte => "proxy_first_byte",
         }
     }
 }
@@ -89,6 +93,11 @@ pub struct Metrics {
     pub refused_untrusted: AtomicU64,
     pub refused_max_clients: AtomicU64,
     pub refused_per_ip: AtomicU64,
+    /// Connections from a trusted proxy closed before their first byte: TCP health
+    /// checks, counted apart from header errors and never warned about.
+    pub closed_no_data: AtomicU64,
+    /// v1 lines accepted by `accept_v1_mixed_families` whose addresses differed in family.
+    pub v1_mixed_families: AtomicU64,
     /// Idle connections closed to make room for a new one at `max_clients`.
     pub shed: AtomicU64,
     pub reloads_ok: AtomicU64,
@@ -109,6 +118,8 @@ pub struct Snapshot {
     pub refused_max_clients: u64,
     pub refused_per_ip: u64,
     pub shed: u64,
+    pub closed_no_data: u64,
+    pub v1_mixed_families: u64,
     pub reloads_ok: u64,
     pub reloads_failed: u64,
     pub header_errors: BTreeMap<&'static str, u64>,
@@ -141,6 +152,8 @@ impl Metrics {
             refused_max_clients: load(&self.refused_max_clients),
             refused_per_ip: load(&self.refused_per_ip),
             shed: load(&self.shed),
+            closed_no_data: load(&self.closed_no_data),
+            v1_mixed_families: load(&self.v1_mixed_families),
             reloads_ok: load(&self.reloads_ok),
             reloads_failed: load(&self.reloads_failed),
             header_errors: copy(&self.header_errors),

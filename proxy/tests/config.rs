@@ -302,6 +302,8 @@ fn every_supported_key_is_parsed_to_its_value() {
         proxy_protocol: Some(ProxyProtocolConfig {
             trust: nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.10/32"]),
             timeout: Duration::from_millis(100),
+            first_byte_timeout: Duration::from_secs(5),
+            accept_v1_mixed_families: false,
             kernel_filter: KernelFilterConfig {
                 mode: KernelFilterMode::Xdp {
                     interfaces: vec!["eth0".into(), "eth1".into()],

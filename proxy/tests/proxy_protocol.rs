@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::peers::{self, CLIENT_CN};
-use proxy::proxy_protocol::{Command, Limits, ProxyInfo, Rewind, Version, read_header};
+use proxy::proxy_protocol::{Command, Deadlines, Limits, ProxyInfo, Rewind, Version, read_header};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, timeout};
@@ -43,7 +43,11 @@ async fn accept_header(listener: &TcpListener) -> (ProxyInfo, Rewind<TcpStream>,
         .await
         .expect("a peer connects in time")
         .expect("accept");
-    let (info, rest) = read_header(stream, Instant::now() + WAIT, &Limits::default())
+    let deadlines = Deadlines {
+        first_byte: Instant::now() + WAIT,
+        header: WAIT,
+    };
+    let (info, rest) = read_header(stream, deadlines, &Limits::default())
         .await
         .unwrap_or_else(|e| panic!("header from {peer}: {e:#} ({})", e.kind()));
     (info, rest, peer)

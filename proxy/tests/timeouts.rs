@@ -4,7 +4,9 @@
 //! idle keep-alive connection, an idle h2 connection, a request body that stops, an
 //! upstream body that stops, a client that stops reading (HTTP/1.1, and an h2 stream with
 //! its window shut), a silent WebSocket; and connections that only hold a slot, which
-//! must not lock a normal client out. Each test asserts what the upstream did or did not
+//! must not lock a normal client out; and the PROXY receiver's own waits (the header
+//! counted from its first byte, the first byte bounded apart, health checks that close
+//! without a byte). Each test asserts what the upstream did or did not
 //! receive, and the `trustgate_timeouts_total` kind it was counted as. nginx is the
 //! reference for each default (`client_header_timeout`, `keepalive_timeout`,
 //! `client_body_timeout`, `proxy_read_timeout`, `send_timeout`).
@@ -501,4 +503,184 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
     );
     eprintln!("20 normal requests past {HOARDERS} hoarders in {took:?}: {latencies:?}");
     drop(hoarders);
+}
+
+/// The binary with the PROXY receiver's defaults (`timeout` 50 ms from the first byte,
+/// the first byte within 5 s), and `pp` added to its table.
+fn start_with_receiver_defaults(upstream: SocketAddr, pp: &str) -> (Gateway, SocketAddr) {
+    let text = format!(
+        r#"
+listen_port = 0
+listen_address_v4 = "127.0.0.1"
+default_app = "app"
+[apps.app]
+server_name = "app.test"
+[[apps.app.reverse_proxy]]
+upstream = [{{ location = "{upstream}" }}]
+[experimental.tcp_recv_proxy_protocol]
+trusted_proxies = ["127.0.0.1/32"]
+{pp}
+[experimental.tcp_recv_proxy_protocol.kernel_filter]
+mode = "off"
+[metrics]
+listen = "127.0.0.1:0"
+"#
+    );
+    block_in_place(|| {
+        let mut gw = Gateway::start(&text, 1);
+        let metrics = gw.metrics_listener();
+        (gw, metrics)
+    })
+}
+
+fn closed_no_data(s: &Scrape) -> u64 {
+    s.get("trustgate_connections_closed_total{reason=\"no_data\"}")
+}
+
+/// AWS NLB sends the v2 header with the client's first data: a client that connects
+/// and waits (a browser's preconnect) must not be closed by the 50 ms header timeout,
+/// which counts from the header's first byte. A header whose own bytes straggle is still
+/// refused at 50 ms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_sent_late_with_the_first_request_is_served_under_the_default_timeout() {
+    let (upstream, hits) = upstream::counting().await;
+    let (gw, metrics) = start_with_receiver_defaults(upstream, "");
+    let addr = gw.listeners[0];
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut out = lb::client_header(addr);
+    out.extend_from_slice(&lb::get("/late"));
+    stream.write_all(&out).await.expect("write");
+    let answer = lb::read_answer(&mut stream).await.expect("an answer");
+    assert!(lb::is_ok(&answer), "late header: {answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "the upstream served it");
+    // The header's bytes themselves get 50 ms from the first one.
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let header = lb::client_header(addr);
+    stream.write_all(&header[..4]).await.expect("write");
+    let started = Instant::now();
+    let (got, closed) = read_to_close(&mut stream, PROMPT).await;
+    assert!(
+        got.is_empty(),
+        "a straggling header is not answered: {got:?}"
+    );
+    let closed = closed.expect("closed at the header timeout");
+    assert!(closed - started >= Duration::from_millis(50));
+    scrape::until(metrics, "the straggler counted", SETTLE, |s| {
+        s.header_errors("timeout") == 1
+    })
+    .await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+}
+
+/// A trusted proxy that connects and closes without a byte is a TCP health check:
+/// counted apart, never as a header error, never warned about.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_and_close_probes_count_as_health_checks_not_header_errors() {
+    let (upstream, hits) = upstream::counting().await;
+    let (mut gw, metrics) = start_with_receiver_defaults(upstream, "");
+    for _ in 0..20 {
+        let stream = TcpStream::connect(gw.listeners[0]).await.expect("connect");
+        drop(stream);
+    }
+    let s = scrape::until(metrics, "20 health checks", SETTLE, |s| {
+        closed_no_data(s) == 20 && s.active() == 0
+    })
+    .await;
+    assert!(
+        s.header_errors_by_kind().values().all(|v| *v == 0),
+        "no header error: {:?}",
+        s.header_errors_by_kind()
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+    block_in_place(|| {
+        gw.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(true));
+    });
+    assert!(gw.alarms().is_empty(), "warned: {:#?}", gw.alarms());
+}
+
+/// The wait for the first byte has its own bound and its own count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_sends_a_byte_is_closed_at_first_byte_timeout() {
+    let (upstream, hits) = upstream::counting().await;
+    let (gw, metrics) = start_with_receiver_defaults(upstream, "first_byte_timeout = 1000");
+    let started = Instant::now();
+    let mut stream = TcpStream::connect(gw.listeners[0]).await.expect("connect");
+    let (got, closed) = read_to_close(&mut stream, LIMIT + SLACK).await;
+    assert_closed_in_time("silent from accept", started, closed, LIMIT);
+    assert!(got.is_empty());
+    let s = counted(metrics, "proxy_first_byte", 1).await;
+    assert_eq!(s.header_errors("timeout"), 0, "not a header timeout");
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+}
+
+/// HAProxy's plain TCP check (`check port`: connect, then close) against the PROXY port:
+/// HAProxy sees the port up, and trustgate counts no header error and warns about
+/// nothing. (HAProxy resets its check connection as soon as it is established; on Linux
+/// such a connection leaves the accept queue before `accept()` returns it, so user space
+/// never sees these checks: measured here, HAProxy reports L4OK while nothing is
+/// accepted. Checkers that close with a FIN are counted as `no_data`, above.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_tcp_checks_pass_and_are_never_header_errors() {
+    let Some(haproxy) = common::tool("haproxy") else {
+        return;
+    };
+    let (upstream, _hits) = upstream::counting().await;
+    let (mut gw, metrics) = start_with_receiver_defaults(upstream, "");
+    let ours = gw.listeners[0];
+    let front = common::peers::free_addr("127.0.0.1");
+    let ready = common::peers::free_addr("127.0.0.1");
+    let config = format!(
+        "global\n    pidfile {{dir}}/haproxy.pid\n    nbthread 1\n    \
+         stats socket {{dir}}/stats.sock mode 600 level admin\n\
+         defaults\n    mode tcp\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+         frontend ready\n    bind {ready}\n    tcp-request connection reject\n\
+         listen front\n    bind {front}\n    \
+         server ours {ours} send-proxy-v2 check port {port} inter 100ms\n",
+        port = ours.port()
+    );
+    let haproxy = block_in_place(|| common::peers::haproxy(&haproxy, &config, ready));
+    let socket = haproxy.dir().join("stats.sock");
+    // Passed checks: the server's check status is L4OK, several times over.
+    let deadline = Instant::now() + SETTLE;
+    let status = loop {
+        let status = block_in_place(|| haproxy_check_status(&socket));
+        if status.as_deref() == Some("L4OK") || Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        status.as_deref(),
+        Some("L4OK"),
+        "HAProxy's check of trustgate"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let s = scrape::scrape(metrics).await;
+    assert!(
+        s.header_errors_by_kind().values().all(|v| *v == 0),
+        "no header error: {:?}",
+        s.header_errors_by_kind()
+    );
+    drop(haproxy);
+    block_in_place(|| {
+        gw.signal(nix::sys::signal::Signal::SIGTERM);
+        assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(true));
+    });
+    assert!(gw.alarms().is_empty(), "warned: {:#?}", gw.alarms());
+}
+
+/// The `check_status` of the one server, from HAProxy's stats socket.
+fn haproxy_check_status(socket: &std::path::Path) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    stream.write_all(b"show stat\n").ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).ok()?;
+    let mut lines = text.lines();
+    let names: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+    let column = names.iter().position(|n| *n == "check_status")?;
+    let server = lines.find(|l| l.split(',').nth(1) == Some("ours"))?;
+    server.split(',').nth(column).map(str::to_owned)
 }

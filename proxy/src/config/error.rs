@@ -179,6 +179,12 @@ pub enum ValueError {
     PortTaken,
     #[error("must be more than 0: every wait is bounded (write seconds, such as 60 or 0.5)")]
     ZeroTimeout,
+    #[error("must be more than 0 milliseconds: every wait is bounded (such as 5000)")]
+    ZeroMillis,
+    #[error(
+        "is longer than request_header_timeout ({header:?}), which also bounds the wait for          the first byte: lower it, or raise request_header_timeout"
+    )]
+    FirstByteAfterHeaderTimeout { header: std::time::Duration },
     #[error("not a timeout: write seconds from 0.001 to 86400, such as 60 or 0.5")]
     BadTimeout,
     #[error("must start with \"/\"")]

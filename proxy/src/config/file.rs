@@ -163,6 +163,10 @@ pub(crate) struct ExperimentalFile {
 pub(crate) struct ProxyProtocolFile {
     pub trusted_proxies: Option<Vec<String>>,
     pub timeout: Option<u64>,
+    /// trustgate's own keys: the wait for the first byte (ms), and nginx stream's v1
+    /// lines whose two addresses differ in family.
+    pub first_byte_timeout: Option<u64>,
+    pub accept_v1_mixed_families: Option<bool>,
     /// trustgate's own table.
     pub kernel_filter: Option<KernelFilterFile>,
 }

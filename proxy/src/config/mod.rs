@@ -411,8 +411,14 @@ pub enum UpstreamHttp {
 pub struct ProxyProtocolConfig {
     /// The load balancers allowed to connect and send a PROXY header; never empty.
     pub trust: TrustList,
-    /// How long to wait for the header (`timeout` ms; 50 ms by default, 5 s for `0`).
+    /// How long the header may take from its first byte (`timeout` ms; 50 ms by default,
+    /// 5 s for `0`).
     pub timeout: Duration,
+    /// How long a connection may wait before its first byte (`first_byte_timeout` ms,
+    /// 5 s by default; never more than `request_header_timeout`).
+    pub first_byte_timeout: Duration,
+    /// Accept v1 lines whose addresses differ in family (`accept_v1_mixed_families`).
+    pub accept_v1_mixed_families: bool,
     pub kernel_filter: KernelFilterConfig,
 }
 

@@ -116,7 +116,7 @@ pub(crate) fn validate(
     };
     let proxy_protocol = experimental
         .tcp_recv_proxy_protocol
-        .map(|pp| proxy_protocol::proxy_protocol(&mut cx, pp))
+        .map(|pp| proxy_protocol::proxy_protocol(&mut cx, pp, timeouts.request_header))
         .transpose()?;
     let (apps, default_app) = apps::apps(&mut cx, file.apps, file.default_app, ports)?;
     if proxy_protocol.is_none() {

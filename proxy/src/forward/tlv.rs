@@ -345,7 +345,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-cn", HeaderValue::from_static("admin"));
         let map = mapping(&[(TlvField::SslCn, "x-cn")]);
-        let limits = Limits { max_v2_len: 4096 };
+        let limits = Limits::default();
         let bytes = encode_v2(
             "192.0.2.1:1".parse().expect("addr"),
             "192.0.2.2:2".parse().expect("addr"),

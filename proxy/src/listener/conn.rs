@@ -1,5 +1,6 @@
 //! A connection's life after accept: the connection limits, the user-space trust check,
-//! the PROXY header under its deadline (from accept), TLS by SNI on the TLS port, then
+//! the PROXY header under its deadlines (the first byte from accept, the header from its
+//! first byte), TLS by SNI on the TLS port, then
 //! hyper's HTTP/1.1 or h2 server over the forwarder (h2 by ALPN, or by its preface on a
 //! plain connection), closing gracefully on drain.
 
@@ -25,7 +26,7 @@ use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Track
 use super::{Protocol, Runtime, Server};
 use crate::forward::{ConnContext, ConnPools};
 use crate::metrics::{Metrics, TimeoutCounts, TimeoutKind};
-use crate::proxy_protocol::{self, Rewind, read_header};
+use crate::proxy_protocol::{self, Deadlines, ReadError, Rewind, read_header};
 use crate::trust::normalize;
 
 /// How long a client may take over the TLS handshake.
@@ -141,8 +142,15 @@ impl Server {
             debug!("refused: peer is not a trusted proxy");
             return;
         }
-        match read_header(stream, accepted_at + proxy.timeout, &proxy.limits).await {
+        let deadlines = Deadlines {
+            first_byte: accepted_at + proxy.first_byte_timeout,
+            header: proxy.timeout,
+        };
+        match read_header(stream, deadlines, &proxy.limits).await {
             Ok((info, stream)) => {
+                if info.mixed_families() {
+                    metrics.v1_mixed_families.fetch_add(1, Ordering::Relaxed);
+                }
                 let client = info
                     .client()
                     .map_or(peer, |c| SocketAddr::new(normalize(c.ip()), c.port()));
@@ -161,6 +169,18 @@ impl Server {
                     activity,
                 ))
                 .await
+            }
+            // A trusted proxy that connects and closes is checking that the port is up.
+            Err(ReadError::NoData) => {
+                metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                debug!("closed before any byte: a health check");
+            }
+            Err(ReadError::NoFirstByte) => {
+                runtime
+                    .forwarder
+                    .timeouts()
+                    .bump(TimeoutKind::ProxyFirstByte);
+                debug!("no byte before first_byte_timeout; closing");
             }
             Err(err) => {
                 metrics.header_error(err.kind());

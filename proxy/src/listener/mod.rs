@@ -84,6 +84,7 @@ pub enum ListenerError {
 struct ProxySettings {
     trust: TrustList,
     timeout: Duration,
+    first_byte_timeout: Duration,
     limits: proxy_protocol::Limits,
 }
 
@@ -118,7 +119,11 @@ impl Runtime {
             proxy: config.proxy_protocol.as_ref().map(|p| ProxySettings {
                 trust: p.trust.clone(),
                 timeout: p.timeout,
-                limits: proxy_protocol::Limits::default(),
+                first_byte_timeout: p.first_byte_timeout,
+                limits: proxy_protocol::Limits {
+                    accept_v1_mixed_families: p.accept_v1_mixed_families,
+                    ..proxy_protocol::Limits::default()
+                },
             }),
             limits: config.limits.clone(),
             timeouts: config.timeouts,

@@ -14,6 +14,7 @@ pub struct ProxyInfo {
     command: Command,
     endpoints: Endpoints,
     tlvs: Box<[u8]>,
+    mixed_families: bool,
 }
 
 impl From<Header<'_>> for ProxyInfo {
@@ -23,6 +24,7 @@ impl From<Header<'_>> for ProxyInfo {
             command: header.command(),
             endpoints: header.endpoints,
             tlvs: header.tlvs().as_bytes().into(),
+            mixed_families: header.mixed_families(),
         }
     }
 }
@@ -57,6 +59,11 @@ impl ProxyInfo {
     /// Set when a valid UNIX or DGRAM header fell back to the peer address.
     pub fn fallback(&self) -> Option<Fallback> {
         self.endpoints.fallback_reason()
+    }
+
+    /// Whether a v1 line's addresses differed in family ([`Header::mixed_families`]).
+    pub fn mixed_families(&self) -> bool {
+        self.mixed_families
     }
 
     /// The TLVs (v2 only), with the same typed accessors as [`Header::tlvs`].

@@ -21,7 +21,7 @@ use endpoints::Endpoints;
 
 pub use encode::{EncodeError, encode, encode_v2};
 pub use info::ProxyInfo;
-pub use read::{ReadError, Rewind, read_header};
+pub use read::{Deadlines, ReadError, Rewind, read_header};
 pub use tlv::{Ssl, SslClient, Tlv, TlvIter, Tlvs};
 
 /// Bounds the parser applies beyond the specification's own.
@@ -31,6 +31,11 @@ pub struct Limits {
     /// (addresses and TLVs). A larger value is rejected as soon as the length is read,
     /// before its bytes arrive, so it bounds the reader's buffer.
     pub max_v2_len: usize,
+    /// Accept a v1 line whose two addresses differ in family, or differ from its
+    /// `TCP4`/`TCP6` word (nginx stream writes such lines when it relays a client address
+    /// it learnt from a PROXY header of its own). Both are then kept as IPv6, the IPv4
+    /// one mapped; [`Header::mixed_families`] says so.
+    pub accept_v1_mixed_families: bool,
 }
 
 /// The default ceiling on the v2 length field, in bytes.
@@ -40,6 +45,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_v2_len: DEFAULT_MAX_V2_LEN,
+            accept_v1_mixed_families: false,
         }
     }
 }
@@ -127,6 +133,8 @@ pub struct Header<'a> {
     endpoints: Endpoints,
     /// The v2 TLV area, already checked: no TLV overruns, CRC32C matches. Empty for v1.
     tlvs: Tlvs<'a>,
+    /// A v1 line accepted by [`Limits::accept_v1_mixed_families`] only.
+    mixed_families: bool,
 }
 
 impl<'a> Header<'a> {
@@ -170,6 +178,13 @@ impl<'a> Header<'a> {
     pub fn tlvs(&self) -> Tlvs<'a> {
         self.tlvs
     }
+
+    /// Whether this v1 line's addresses differed in family (accepted only by
+    /// [`Limits::accept_v1_mixed_families`]).
+    #[inline]
+    pub fn mixed_families(&self) -> bool {
+        self.mixed_families
+    }
 }
 
 /// Parses a PROXY header at the start of `buf`.
@@ -188,9 +203,46 @@ pub fn parse<'a>(
 ) -> Result<Option<(Header<'a>, usize)>, ParseError> {
     match buf.first() {
         None => Ok(None),
-        Some(&v1::FIRST_BYTE) => v1::parse(buf),
+        Some(&v1::FIRST_BYTE) => v1::parse(buf, limits),
         Some(&v2::FIRST_BYTE) => v2::parse(buf, limits),
         Some(_) => Err(ParseError::BadSignature { offset: 0 }),
+    }
+}
+
+/// What the bytes at the start of a buffer are, as far as the two signatures go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signature {
+    /// A whole signature (v1's `PROXY ` or v2's twelve bytes).
+    Found(Version),
+    /// A proper prefix of one (or nothing yet): more bytes decide.
+    Maybe,
+    /// Neither: no continuation makes them a signature.
+    None,
+}
+
+/// The longest signature, in bytes (v2's).
+pub const SIGNATURE_MAX_BYTES: usize = v2::SIGNATURE.len();
+
+/// Whether `bytes` begin with a PROXY signature. For a second header behind the first,
+/// and for connections that must not send one.
+pub fn signature_at(bytes: &[u8]) -> Signature {
+    let mut maybe = false;
+    for (signature, version) in [
+        (v1::SIGNATURE_WITH_SPACE, Version::V1),
+        (&v2::SIGNATURE[..], Version::V2),
+    ] {
+        let n = bytes.len().min(signature.len());
+        if bytes[..n] == signature[..n] {
+            if n == signature.len() {
+                return Signature::Found(version);
+            }
+            maybe = true;
+        }
+    }
+    if maybe {
+        Signature::Maybe
+    } else {
+        Signature::None
     }
 }
 

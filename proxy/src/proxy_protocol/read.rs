@@ -1,11 +1,14 @@
-//! Reading a PROXY header from a connection: [`read_header`] reads under a deadline until
-//! [`parse`] answers, and [`Rewind`] hands the bytes that came after the header to the
-//! next layer (TLS or HTTP) before reading the stream again. It owns no policy: the
-//! caller decides what the result means, counts and logs it.
+//! Reading a PROXY header from a connection: [`read_header`] waits for the first byte,
+//! then reads under the header's deadline (counted from that first byte) until [`parse`]
+//! answers, and refuses a second header right behind the first; [`Rewind`] hands the bytes
+//! that came after the header to the next layer (TLS or HTTP) before reading the stream
+//! again. It owns no policy: the caller decides what the result means, counts and logs
+//! it.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
@@ -17,13 +20,30 @@ use super::{Limits, ParseError, ProxyInfo, parse};
 /// it doubles when a longer v2 header is announced, up to the configured ceiling.
 const INITIAL_BUF_BYTES: usize = 512;
 
+/// The two waits of [`read_header`].
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// When the connection must have sent its first byte.
+    pub first_byte: Instant,
+    /// How long the header may take from its first byte.
+    pub header: Duration,
+}
+
 /// Why no header was read.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    #[error("connection closed before sending a byte (a TCP health check)")]
+    NoData,
+    #[error("no byte before the first-byte deadline")]
+    NoFirstByte,
     #[error("connection closed after {received} bytes, before the PROXY header was complete")]
     Eof { received: usize },
     #[error("no complete PROXY header before the deadline ({received} bytes received)")]
     Timeout { received: usize },
+    #[error(
+        "a second PROXY header ({version:?}) follows the first: a load balancer passed a client's header through"
+    )]
+    Nested { version: super::Version },
     #[error("invalid PROXY header")]
     Invalid(#[from] ParseError),
     #[error("reading the PROXY header")]
@@ -31,11 +51,15 @@ pub enum ReadError {
 }
 
 impl ReadError {
-    /// A stable label for metrics: `eof`, `timeout`, `io`, or the [`ParseError::kind`].
+    /// A stable label for metrics: `no_data`, `first_byte_timeout`, `eof`, `timeout`,
+    /// `nested_header`, `io`, or the [`ParseError::kind`].
     pub fn kind(&self) -> &'static str {
         match self {
+            Self::NoData => "no_data",
+            Self::NoFirstByte => "first_byte_timeout",
             Self::Eof { .. } => "eof",
             Self::Timeout { .. } => "timeout",
+            Self::Nested { .. } => "nested_header",
             Self::Invalid(e) => e.kind(),
             Self::Io(_) => "io",
         }
@@ -44,20 +68,32 @@ impl ReadError {
 
 /// Reads a PROXY header from `stream`, which must be at the start of the connection.
 ///
-/// Reads whatever arrives, in any number of segments, and calls [`parse`] on all of it
-/// after each read; fails at once on a byte no valid header can have, on EOF, or at
-/// `deadline` (an instant, so the caller can measure from accept). Consumes exactly the
-/// header: the bytes read past it are replayed by the returned [`Rewind`] before the
-/// stream is read again. Memory is bounded by the v2 length ceiling in `limits`.
+/// Waits for the first byte until `deadlines.first_byte` (a load balancer may send the
+/// header only with the client's first data, however late that comes; a connection that
+/// closes before any byte is [`ReadError::NoData`], a health check). From that first
+/// byte, the header has `deadlines.header`. Reads whatever arrives, in any number of
+/// segments, and calls [`parse`] on all of it after each read; fails at once on a byte
+/// no valid header can have, or on EOF. A second PROXY signature right after the header
+/// is refused ([`ReadError::Nested`]); bytes that may still become one are waited for
+/// until the header's deadline, then passed on. Consumes exactly the header: the bytes
+/// read past it are replayed by the returned [`Rewind`] before the stream is read again.
+/// Memory is bounded by the v2 length ceiling in `limits`.
 pub async fn read_header<S>(
     mut stream: S,
-    deadline: Instant,
+    deadlines: Deadlines,
     limits: &Limits,
 ) -> Result<(ProxyInfo, Rewind<S>), ReadError>
 where
     S: AsyncRead + Unpin,
 {
     let mut buf = Vec::with_capacity(INITIAL_BUF_BYTES);
+    match tokio::time::timeout_at(deadlines.first_byte, stream.read_buf(&mut buf)).await {
+        Err(_elapsed) => return Err(ReadError::NoFirstByte),
+        Ok(Err(err)) => return Err(ReadError::Io(err)),
+        Ok(Ok(0)) => return Err(ReadError::NoData),
+        Ok(Ok(_)) => {}
+    }
+    let deadline = Instant::now() + deadlines.header;
     let read =
         tokio::time::timeout_at(deadline, read_until_parsed(&mut stream, &mut buf, limits)).await;
     let (info, used) = match read {
@@ -68,6 +104,10 @@ where
             });
         }
     };
+    let behind = tokio::time::timeout_at(deadline, nested(&mut stream, &mut buf, used)).await;
+    if let Ok(found) = behind {
+        found?;
+    }
     if let Some(fallback) = info.fallback() {
         debug!(
             ?fallback,
@@ -77,7 +117,8 @@ where
     Ok((info, Rewind::new(stream, buf, used)))
 }
 
-/// Reads into `buf` until it starts with a complete header; returns it and its length.
+/// Reads into `buf` (which holds the first bytes already) until it starts with a
+/// complete header; returns it and its length.
 async fn read_until_parsed<S>(
     stream: &mut S,
     buf: &mut Vec<u8>,
@@ -87,6 +128,9 @@ where
     S: AsyncRead + Unpin,
 {
     loop {
+        if let Some((header, used)) = parse(buf, limits)? {
+            return Ok((ProxyInfo::from(header), used));
+        }
         if buf.len() == buf.capacity() {
             // Only reached while `parse` waits for an announced length within the
             // ceiling, so the buffer stays below twice the largest header allowed.
@@ -97,8 +141,25 @@ where
                 received: buf.len(),
             });
         }
-        if let Some((header, used)) = parse(buf, limits)? {
-            return Ok((ProxyInfo::from(header), used));
+    }
+}
+
+/// Whether a second PROXY header follows the one in `buf[..used]`: reads more while the
+/// bytes after it are a proper prefix of a signature (at most a signature's length), and
+/// stops at EOF (what came is passed on). `Err(Nested)` when one does.
+async fn nested<S>(stream: &mut S, buf: &mut Vec<u8>, used: usize) -> Result<(), ReadError>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        match super::signature_at(buf.get(used..).unwrap_or_default()) {
+            super::Signature::Found(version) => return Err(ReadError::Nested { version }),
+            super::Signature::None => return Ok(()),
+            super::Signature::Maybe => {}
+        }
+        buf.reserve(super::SIGNATURE_MAX_BYTES);
+        if stream.read_buf(buf).await? == 0 {
+            return Ok(());
         }
     }
 }

@@ -3,10 +3,10 @@
 //! verdict never depends on how the line was split; a line is only accepted once its CRLF
 //! is in. Addresses and ports are decoded here from bytes, without `str` or allocation.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::endpoints::Endpoints;
-use super::{Command, Field, Header, ParseError, Tlvs, Version};
+use super::{Command, Field, Header, Limits, ParseError, Tlvs, Version};
 
 /// The byte that starts every v1 header.
 pub(super) const FIRST_BYTE: u8 = b'P';
@@ -14,16 +14,23 @@ pub(super) const FIRST_BYTE: u8 = b'P';
 pub(super) const MAX_LEN: usize = 107;
 
 const SIGNATURE: &[u8] = b"PROXY";
+/// The signature and the space that must follow it: what tells a v1 header apart.
+pub(super) const SIGNATURE_WITH_SPACE: &[u8] = b"PROXY ";
 /// The largest octet of a dotted quad.
 const OCTET_MAX: u32 = 255;
 const PORT_MAX: u32 = 65_535;
 
 /// Parses a v1 line at the start of `buf` (whose first byte is `P`).
-pub(super) fn parse(buf: &[u8]) -> Result<Option<(Header<'_>, usize)>, ParseError> {
+pub(super) fn parse<'a>(
+    buf: &'a [u8],
+    limits: &Limits,
+) -> Result<Option<(Header<'a>, usize)>, ParseError> {
     let window = buf.get(..MAX_LEN).unwrap_or(buf);
     let mut line = Line {
         buf: window,
         pos: 0,
+        mixed_allowed: limits.accept_v1_mixed_families,
+        mixed: false,
     };
     match line.header() {
         Ok(endpoints) => {
@@ -32,6 +39,7 @@ pub(super) fn parse(buf: &[u8]) -> Result<Option<(Header<'_>, usize)>, ParseErro
                 command: Command::Proxy,
                 endpoints,
                 tlvs: Tlvs::default(),
+                mixed_families: line.mixed,
             };
             Ok(Some((header, line.pos)))
         }
@@ -92,6 +100,10 @@ enum Protocol {
 struct Line<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// [`Limits::accept_v1_mixed_families`].
+    mixed_allowed: bool,
+    /// Set when an address was of the other family than the line's `TCP4`/`TCP6`.
+    mixed: bool,
 }
 
 impl Line<'_> {
@@ -116,6 +128,8 @@ impl Line<'_> {
                 self.rest_of_unknown()?;
                 Ok(Endpoints::UNSPECIFIED)
             }
+            Protocol::Tcp4 if self.mixed_allowed => self.tcp(Self::ipv4_or_6, Self::mixed),
+            Protocol::Tcp6 if self.mixed_allowed => self.tcp(Self::ipv6_or_4, Self::mixed),
             Protocol::Tcp4 => self.tcp(Self::ipv4, Endpoints::tcp4),
             Protocol::Tcp6 => self.tcp(Self::ipv6, Endpoints::tcp6),
         }
@@ -257,6 +271,59 @@ impl Line<'_> {
     fn octet(&mut self, token: Token) -> Result<u8, Stop> {
         let value = self.decimal(OCTET_MAX, token)?;
         Ok(u8::try_from(value).expect("decimal() stops at OCTET_MAX"))
+    }
+
+    /// A `TCP4` line's address, or (mixed families accepted) an IPv6 one.
+    fn ipv4_or_6(&mut self, field: Field) -> Result<IpAddr, Stop> {
+        self.either(
+            field,
+            |l, f| l.ipv4(f).map(IpAddr::V4),
+            |l, f| l.ipv6(f).map(IpAddr::V6),
+        )
+    }
+
+    /// A `TCP6` line's address, or (mixed families accepted) an IPv4 one.
+    fn ipv6_or_4(&mut self, field: Field) -> Result<IpAddr, Stop> {
+        self.either(
+            field,
+            |l, f| l.ipv6(f).map(IpAddr::V6),
+            |l, f| l.ipv4(f).map(IpAddr::V4),
+        )
+    }
+
+    /// The declared family's address, else the other's from the same byte. A prefix of
+    /// the declared family waits for more; when neither fits, the declared family's error
+    /// stands, so a split line fails as the whole one does.
+    fn either(
+        &mut self,
+        field: Field,
+        declared: impl Fn(&mut Self, Field) -> Result<IpAddr, Stop>,
+        other: impl Fn(&mut Self, Field) -> Result<IpAddr, Stop>,
+    ) -> Result<IpAddr, Stop> {
+        let start = self.pos;
+        match declared(self, field) {
+            Err(Stop::Invalid(first)) => {
+                self.pos = start;
+                match other(self, field) {
+                    Ok(address) => {
+                        self.mixed = true;
+                        Ok(address)
+                    }
+                    Err(Stop::Incomplete) => Err(Stop::Incomplete),
+                    Err(Stop::Invalid(_)) => Err(Stop::Invalid(first)),
+                }
+            }
+            result => result,
+        }
+    }
+
+    /// The endpoints of a line whose addresses may differ in family: both IPv4 stay so,
+    /// otherwise both are kept as IPv6 (an IPv4 one mapped).
+    fn mixed(source: IpAddr, destination: IpAddr, sport: u16, dport: u16) -> Endpoints {
+        match (source, destination) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => Endpoints::tcp4(s, d, sport, dport),
+            (s, d) => Endpoints::tcp6(as_v6(s), as_v6(d), sport, dport),
+        }
     }
 
     /// Four decimal octets 0–255 joined by single dots. A colon can only come from an
@@ -433,5 +500,12 @@ fn hex_digit(byte: u8) -> Option<u16> {
         b'a'..=b'f' => Some(u16::from(byte - b'a' + 10)),
         b'A'..=b'F' => Some(u16::from(byte - b'A' + 10)),
         _ => None,
+    }
+}
+
+fn as_v6(address: IpAddr) -> Ipv6Addr {
+    match address {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
     }
 }

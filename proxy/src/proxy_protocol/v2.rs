@@ -47,15 +47,18 @@ pub(super) fn parse<'a>(
         return Err(ParseError::BadSignature { offset });
     }
     let command = command(fixed[VERSION_COMMAND_AT])?;
-    let (family, transport) = family_transport(fixed[FAMILY_TRANSPORT_AT])?;
     let length = usize::from(u16::from_be_bytes([fixed[LENGTH_AT], fixed[LENGTH_AT + 1]]));
-    let block = block_bytes(family);
     if length > limits.max_v2_len {
         return Err(ParseError::V2TooLong {
             length,
             max: limits.max_v2_len,
         });
     }
+    if command == Command::Local {
+        return local(buf, length);
+    }
+    let (family, transport) = family_transport(fixed[FAMILY_TRANSPORT_AT])?;
+    let block = block_bytes(family);
     if length < block {
         return Err(ParseError::V2ShortAddresses {
             length,
@@ -77,19 +80,50 @@ pub(super) fn parse<'a>(
         command,
         endpoints,
         tlvs: tlv::Tlvs::from_validated(&header[tlvs_at..]),
+        mixed_families: false,
+    };
+    Ok(Some((header, total)))
+}
+
+/// A LOCAL header (the balancer's own connection, a health check): the specification
+/// says to discard the address block, family included, so neither the family byte nor a
+/// length too short for its block makes it invalid. Where the family is one whose block
+/// the length covers, the TLVs after it are checked as a PROXY header's are (a CRC32C
+/// must match); otherwise everything after the fixed part goes with the block.
+fn local(buf: &[u8], length: usize) -> Result<Option<(Header<'_>, usize)>, ParseError> {
+    let total = FIXED_BYTES + length;
+    let Some(header) = buf.get(..total) else {
+        return Ok(None);
+    };
+    let tlvs = match family_transport(header[FAMILY_TRANSPORT_AT]) {
+        Ok((family, _)) if length >= block_bytes(family) => {
+            let tlvs_at = FIXED_BYTES + block_bytes(family);
+            tlv::validate(header, tlvs_at)?;
+            tlv::Tlvs::from_validated(&header[tlvs_at..])
+        }
+        _ => tlv::Tlvs::default(),
+    };
+    let header = Header {
+        version: Version::V2,
+        command: Command::Local,
+        endpoints: Endpoints::UNSPECIFIED,
+        tlvs,
+        mixed_families: false,
     };
     Ok(Some((header, total)))
 }
 
 /// Judges the first 16 bytes before all of them are in: a signature byte that differs,
-/// then the version/command and family/transport bytes as they arrive. The length needs
-/// both of its bytes, so it waits for [`parse`].
+/// then the version/command and family/transport bytes as they arrive (a LOCAL header's
+/// family is not judged). The length needs both of its bytes, so it waits for [`parse`].
 fn check_prefix(buf: &[u8]) -> Result<(), ParseError> {
     if let Some(offset) = signature_mismatch(buf) {
         return Err(ParseError::BadSignature { offset });
     }
-    if let Some(&byte) = buf.get(VERSION_COMMAND_AT) {
-        command(byte)?;
+    if let Some(&byte) = buf.get(VERSION_COMMAND_AT)
+        && command(byte)? == Command::Local
+    {
+        return Ok(());
     }
     if let Some(&byte) = buf.get(FAMILY_TRANSPORT_AT) {
         family_transport(byte)?;

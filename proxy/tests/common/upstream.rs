@@ -18,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use proxy::proxy_protocol::{Limits, read_header};
+use proxy::proxy_protocol::{Deadlines, Limits, read_header};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -98,8 +98,12 @@ pub async fn proxy_reading(
             let ended = ended.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-                let Ok((info, stream)) = read_header(stream, deadline, &Limits::default()).await
+                let wait = std::time::Duration::from_secs(5);
+                let deadlines = Deadlines {
+                    first_byte: tokio::time::Instant::now() + wait,
+                    header: wait,
+                };
+                let Ok((info, stream)) = read_header(stream, deadlines, &Limits::default()).await
                 else {
                     return;
                 };

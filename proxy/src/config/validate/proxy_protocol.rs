@@ -12,6 +12,9 @@ use crate::config::{KernelFilterConfig, KernelFilterMode, ProxyProtocolConfig, X
 use crate::trust::TrustList;
 
 const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_millis(50);
+/// How long a connection may wait for its first byte: NLB and others send the header
+/// with the client's first data, and a browser's preconnect sends nothing for a while.
+const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(5);
 /// What `timeout = 0` means, as in rpxy.
 const ZERO_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Linux's IFNAMSIZ less the terminating NUL.
@@ -22,9 +25,12 @@ const KERNEL_FILTER: &str = "experimental.tcp_recv_proxy_protocol.kernel_filter"
 const KERNEL_FILTER_MODES: &[&str] = &["socket", "xdp", "off"];
 const XDP_MODES: &[&str] = &["auto", "native", "generic"];
 
+/// `request_header_timeout` bounds the wait for the first byte too: the default first-byte
+/// timeout is the shorter of the two, and a longer one configured is refused.
 pub(super) fn proxy_protocol(
     cx: &mut Cx<'_>,
     pp: ProxyProtocolFile,
+    request_header_timeout: Duration,
 ) -> Result<ProxyProtocolConfig, ConfigError> {
     let key = format!("{PROXY_PROTOCOL}.trusted_proxies");
     let Some(list) = pp.trusted_proxies else {
@@ -53,9 +59,28 @@ pub(super) fn proxy_protocol(
         Some(0) => ZERO_PROXY_HEADER_TIMEOUT,
         Some(ms) => Duration::from_millis(ms),
     };
+    let first_byte_key = || format!("{PROXY_PROTOCOL}.first_byte_timeout");
+    let first_byte_timeout = match pp.first_byte_timeout {
+        None => DEFAULT_FIRST_BYTE_TIMEOUT.min(request_header_timeout),
+        Some(0) => {
+            return Err(cx.invalid(first_byte_key(), "0".into(), ValueError::ZeroMillis));
+        }
+        Some(ms) if Duration::from_millis(ms) > request_header_timeout => {
+            return Err(cx.invalid(
+                first_byte_key(),
+                ms.to_string(),
+                ValueError::FirstByteAfterHeaderTimeout {
+                    header: request_header_timeout,
+                },
+            ));
+        }
+        Some(ms) => Duration::from_millis(ms),
+    };
     Ok(ProxyProtocolConfig {
         trust: TrustList::new(nets),
         timeout,
+        first_byte_timeout,
+        accept_v1_mixed_families: pp.accept_v1_mixed_families.unwrap_or(false),
         kernel_filter: kernel_filter(cx, pp.kernel_filter)?,
     })
 }
@@ -165,6 +190,53 @@ mod tests {
         with_pp(&format!(
             "[experimental.tcp_recv_proxy_protocol.kernel_filter]\n{body}"
         ))
+    }
+
+    #[test]
+    fn first_byte_timeout_defaults_to_5_s_and_is_bounded_by_the_head_timeout() {
+        let pp = |extra: &str| {
+            format!(
+                "listen_port = 8080\n{extra}\n{APP}[experimental.tcp_recv_proxy_protocol]\n\
+                 trusted_proxies = [\"10.0.0.0/8\"]\n"
+            )
+        };
+        let c = ok(&pp("")).0.proxy_protocol.expect("pp");
+        assert_eq!(c.first_byte_timeout, Duration::from_secs(5));
+        assert_eq!(c.timeout, Duration::from_millis(50));
+        assert!(!c.accept_v1_mixed_families);
+        let c = ok(&format!(
+            "{}first_byte_timeout = 2500\naccept_v1_mixed_families = true\n",
+            pp("")
+        ))
+        .0
+        .proxy_protocol
+        .expect("pp");
+        assert_eq!(c.first_byte_timeout, Duration::from_millis(2500));
+        assert!(c.accept_v1_mixed_families);
+        let (key, p) = invalid(&format!("{}first_byte_timeout = 0\n", pp("")));
+        assert_eq!(
+            key,
+            "experimental.tcp_recv_proxy_protocol.first_byte_timeout"
+        );
+        assert!(matches!(p, ValueError::ZeroMillis));
+        let c = ok(&pp("request_header_timeout = 2"))
+            .0
+            .proxy_protocol
+            .expect("pp");
+        assert_eq!(
+            c.first_byte_timeout,
+            Duration::from_secs(2),
+            "the default is capped"
+        );
+        let (key, p) = invalid(&format!(
+            "{}first_byte_timeout = 3000\n",
+            pp("request_header_timeout = 2")
+        ));
+        assert_eq!(
+            key,
+            "experimental.tcp_recv_proxy_protocol.first_byte_timeout"
+        );
+        assert!(matches!(p, ValueError::FirstByteAfterHeaderTimeout { .. }));
     }
 
     #[test]

@@ -52,6 +52,14 @@ const KNOWN: &[(&str, &str)] = &[
         "2.2: AF_UNSPEC carries no address, so the bytes after the 16-byte header are TLVs, as HAProxy sends them with LOCAL health checks and CRC32C (ppp treats the whole payload as address bytes)",
     ),
     (
+        "v2 LOCAL with a family or transport outside the spec",
+        "2.2: with LOCAL the receiver must discard the protocol block, including the family, and use the real connection endpoints (ppp rejects the family first)",
+    ),
+    (
+        "v2 LOCAL with a length short of its family's block",
+        "2.2: with LOCAL the address block is discarded, so its length is not judged (ppp requires it)",
+    ),
+    (
         "v2 length over trustgate's ceiling",
         "not a spec rule: trustgate's configurable bound (default 4096) on the v2 length, so memory per pending header is bounded (ppp takes any length up to 65535)",
     ),
@@ -336,17 +344,46 @@ fn cases(generated: &Generated) -> Vec<Case> {
             ] {
                 let mut broken = bytes.clone();
                 broken[at] = value;
-                case(name, broken, Verdict::Reject);
+                // LOCAL discards the family byte with the block (and the TLVs, which
+                // can no longer be located).
+                let family_byte = at == 13;
+                if *command == 0 && family_byte {
+                    let len = broken.len();
+                    case(
+                        "v2 LOCAL with a family or transport outside the spec",
+                        broken,
+                        Verdict::Accept {
+                            len,
+                            endpoints: None,
+                            tlvs: vec![],
+                        },
+                    );
+                } else {
+                    case(name, broken, Verdict::Reject);
+                }
             }
             if !block.is_empty() {
                 let mut short = bytes[..16 + block.len() - 1].to_vec();
                 short[14..16]
                     .copy_from_slice(&u16::try_from(block.len() - 1).expect("small").to_be_bytes());
-                case(
-                    "v2 length short of the address block",
-                    short,
-                    Verdict::Reject,
-                );
+                if *command == 0 {
+                    let len = short.len();
+                    case(
+                        "v2 LOCAL with a length short of its family's block",
+                        short,
+                        Verdict::Accept {
+                            len,
+                            endpoints: None,
+                            tlvs: vec![],
+                        },
+                    );
+                } else {
+                    case(
+                        "v2 length short of the address block",
+                        short,
+                        Verdict::Reject,
+                    );
+                }
             }
             // ppp sees no TLVs after an AF_UNSPEC block, so it misses every TLV fault there.
             let tlv_case = |name| if *family == 0 { UNSPEC_TLVS } else { name };
@@ -458,6 +495,8 @@ fn every_known_disagreement_is_still_one() {
         ("v2 SSL TLV shorter than its 5-byte head", b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x11\x01\x02\x03\x04\x05\x06\x07\x08\x00\x01\x00\x02\x20\x00\x02\x00\x00"),
         ("v2 SSL sub-TLV overrun", b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x17\x01\x02\x03\x04\x05\x06\x07\x08\x00\x01\x00\x02\x20\x00\x08\x01\x00\x00\x00\x00\x21\x00\x09"),
         ("v2 TLVs after an AF_UNSPEC address block", b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x05\x02\x00\x02hi"),
+        ("v2 LOCAL with a family or transport outside the spec", b"\r\n\r\n\0\r\nQUIT\n\x20\x41\x00\x00"),
+        ("v2 LOCAL with a length short of its family's block", b"\r\n\r\n\0\r\nQUIT\n\x20\x11\x00\x04\x01\x02\x03\x04"),
     ];
     let generated = [
         (

@@ -17,6 +17,7 @@ fn addr(text: &str) -> SocketAddr {
 fn parsed_whole(bytes: &[u8]) -> crate::proxy_protocol::Header<'_> {
     let limits = Limits {
         max_v2_len: usize::from(u16::MAX),
+        ..Limits::default()
     };
     match parse(bytes, &limits) {
         Ok(Some((header, used))) if used == bytes.len() => header,

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::split::vectors;
 use super::{tlv, v2};
-use crate::proxy_protocol::{Limits, ReadError, parse, read_header};
+use crate::proxy_protocol::{Deadlines, Limits, ReadError, parse, read_header};
 
 /// Returns one scripted segment per read (less if the caller's buffer is smaller), then
 /// EOF or nothing ever again.
@@ -60,8 +60,19 @@ impl AsyncRead for Script {
     }
 }
 
-fn far_deadline() -> Instant {
-    Instant::now() + Duration::from_secs(3600)
+fn far_deadline() -> Deadlines {
+    Deadlines {
+        first_byte: Instant::now() + Duration::from_secs(3600),
+        header: Duration::from_secs(3600),
+    }
+}
+
+/// The header may take `header` from its first byte; the first byte may take an hour.
+fn header_within(header: Duration) -> Deadlines {
+    Deadlines {
+        header,
+        ..far_deadline()
+    }
 }
 
 const APP_DATA: &[u8] = b"\x16\x03\x01\x00\x05hello, next layer";
@@ -193,7 +204,8 @@ async fn eof_before_the_header_completes_is_its_own_error() {
     )
     .await
     .expect_err("EOF");
-    assert!(matches!(err, ReadError::Eof { received: 0 }), "{err:?}");
+    assert!(matches!(err, ReadError::NoData), "{err:?}");
+    assert_eq!(err.kind(), "no_data");
 }
 
 #[tokio::test(start_paused = true)]
@@ -201,38 +213,145 @@ async fn silence_before_the_header_completes_times_out_at_the_deadline() {
     let start = Instant::now();
     let deadline = start + Duration::from_millis(50);
     let script = Script::new([b"\r\n\r\n\0\r\nQ".to_vec()], End::Silence);
-    let err = read_header(script, deadline, &Limits::default())
-        .await
-        .expect_err("timeout");
+    let err = read_header(
+        script,
+        header_within(Duration::from_millis(50)),
+        &Limits::default(),
+    )
+    .await
+    .expect_err("timeout");
     assert!(matches!(err, ReadError::Timeout { received: 8 }), "{err:?}");
     assert_eq!(err.kind(), "timeout");
     assert_eq!(Instant::now(), deadline);
 }
 
 #[tokio::test(start_paused = true)]
-async fn deadline_already_past_times_out_without_data() {
-    let deadline = Instant::now();
-    tokio::time::advance(Duration::from_millis(10)).await;
-    let err = read_header(Script::new([], End::Silence), deadline, &Limits::default())
+async fn no_first_byte_times_out_at_its_own_deadline() {
+    let start = Instant::now();
+    let deadlines = Deadlines {
+        first_byte: start + Duration::from_secs(5),
+        header: Duration::from_millis(50),
+    };
+    let err = read_header(Script::new([], End::Silence), deadlines, &Limits::default())
         .await
         .expect_err("timeout");
-    assert!(matches!(err, ReadError::Timeout { received: 0 }), "{err:?}");
+    assert!(matches!(err, ReadError::NoFirstByte), "{err:?}");
+    assert_eq!(err.kind(), "first_byte_timeout");
+    assert_eq!(Instant::now(), start + Duration::from_secs(5));
+}
+
+/// NLB sends the header with the client's first data, however late: the header's own
+/// timeout counts from that first byte, not from accept.
+#[tokio::test(start_paused = true)]
+async fn a_header_that_comes_late_with_the_first_data_is_read() {
+    let (mut client, server) = tokio::io::duplex(1024);
+    let deadlines = Deadlines {
+        first_byte: Instant::now() + Duration::from_secs(5),
+        header: Duration::from_millis(50),
+    };
+    let reader = tokio::spawn(async move {
+        read_header(server, deadlines, &Limits::default())
+            .await
+            .map(|(info, _)| info)
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    client
+        .write_all(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\nGET / HTTP/1.1\r\n")
+        .await
+        .expect("write");
+    let info = reader
+        .await
+        .expect("task")
+        .expect("header 3 s after accept");
+    assert_eq!(info.client(), Some("1.2.3.4:1".parse().expect("literal")));
+}
+
+#[tokio::test]
+async fn a_second_header_right_behind_the_first_is_refused() {
+    let v1 = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n".to_vec();
+    let v2_header = v2(
+        0x21,
+        0x11,
+        &[[1u8, 2, 3, 4, 5, 6, 7, 8].as_slice(), &[0, 1, 0, 2]].concat(),
+    );
+    for (outer, inner, expected) in [
+        (&v1, &v1, crate::proxy_protocol::Version::V1),
+        (&v2_header, &v1, crate::proxy_protocol::Version::V1),
+        (&v1, &v2_header, crate::proxy_protocol::Version::V2),
+        (&v2_header, &v2_header, crate::proxy_protocol::Version::V2),
+    ] {
+        // Whole, and with the inner signature split after its first byte.
+        for segments in [
+            vec![[outer.as_slice(), inner].concat()],
+            vec![
+                [outer.as_slice(), &inner[..1]].concat(),
+                inner[1..].to_vec(),
+            ],
+        ] {
+            let err = read_header(
+                Script::new(segments, End::Eof),
+                far_deadline(),
+                &Limits::default(),
+            )
+            .await
+            .expect_err("nested");
+            assert!(
+                matches!(err, ReadError::Nested { version } if version == expected),
+                "{err:?}"
+            );
+            assert_eq!(err.kind(), "nested_header");
+        }
+    }
+}
+
+/// Bytes that only begin like a signature are passed on: after the header's deadline
+/// when nothing more comes, and as soon as a byte tells them apart.
+#[tokio::test(start_paused = true)]
+async fn what_only_begins_like_a_second_signature_is_passed_on() {
+    let header = b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n";
+    let start = Instant::now();
+    let script = Script::new([[header.as_slice(), b"PR"].concat()], End::Silence);
+    let (_, rest) = read_header(
+        script,
+        header_within(Duration::from_millis(50)),
+        &Limits::default(),
+    )
+    .await
+    .expect("a prefix then silence is not a header");
+    assert_eq!(rest.buffered(), b"PR");
+    assert_eq!(Instant::now(), start + Duration::from_millis(50));
+    let script = Script::new(
+        [[header.as_slice(), b"PRI * HTTP/2.0"].concat()],
+        End::Silence,
+    );
+    let (_, rest) = read_header(script, far_deadline(), &Limits::default())
+        .await
+        .expect("the h2 preface is not a header");
+    assert_eq!(rest.buffered(), b"PRI * HTTP/2.0");
 }
 
 #[tokio::test(start_paused = true)]
 async fn invalid_bytes_fail_at_once_without_waiting_for_the_deadline() {
     let start = Instant::now();
     let script = Script::new([b"GET / HTTP/1.1\r\n".to_vec()], End::Silence);
-    let err = read_header(script, start + Duration::from_secs(5), &Limits::default())
-        .await
-        .expect_err("invalid");
+    let err = read_header(
+        script,
+        header_within(Duration::from_secs(5)),
+        &Limits::default(),
+    )
+    .await
+    .expect_err("invalid");
     assert_eq!(err.kind(), "bad_signature");
     assert_eq!(Instant::now(), start);
 
     let script = Script::new([b"PROXY TCP4 1.2.3.4 5.6.7.8 080".to_vec()], End::Silence);
-    let err = read_header(script, start + Duration::from_secs(5), &Limits::default())
-        .await
-        .expect_err("invalid");
+    let err = read_header(
+        script,
+        header_within(Duration::from_secs(5)),
+        &Limits::default(),
+    )
+    .await
+    .expect_err("invalid");
     assert_eq!(err.kind(), "v1_bad_port");
 }
 

@@ -410,3 +410,62 @@ fn prefixes_of_a_valid_line_need_more_bytes() {
     }
     header(line);
 }
+
+/// `accept_v1_mixed_families`: nginx stream writes lines whose addresses differ in family
+/// when it relays an address it learnt from a PROXY header of its own.
+#[test]
+fn mixed_families_only_when_accepted_and_then_as_mapped_ipv6() {
+    use crate::proxy_protocol::{Limits, parse};
+    let mixed = Limits {
+        accept_v1_mixed_families: true,
+        ..Limits::default()
+    };
+    let lines = [
+        (
+            "PROXY TCP4 1.2.3.4 2001:db8::1 1 2\r\n",
+            "[::ffff:1.2.3.4]:1",
+            "[2001:db8::1]:2",
+        ),
+        (
+            "PROXY TCP6 2001:db8::7 5.6.7.8 1 2\r\n",
+            "[2001:db8::7]:1",
+            "[::ffff:5.6.7.8]:2",
+        ),
+        // Both of the other family than the word says: kept as they are.
+        (
+            "PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n",
+            "1.2.3.4:1",
+            "5.6.7.8:2",
+        ),
+    ];
+    for (line, client, destination) in lines {
+        let bytes = line.as_bytes();
+        assert!(
+            parse(bytes, &Limits::default()).is_err(),
+            "{line:?} is refused by default"
+        );
+        let (header, used) = parse(bytes, &mixed).expect("accepted").expect("complete");
+        assert_eq!(used, bytes.len());
+        assert!(header.mixed_families(), "{line:?}");
+        assert_eq!(header.client(), Some(addr(client)), "{line:?}");
+        assert_eq!(header.destination(), Some(addr(destination)), "{line:?}");
+        // Any prefix waits for more: the verdict does not depend on the split.
+        for cut in 1..bytes.len() {
+            assert!(
+                matches!(parse(&bytes[..cut], &mixed), Ok(None)),
+                "{line:?} cut at {cut}"
+            );
+        }
+    }
+    // Same-family lines are not counted as mixed; garbage is still garbage.
+    let (header, _) = parse(b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n", &mixed)
+        .expect("valid")
+        .expect("complete");
+    assert!(!header.mixed_families());
+    assert_eq!(
+        parse(b"PROXY TCP4 1.2.3.x 5.6.7.8 1 2\r\n", &mixed)
+            .expect_err("bad address")
+            .kind(),
+        "v1_bad_address"
+    );
+}

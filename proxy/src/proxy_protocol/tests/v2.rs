@@ -124,15 +124,20 @@ fn each_family_needs_a_length_covering_its_address_block() {
     ] {
         for command in [0x20, 0x21] {
             header(&v2(command, fam, &vec![0; needed]));
-            assert_eq!(
-                error(&v2(command, fam, &vec![0; needed - 1])),
-                ParseError::V2ShortAddresses {
-                    length: needed - 1,
-                    needed
-                },
-                "fam {fam:#04x} command {command:#04x}"
-            );
         }
+        assert_eq!(
+            error(&v2(0x21, fam, &vec![0; needed - 1])),
+            ParseError::V2ShortAddresses {
+                length: needed - 1,
+                needed
+            },
+            "fam {fam:#04x}"
+        );
+        // LOCAL: the block is discarded, so it may be short (spec 2.2).
+        let bytes = v2(0x20, fam, &vec![0; needed - 1]);
+        let local = header(&bytes);
+        assert_eq!(local.command(), Command::Local);
+        assert_eq!(local.client(), None);
     }
 }
 
@@ -161,18 +166,23 @@ fn commands_other_than_local_and_proxy_are_rejected() {
 }
 
 #[test]
-fn families_and_transports_outside_the_spec_are_rejected_with_either_command() {
-    for command in [0x20, 0x21] {
-        for family in 4..16u8 {
-            let mut input = SIG.to_vec();
-            input.extend([command, family << 4 | 1]);
-            assert_eq!(error(&input), ParseError::V2BadFamily { family });
-        }
-        for transport in 3..16u8 {
-            let mut input = SIG.to_vec();
-            input.extend([command, 0x10 | transport]);
-            assert_eq!(error(&input), ParseError::V2BadTransport { transport });
-        }
+fn families_and_transports_outside_the_spec_are_rejected_unless_local() {
+    for family in 4..16u8 {
+        let mut input = SIG.to_vec();
+        input.extend([0x21, family << 4 | 1]);
+        assert_eq!(error(&input), ParseError::V2BadFamily { family });
+        // LOCAL discards the family with the block: whatever it says, the header stands.
+        let bytes = v2(0x20, family << 4 | 1, &[0; 12]);
+        let local = header(&bytes);
+        assert_eq!((local.command(), local.client()), (Command::Local, None));
+    }
+    for transport in 3..16u8 {
+        let mut input = SIG.to_vec();
+        input.extend([0x21, 0x10 | transport]);
+        assert_eq!(error(&input), ParseError::V2BadTransport { transport });
+        let bytes = v2(0x20, 0x10 | transport, &[0; 12]);
+        let local = header(&bytes);
+        assert_eq!((local.command(), local.client()), (Command::Local, None));
     }
 }
 
@@ -191,7 +201,10 @@ fn each_signature_byte_is_checked_as_it_arrives() {
 
 #[test]
 fn length_ceiling_is_inclusive_and_judged_from_the_fixed_part() {
-    let limits = Limits { max_v2_len: 100 };
+    let limits = Limits {
+        max_v2_len: 100,
+        ..Limits::default()
+    };
     let payload = [tcp4_block(), tlv(0x04, &[0; 85])].concat();
     assert_eq!(payload.len(), 100);
     let input = v2(0x21, 0x11, &payload);
