@@ -216,7 +216,8 @@ fn xdp_mode(attach: XdpMode, expect: XdpAttached) {
         kernel.attachments(),
         vec![proxy::kernel::Attachment::Xdp {
             interface: lab.host_if.clone(),
-            mode: expect
+            mode: expect,
+            walk: proxy::kernel::XdpWalk::Ethernet,
         }]
     );
     assert!(lab.host_has_xdp(), "ip link should show the program");
