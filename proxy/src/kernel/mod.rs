@@ -28,7 +28,7 @@ use proxy_common::{
 use tracing::{error, info, warn};
 
 pub use classic::TooLong;
-pub use link::{LinkType, XdpWalk};
+pub use link::{LinkType, XdpInterface, XdpWalk, xdp_interface};
 pub use maps::ProgramCounters;
 
 pub use crate::config::XdpMode;
@@ -521,58 +521,6 @@ fn load_xdp(ebpf: &mut Ebpf, program: Program) -> Result<(), KernelError> {
     let name = program.name();
     let xdp: &mut Xdp = program_mut(ebpf, name)?;
     xdp.load().map_err(|e| load::from_program_load(name, e))
-}
-
-/// What XDP mode does with one interface on this host: its link type, the walk its
-/// frames get, and the mode it is attached in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct XdpInterface {
-    pub link_type: LinkType,
-    pub walk: XdpWalk,
-    pub attach: XdpMode,
-}
-
-impl std::fmt::Display for XdpInterface {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "link type {}, {}", self.link_type, self.walk)
-    }
-}
-
-/// The walk `interface` gets and the mode to attach it in, or the error that refuses
-/// it, as [`Kernel::start`] decides before loading anything (and `trustgate check`
-/// reports).
-///
-/// L3 devices get generic XDP, which hands the program the skb from its MAC header; a
-/// tun device sets that at the IP header, so the frame starts there. Checked on 6.18
-/// by `tests/kernel_netns.rs` on a tun device: the IP walk drops an untrusted SYN
-/// written into it, while the Ethernet walk on the same device let it through (the
-/// SYN-ACK came back). Native XDP is not tried on L3 devices: on a tun device in TUN
-/// mode attaching it fails (EOPNOTSUPP on 6.18), and for another L3 driver that might
-/// take it, where its frames start is unverified. So `auto` means generic there and
-/// `native` is refused.
-pub fn xdp_interface(interface: &str, attach: XdpMode) -> Result<XdpInterface, KernelError> {
-    let link_type = link::link_type(interface)?;
-    let (walk, attach) = match link_type.walk() {
-        Some(XdpWalk::Ethernet) => (XdpWalk::Ethernet, attach),
-        Some(XdpWalk::Ip) if attach == XdpMode::Native => {
-            return Err(KernelError::NativeOnL3 {
-                interface: interface.to_owned(),
-                link_type,
-            });
-        }
-        Some(XdpWalk::Ip) => (XdpWalk::Ip, XdpMode::Generic),
-        None => {
-            return Err(KernelError::UnsupportedLinkType {
-                interface: interface.to_owned(),
-                link_type,
-            });
-        }
-    };
-    Ok(XdpInterface {
-        link_type,
-        walk,
-        attach,
-    })
 }
 
 fn attach_xdp(xdp: &mut Xdp, interface: &str, attach: XdpMode) -> Result<XdpAttached, KernelError> {
