@@ -4,8 +4,12 @@
 //! impls that user space needs to read and write the maps. Layouts are kernel ABI.
 #![no_std]
 
-/// Name of the XDP program (the function name in proxy-ebpf).
+/// Name of the XDP program for Ethernet-framed devices, which walks from the Ethernet
+/// header (the function name in proxy-ebpf).
 pub const XDP_PROGRAM: &str = "trustgate_xdp";
+/// Name of the XDP program for L3 devices (tun, WireGuard, IP tunnels, PPP), whose
+/// frames start at the IP header (the function name in proxy-ebpf).
+pub const XDP_L3_PROGRAM: &str = "trustgate_xdp_l3";
 /// Name of the socket-filter program (the function name in proxy-ebpf).
 pub const SOCKET_PROGRAM: &str = "trustgate_socket";
 

@@ -16,6 +16,13 @@ pub fn xdp(ctx: &XdpContext) -> Verdict {
     judge(parse::ethernet(&XdpBytes(ctx)), &XDP_COUNTERS, true)
 }
 
+/// The XDP decision on an L3 device, whose frames start at the IP header: the same
+/// judgement and counters as [`xdp`].
+#[inline(always)]
+pub fn xdp_l3(ctx: &XdpContext) -> Verdict {
+    judge(parse::ip(&XdpBytes(ctx)), &XDP_COUNTERS, true)
+}
+
 /// The socket filter's decision: the socket is the protected port.
 #[inline(always)]
 pub fn socket(ctx: &SkBuffContext) -> Verdict {

@@ -1,7 +1,7 @@
-//! trustgate's eBPF programs: entry points only. Both judge initial TCP SYNs by their
+//! trustgate's eBPF programs: entry points only. All judge initial TCP SYNs by their
 //! source against the trusted-prefix tries and drop the untrusted ones, so an outsider
 //! gets no SYN-ACK and no RST. Parsing is in `parse`, the decision and counters in
-//! `decide`, the maps in `maps`. Neither program ever rewrites a packet.
+//! `decide`, the maps in `maps`. No program ever rewrites a packet.
 #![no_std]
 #![no_main]
 
@@ -19,6 +19,18 @@ use proxy_common::Verdict;
 #[xdp]
 pub fn trustgate_xdp(ctx: XdpContext) -> u32 {
     match decide::xdp(&ctx) {
+        Verdict::Pass => XDP_PASS,
+        Verdict::Drop => XDP_DROP,
+    }
+}
+
+/// XDP on an L3 device (no link-layer header: tun, WireGuard, IP-in-IP, GRE, SIT, PPP):
+/// the same judgement, ports and counters as [`trustgate_xdp`], walked from the IP
+/// header. User space attaches it only to devices whose link type says their frames
+/// start there; on an Ethernet device it would read a MAC address as an IP header.
+#[xdp]
+pub fn trustgate_xdp_l3(ctx: XdpContext) -> u32 {
+    match decide::xdp_l3(&ctx) {
         Verdict::Pass => XDP_PASS,
         Verdict::Drop => XDP_DROP,
     }

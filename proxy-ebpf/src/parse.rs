@@ -176,11 +176,14 @@ pub fn ethernet<B: Bytes>(b: &B) -> Frame {
     }
 }
 
-/// Walks a packet from its IP header (socket filter), the family read from the
-/// version nibble.
+/// Walks a packet from its IP header (socket filter, XDP on an L3 device), the family
+/// read from the version nibble.
 #[inline(always)]
 pub fn ip<B: Bytes>(b: &B) -> Frame {
-    let Some([first]) = b.load::<1>(0) else {
+    // Four bytes, not one: on XDP a one-byte load at offset 0 compiles to a plain
+    // `data >= data_end` test, which the verifier (6.18) does not take as proof that the
+    // byte is there. No IP packet is shorter than 20 bytes.
+    let Some([first, ..]) = b.load::<4>(0) else {
         return Frame::Truncated { src: None };
     };
     match first >> 4 {

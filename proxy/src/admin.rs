@@ -23,7 +23,7 @@ use proxy_common::Counter;
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
-use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached};
+use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached, XdpWalk};
 use crate::listener::Server;
 use crate::metrics;
 use crate::metrics::TimeoutKind;
@@ -332,7 +332,11 @@ impl Scrape {
         let attached: Vec<(Labels, i64)> = attachments
             .iter()
             .map(|a| match a {
-                Attachment::Xdp { interface, mode } => (
+                Attachment::Xdp {
+                    interface,
+                    mode,
+                    walk,
+                } => (
                     vec![
                         ("program", "xdp".into()),
                         ("interface", interface.clone()),
@@ -341,6 +345,13 @@ impl Scrape {
                             match mode {
                                 XdpAttached::Native => "native".into(),
                                 XdpAttached::Generic => "generic".into(),
+                            },
+                        ),
+                        (
+                            "walk",
+                            match walk {
+                                XdpWalk::Ethernet => "ethernet".into(),
+                                XdpWalk::Ip => "ip".into(),
                             },
                         ),
                     ],
@@ -368,7 +379,7 @@ impl Scrape {
         gauge(
             enc,
             "kernel_filter_attached",
-            "Where the kernel filter is attached, and in which mode",
+            "Where the kernel filter is attached, in which mode and (XDP) which walk",
             &attached,
         )?;
         let mut syns = Vec::new();
@@ -376,7 +387,8 @@ impl Scrape {
         let mut observed = Vec::new();
         for (program, c) in &counters {
             let program = match program {
-                Program::Xdp => "xdp",
+                // Both XDP walks count into one map, read once as `Program::Xdp`.
+                Program::Xdp | Program::XdpL3 => "xdp",
                 Program::Socket => "socket",
             };
             for (family, seen, passed, dropped) in [

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use proxy::{admin, config, service};
+use proxy::{admin, config, kernel, service};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::warn;
@@ -94,7 +94,38 @@ fn check(cli: &Cli) -> Result<()> {
         println!("warning: {w}");
     }
     print!("{}", config.summary());
-    Ok(())
+    check_xdp_interfaces(&config)
+}
+
+/// Per XDP interface, what it gets on this host (link type and walk) or why it is
+/// refused; a refusal fails the check when the filter is required, as it fails the start.
+fn check_xdp_interfaces(config: &config::Config) -> Result<()> {
+    let Some(pp) = &config.proxy_protocol else {
+        return Ok(());
+    };
+    let config::KernelFilterMode::Xdp {
+        interfaces,
+        xdp_mode,
+    } = &pp.kernel_filter.mode
+    else {
+        return Ok(());
+    };
+    println!("XDP interfaces on this host:");
+    let mut refused = None;
+    for interface in interfaces {
+        match kernel::xdp_interface(interface, *xdp_mode) {
+            Ok(plan) => println!("  {interface}: {plan}"),
+            Err(err) => {
+                println!("  {interface}: refused: {err}");
+                refused.get_or_insert(err);
+            }
+        }
+    }
+    match refused {
+        Some(err) if pp.kernel_filter.required => Err(err)
+            .context("the XDP filter would not start on this host (kernel_filter.required = true)"),
+        _ => Ok(()),
+    }
 }
 
 #[tokio::main]

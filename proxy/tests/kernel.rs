@@ -51,6 +51,15 @@ impl Harness {
         )
     }
 
+    /// The L3 XDP program (frames start at the IP header), loaded beside the Ethernet
+    /// one as `Kernel::start` does when an interface needs it.
+    fn xdp_l3(trust: &TrustList) -> Option<Harness> {
+        let mut h = Self::xdp(trust)?;
+        h.kernel.load_xdp_l3().expect("loading the L3 XDP program");
+        h.program = Program::XdpL3;
+        Some(h)
+    }
+
     fn socket(trust: &TrustList) -> Option<Harness> {
         Self::start(Plan::Socket, trust, Program::Socket)
     }
@@ -1093,4 +1102,150 @@ fn socket_filter_drops_every_untrusted_syn_the_kernel_would_keep() {
         return;
     };
     mutants_against_the_model(&h, 4000);
+}
+
+/// A bare IPv4 SYN (no Ethernet header), as an L3 device presents it.
+fn ip4(src: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    ipv4(src, TCP, 0, Frag::default(), &frames::tcp(dport, flags))
+}
+
+/// A bare IPv6 SYN.
+fn ip6(src: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+    ipv6(src, TCP, &frames::tcp(dport, flags))
+}
+
+#[test]
+fn xdp_l3_judges_bare_ip_syns_trusted_pass_untrusted_drop() {
+    let Some(h) = Harness::xdp_l3(&default_list()) else {
+        return;
+    };
+    h.assert_xdp(
+        &ip4(TRUSTED4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "trusted v4",
+    );
+    h.assert_xdp(
+        &ip4(UNTRUSTED4, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "untrusted v4",
+    );
+    h.assert_xdp(
+        &ip6(TRUSTED6, PORT, SYN),
+        XDP_PASS,
+        SEEN6_PASSED,
+        "trusted v6",
+    );
+    h.assert_xdp(
+        &ip6(UNTRUSTED6, PORT, SYN),
+        XDP_DROP,
+        SEEN6_DROPPED,
+        "untrusted v6",
+    );
+    h.assert_xdp(
+        &ip6(UNTRUSTED4.to_ipv6_mapped(), PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "mapped untrusted",
+    );
+    // Options and extension headers are walked as behind Ethernet.
+    let opts = ipv4(UNTRUSTED4, TCP, 3, Frag::default(), &frames::tcp(PORT, SYN));
+    h.assert_xdp(&opts, XDP_DROP, SEEN4_DROPPED, "v4 options");
+    let ext_chain = ipv6(
+        UNTRUSTED6,
+        HOPOPTS,
+        &[ext(HOPOPTS, TCP, 1), frames::tcp(PORT, SYN)].concat(),
+    );
+    h.assert_xdp(&ext_chain, XDP_DROP, SEEN6_DROPPED, "v6 hop-by-hop");
+}
+
+#[test]
+fn xdp_l3_passes_every_other_segment_and_other_ports() {
+    let Some(h) = Harness::xdp_l3(&default_list()) else {
+        return;
+    };
+    for (flags, name) in [
+        (SYN | ACK, "SYN-ACK"),
+        (ACK, "ACK"),
+        (RST, "RST"),
+        (0, "none"),
+    ] {
+        h.assert_xdp(&ip4(UNTRUSTED4, PORT, flags), XDP_PASS, NONE, name);
+        h.assert_xdp(&ip6(UNTRUSTED6, PORT, flags), XDP_PASS, NONE, name);
+    }
+    h.assert_xdp(
+        &ip4(UNTRUSTED4, OTHER_PORT, SYN),
+        XDP_PASS,
+        NONE,
+        "v4 other port",
+    );
+    h.assert_xdp(
+        &ip6(UNTRUSTED6, OTHER_PORT, SYN),
+        XDP_PASS,
+        NONE,
+        "v6 other port",
+    );
+    let udp = ipv4(UNTRUSTED4, UDP, 0, Frag::default(), &[0u8; 8]);
+    h.assert_xdp(&udp, XDP_PASS, NONE, "udp");
+}
+
+#[test]
+fn xdp_l3_fails_closed_on_cut_packets() {
+    let Some(h) = Harness::xdp_l3(&default_list()) else {
+        return;
+    };
+    // BPF_PROG_TEST_RUN takes no XDP frame shorter than an Ethernet header (14 bytes).
+    for (packet, name) in [
+        (ip4(UNTRUSTED4, PORT, SYN), "v4"),
+        (ip6(UNTRUSTED6, PORT, SYN), "v6"),
+    ] {
+        for len in 14..packet.len() {
+            let (verdict, moved) = h.run(&packet[..len]);
+            assert_eq!(verdict, XDP_DROP, "{name} cut at {len}");
+            assert_eq!(moved, MALFORMED, "{name} cut at {len}: counters");
+        }
+    }
+}
+
+#[test]
+fn xdp_and_xdp_l3_share_their_counters() {
+    let Some(h) = Harness::xdp_l3(&default_list()) else {
+        return;
+    };
+    let before = h
+        .kernel
+        .counters(Program::Xdp)
+        .expect("read")
+        .expect("loaded");
+    h.assert_xdp(
+        &ip4(UNTRUSTED4, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "untrusted v4",
+    );
+    let after = h
+        .kernel
+        .counters(Program::Xdp)
+        .expect("read")
+        .expect("loaded");
+    assert_eq!(
+        after.get(Counter::SynDroppedV4),
+        before.get(Counter::SynDroppedV4) + 1,
+        "the L3 walk's drop shows in the XDP counters"
+    );
+}
+
+#[test]
+fn xdp_l3_is_not_loaded_unless_asked_for() {
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
+    // No interface needed it: `start` loaded the Ethernet walk only.
+    assert!(matches!(
+        h.kernel
+            .test_run(Program::XdpL3, &ip4(UNTRUSTED4, PORT, SYN), 1),
+        Err(KernelError::NotLoaded(Program::XdpL3))
+    ));
+    assert!(h.kernel.counters(Program::XdpL3).expect("read").is_none());
 }

@@ -132,6 +132,11 @@ pub(crate) fn validate(
         .metrics
         .map(|m| metrics(&cx, m, &listeners))
         .transpose()?;
+    if let Some(addr) = metrics_listen
+        && !addr.ip().to_canonical().is_loopback()
+    {
+        cx.warn("metrics.listen", WarningKind::MetricsReachable { addr });
+    }
     Ok(Config {
         source: path.to_owned(),
         listeners,
@@ -682,6 +687,40 @@ pub(super) mod tests {
             "listen_port = 8080\nlisten_address_v4 = \"10.0.0.1\"\n{APP}[metrics]\nlisten = \"127.0.0.1:8080\""
         );
         ok(&text);
+    }
+
+    #[test]
+    fn metrics_on_a_reachable_address_is_warned_and_on_loopback_is_silent() {
+        let m = |addr: &str| format!("listen_port = 8080\n{APP}[metrics]\nlisten = \"{addr}\"");
+        for addr in [
+            "0.0.0.0:9464",
+            "10.0.0.1:9464",
+            "[::]:9464",
+            "[2001:db8::1]:9464",
+        ] {
+            let warnings = ok(&m(addr)).1;
+            assert_eq!(warnings.len(), 1, "{addr}: {warnings:?}");
+            assert_eq!(warnings[0].key, "metrics.listen");
+            assert_eq!(
+                warnings[0].kind,
+                WarningKind::MetricsReachable {
+                    addr: addr.parse().expect("addr")
+                }
+            );
+            let text = warnings[0].to_string();
+            assert!(
+                text.contains("kernel filter") && text.contains("127.0.0.1"),
+                "{text}"
+            );
+        }
+        for addr in [
+            "127.0.0.1:9464",
+            "127.0.0.2:9464",
+            "[::1]:9464",
+            "[::ffff:127.0.0.1]:9464",
+        ] {
+            assert!(ok(&m(addr)).1.is_empty(), "{addr}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! decides (log at startup, print for `trustgate check`). One warning per key path.
 
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -48,6 +49,9 @@ pub enum WarningKind {
     /// `proxy_protocol_tlv_headers` without `[experimental.tcp_recv_proxy_protocol]`: no
     /// connection carries TLVs, so the headers are only ever removed.
     TlvHeadersNeverSet,
+    /// `[metrics] listen` on an address other hosts can reach: no kernel filter and no
+    /// trust check covers the metrics listener.
+    MetricsReachable { addr: SocketAddr },
 }
 
 impl fmt::Display for Warning {
@@ -88,6 +92,13 @@ impl fmt::Display for WarningKind {
             WarningKind::TlvHeadersNeverSet => f.write_str(
                 "there is no [experimental.tcp_recv_proxy_protocol], so no connection carries \
                  TLVs: these headers are never set (client-sent ones are still removed)",
+            ),
+            WarningKind::MetricsReachable { addr } => write!(
+                f,
+                "{addr} is not a loopback address, and the metrics listener is covered neither \
+                 by the kernel filter (which judges only SYNs to the proxy's listeners) nor by \
+                 the trusted-proxy check: whoever reaches it reads every counter; bind \
+                 127.0.0.1 (or [::1]), or firewall the port"
             ),
             WarningKind::TrustsEveryone { net } => write!(
                 f,

@@ -1,5 +1,6 @@
 //! The kernel trust filter: loads the eBPF object, fills its maps from the
-//! [`TrustList`], attaches the XDP program to interfaces or the socket filter to
+//! [`TrustList`], attaches an XDP program to interfaces (the Ethernet or the L3 walk,
+//! by each interface's link type: see `link`) or the socket filter to
 //! listening sockets (falling back to classic BPF when eBPF cannot be loaded), updates
 //! the maps in place on reload, reads the counters, and detaches on drop.
 //!
@@ -8,6 +9,7 @@
 //! Sockets already accepted keep the filter they inherited until they close.
 
 mod classic;
+mod link;
 mod load;
 mod maps;
 
@@ -20,10 +22,13 @@ use aya::programs::{
     Program as AyaProgram, ProgramError, SocketFilter, TestRun, TestRunOptions, Xdp,
     XdpMode as AyaXdpMode,
 };
-use proxy_common::{SOCKET_COUNTERS_MAP, SOCKET_PROGRAM, XDP_COUNTERS_MAP, XDP_PROGRAM};
+use proxy_common::{
+    SOCKET_COUNTERS_MAP, SOCKET_PROGRAM, XDP_COUNTERS_MAP, XDP_L3_PROGRAM, XDP_PROGRAM,
+};
 use tracing::{error, info, warn};
 
 pub use classic::TooLong;
+pub use link::{LinkType, XdpInterface, XdpWalk, xdp_interface};
 pub use maps::ProgramCounters;
 
 pub use crate::config::XdpMode;
@@ -67,6 +72,7 @@ pub enum Attachment {
     Xdp {
         interface: String,
         mode: XdpAttached,
+        walk: XdpWalk,
     },
     Socket {
         local: Option<SocketAddr>,
@@ -77,8 +83,23 @@ pub enum Attachment {
 /// Which program a test run or a counter read is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Program {
+    /// XDP walked from the Ethernet header.
     Xdp,
+    /// XDP walked from the IP header (L3 devices). It shares [`Program::Xdp`]'s
+    /// counters: reading either reads both.
+    XdpL3,
     Socket,
+}
+
+impl Program {
+    /// The program's name in the eBPF object.
+    fn name(self) -> &'static str {
+        match self {
+            Program::Xdp => XDP_PROGRAM,
+            Program::XdpL3 => XDP_L3_PROGRAM,
+            Program::Socket => SOCKET_PROGRAM,
+        }
+    }
 }
 
 /// Why the kernel filter could not be set up or updated.
@@ -123,6 +144,30 @@ pub enum KernelError {
         "interface `{interface}` (kernel_filter.interfaces) does not exist on this host: check `ip link`"
     )]
     InterfaceNotFound { interface: String },
+    #[error(
+        "cannot read the link type of interface `{interface}` (kernel_filter.interfaces) from {}: XDP mode needs it to know where the IP header starts; check that /sys is mounted, or use mode = \"socket\"",
+        path.display()
+    )]
+    LinkTypeUnreadable {
+        interface: String,
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "interface `{interface}` (kernel_filter.interfaces) has link type {link_type}, whose frames XDP cannot judge: trustgate's XDP walks Ethernet-framed devices and L3 devices (tun, WireGuard, IP-in-IP, SIT, GRE, PPP, raw IP) only; use mode = \"socket\", which filters on the listening sockets whatever the device"
+    )]
+    UnsupportedLinkType {
+        interface: String,
+        link_type: LinkType,
+    },
+    #[error(
+        "interface `{interface}` (kernel_filter.interfaces) has no link-layer header (link type {link_type}) and is judged in generic XDP only, the mode in which its frames are known to start at the IP header (a tun device refuses native XDP anyway); set xdp_mode = \"auto\" or \"generic\""
+    )]
+    NativeOnL3 {
+        interface: String,
+        link_type: LinkType,
+    },
     #[error("attaching XDP to `{interface}` in {mode} mode")]
     AttachXdp {
         interface: String,
@@ -167,9 +212,11 @@ pub struct Kernel {
     /// The eBPF object; `None` in `Off` mode and when socket mode fell back to classic.
     ebpf: Option<Ebpf>,
     trust: TrustList,
-    xdp: Vec<(String, XdpAttached)>,
-    /// The ports the XDP program protects.
+    xdp: Vec<(String, XdpAttached, XdpWalk)>,
+    /// The ports the XDP programs protect.
     ports: Vec<u16>,
+    /// Whether the L3 XDP program is loaded (only when an interface needs it).
+    xdp_l3: bool,
     sockets: Vec<ProtectedSocket>,
 }
 
@@ -190,6 +237,7 @@ impl Kernel {
             trust: trust.clone(),
             xdp: Vec::new(),
             ports: ports.to_vec(),
+            xdp_l3: false,
             sockets: Vec::new(),
         };
         match &plan {
@@ -205,17 +253,31 @@ impl Kernel {
                 }
             },
             Plan::Xdp { interfaces, attach } => {
+                // Every interface is classified before anything is loaded, so a refused
+                // one leaves nothing behind.
+                let planned = interfaces
+                    .iter()
+                    .map(|interface| xdp_interface(interface, *attach))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let mut ebpf = load::object()?;
                 maps::sync_trust(&mut ebpf, trust)?;
                 maps::set_ports(&mut ebpf, &[], ports)?;
                 maps::set_config(&mut ebpf, observe_only)?;
-                let xdp: &mut Xdp = program_mut(&mut ebpf, XDP_PROGRAM)?;
-                xdp.load()
-                    .map_err(|e| load::from_program_load(XDP_PROGRAM, e))?;
-                for interface in interfaces {
-                    let mode = attach_xdp(xdp, interface, *attach)?;
-                    info!(interface = %interface, mode = ?mode, "XDP trust filter attached");
-                    kernel.xdp.push((interface.clone(), mode));
+                load_xdp(&mut ebpf, Program::Xdp)?;
+                if planned.iter().any(|p| p.walk == XdpWalk::Ip) {
+                    load_xdp(&mut ebpf, Program::XdpL3)?;
+                    kernel.xdp_l3 = true;
+                }
+                for (interface, XdpInterface { walk, attach, .. }) in interfaces.iter().zip(planned)
+                {
+                    let program = match walk {
+                        XdpWalk::Ethernet => Program::Xdp,
+                        XdpWalk::Ip => Program::XdpL3,
+                    };
+                    let xdp: &mut Xdp = program_mut(&mut ebpf, program.name())?;
+                    let mode = attach_xdp(xdp, interface, attach)?;
+                    info!(interface = %interface, mode = ?mode, walk = ?walk, "XDP trust filter attached");
+                    kernel.xdp.push((interface.clone(), mode, walk));
                 }
                 kernel.ebpf = Some(ebpf);
             }
@@ -320,10 +382,14 @@ impl Kernel {
 
     /// What is attached where.
     pub fn attachments(&self) -> Vec<Attachment> {
-        let xdp = self.xdp.iter().map(|(interface, mode)| Attachment::Xdp {
-            interface: interface.clone(),
-            mode: *mode,
-        });
+        let xdp = self
+            .xdp
+            .iter()
+            .map(|(interface, mode, walk)| Attachment::Xdp {
+                interface: interface.clone(),
+                mode: *mode,
+                walk: *walk,
+            });
         let sockets = self.sockets.iter().map(|s| Attachment::Socket {
             local: s.local,
             kind: s.kind,
@@ -337,43 +403,68 @@ impl Kernel {
         let Some(ebpf) = &self.ebpf else {
             return Ok(None);
         };
-        let loaded = matches!(
-            (program, &self.plan),
-            (Program::Xdp, Plan::Xdp { .. }) | (Program::Socket, Plan::Socket)
-        );
-        if !loaded {
+        if !self.loaded(program) {
             return Ok(None);
         }
         let map = match program {
-            Program::Xdp => XDP_COUNTERS_MAP,
+            Program::Xdp | Program::XdpL3 => XDP_COUNTERS_MAP,
             Program::Socket => SOCKET_COUNTERS_MAP,
         };
         maps::counters(ebpf, map).map(Some)
     }
 
+    /// Whether `program` is loaded in this filter.
+    fn loaded(&self, program: Program) -> bool {
+        match (program, &self.plan) {
+            (Program::Xdp, Plan::Xdp { .. }) | (Program::Socket, Plan::Socket) => true,
+            (Program::XdpL3, Plan::Xdp { .. }) => self.xdp_l3,
+            _ => false,
+        }
+    }
+
+    /// Loads the L3 XDP program without attaching it, so [`Kernel::test_run`] can run
+    /// it (`start` loads it only when an interface needs it). XDP mode only; a no-op
+    /// when it is loaded already. For tests and benchmarks.
+    pub fn load_xdp_l3(&mut self) -> Result<(), KernelError> {
+        if self.loaded(Program::XdpL3) {
+            return Ok(());
+        }
+        match (&self.plan, &mut self.ebpf) {
+            (Plan::Xdp { .. }, Some(ebpf)) => {
+                load_xdp(ebpf, Program::XdpL3)?;
+                self.xdp_l3 = true;
+                Ok(())
+            }
+            _ => Err(KernelError::NotLoaded(Program::XdpL3)),
+        }
+    }
+
     /// Runs the loaded program on a crafted frame with BPF_PROG_TEST_RUN, `repeat`
     /// times, and returns its verdict (XDP action, or bytes kept by the socket filter)
-    /// and the kernel's mean time per run. For tests and benchmarks. XDP frames start at
-    /// Ethernet; socket-filter frames too (the kernel strips the Ethernet header).
+    /// and the kernel's mean time per run. For tests and benchmarks. [`Program::Xdp`]
+    /// frames start at Ethernet, [`Program::XdpL3`] frames at the IP header;
+    /// socket-filter frames at Ethernet (the kernel strips the Ethernet header).
     pub fn test_run(
         &self,
         program: Program,
         frame: &[u8],
         repeat: u32,
     ) -> Result<(u32, std::time::Duration), KernelError> {
-        let ebpf = self.ebpf.as_ref().ok_or(KernelError::NotLoaded(program))?;
+        let ebpf = match &self.ebpf {
+            Some(ebpf) if self.loaded(program) => ebpf,
+            _ => return Err(KernelError::NotLoaded(program)),
+        };
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
         let result = match program {
-            Program::Xdp => program_of::<Xdp>(ebpf, XDP_PROGRAM)?.test_run(opts),
+            Program::Xdp | Program::XdpL3 => {
+                program_of::<Xdp>(ebpf, program.name())?.test_run(opts)
+            }
             Program::Socket => program_of::<SocketFilter>(ebpf, SOCKET_PROGRAM)?.test_run(opts),
         }
         .map_err(|source| KernelError::Program {
-            program: match program {
-                Program::Xdp => XDP_PROGRAM,
-                Program::Socket => SOCKET_PROGRAM,
-            },
+            program: program.name(),
             action: "test-running",
             source,
         })?;
@@ -433,6 +524,13 @@ where
         action: "finding",
         source,
     })
+}
+
+/// Loads one of the XDP programs into the object.
+fn load_xdp(ebpf: &mut Ebpf, program: Program) -> Result<(), KernelError> {
+    let name = program.name();
+    let xdp: &mut Xdp = program_mut(ebpf, name)?;
+    xdp.load().map_err(|e| load::from_program_load(name, e))
 }
 
 fn attach_xdp(xdp: &mut Xdp, interface: &str, attach: XdpMode) -> Result<XdpAttached, KernelError> {

@@ -1,7 +1,9 @@
 //! Builds the frames the kernel tests and benchmarks feed to the eBPF programs with
 //! BPF_PROG_TEST_RUN: Ethernet (with VLAN tags), IPv4 (with options and fragments),
-//! IPv6 (with extension headers) and TCP. Checksums are left zero: the programs do not
-//! read them. Shared by `tests/kernel.rs` and `benches/kernel.rs` (through `#[path]`).
+//! IPv6 (with extension headers) and TCP. Checksums are left zero there: the programs do
+//! not read them. [`syn4_checksummed`] and [`Tcp4::parse`] are for a real kernel (a tun
+//! device), which checks them. Shared by `tests/kernel.rs`, `tests/kernel_netns.rs` and
+//! `benches/kernel.rs` (through `#[path]`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -174,4 +176,72 @@ pub fn with_ipv6_payload(frame: &[u8], payload: u16) -> Vec<u8> {
     let mut f = frame.to_vec();
     f[14 + 4..14 + 6].copy_from_slice(&payload.to_be_bytes());
     f
+}
+
+/// The Internet checksum (RFC 1071) of `data`, continuing from `sum`.
+pub fn checksum(data: &[u8], mut sum: u32) -> u16 {
+    let mut words = data.chunks_exact(2);
+    for w in &mut words {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+    }
+    if let [last] = words.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An IPv4 SYN from `src:sport` to `dst:dport` with correct IP and TCP checksums, as a
+/// stack would send it: what a real kernel accepts from a tun device.
+pub fn syn4_checksummed(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut t = tcp(dport, SYN);
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, TCP]);
+    pseudo.extend_from_slice(&(t.len() as u16).to_be_bytes());
+    let tcp_sum = checksum(&[pseudo, t.clone()].concat(), 0);
+    t[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
+    let mut p = ipv4(src, TCP, 0, Frag::default(), &t);
+    p[16..20].copy_from_slice(&dst.octets());
+    let ip_sum = checksum(&p[..20], 0);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    p
+}
+
+/// The addressing and flags of an IPv4 TCP segment read off a tun device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tcp4 {
+    pub src: Ipv4Addr,
+    pub sport: u16,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub flags: u8,
+}
+
+impl Tcp4 {
+    /// `None` for anything but a whole IPv4 TCP header (IPv6 router solicitations and
+    /// the like also come out of a tun device).
+    pub fn parse(p: &[u8]) -> Option<Tcp4> {
+        let version_ihl = *p.first()?;
+        let ihl = usize::from(version_ihl & 0x0f) * 4;
+        if version_ihl >> 4 != 4 || ihl < 20 || *p.get(9)? != TCP {
+            return None;
+        }
+        let t = p.get(ihl..ihl + 20)?;
+        let addr = |at: usize| -> Option<Ipv4Addr> {
+            let b: [u8; 4] = p.get(at..at + 4)?.try_into().ok()?;
+            Some(Ipv4Addr::from(b))
+        };
+        Some(Tcp4 {
+            src: addr(12)?,
+            sport: u16::from_be_bytes([t[0], t[1]]),
+            dst: addr(16)?,
+            dport: u16::from_be_bytes([t[2], t[3]]),
+            flags: t[13],
+        })
+    }
 }
