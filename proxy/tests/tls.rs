@@ -409,7 +409,8 @@ fn rotated_ticket_keys_keep_sessions_resuming_across_reloads() {
             "{version}: B, A"
         );
         new_session(&lab, tg.tls, version, "by-b.pem");
-        // The new key alone: the one that encrypted before (B) still decrypts, A is gone.
+        // The new key alone: the one that encrypted before (B) still decrypts; A, neither
+        // listed nor the last to encrypt, is gone.
         let alone = lab.config(&["a"], &lab.key_file(&[KEY_C]), false);
         assert_eq!(tg.reload(Some(&alone)), "config reloaded");
         assert!(
@@ -419,6 +420,12 @@ fn rotated_ticket_keys_keep_sessions_resuming_across_reloads() {
         assert!(
             !resumed(&lab, tg.tls, version, "by-a.pem"),
             "{version}: A was dropped"
+        );
+        // A reload that leaves the key file alone keeps B.
+        assert_eq!(tg.reload(None), "config reloaded");
+        assert!(
+            resumed(&lab, tg.tls, version, "by-b.pem"),
+            "{version}: B kept"
         );
     }
 }

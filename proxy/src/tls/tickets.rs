@@ -192,27 +192,44 @@ impl TicketKey {
 /// the key name as associated data and a random nonce per ticket. The first key seals;
 /// every key opens a ticket that names it.
 pub struct KeyFileTicketer {
-    /// Never empty; the first one encrypts.
+    /// Never empty; the first one encrypts. The file's keys, in its order, then the one
+    /// kept from before the file last changed.
     keys: Vec<Arc<TicketKey>>,
+    /// How many of `keys` the file lists.
+    listed: usize,
     random: SystemRandom,
 }
 
 impl KeyFileTicketer {
     /// The file's keys, plus the key `previous` encrypted with when the file no longer
-    /// lists it, so that sessions from before a rotation still resume (one generation:
-    /// a key dropped from the file is gone after the next reload).
+    /// lists it, so that sessions from before a rotation still resume. One generation: the
+    /// kept key stays while the file is unchanged (reloads for other reasons keep it), and
+    /// goes when the file changes again.
     fn new(secrets: &[Secret], previous: Option<&KeyFileTicketer>) -> KeyFileTicketer {
         let mut keys: Vec<Arc<TicketKey>> = secrets
             .iter()
             .map(|s| Arc::new(TicketKey::new(s)))
             .collect();
-        if let Some(active) = previous.and_then(|p| p.keys.first())
-            && !keys.iter().any(|k| k.name == active.name)
-        {
-            keys.push(Arc::clone(active));
+        let listed = keys.len();
+        if let Some(previous) = previous {
+            let unchanged = previous.keys[..previous.listed]
+                .iter()
+                .map(|k| k.name)
+                .eq(keys.iter().map(|k| k.name));
+            let kept = if unchanged {
+                &previous.keys[previous.listed..]
+            } else {
+                &previous.keys[..previous.keys.len().min(1)]
+            };
+            for key in kept {
+                if !keys.iter().any(|k| k.name == key.name) {
+                    keys.push(Arc::clone(key));
+                }
+            }
         }
         KeyFileTicketer {
             keys,
+            listed,
             random: SystemRandom::new(),
         }
     }
@@ -434,6 +451,7 @@ mod tests {
 
     const A: &str = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
     const B: &str = "FFEEDDCCBBAA99887766554433221100ffeeddccbbaa99887766554433221100";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
 
     fn secret(hex: &str) -> Secret {
         hex_secret(hex).expect("test key")
@@ -487,10 +505,14 @@ mod tests {
         let alone = ticketer(&[B], Some(&old));
         assert_eq!(alone.decrypting(), 2);
         assert_eq!(alone.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
-        // One generation only: after another reload A is gone.
-        let next = ticketer(&[B], Some(&alone));
-        assert_eq!(next.decrypting(), 1);
+        // A reload that leaves the file as it is keeps A.
+        let again = ticketer(&[B], Some(&alone));
+        assert_eq!(again.decrypt(&ticket).as_deref(), Some(&b"session"[..]));
+        // One generation only: once the file changes again, A is gone (B is kept).
+        let next = ticketer(&[C], Some(&again));
+        assert_eq!(next.decrypting(), 2);
         assert_eq!(next.decrypt(&ticket), None);
+        assert_eq!(next.decrypt(&new).as_deref(), Some(&b"later"[..]));
     }
 
     #[test]
