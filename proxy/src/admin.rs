@@ -228,8 +228,17 @@ impl Collector for Scrape {
         counter(
             &mut enc,
             "tls_errors",
-            "TLS handshakes failed, by kind",
+            "TLS handshakes failed, by kind (no_sni, unknown_sni: refused with an unrecognized_name alert; handshake; timeout)",
             &by_kind(&m.tls_errors),
+        )?;
+        counter(
+            &mut enc,
+            "tls_handshakes",
+            "TLS handshakes completed, by kind (full, or resumed from a session ticket or ID)",
+            &[
+                (vec![("kind", "full".into())], m.tls_full),
+                (vec![("kind", "resumed".into())], m.tls_resumed),
+            ],
         )?;
         gauge(
             &mut enc,

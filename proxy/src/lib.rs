@@ -14,7 +14,9 @@
 //!   recovered client address and PROXY v2 TLVs, the pooled upstream client (PROXY
 //!   headers to upstreams that take them) under the upstream connection caps, upgrades,
 //!   the access log.
-//! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs).
+//! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs),
+//!   `default_tls_app` for ClientHellos without SNI, `unrecognized_name` alerts, and
+//!   session resumption kept across reloads and shared through a ticket key file.
 //! - [`listener`]: binding, the accept loop, limits (idle connections shed at
 //!   `max_clients`), and a connection's life: trust check, PROXY header, TLS, HTTP/1.1
 //!   and h2, every wait timed by its clock; reload and graceful drain.

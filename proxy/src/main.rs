@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use proxy::{admin, config, kernel, service};
+use proxy::{admin, config, kernel, service, tls};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::warn;
@@ -93,7 +93,12 @@ fn check(cli: &Cli) -> Result<()> {
     for w in &warnings {
         println!("warning: {w}");
     }
+    // What start reads too: certificates, keys, CAs and the ticket key file.
+    let tls = tls::Tls::new(&config, None)?;
     print!("{}", config.summary());
+    if let Some(keys) = tls.ticket_keys() {
+        println!("  ticket key file: {keys} key(s) read; the first encrypts");
+    }
     check_xdp_interfaces(&config)
 }
 

@@ -1,5 +1,6 @@
 //! Connection-level counters of user space: accepted, refused (untrusted peer, limits),
-//! accept() failures, PROXY header and TLS failures by kind, active connections. Events
+//! accept() failures, PROXY header and TLS failures by kind, TLS handshakes by kind (full
+//! or resumed), active connections. Events
 //! an outsider can trigger are counted and logged at debug only; [`Metrics::summarize`]
 //! turns them into one periodic warning, and a [`Throttle`] lets through one warning per
 //! interval, so no flood can control the log's volume.
@@ -106,6 +107,9 @@ pub struct Metrics {
     header_errors: Mutex<BTreeMap<&'static str, u64>>,
     /// TLS failures by `HandshakeError::kind`.
     tls_errors: Mutex<BTreeMap<&'static str, u64>>,
+    /// Completed TLS handshakes: full (with or without a HelloRetryRequest), resumed.
+    tls_full: AtomicU64,
+    tls_resumed: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -124,6 +128,8 @@ pub struct Snapshot {
     pub reloads_failed: u64,
     pub header_errors: BTreeMap<&'static str, u64>,
     pub tls_errors: BTreeMap<&'static str, u64>,
+    pub tls_full: u64,
+    pub tls_resumed: u64,
 }
 
 impl Snapshot {
@@ -142,6 +148,16 @@ impl Metrics {
         bump(&self.tls_errors, kind);
     }
 
+    /// Counts a completed handshake by its kind (`None`, which rustls reports only
+    /// before the handshake is done, counts as full).
+    pub fn tls_handshake(&self, kind: Option<rustls::HandshakeKind>) {
+        let counter = match kind {
+            Some(rustls::HandshakeKind::Resumed) => &self.tls_resumed,
+            _ => &self.tls_full,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Snapshot {
@@ -158,6 +174,8 @@ impl Metrics {
             reloads_failed: load(&self.reloads_failed),
             header_errors: copy(&self.header_errors),
             tls_errors: copy(&self.tls_errors),
+            tls_full: load(&self.tls_full),
+            tls_resumed: load(&self.tls_resumed),
         }
     }
 

@@ -1,6 +1,6 @@
 //! Reloading the config while serving: on SIGHUP, and with `-w` whenever the
-//! modification time of the config file, or of a certificate, key or CA file it names,
-//! changes (checked every second). The new file is parsed and validated in full first; a
+//! modification time of the config file, or of a certificate, key, CA or ticket key file
+//! it names, changes (checked every second). The new file is parsed and validated in full first; a
 //! bad one is logged at error and the running config stays.
 
 use std::path::{Path, PathBuf};
@@ -104,9 +104,10 @@ pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
     applied
 }
 
-/// The config file and every certificate, key and CA file it names.
+/// The config file and every certificate, key, CA and ticket key file it names.
 fn files(path: &Path, config: &Config) -> Vec<PathBuf> {
     let mut files = vec![path.to_path_buf()];
+    files.extend(config.tls_ticket_key_file.clone());
     for tls in config.apps.iter().filter_map(|a| a.tls.as_ref()) {
         files.extend([tls.cert_path.clone(), tls.key_path.clone()]);
         files.extend(tls.client_ca_path.clone());

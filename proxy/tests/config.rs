@@ -299,6 +299,8 @@ fn every_supported_key_is_parsed_to_its_value() {
         },
         apps: vec![plain_app, secure_app],
         default_app: Some("plain".into()),
+        default_tls_app: Some("secure".into()),
+        tls_ticket_key_file: Some(PathBuf::from("certs/ticket.keys")),
         proxy_protocol: Some(ProxyProtocolConfig {
             trust: nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.10/32"]),
             timeout: Duration::from_millis(100),
@@ -337,7 +339,10 @@ fn summary_prints_listeners_apps_routes_trust_and_the_kernel_filter_plan() {
         "request headers: head up to 32 KiB (431 beyond), names with '_' passed on unless they \
          fold onto a managed or TLV header, upgrades websocket, x-custom\n",
         "  plain (server_name plain.example), default app for plain HTTP, plain HTTP only\n",
-        "  secure (server_name secure.example), TLS with certs/secure.crt, client certificates from certs/ca.crt\n",
+        "  secure (server_name secure.example), TLS with certs/secure.crt, client certificates from certs/ca.crt, \
+         default TLS app (ClientHellos without SNI)\n",
+        "TLS: ClientHellos without SNI get app secure; unknown SNI is refused (unrecognized_name); \
+         session tickets from certs/ticket.keys\n",
         "    PROXY v2 TLVs as headers: alpn -> x-pp-alpn, authority -> x-pp-authority, \
          unique_id -> x-request-id, netns -> x-pp-netns, ",
         "gcp_psc_connection_id -> x-gcp-psc-id\n",

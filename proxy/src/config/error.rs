@@ -225,6 +225,11 @@ pub enum ValueError {
     UnknownApp { nearest: Option<String> },
     #[error("that app is not served (see the warning about its ACME certificate)")]
     DroppedApp,
+    #[error(
+        "that app is not served over TLS{}: name an app with a tls table, or remove this key",
+        if *tls_listener { " (it has no tls table)" } else { " (listen_port_tls is not set)" }
+    )]
+    NotTlsApp { tls_listener: bool },
     #[error("not an HTTP header name: letters, digits and !#$%&'*+-.^_`|~ only")]
     BadHeaderName {
         #[source]

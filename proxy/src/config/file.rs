@@ -44,6 +44,10 @@ pub(crate) struct ConfigFile {
     pub send_timeout: Option<Seconds>,
     pub tunnel_idle_timeout: Option<Seconds>,
     pub default_app: Option<String>,
+    /// trustgate's own keys: the app whose certificate a ClientHello without SNI gets,
+    /// and the file of session-ticket keys.
+    pub default_tls_app: Option<String>,
+    pub tls_ticket_key_file: Option<String>,
     pub apps: Option<BTreeMap<String, AppFile>>,
     pub experimental: Option<ExperimentalFile>,
     /// trustgate's own table.

@@ -105,6 +105,12 @@ pub struct Config {
     /// The app that answers plain-HTTP requests whose Host matches no app; always the
     /// name of an entry of `apps`.
     pub default_app: Option<String>,
+    /// `default_tls_app`: the app whose certificate a ClientHello without SNI gets; always
+    /// the name of an entry of `apps` with `tls`. See [`Config::no_sni_app`].
+    pub default_tls_app: Option<String>,
+    /// `tls_ticket_key_file`: the session-ticket keys, shared by the instances of a fleet.
+    /// `None` (also when there is no TLS listener): each process makes its own.
+    pub tls_ticket_key_file: Option<PathBuf>,
     /// `[experimental.tcp_recv_proxy_protocol]`: present when every connection must
     /// start with a PROXY header from a trusted load balancer.
     pub proxy_protocol: Option<ProxyProtocolConfig>,
@@ -472,9 +478,32 @@ impl Config {
         self.apps.iter().find(|a| a.name == name)
     }
 
-    /// Checks that every certificate, key and CA file the config names is a file that
-    /// can be opened. Errors name the key and the path.
+    /// The app whose certificate a ClientHello without SNI (or with an IP address as its
+    /// SNI) gets: `default_tls_app`, else the only app with TLS when there is exactly one.
+    /// `None`: such handshakes are refused.
+    pub fn no_sni_app(&self) -> Option<&App> {
+        if let Some(name) = self.default_tls_app.as_deref() {
+            return self.apps.iter().find(|a| a.name == name);
+        }
+        let mut tls = self.apps.iter().filter(|a| a.tls.is_some());
+        match (tls.next(), tls.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
+    }
+
+    /// Checks that every certificate, key and CA file the config names, and the ticket key
+    /// file, is a file that can be opened. Errors name the key and the path. (What the
+    /// files hold is checked where they are read, by `tls`.)
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.tls_ticket_key_file {
+            openable(path).map_err(|source| ConfigError::File {
+                file: self.source.clone(),
+                key: "tls_ticket_key_file".into(),
+                path: path.clone(),
+                source,
+            })?;
+        }
         for app in &self.apps {
             let Some(tls) = &app.tls else { continue };
             let key = |name: &str| format!("{}.tls.{name}", keys::join("apps", &app.name));

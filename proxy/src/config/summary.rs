@@ -104,12 +104,31 @@ impl fmt::Display for Config {
         )?;
 
         writeln!(f, "apps:")?;
+        let no_sni = self.no_sni_app().map(|a| a.name.as_str());
         for app in &self.apps {
             write_app(
                 f,
                 app,
                 self.default_app.as_deref() == Some(app.name.as_str()),
+                no_sni == Some(app.name.as_str()),
             )?;
+        }
+        if !self.listeners.tls.is_empty() {
+            match no_sni {
+                Some(name) => write!(f, "TLS: ClientHellos without SNI get app {name}")?,
+                None => write!(
+                    f,
+                    "TLS: ClientHellos without SNI are refused (unrecognized_name; set default_tls_app)"
+                )?,
+            }
+            write!(
+                f,
+                "; unknown SNI is refused (unrecognized_name); session tickets "
+            )?;
+            match &self.tls_ticket_key_file {
+                Some(path) => writeln!(f, "from {}", path.display())?,
+                None => writeln!(f, "with keys of this process's own (not shared)")?,
+            }
         }
 
         match &self.proxy_protocol {
@@ -180,7 +199,7 @@ impl fmt::Display for Config {
     }
 }
 
-fn write_app(f: &mut fmt::Formatter<'_>, app: &App, default: bool) -> fmt::Result {
+fn write_app(f: &mut fmt::Formatter<'_>, app: &App, default: bool, no_sni: bool) -> fmt::Result {
     write!(f, "  {} (server_name {})", app.name, app.server_name)?;
     if default {
         write!(f, ", default app for plain HTTP")?;
@@ -194,6 +213,9 @@ fn write_app(f: &mut fmt::Formatter<'_>, app: &App, default: bool) -> fmt::Resul
             }
             if tls.https_redirection {
                 write!(f, ", plain HTTP redirected")?;
+            }
+            if no_sni {
+                write!(f, ", default TLS app (ClientHellos without SNI)")?;
             }
             writeln!(f)?;
         }

@@ -13,7 +13,7 @@ mod tlv_headers;
 
 use std::fmt::Debug;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::{ConfigError, Family, ValueError};
@@ -118,7 +118,28 @@ pub(crate) fn validate(
         .tcp_recv_proxy_protocol
         .map(|pp| proxy_protocol::proxy_protocol(&mut cx, pp, timeouts.request_header))
         .transpose()?;
-    let (apps, default_app) = apps::apps(&mut cx, file.apps, file.default_app, ports)?;
+    let apps::Apps {
+        apps,
+        default_app,
+        default_tls_app,
+    } = apps::apps(
+        &mut cx,
+        file.apps,
+        file.default_app,
+        file.default_tls_app,
+        ports,
+    )?;
+    let tls_ticket_key_file = match file.tls_ticket_key_file {
+        None => None,
+        Some(path) if path.is_empty() => {
+            return Err(cx.invalid("tls_ticket_key_file", shown(&path), ValueError::Empty));
+        }
+        Some(_) if ports.tls.is_none() => {
+            cx.warn("tls_ticket_key_file", WarningKind::TicketKeysUnused);
+            None
+        }
+        Some(path) => Some(PathBuf::from(path)),
+    };
     if proxy_protocol.is_none() {
         for app in apps.iter().filter(|a| !a.tlv_headers.is_empty()) {
             let key = format!(
@@ -147,6 +168,8 @@ pub(crate) fn validate(
         headers,
         apps,
         default_app,
+        default_tls_app,
+        tls_ticket_key_file,
         proxy_protocol,
         metrics_listen,
     })

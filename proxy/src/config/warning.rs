@@ -42,6 +42,8 @@ pub enum WarningKind {
     SniConsistencyKept,
     /// An app's `tls` table with no `listen_port_tls`: nothing serves TLS, so it is unused.
     TlsUnused,
+    /// `tls_ticket_key_file` with no `listen_port_tls`: nothing serves TLS.
+    TicketKeysUnused,
     /// rpxy's old name of a key that still works.
     Renamed { new: &'static str },
     /// A `/0` prefix in a trusted list.
@@ -88,6 +90,9 @@ impl fmt::Display for WarningKind {
             WarningKind::TlsUnused => {
                 f.write_str("listen_port_tls is not set, so nothing serves TLS; this table is unused")
             }
+            WarningKind::TicketKeysUnused => f.write_str(
+                "listen_port_tls is not set, so nothing serves TLS; the key file is not read",
+            ),
             WarningKind::Renamed { new } => write!(f, "renamed {new} in rpxy; read as {new}"),
             WarningKind::TlvHeadersNeverSet => f.write_str(
                 "there is no [experimental.tcp_recv_proxy_protocol], so no connection carries \

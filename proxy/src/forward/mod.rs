@@ -73,8 +73,9 @@ pub struct ConnContext {
     pub local: SocketAddr,
     /// Accepted on the TLS listener.
     pub tls: bool,
-    /// The TLS server name, lowercased.
-    pub sni: Option<String>,
+    /// On the TLS listener, the `server_name` of the app whose certificate was served:
+    /// the SNI's, else (no SNI) `default_tls_app` or the only TLS app.
+    pub served_name: Option<String>,
     /// The PROXY header the connection started with, if any.
     pub proxy: Option<Arc<ProxyInfo>>,
     /// Upstream connections private to this connection: those that start with a PROXY
@@ -601,7 +602,7 @@ mod tests {
             peer: a("10.0.0.1:40000"),
             local: a("10.0.0.2:8080"),
             tls: false,
-            sni: None,
+            served_name: None,
             proxy: None,
             upstream_pools: ConnPools::default(),
         };

@@ -1,5 +1,5 @@
-//! Routing: which app answers a request (Host; on the TLS listener the SNI, which the Host
-//! must agree with), which of its routes (longest path prefix, on a segment boundary), the
+//! Routing: which app answers a request (Host; on the TLS listener the app whose
+//! certificate was served, which the Host must name), which of its routes (longest path prefix, on a segment boundary), the
 //! path sent upstream (`replace_path`) and the HTTPS redirect. Built once from a
 //! [`Config`]; only the balancers' counters change after that.
 
@@ -26,8 +26,8 @@ pub(super) enum Refusal {
     BadRequest,
     /// No app for the Host on the plain listener and no `default_app`, or no route.
     NotFound,
-    /// On the TLS listener: the Host names another server than the SNI, or no TLS app
-    /// serves the name.
+    /// On the TLS listener: the Host names another server than the app whose certificate
+    /// was served.
     Misdirected,
 }
 
@@ -122,8 +122,9 @@ impl Router {
 
     /// The app that answers a request with this host on this connection.
     ///
-    /// TLS listener: the SNI picks the app and the Host must name the same server (421
-    /// otherwise, as rpxy and nginx do); without SNI, the Host picks among TLS apps.
+    /// TLS listener: the app whose certificate was served (by SNI; without SNI,
+    /// `default_tls_app` or the only TLS app), and the Host, when there is one, must name
+    /// the same server (421 otherwise, as rpxy and nginx do).
     /// Plain listener: the Host picks the app, else `default_app`, else 404.
     pub(super) fn app_for(
         &self,
@@ -131,15 +132,13 @@ impl Router {
         conn: &ConnContext,
     ) -> Result<&AppRoutes, Refusal> {
         if conn.tls {
-            let name = match (conn.sni.as_deref(), host) {
-                (Some(sni), Some(host)) if host.name != sni => return Err(Refusal::Misdirected),
-                (Some(sni), _) => sni,
-                (None, Some(host)) => host.name.as_str(),
-                (None, None) => return Err(Refusal::BadRequest),
-            };
+            let served = conn.served_name.as_deref().ok_or(Refusal::Misdirected)?;
+            if host.is_some_and(|h| h.name != served) {
+                return Err(Refusal::Misdirected);
+            }
             return self
                 .by_name
-                .get(name)
+                .get(served)
                 .map(|&i| &self.apps[i])
                 .filter(|app| app.tls)
                 .ok_or(Refusal::Misdirected);
@@ -297,14 +296,14 @@ upstream = [{ location = "127.0.0.1:3001" }]
         Router::new(&config).expect("router builds")
     }
 
-    fn conn(tls: bool, sni: Option<&str>) -> ConnContext {
+    fn conn(tls: bool, served: Option<&str>) -> ConnContext {
         let addr: SocketAddr = "192.0.2.1:1234".parse().expect("test address");
         ConnContext {
             client: addr,
             peer: addr,
             local: "127.0.0.1:8080".parse().expect("test address"),
             tls,
-            sni: sni.map(str::to_owned),
+            served_name: served.map(str::to_owned),
             proxy: None,
             upstream_pools: ConnPools::default(),
         }
@@ -366,21 +365,34 @@ upstream = [{ location = "127.0.0.1:3001" }]
     #[test]
     fn tls_listener_serves_only_tls_apps() {
         let r = router(CONFIG);
-        let sni = conn(true, Some("fallback.example"));
+        let served = conn(true, Some("fallback.example"));
         assert_eq!(
-            app_name(&r, Some("fallback.example"), &sni),
+            app_name(&r, Some("fallback.example"), &served),
             Err(Refusal::Misdirected)
         );
-        let no_sni = conn(true, None);
+        // No app known to have been served (only a hand-built context): refused.
+        let none = conn(true, None);
         assert_eq!(
-            app_name(&r, Some("secure.example"), &no_sni),
+            app_name(&r, Some("secure.example"), &none),
+            Err(Refusal::Misdirected)
+        );
+    }
+
+    #[test]
+    fn after_a_handshake_without_sni_the_host_must_name_the_served_app() {
+        // The listener puts the default TLS app's name in the context when there was no
+        // SNI: a Host naming another TLS app is misdirected, as with SNI.
+        let r = router(CONFIG);
+        let served = conn(true, Some("secure.example"));
+        assert_eq!(
+            app_name(&r, Some("secure.example"), &served),
             Ok("secure".into())
         );
+        assert_eq!(app_name(&r, None, &served), Ok("secure".into()));
         assert_eq!(
-            app_name(&r, Some("fallback.example"), &no_sni),
+            app_name(&r, Some("web.example"), &served),
             Err(Refusal::Misdirected)
         );
-        assert_eq!(app_name(&r, None, &no_sni), Err(Refusal::BadRequest));
     }
 
     fn web(r: &Router) -> &AppRoutes {

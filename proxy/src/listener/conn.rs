@@ -222,7 +222,7 @@ impl Server {
             peer,
             local,
             tls: protocol == Protocol::Https,
-            sni: None,
+            served_name: None,
             proxy,
             upstream_pools: ConnPools::default(),
         };
@@ -259,8 +259,10 @@ impl Server {
         let handshake =
             tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, runtime.tls.accept(stream)).await;
         match handshake {
-            Ok(Ok((stream, sni))) => {
-                ctx.sni = Some(sni);
+            Ok(Ok((stream, served))) => {
+                self.metrics
+                    .tls_handshake(stream.get_ref().1.handshake_kind());
+                ctx.served_name = Some(served);
                 // ALPN decides; a client that offered none speaks HTTP/1.1 (RFC 9113 §3.3:
                 // h2 over TLS is always negotiated).
                 let http = match stream.get_ref().1.alpn_protocol() {

@@ -102,8 +102,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// Builds the runtime of a validated config (reads the certificates). On reload,
-    /// `previous` is the runtime it replaces: the counters carry on from it.
+    /// Builds the runtime of a validated config (reads the certificates and the ticket
+    /// key file). On reload, `previous` is the runtime it replaces: the counters, the TLS
+    /// session cache and ticket keys carry on from it.
     pub fn new(config: &Config, previous: Option<&Runtime>) -> Result<Runtime, ListenerError> {
         let forwarder = match previous {
             Some(previous) => Forwarder::succeeding(config, &previous.forwarder)?,
@@ -115,7 +116,7 @@ impl Runtime {
                 .proxy_protocol
                 .as_ref()
                 .map(|p| p.kernel_filter.clone()),
-            tls: Tls::new(config)?,
+            tls: Tls::new(config, previous.map(|p| &p.tls))?,
             proxy: config.proxy_protocol.as_ref().map(|p| ProxySettings {
                 trust: p.trust.clone(),
                 timeout: p.timeout,

@@ -91,7 +91,7 @@ pub async fn proxy_with(config_text: &str, options: ForwardOptions) -> Proxy {
                 peer,
                 local: addr,
                 tls: false,
-                sni: None,
+                served_name: None,
                 proxy: Some(info.clone()),
                 upstream_pools: ConnPools::default(),
             });

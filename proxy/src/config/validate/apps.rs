@@ -13,13 +13,21 @@ use crate::config::keys::{join, nearest};
 use crate::config::warning::WarningKind;
 use crate::config::{App, AppTls, Route};
 
-/// All apps, sorted by name, and the checked `default_app`.
+/// All apps, sorted by name, and the checked app names of the top level.
+pub(super) struct Apps {
+    pub apps: Vec<App>,
+    pub default_app: Option<String>,
+    pub default_tls_app: Option<String>,
+}
+
+/// All apps, sorted by name, with the checked `default_app` and `default_tls_app`.
 pub(super) fn apps(
     cx: &mut Cx<'_>,
     apps: Option<BTreeMap<String, AppFile>>,
     default_app: Option<String>,
+    default_tls_app: Option<String>,
     ports: Ports,
-) -> Result<(Vec<App>, Option<String>), ConfigError> {
+) -> Result<Apps, ConfigError> {
     let no_apps = || ConfigError::NoApps {
         file: cx.file.to_owned(),
     };
@@ -60,30 +68,70 @@ pub(super) fn apps(
         return Err(no_apps());
     }
     served.sort_by(|a, b| a.name.cmp(&b.name));
-    let default_app = match default_app {
-        None => None,
-        Some(written) => {
-            let name = written.to_ascii_lowercase();
-            if served.iter().any(|a| a.name == name) {
-                Some(name)
-            } else {
-                let problem = if not_served.contains(&name) {
-                    ValueError::DroppedApp
-                } else {
-                    // default_app names an app; a server name there is a likely slip.
-                    let by_server_name = served.iter().find(|a| a.server_name == name);
-                    let nearest = by_server_name
-                        .map(|a| a.name.as_str())
-                        .or_else(|| nearest(&name, served.iter().map(|a| a.name.as_str())));
-                    ValueError::UnknownApp {
-                        nearest: nearest.map(str::to_owned),
-                    }
-                };
-                return Err(cx.invalid("default_app", shown(&written), problem));
-            }
-        }
+    let named = Named {
+        served: &served,
+        not_served: &not_served,
     };
-    Ok((served, default_app))
+    let default_app = default_app
+        .map(|written| named.check(cx, "default_app", &written, |_| true))
+        .transpose()?;
+    let default_tls_app = default_tls_app
+        .map(|written| {
+            let name = named.check(cx, "default_tls_app", &written, |a| a.tls.is_some())?;
+            match served.iter().find(|a| a.name == name) {
+                Some(app) if app.tls.is_none() => Err(cx.invalid(
+                    "default_tls_app",
+                    shown(&written),
+                    ValueError::NotTlsApp {
+                        tls_listener: ports.tls.is_some(),
+                    },
+                )),
+                _ => Ok(name),
+            }
+        })
+        .transpose()?;
+    Ok(Apps {
+        apps: served,
+        default_app,
+        default_tls_app,
+    })
+}
+
+/// The apps a top-level key may name.
+struct Named<'a> {
+    served: &'a [App],
+    not_served: &'a [String],
+}
+
+impl Named<'_> {
+    /// The lowercased name `written` when it names a served app; else an error on `key`
+    /// suggesting the nearest app among those `eligible` accepts.
+    fn check(
+        &self,
+        cx: &Cx<'_>,
+        key: &'static str,
+        written: &str,
+        eligible: impl Fn(&App) -> bool,
+    ) -> Result<String, ConfigError> {
+        let name = written.to_ascii_lowercase();
+        if self.served.iter().any(|a| a.name == name) {
+            return Ok(name);
+        }
+        let problem = if self.not_served.contains(&name) {
+            ValueError::DroppedApp
+        } else {
+            // The key names an app; a server name there is a likely slip.
+            let candidates = || self.served.iter().filter(|a| eligible(a));
+            let by_server_name = candidates().find(|a| a.server_name == name);
+            let nearest = by_server_name
+                .map(|a| a.name.as_str())
+                .or_else(|| nearest(&name, candidates().map(|a| a.name.as_str())));
+            ValueError::UnknownApp {
+                nearest: nearest.map(str::to_owned),
+            }
+        };
+        Err(cx.invalid(key, shown(written), problem))
+    }
 }
 
 /// One app, or `None` when it cannot be served (ACME-only certificate).
@@ -401,6 +449,40 @@ mod tests {
         let (key, p) = invalid(&app(PLAIN, &dup));
         assert_eq!(key, "apps.a.reverse_proxy[1].path");
         assert!(matches!(p, ValueError::DuplicateRoute));
+    }
+
+    #[test]
+    fn default_tls_app_must_name_an_app_with_tls() {
+        let tls_app = APP
+            .replace("apps.a", "apps.secure")
+            .replace("a.example", "secure.example")
+            + &format!("tls = {{ {CERTS} }}\n");
+        let (c, _) = ok(&format!(
+            "{BOTH}default_tls_app = \"Secure\"\n{APP}{tls_app}"
+        ));
+        assert_eq!(c.default_tls_app.as_deref(), Some("secure"));
+        // A plain-only app is named: refused, saying why.
+        let (key, p) = invalid(&format!("{BOTH}default_tls_app = \"a\"\n{APP}{tls_app}"));
+        assert_eq!(key, "default_tls_app");
+        assert!(matches!(p, ValueError::NotTlsApp { tls_listener: true }));
+        // A misspelling: the nearest TLS app, not the nearest app.
+        let (_, p) = invalid(&format!(
+            "{BOTH}default_tls_app = \"secur\"\n{APP}{tls_app}"
+        ));
+        assert!(matches!(p, ValueError::UnknownApp { nearest: Some(n) } if n == "secure"));
+        // Its server name: the app it belongs to.
+        let (_, p) = invalid(&format!(
+            "{BOTH}default_tls_app = \"secure.example\"\n{APP}{tls_app}"
+        ));
+        assert!(matches!(p, ValueError::UnknownApp { nearest: Some(n) } if n == "secure"));
+        // No TLS listener: no app has TLS.
+        let (_, p) = invalid(&format!("{PLAIN}default_tls_app = \"a\"\n{APP}"));
+        assert!(matches!(
+            p,
+            ValueError::NotTlsApp {
+                tls_listener: false
+            }
+        ));
     }
 
     #[test]
