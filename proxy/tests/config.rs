@@ -349,7 +349,7 @@ fn summary_prints_listeners_apps_routes_trust_and_the_kernel_filter_plan() {
         "    /api (as /v2) -> http://api.internal:9000/ (PROXY v1), http://api2.internal:9000/ [random], \
          HTTP/1.1 upstream, Forwarded header, upgrade-insecure-requests\n",
         "    / -> https://10.1.0.1:8443/ (PROXY v2), https://10.1.0.2:8443/ [round_robin], Host set to the upstream, HTTP/2 upstream\n",
-        "proxy protocol: required on every connection, header within 100ms\n",
+        "proxy protocol: required on every connection, first byte within 5s, header within 100ms of it\n",
         "  trusted load balancers: 10.0.0.0/8, 192.0.2.10/32, 2001:db8::/32\n",
         "kernel filter: XDP on eth0, eth1 (native), SYNs to ports 8080, 8443\n",
         "  optional: run with the user-space check if it cannot be loaded; observe only: count what would be dropped, pass it\n",

@@ -139,8 +139,14 @@ impl fmt::Display for Config {
             Some(pp) => {
                 writeln!(
                     f,
-                    "proxy protocol: required on every connection, header within {:?}",
-                    pp.timeout
+                    "proxy protocol: required on every connection, first byte within {:?}, header within {:?} of it{}",
+                    pp.first_byte_timeout,
+                    pp.timeout,
+                    if pp.accept_v1_mixed_families {
+                        "; v1 lines of mixed families accepted"
+                    } else {
+                        ""
+                    }
                 )?;
                 writeln!(f, "  trusted load balancers: {}", pp.trust)?;
                 let kf = &pp.kernel_filter;

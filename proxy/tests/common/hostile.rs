@@ -40,6 +40,18 @@ pub fn random_bytes(seed: u64, prefix: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The `trustgate_proxy_header_errors_total` kind the proxy counts for `bytes` sent and
+/// then the write side closed, as its own parser judges them (a verdict does not depend
+/// on how the bytes are split); `None` when they begin with a valid header.
+pub fn predicted_kind(bytes: &[u8]) -> Option<&'static str> {
+    use proxy::proxy_protocol::{Limits, parse};
+    match parse(bytes, &Limits::default()) {
+        Err(err) => Some(err.kind()),
+        Ok(None) => Some("eof"),
+        Ok(Some(_)) => None,
+    }
+}
+
 /// A `PROXY UNKNOWN` line of `len` bytes, CRLF included.
 fn unknown_line(len: usize) -> Vec<u8> {
     let mut line = b"PROXY UNKNOWN ".to_vec();
