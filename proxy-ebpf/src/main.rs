@@ -1,6 +1,6 @@
 //! trustgate's eBPF programs: entry points only. Both judge initial TCP SYNs by their
-//! source against the trusted-prefix tries and drop the untrusted ones, so an outsider
-//! gets no SYN-ACK and no RST. Parsing is in `parse`, the decision and counters in
+//! source against the prefix tries, pass those of either class (PROXY or DIRECT) and drop
+//! the rest, so an outsider gets no SYN-ACK and no RST. Parsing is in `parse`, the decision and counters in
 //! `decide`, the maps in `maps`. Neither program ever rewrites a packet.
 #![no_std]
 #![no_main]
