@@ -162,6 +162,8 @@ pub(crate) struct ExperimentalFile {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ProxyProtocolFile {
     pub trusted_proxies: Option<Vec<String>>,
+    /// trustgate's own: sources that connect without a PROXY header.
+    pub direct_sources: Option<Vec<String>>,
     pub timeout: Option<u64>,
     /// trustgate's own table.
     pub kernel_filter: Option<KernelFilterFile>,
