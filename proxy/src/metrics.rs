@@ -1,4 +1,5 @@
-//! Connection-level counters of user space: accepted, refused (untrusted peer, limits),
+//! Connection-level counters of user space: accepted, refused (untrusted peer, a direct
+//! source's PROXY header, limits),
 //! accept() failures, PROXY header and TLS failures by kind, active connections. Events
 //! an outsider can trigger are counted and logged at debug only; [`Metrics::summarize`]
 //! turns them into one periodic warning, and a [`Throttle`] lets through one warning per
@@ -28,16 +29,20 @@ pub enum TimeoutKind {
     Send,
     /// A tunnel carried no byte for `tunnel_idle_timeout`.
     TunnelIdle,
+    /// A direct source's first bytes did not tell, within the PROXY header `timeout`,
+    /// whether they open a PROXY header.
+    DirectFirstBytes,
 }
 
 impl TimeoutKind {
-    pub const ALL: [TimeoutKind; 6] = [
+    pub const ALL: [TimeoutKind; 7] = [
         TimeoutKind::RequestHeader,
         TimeoutKind::Keepalive,
         TimeoutKind::RequestBody,
         TimeoutKind::UpstreamRead,
         TimeoutKind::Send,
         TimeoutKind::TunnelIdle,
+        TimeoutKind::DirectFirstBytes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -48,6 +53,7 @@ impl TimeoutKind {
             TimeoutKind::UpstreamRead => "upstream_read",
             TimeoutKind::Send => "send",
             TimeoutKind::TunnelIdle => "tunnel_idle",
+            TimeoutKind::DirectFirstBytes => "direct_first_bytes",
         }
     }
 }
@@ -87,6 +93,8 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     pub active: AtomicU64,
     pub refused_untrusted: AtomicU64,
+    /// Connections from a `direct_sources` network that opened with a PROXY signature.
+    pub refused_direct_header: AtomicU64,
     pub refused_max_clients: AtomicU64,
     pub refused_per_ip: AtomicU64,
     /// Idle connections closed to make room for a new one at `max_clients`.
@@ -106,6 +114,7 @@ pub struct Snapshot {
     pub accept_errors: u64,
     pub active: u64,
     pub refused_untrusted: u64,
+    pub refused_direct_header: u64,
     pub refused_max_clients: u64,
     pub refused_per_ip: u64,
     pub shed: u64,
@@ -138,6 +147,7 @@ impl Metrics {
             accept_errors: load(&self.accept_errors),
             active: load(&self.active),
             refused_untrusted: load(&self.refused_untrusted),
+            refused_direct_header: load(&self.refused_direct_header),
             refused_max_clients: load(&self.refused_max_clients),
             refused_per_ip: load(&self.refused_per_ip),
             shed: load(&self.shed),
@@ -153,15 +163,17 @@ impl Metrics {
     pub fn summarize(&self, previous: &Snapshot) -> Snapshot {
         let now = self.snapshot();
         let untrusted = now.refused_untrusted - previous.refused_untrusted;
+        let direct_headers = now.refused_direct_header - previous.refused_direct_header;
         let limited = (now.refused_max_clients + now.refused_per_ip)
             - (previous.refused_max_clients + previous.refused_per_ip);
         let shed = now.shed - previous.shed;
         let bad_headers = now.header_errors_total() - previous.header_errors_total();
         let tls: u64 =
             now.tls_errors.values().sum::<u64>() - previous.tls_errors.values().sum::<u64>();
-        if untrusted + limited + shed + bad_headers + tls > 0 {
+        if untrusted + direct_headers + limited + shed + bad_headers + tls > 0 {
             warn!(
                 untrusted,
+                direct_with_proxy_header = direct_headers,
                 over_limits = limited,
                 idle_shed = shed,
                 bad_proxy_headers = bad_headers,
@@ -242,8 +254,10 @@ mod tests {
     fn summary_compares_with_the_previous_snapshot() {
         let m = Metrics::default();
         m.refused_untrusted.fetch_add(5, Ordering::Relaxed);
+        m.refused_direct_header.fetch_add(2, Ordering::Relaxed);
         let first = m.summarize(&Snapshot::default());
         assert_eq!(first.refused_untrusted, 5);
+        assert_eq!(first.refused_direct_header, 2);
         let second = m.summarize(&first);
         assert_eq!(second, first);
     }
