@@ -17,7 +17,7 @@ use common::netns::Lab;
 use common::wire::{inject_and_count_syn_acks, syn_fragments};
 use ipnet::IpNet;
 use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttached, XdpMode};
-use proxy::trust::TrustList;
+use proxy::trust::{Class, TrustList};
 use proxy_common::Counter;
 
 /// Long enough for a SYN-ACK over veth, short enough to keep the suite quick. A SYN
@@ -837,4 +837,182 @@ fn reload_moving_a_port_never_answers_an_outsider_with_generic_xdp() {
 #[test]
 fn reload_moving_a_port_never_answers_an_outsider_with_native_xdp() {
     reload_moving_a_port_under_a_syn_flood("native", "Native");
+}
+
+/// `proxy` as PROXY-class hosts, `direct` as DIRECT-class ones.
+fn classed(proxy: &[IpAddr], direct: &[IpAddr]) -> TrustList {
+    let p = proxy.iter().map(|a| (host(*a), Class::Proxy));
+    let d = direct.iter().map(|a| (host(*a), Class::Direct));
+    TrustList::with_classes(p.chain(d)).expect("no address in both classes")
+}
+
+/// The program whose counters `plan` keeps (none for classic BPF).
+fn counted(plan: &Plan) -> Option<Program> {
+    match plan {
+        Plan::Xdp { .. } => Some(Program::Xdp),
+        Plan::Socket => Some(Program::Socket),
+        Plan::ClassicSocket | Plan::Off => None,
+    }
+}
+
+/// The per-class counters of `program` (0 when it keeps none).
+fn by_class(kernel: &Kernel, program: Option<Program>) -> (u64, u64) {
+    match program {
+        Some(p) => (
+            counter(kernel, p, Counter::SynPassedProxy),
+            counter(kernel, p, Counter::SynPassedDirect),
+        ),
+        None => (0, 0),
+    }
+}
+
+/// Echo listeners on the host's v4 and v6 addresses behind `plan` with `list`; `None`
+/// after a skip.
+fn echo_pair(lab: &Lab, plan: &Plan, list: &TrustList) -> Option<(Kernel, Echo, Echo)> {
+    let s4 = Echo::bind(SocketAddr::new(lab.host4.into(), 0));
+    let s6 = Echo::bind(SocketAddr::new(lab.host6.into(), 0));
+    let ports = match plan {
+        Plan::Xdp { .. } => vec![s4.addr.port(), s6.addr.port()],
+        _ => Vec::new(),
+    };
+    let mut kernel = start(plan.clone(), list, &ports)?;
+    for s in [&s4, &s6] {
+        let kind = kernel.protect_listener(&s.listener).expect("attaching");
+        let want = match plan {
+            Plan::Socket => Some(SocketFilterKind::Ebpf),
+            Plan::ClassicSocket => Some(SocketFilterKind::Classic),
+            _ => None,
+        };
+        if kind != want {
+            common::skip(&format!(
+                "wanted a {want:?} socket filter, got {kind:?} (no CAP_BPF?)"
+            ));
+            return None;
+        }
+    }
+    Some((kernel, s4.serve(), s6.serve()))
+}
+
+/// PROXY-class and DIRECT-class sources both get through, each moving only its class's
+/// counter; a source of neither class gets no SYN-ACK. IPv4 and IPv6.
+fn both_classes_pass_the_filter(plan: impl Fn(&Lab) -> Plan) {
+    let Some(lab) = lab() else { return };
+    let plan = plan(&lab);
+    let list = classed(
+        &[lab.trusted4.into(), lab.trusted6.into()],
+        &[lab.direct4.into(), lab.direct6.into()],
+    );
+    let Some((kernel, s4, s6)) = echo_pair(&lab, &plan, &list) else {
+        return;
+    };
+    let program = counted(&plan);
+    for (proxy, direct, untrusted, dst) in [
+        (
+            IpAddr::from(lab.trusted4),
+            IpAddr::from(lab.direct4),
+            IpAddr::from(lab.untrusted4),
+            s4.addr,
+        ),
+        (
+            lab.trusted6.into(),
+            lab.direct6.into(),
+            lab.untrusted6.into(),
+            s6.addr,
+        ),
+    ] {
+        let before = by_class(&kernel, program);
+        assert_connects(&lab, proxy, dst, "proxy class");
+        let after_proxy = by_class(&kernel, program);
+        assert_connects(&lab, direct, dst, "direct class");
+        let after_direct = by_class(&kernel, program);
+        assert_times_out(&lab, untrusted, dst, "neither class");
+        if program.is_some() {
+            assert!(
+                after_proxy.0 > before.0 && after_proxy.1 == before.1,
+                "{proxy}: only the proxy counter moves: {before:?} -> {after_proxy:?}"
+            );
+            assert!(
+                after_direct.1 > after_proxy.1 && after_direct.0 == after_proxy.0,
+                "{direct}: only the direct counter moves: {after_proxy:?} -> {after_direct:?}"
+            );
+        }
+        assert_eq!(
+            by_class(&kernel, program),
+            after_direct,
+            "a dropped SYN is of no class"
+        );
+    }
+}
+
+#[test]
+fn both_classes_pass_the_ebpf_socket_filter() {
+    both_classes_pass_the_filter(|_| Plan::Socket);
+}
+
+#[test]
+fn both_classes_pass_the_classic_socket_filter() {
+    both_classes_pass_the_filter(|_| Plan::ClassicSocket);
+}
+
+#[test]
+fn both_classes_pass_generic_xdp() {
+    both_classes_pass_the_filter(|lab| Plan::Xdp {
+        interfaces: vec![lab.host_if.clone()],
+        attach: XdpMode::Generic,
+    });
+}
+
+/// A reload moves `direct4` from PROXY to DIRECT and back, in place: its SYNs pass
+/// throughout, counted under the class of the moment, and a connection made before each
+/// move stays up.
+fn reload_moves_a_host_between_classes(plan: impl Fn(&Lab) -> Plan) {
+    let Some(lab) = lab() else { return };
+    let plan = plan(&lab);
+    let as_proxy = classed(&[lab.trusted4.into(), lab.direct4.into()], &[]);
+    let as_direct = classed(&[lab.trusted4.into()], &[lab.direct4.into()]);
+    let Some((mut kernel, s4, _s6)) = echo_pair(&lab, &plan, &as_proxy) else {
+        return;
+    };
+    let program = counted(&plan);
+    let src = IpAddr::from(lab.direct4);
+    let mut established = assert_connects(&lab, src, s4.addr, "as a proxy");
+    let (proxy0, direct0) = by_class(&kernel, program);
+    kernel.sync(&as_direct).expect("moving it to direct");
+    roundtrip(&mut established, b"still up after the move to direct");
+    let mut second = assert_connects(&lab, src, s4.addr, "as a direct source");
+    let (proxy1, direct1) = by_class(&kernel, program);
+    assert_eq!(
+        (proxy1, direct1 - direct0),
+        (proxy0, 1),
+        "counted as direct after the move"
+    );
+    kernel.sync(&as_proxy).expect("moving it back to proxy");
+    roundtrip(&mut established, b"still up after the move back");
+    roundtrip(&mut second, b"the direct-time connection too");
+    assert_connects(&lab, src, s4.addr, "a proxy again");
+    let (proxy2, direct2) = by_class(&kernel, program);
+    assert_eq!(
+        (proxy2 - proxy1, direct2),
+        (1, direct1),
+        "counted as proxy after the move back"
+    );
+    assert_times_out(
+        &lab,
+        lab.untrusted4.into(),
+        s4.addr,
+        "an outsider throughout",
+    );
+}
+
+#[test]
+fn reload_moves_a_host_between_classes_with_the_ebpf_socket_filter() {
+    reload_moves_a_host_between_classes(|_| Plan::Socket);
+}
+
+#[test]
+fn reload_moves_a_host_between_classes_with_generic_xdp() {
+    reload_moves_a_host_between_classes(|lab| Plan::Xdp {
+        interfaces: vec![lab.host_if.clone()],
+        attach: XdpMode::Generic,
+    });
 }
