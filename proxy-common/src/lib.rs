@@ -13,12 +13,13 @@ pub const XDP_L3_PROGRAM: &str = "trustgate_xdp_l3";
 /// Name of the socket-filter program (the function name in proxy-ebpf).
 pub const SOCKET_PROGRAM: &str = "trustgate_socket";
 
-/// LPM trie of trusted IPv4 prefixes: key `Key<Ipv4Bytes>`, value [`TRUSTED`].
+/// LPM trie of admitted IPv4 prefixes: key `Key<Ipv4Bytes>`, value a [`Class`] byte
+/// ([`CLASS_PROXY`] or [`CLASS_DIRECT`]).
 pub const TRUSTED_V4_MAP: &str = "TRUSTED_V4";
-/// LPM trie of trusted IPv6 prefixes: key `Key<Ipv6Bytes>`, value [`TRUSTED`].
+/// LPM trie of admitted IPv6 prefixes: key `Key<Ipv6Bytes>`, value a [`Class`] byte.
 pub const TRUSTED_V6_MAP: &str = "TRUSTED_V6";
 /// Array of [`PORT_SLOTS`] flags, indexed by TCP destination port (host byte order):
-/// [`TRUSTED`] where the XDP program judges SYNs, 0 elsewhere.
+/// [`PORT_PROTECTED`] where the XDP program judges SYNs, 0 elsewhere.
 pub const PROTECTED_PORTS_MAP: &str = "PROTECTED_PORTS";
 /// Per-CPU counters of the XDP program, indexed by [`Counter`].
 pub const XDP_COUNTERS_MAP: &str = "XDP_COUNTERS";
@@ -36,8 +37,50 @@ pub const PORT_SLOTS: u32 = 65536;
 pub type Ipv4Bytes = [u8; 4];
 /// The data part of an IPv6 LPM key: the address in network byte order.
 pub type Ipv6Bytes = [u8; 16];
-/// Value stored for every trusted prefix (and every protected port).
-pub const TRUSTED: u8 = 1;
+/// Value of a protected port's slot in [`PROTECTED_PORTS_MAP`].
+pub const PORT_PROTECTED: u8 = 1;
+
+/// Trie value of a prefix of `trusted_proxies`: its SYNs pass, and each connection must
+/// open with a PROXY header. 1, the value every trusted prefix had before classes.
+pub const CLASS_PROXY: u8 = 1;
+/// Trie value of a prefix of `direct_sources`: its SYNs pass, and its connections must
+/// not open with a PROXY header (the peer is the client).
+pub const CLASS_DIRECT: u8 = 2;
+
+/// Who a source is, as the tries say: the longest prefix holding it decides. A source no
+/// prefix holds, or one whose value is no known class, is nobody: its SYNs are dropped.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Class {
+    /// A load balancer that sends a PROXY header ([`CLASS_PROXY`]).
+    Proxy = CLASS_PROXY,
+    /// A client allowed to connect as itself ([`CLASS_DIRECT`]).
+    Direct = CLASS_DIRECT,
+}
+
+impl Class {
+    /// The trie value.
+    pub const fn value(self) -> u8 {
+        self as u8
+    }
+
+    /// The class a trie value stands for; `None` (fail closed) for any other byte.
+    pub const fn from_value(value: u8) -> Option<Class> {
+        match value {
+            CLASS_PROXY => Some(Class::Proxy),
+            CLASS_DIRECT => Some(Class::Direct),
+            _ => None,
+        }
+    }
+
+    /// A stable lowercase name, used for metrics labels and `trustgate check`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Class::Proxy => "proxy",
+            Class::Direct => "direct",
+        }
+    }
+}
 
 /// How deep the XDP program walks IPv6 extension headers before it gives up and
 /// treats the frame as malformed (dropped when the source is untrusted).
@@ -83,10 +126,14 @@ pub enum Counter {
     DroppedMalformed = 6,
     /// Untrusted SYNs that observe-only mode let through.
     ObservedOnly = 7,
+    /// Passed SYNs (either family) whose source is of [`Class::Proxy`].
+    SynPassedProxy = 8,
+    /// Passed SYNs (either family) whose source is of [`Class::Direct`].
+    SynPassedDirect = 9,
 }
 
 /// Number of counter slots (the size of each counters map).
-pub const COUNTER_SLOTS: u32 = 8;
+pub const COUNTER_SLOTS: u32 = 10;
 
 impl Counter {
     /// Every counter, in slot order.
@@ -99,6 +146,8 @@ impl Counter {
         Counter::SynDroppedV6,
         Counter::DroppedMalformed,
         Counter::ObservedOnly,
+        Counter::SynPassedProxy,
+        Counter::SynPassedDirect,
     ];
 
     /// A stable snake_case name, used for metrics.
@@ -112,6 +161,8 @@ impl Counter {
             Counter::SynDroppedV6 => "syn_dropped_v6",
             Counter::DroppedMalformed => "dropped_malformed",
             Counter::ObservedOnly => "observed_only",
+            Counter::SynPassedProxy => "syn_passed_proxy",
+            Counter::SynPassedDirect => "syn_passed_direct",
         }
     }
 }
@@ -146,19 +197,31 @@ pub enum Verdict {
     Drop,
 }
 
-/// A verdict and the counters it moves (at most two: "seen" and the outcome).
+/// A verdict and the counters it moves (at most three: "seen", the outcome, and the
+/// passed SYN's class).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub verdict: Verdict,
     pub seen: Option<Counter>,
     pub outcome: Option<Counter>,
+    /// [`Counter::SynPassedProxy`] or [`Counter::SynPassedDirect`] for a judged SYN that
+    /// passed because of its source's class.
+    pub class: Option<Counter>,
 }
 
 /// The verdict table, shared by both programs and by user space's tests, so that the
-/// kernel and user space cannot disagree on what is dropped. Fails closed: a
-/// [`Segment::Truncated`] frame passes only when its source is known and trusted
-/// (`trusted` is `false` when the source could not be read at all).
-pub const fn decide(segment: Segment, trusted: bool, observe_only: bool) -> Decision {
+/// kernel and user space cannot disagree on what is dropped. `class` is what the tries
+/// say of the source ([`Class::from_value`] of the longest prefix's value). Both classes
+/// pass; `None` drops. Fails closed: a [`Segment::Truncated`] frame passes only when its
+/// source is known and of a class (`class` is `None` when the source could not be read).
+pub const fn decide(segment: Segment, class: Option<Class>, observe_only: bool) -> Decision {
+    let trusted = class.is_some();
+    let class_counter = match class {
+        Some(Class::Proxy) => Some(Counter::SynPassedProxy),
+        Some(Class::Direct) => Some(Counter::SynPassedDirect),
+        None => None,
+    };
+    let mut passed_class = None;
     let (verdict, seen, outcome) = match segment {
         Segment::Other => (Verdict::Pass, None, None),
         Segment::Syn {
@@ -179,6 +242,7 @@ pub const fn decide(segment: Segment, trusted: bool, observe_only: bool) -> Deci
                 ),
             };
             if trusted {
+                passed_class = class_counter;
                 (Verdict::Pass, Some(seen), Some(passed))
             } else {
                 (Verdict::Drop, Some(seen), Some(dropped))
@@ -192,12 +256,14 @@ pub const fn decide(segment: Segment, trusted: bool, observe_only: bool) -> Deci
             verdict: Verdict::Pass,
             seen,
             outcome: Some(Counter::ObservedOnly),
+            class: None,
         };
     }
     Decision {
         verdict,
         seen,
         outcome,
+        class: passed_class,
     }
 }
 
@@ -213,25 +279,55 @@ mod tests {
         family: Family::V6,
         port_protected: true,
     };
+    const PROXY: Option<Class> = Some(Class::Proxy);
+    const DIRECT: Option<Class> = Some(Class::Direct);
 
     #[test]
     fn trusted_syn_passes_and_counts() {
-        let d = decide(SYN4, true, false);
+        let d = decide(SYN4, PROXY, false);
         assert_eq!(d.verdict, Verdict::Pass);
         assert_eq!(d.seen, Some(Counter::SynSeenV4));
         assert_eq!(d.outcome, Some(Counter::SynPassedV4));
+        assert_eq!(d.class, Some(Counter::SynPassedProxy));
         assert_eq!(
-            decide(SYN6, true, false).outcome,
+            decide(SYN6, PROXY, false).outcome,
             Some(Counter::SynPassedV6)
         );
     }
 
     #[test]
+    fn direct_syn_passes_and_counts_as_direct() {
+        let d = decide(SYN6, DIRECT, false);
+        assert_eq!(d.verdict, Verdict::Pass);
+        assert_eq!(
+            (d.seen, d.outcome, d.class),
+            (
+                Some(Counter::SynSeenV6),
+                Some(Counter::SynPassedV6),
+                Some(Counter::SynPassedDirect)
+            )
+        );
+    }
+
+    #[test]
+    fn only_known_class_values_are_classes() {
+        assert_eq!(Class::from_value(CLASS_PROXY), Some(Class::Proxy));
+        assert_eq!(Class::from_value(CLASS_DIRECT), Some(Class::Direct));
+        for v in [0u8, 3, 0xff] {
+            assert_eq!(Class::from_value(v), None, "{v}");
+        }
+        for c in [Class::Proxy, Class::Direct] {
+            assert_eq!(Class::from_value(c.value()), Some(c));
+        }
+    }
+
+    #[test]
     fn untrusted_syn_to_protected_port_is_dropped() {
-        let d = decide(SYN6, false, false);
+        let d = decide(SYN6, None, false);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(d.seen, Some(Counter::SynSeenV6));
         assert_eq!(d.outcome, Some(Counter::SynDroppedV6));
+        assert_eq!(d.class, None);
     }
 
     #[test]
@@ -240,33 +336,34 @@ mod tests {
             family: Family::V4,
             port_protected: false,
         };
-        let d = decide(seg, false, false);
+        let d = decide(seg, None, false);
         assert_eq!(d.verdict, Verdict::Pass);
         assert_eq!((d.seen, d.outcome), (None, None));
     }
 
     #[test]
     fn other_segments_pass() {
-        assert_eq!(decide(Segment::Other, false, false).verdict, Verdict::Pass);
+        assert_eq!(decide(Segment::Other, None, false).verdict, Verdict::Pass);
     }
 
     #[test]
     fn truncated_fails_closed_unless_trusted() {
-        let d = decide(Segment::Truncated, false, false);
+        let d = decide(Segment::Truncated, None, false);
         assert_eq!(d.verdict, Verdict::Drop);
         assert_eq!(d.outcome, Some(Counter::DroppedMalformed));
         assert_eq!(
-            decide(Segment::Truncated, true, false).verdict,
+            decide(Segment::Truncated, DIRECT, false).verdict,
             Verdict::Pass
         );
     }
 
     #[test]
     fn observe_only_passes_what_it_would_drop() {
-        let d = decide(SYN4, false, true);
+        let d = decide(SYN4, None, true);
         assert_eq!(d.verdict, Verdict::Pass);
         assert_eq!(d.seen, Some(Counter::SynSeenV4));
         assert_eq!(d.outcome, Some(Counter::ObservedOnly));
+        assert_eq!(d.class, None, "an observed SYN is of no class");
     }
 
     #[test]

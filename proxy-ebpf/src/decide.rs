@@ -1,11 +1,12 @@
-//! From a parsed frame to a verdict: map lookups (trusted prefixes, protected ports,
-//! config), the shared verdict table `proxy_common::decide`, and the per-CPU counters.
-//! IPv4-mapped IPv6 sources are judged by the IPv4 trie, as user space does.
+//! From a parsed frame to a verdict: map lookups (the source's class in the prefix
+//! tries, protected ports, config), the shared verdict table `proxy_common::decide`, and
+//! the per-CPU counters. IPv4-mapped IPv6 sources are judged by the IPv4 trie, as user
+//! space does; a trie value that is no known class counts as no entry (fail closed).
 
 use aya_ebpf::maps::PerCpuArray;
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::programs::{SkBuffContext, XdpContext};
-use proxy_common::{CONFIG_OBSERVE_ONLY, Counter, Family, Segment, Verdict};
+use proxy_common::{CONFIG_OBSERVE_ONLY, Class, Counter, Family, Segment, Verdict};
 
 use crate::maps::{CONFIG, PROTECTED_PORTS, SOCKET_COUNTERS, TRUSTED_V4, TRUSTED_V6, XDP_COUNTERS};
 use crate::parse::{self, Addr, Frame, SkbBytes, XdpBytes};
@@ -31,31 +32,31 @@ pub fn socket(ctx: &SkBuffContext) -> Verdict {
 
 #[inline(always)]
 fn judge(frame: Frame, counters: &PerCpuArray<u64>, check_port: bool) -> Verdict {
-    let (segment, trusted) = match frame {
+    let (segment, class) = match frame {
         Frame::Other => return Verdict::Pass,
         Frame::Syn { src, dport } => {
             let port_protected = !check_port
                 || PROTECTED_PORTS
                     .get(u32::from(dport))
                     .is_some_and(|p| *p != 0);
-            let (family, trusted) = if port_protected {
+            let (family, class) = if port_protected {
                 lookup(src)
             } else {
-                (Family::V4, false)
+                (Family::V4, None)
             };
             (
                 Segment::Syn {
                     family,
                     port_protected,
                 },
-                trusted,
+                class,
             )
         }
         Frame::Truncated { src } => (
             Segment::Truncated,
             match src {
                 Some(src) => lookup(src).1,
-                None => false,
+                None => None,
             },
         ),
     };
@@ -63,26 +64,36 @@ fn judge(frame: Frame, counters: &PerCpuArray<u64>, check_port: bool) -> Verdict
         Some(config) => config.flags & CONFIG_OBSERVE_ONLY != 0,
         None => false,
     };
-    let decision = proxy_common::decide(segment, trusted, observe_only);
+    let decision = proxy_common::decide(segment, class, observe_only);
     bump(counters, decision.seen);
     bump(counters, decision.outcome);
+    bump(counters, decision.class);
     decision.verdict
 }
 
-/// The source's family for the counters, and whether a trusted prefix holds it.
+/// The source's family for the counters, and the class of the longest prefix holding it.
 #[inline(always)]
-fn lookup(src: Addr) -> (Family, bool) {
+fn lookup(src: Addr) -> (Family, Option<Class>) {
     match src {
-        Addr::V4(a) => (Family::V4, TRUSTED_V4.get(Key::new(32, a)).is_some()),
+        Addr::V4(a) => (Family::V4, class(TRUSTED_V4.get(Key::new(32, a)))),
         Addr::V6(a) => {
             let mapped = a[..10] == [0u8; 10] && a[10] == 0xff && a[11] == 0xff;
             if mapped {
                 let v4 = [a[12], a[13], a[14], a[15]];
-                (Family::V4, TRUSTED_V4.get(Key::new(32, v4)).is_some())
+                (Family::V4, class(TRUSTED_V4.get(Key::new(32, v4))))
             } else {
-                (Family::V6, TRUSTED_V6.get(Key::new(128, a)).is_some())
+                (Family::V6, class(TRUSTED_V6.get(Key::new(128, a))))
             }
         }
+    }
+}
+
+/// The class a trie value names; `None` for no entry and for an unknown value.
+#[inline(always)]
+fn class(value: Option<&u8>) -> Option<Class> {
+    match value {
+        Some(v) => Class::from_value(*v),
+        None => None,
     }
 }
 

@@ -1,7 +1,8 @@
 //! trustgate's eBPF programs: entry points only. All judge initial TCP SYNs by their
-//! source against the trusted-prefix tries and drop the untrusted ones, so an outsider
-//! gets no SYN-ACK and no RST. Parsing is in `parse`, the decision and counters in
-//! `decide`, the maps in `maps`. No program ever rewrites a packet.
+//! source against the prefix tries, pass those of either class (PROXY or DIRECT) and drop
+//! the rest, so an outsider gets no SYN-ACK and no RST. Parsing is in `parse`, the
+//! decision and counters in `decide`, the maps in `maps`. No program ever rewrites a
+//! packet.
 #![no_std]
 #![no_main]
 

@@ -8,11 +8,11 @@ use proxy_common::{
     COUNTER_SLOTS, FilterConfig, Ipv4Bytes, Ipv6Bytes, MAX_TRUSTED_PREFIXES, PORT_SLOTS,
 };
 
-/// Trusted IPv4 prefixes ([`proxy_common::TRUSTED_V4_MAP`]).
+/// Admitted IPv4 prefixes and their class byte ([`proxy_common::TRUSTED_V4_MAP`]).
 #[map]
 pub static TRUSTED_V4: LpmTrie<Ipv4Bytes, u8> = LpmTrie::with_max_entries(MAX_TRUSTED_PREFIXES, 0);
 
-/// Trusted IPv6 prefixes ([`proxy_common::TRUSTED_V6_MAP`]).
+/// Admitted IPv6 prefixes and their class byte ([`proxy_common::TRUSTED_V6_MAP`]).
 #[map]
 pub static TRUSTED_V6: LpmTrie<Ipv6Bytes, u8> = LpmTrie::with_max_entries(MAX_TRUSTED_PREFIXES, 0);
 

@@ -19,7 +19,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use proxy_common::Counter;
+use proxy_common::{Class, Counter};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
@@ -185,6 +185,10 @@ impl Collector for Scrape {
                 (
                     vec![("reason", "untrusted_peer".into())],
                     m.refused_untrusted,
+                ),
+                (
+                    vec![("reason", "direct_proxy_header".into())],
+                    m.refused_direct_header,
                 ),
                 (
                     vec![("reason", "max_clients".into())],
@@ -392,6 +396,7 @@ impl Scrape {
             &attached,
         )?;
         let mut syns = Vec::new();
+        let mut by_class = Vec::new();
         let mut malformed = Vec::new();
         let mut observed = Vec::new();
         for (program, c) in &counters {
@@ -423,6 +428,16 @@ impl Scrape {
                     syns.push((labels, c.get(slot)));
                 }
             }
+            for (class, slot) in [
+                (Class::Proxy, Counter::SynPassedProxy),
+                (Class::Direct, Counter::SynPassedDirect),
+            ] {
+                let labels = vec![
+                    ("program", program.to_string()),
+                    ("class", class.name().to_string()),
+                ];
+                by_class.push((labels, c.get(slot)));
+            }
             malformed.push((
                 vec![("program", program.to_string())],
                 c.get(Counter::DroppedMalformed),
@@ -437,6 +452,12 @@ impl Scrape {
             "kernel_syns",
             "Initial SYNs to protected ports judged in the kernel",
             &syns,
+        )?;
+        counter(
+            enc,
+            "kernel_syns_passed",
+            "Initial SYNs passed in the kernel, by the class of their source (proxy: trusted_proxies, direct: direct_sources)",
+            &by_class,
         )?;
         counter(
             enc,

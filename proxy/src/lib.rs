@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`config`]: the rpxy-format TOML file, validated into a typed [`config::Config`].
-//! - [`trust`]: the trusted-proxies list, shared by user space and the kernel maps.
+//! - [`trust`]: who may connect and as what (PROXY or DIRECT class, longest prefix),
+//!   shared by user space and the kernel maps.
 //! - [`kernel`]: loads, attaches and updates the eBPF trust filter (XDP or socket
 //!   filter), with a classic-BPF fallback; reads its counters.
 //! - [`proxy_protocol`]: the PROXY v1/v2 header parser, the reader that applies it

@@ -1,6 +1,7 @@
-//! Connection-level counters of user space: accepted, refused (untrusted peer, limits),
-//! accept() failures, PROXY header and TLS failures by kind, TLS handshakes by kind (full
-//! or resumed), active connections. Events
+//! Connection-level counters of user space: accepted, refused (untrusted peer, a direct
+//! source's PROXY header, limits), closed without a byte (health checks), accept()
+//! failures, PROXY header and TLS failures by kind, TLS handshakes by kind (full or
+//! resumed), active connections. Events
 //! an outsider can trigger are counted and logged at debug only; [`Metrics::summarize`]
 //! turns them into one periodic warning, and a [`Throttle`] lets through one warning per
 //! interval, so no flood can control the log's volume.
@@ -31,10 +32,13 @@ pub enum TimeoutKind {
     TunnelIdle,
     /// A connection from a trusted proxy sent no byte within `first_byte_timeout`.
     ProxyFirstByte,
+    /// A direct source's first bytes did not tell, within the PROXY header `timeout`,
+    /// whether they open a PROXY header.
+    DirectFirstBytes,
 }
 
 impl TimeoutKind {
-    pub const ALL: [TimeoutKind; 7] = [
+    pub const ALL: [TimeoutKind; 8] = [
         TimeoutKind::RequestHeader,
         TimeoutKind::Keepalive,
         TimeoutKind::RequestBody,
@@ -42,6 +46,7 @@ impl TimeoutKind {
         TimeoutKind::Send,
         TimeoutKind::TunnelIdle,
         TimeoutKind::ProxyFirstByte,
+        TimeoutKind::DirectFirstBytes,
     ];
 
     pub fn label(self) -> &'static str {
@@ -53,6 +58,7 @@ impl TimeoutKind {
             TimeoutKind::Send => "send",
             TimeoutKind::TunnelIdle => "tunnel_idle",
             TimeoutKind::ProxyFirstByte => "proxy_first_byte",
+            TimeoutKind::DirectFirstBytes => "direct_first_bytes",
         }
     }
 }
@@ -92,6 +98,8 @@ pub struct Metrics {
     pub accept_errors: AtomicU64,
     pub active: AtomicU64,
     pub refused_untrusted: AtomicU64,
+    /// Connections from a `direct_sources` network that opened with a PROXY signature.
+    pub refused_direct_header: AtomicU64,
     pub refused_max_clients: AtomicU64,
     pub refused_per_ip: AtomicU64,
     /// Connections from a trusted proxy closed before their first byte: TCP health
@@ -119,6 +127,7 @@ pub struct Snapshot {
     pub accept_errors: u64,
     pub active: u64,
     pub refused_untrusted: u64,
+    pub refused_direct_header: u64,
     pub refused_max_clients: u64,
     pub refused_per_ip: u64,
     pub shed: u64,
@@ -165,6 +174,7 @@ impl Metrics {
             accept_errors: load(&self.accept_errors),
             active: load(&self.active),
             refused_untrusted: load(&self.refused_untrusted),
+            refused_direct_header: load(&self.refused_direct_header),
             refused_max_clients: load(&self.refused_max_clients),
             refused_per_ip: load(&self.refused_per_ip),
             shed: load(&self.shed),
@@ -184,15 +194,17 @@ impl Metrics {
     pub fn summarize(&self, previous: &Snapshot) -> Snapshot {
         let now = self.snapshot();
         let untrusted = now.refused_untrusted - previous.refused_untrusted;
+        let direct_headers = now.refused_direct_header - previous.refused_direct_header;
         let limited = (now.refused_max_clients + now.refused_per_ip)
             - (previous.refused_max_clients + previous.refused_per_ip);
         let shed = now.shed - previous.shed;
         let bad_headers = now.header_errors_total() - previous.header_errors_total();
         let tls: u64 =
             now.tls_errors.values().sum::<u64>() - previous.tls_errors.values().sum::<u64>();
-        if untrusted + limited + shed + bad_headers + tls > 0 {
+        if untrusted + direct_headers + limited + shed + bad_headers + tls > 0 {
             warn!(
                 untrusted,
+                direct_with_proxy_header = direct_headers,
                 over_limits = limited,
                 idle_shed = shed,
                 bad_proxy_headers = bad_headers,
@@ -273,8 +285,10 @@ mod tests {
     fn summary_compares_with_the_previous_snapshot() {
         let m = Metrics::default();
         m.refused_untrusted.fetch_add(5, Ordering::Relaxed);
+        m.refused_direct_header.fetch_add(2, Ordering::Relaxed);
         let first = m.summarize(&Snapshot::default());
         assert_eq!(first.refused_untrusted, 5);
+        assert_eq!(first.refused_direct_header, 2);
         let second = m.summarize(&first);
         assert_eq!(second, first);
     }

@@ -652,7 +652,10 @@ async fn hostile_round(
         *v -= before.header_errors(kind);
     }
     delta.retain(|_, v| *v > 0);
-    assert_eq!(delta, expected, "each hostile header counted as its parser verdict");
+    assert_eq!(
+        delta, expected,
+        "each hostile header counted as its parser verdict"
+    );
     assert_eq!(
         hits.load(Ordering::SeqCst) - hits_before,
         served,

@@ -16,7 +16,7 @@ use proxy::config::{
     XdpMode,
 };
 use proxy::proxy_protocol::Version;
-use proxy::trust::TrustList;
+use proxy::trust::{Class, TrustList};
 
 const NO_FILE_CHECKS: LoadOptions = LoadOptions { check_files: false };
 
@@ -302,7 +302,17 @@ fn every_supported_key_is_parsed_to_its_value() {
         default_tls_app: Some("secure".into()),
         tls_ticket_key_file: Some(PathBuf::from("certs/ticket.keys")),
         proxy_protocol: Some(ProxyProtocolConfig {
-            trust: nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.10/32"]),
+            trust: TrustList::with_classes(
+                [
+                    ("10.0.0.0/8", Class::Proxy),
+                    ("2001:db8::/32", Class::Proxy),
+                    ("192.0.2.10/32", Class::Proxy),
+                    ("10.1.0.0/16", Class::Direct),
+                    ("198.51.100.7/32", Class::Direct),
+                ]
+                .map(|(n, c)| (n.parse::<IpNet>().expect("test network"), c)),
+            )
+            .expect("no network in both lists"),
             timeout: Duration::from_millis(100),
             first_byte_timeout: Duration::from_secs(5),
             accept_v1_mixed_families: false,
@@ -349,8 +359,11 @@ fn summary_prints_listeners_apps_routes_trust_and_the_kernel_filter_plan() {
         "    /api (as /v2) -> http://api.internal:9000/ (PROXY v1), http://api2.internal:9000/ [random], \
          HTTP/1.1 upstream, Forwarded header, upgrade-insecure-requests\n",
         "    / -> https://10.1.0.1:8443/ (PROXY v2), https://10.1.0.2:8443/ [round_robin], Host set to the upstream, HTTP/2 upstream\n",
-        "proxy protocol: required on every connection, first byte within 5s, header within 100ms of it\n",
-        "  trusted load balancers: 10.0.0.0/8, 192.0.2.10/32, 2001:db8::/32\n",
+        "proxy protocol: required from trusted load balancers, first byte within 5s, \
+         header within 100ms of it; refused from direct sources\n",
+        "  trusted load balancers (class proxy, send a PROXY header): 10.0.0.0/8, 192.0.2.10/32, 2001:db8::/32\n",
+        "  direct sources (class direct, connect as themselves): 10.1.0.0/16, 198.51.100.7/32\n",
+        "  where the lists nest, the longest prefix decides the class\n",
         "kernel filter: XDP on eth0, eth1 (native), SYNs to ports 8080, 8443\n",
         "  optional: run with the user-space check if it cannot be loaded; observe only: count what would be dropped, pass it\n",
         "metrics: http://[::1]:9464/metrics\n",

@@ -12,7 +12,7 @@ use common::frames::{self, *};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use proxy::kernel::{Kernel, KernelError, Plan, Program, ProgramCounters, XdpMode};
-use proxy::trust::TrustList;
+use proxy::trust::{Class, TrustList};
 use proxy_common::Counter;
 
 const XDP_DROP: u32 = 1;
@@ -31,6 +31,27 @@ fn list(nets: &[&str]) -> TrustList {
 
 fn default_list() -> TrustList {
     list(&["192.0.2.0/24", "2001:db8::/64"])
+}
+
+const DIRECT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
+const DIRECT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 0x20);
+/// Inside the PROXY /24, carved out as DIRECT by a /32.
+const CARVED4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 99);
+/// Inside the DIRECT /64, carved out as PROXY by a /128.
+const CARVED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xd, 0, 0, 0, 0, 0x99);
+
+/// PROXY: [`default_list`] and 2001:db8:d::99/128; DIRECT: 198.51.100.0/24,
+/// 192.0.2.99/32 and 2001:db8:d::/64. Each family nests one class in the other.
+fn classed_list() -> TrustList {
+    let p = ["192.0.2.0/24", "2001:db8::/64", "2001:db8:d::99/128"];
+    let d = ["198.51.100.0/24", "192.0.2.99/32", "2001:db8:d::/64"];
+    let net = |s: &&str| s.parse().expect("test prefix");
+    TrustList::with_classes(
+        p.iter()
+            .map(|s| (net(s), Class::Proxy))
+            .chain(d.iter().map(|s| (net(s), Class::Direct))),
+    )
+    .expect("no prefix in both classes")
 }
 
 /// A loaded program (not attached anywhere) and a way to run it and read counters.
@@ -112,9 +133,29 @@ impl Harness {
     }
 }
 
-const SEEN4_PASSED: &[Counter] = &[Counter::SynSeenV4, Counter::SynPassedV4];
+/// A passed SYN from a PROXY-class source (every prefix of [`list`]).
+const SEEN4_PASSED: &[Counter] = &[
+    Counter::SynSeenV4,
+    Counter::SynPassedV4,
+    Counter::SynPassedProxy,
+];
 const SEEN4_DROPPED: &[Counter] = &[Counter::SynSeenV4, Counter::SynDroppedV4];
-const SEEN6_PASSED: &[Counter] = &[Counter::SynSeenV6, Counter::SynPassedV6];
+const SEEN6_PASSED: &[Counter] = &[
+    Counter::SynSeenV6,
+    Counter::SynPassedV6,
+    Counter::SynPassedProxy,
+];
+/// A passed SYN from a DIRECT-class source.
+const SEEN4_DIRECT: &[Counter] = &[
+    Counter::SynSeenV4,
+    Counter::SynPassedV4,
+    Counter::SynPassedDirect,
+];
+const SEEN6_DIRECT: &[Counter] = &[
+    Counter::SynSeenV6,
+    Counter::SynPassedV6,
+    Counter::SynPassedDirect,
+];
 const SEEN6_DROPPED: &[Counter] = &[Counter::SynSeenV6, Counter::SynDroppedV6];
 const MALFORMED: &[Counter] = &[Counter::DroppedMalformed];
 const NONE: &[Counter] = &[];
@@ -147,6 +188,126 @@ fn xdp_trusted_syn_passes_untrusted_syn_drops() {
         XDP_DROP,
         SEEN6_DROPPED,
         "untrusted v6",
+    );
+}
+
+/// Both programs on the classed list: PROXY and DIRECT sources pass, each counted under
+/// its class (the longest prefix's), everyone else drops; mapped sources go by the IPv4
+/// trie.
+fn classes_pass_and_count_apart(h: &Harness) {
+    let cases = [
+        (tcp4(TRUSTED4, PORT, SYN), true, SEEN4_PASSED, "proxy v4"),
+        (tcp4(DIRECT4, PORT, SYN), true, SEEN4_DIRECT, "direct v4"),
+        (
+            tcp4(CARVED4, PORT, SYN),
+            true,
+            SEEN4_DIRECT,
+            "direct /32 inside a proxy /24",
+        ),
+        (
+            tcp6(DIRECT4.to_ipv6_mapped(), PORT, SYN),
+            true,
+            SEEN4_DIRECT,
+            "mapped direct",
+        ),
+        (
+            tcp4(UNTRUSTED4, PORT, SYN),
+            false,
+            SEEN4_DROPPED,
+            "neither v4",
+        ),
+        (tcp6(TRUSTED6, PORT, SYN), true, SEEN6_PASSED, "proxy v6"),
+        (tcp6(DIRECT6, PORT, SYN), true, SEEN6_DIRECT, "direct v6"),
+        (
+            tcp6(CARVED6, PORT, SYN),
+            true,
+            SEEN6_PASSED,
+            "proxy /128 inside a direct /64",
+        ),
+        (
+            tcp6(UNTRUSTED6, PORT, SYN),
+            false,
+            SEEN6_DROPPED,
+            "neither v6",
+        ),
+        (tcp4(DIRECT4, PORT, ACK), true, NONE, "direct ACK"),
+    ];
+    for (frame, pass, moved, name) in cases {
+        let (verdict, got_moved) = h.run(&frame);
+        let want = match (h.program, pass) {
+            (Program::Xdp | Program::XdpL3, true) => XDP_PASS,
+            (Program::Xdp | Program::XdpL3, false) => XDP_DROP,
+            (Program::Socket, true) => (frame.len() - 14) as u32,
+            (Program::Socket, false) => 0,
+        };
+        assert_eq!(verdict, want, "{name}: verdict");
+        assert_eq!(got_moved, moved, "{name}: counters that moved");
+    }
+    let c = h.counters();
+    assert_eq!(c.get(Counter::SynPassedProxy), 3, "proxy SYNs passed");
+    assert_eq!(c.get(Counter::SynPassedDirect), 4, "direct SYNs passed");
+    // The class counters split the passed SYNs, no more and no less.
+    assert_eq!(
+        c.get(Counter::SynPassedV4) + c.get(Counter::SynPassedV6),
+        c.get(Counter::SynPassedProxy) + c.get(Counter::SynPassedDirect)
+    );
+}
+
+#[test]
+fn xdp_passes_both_classes_counted_apart_and_drops_the_rest() {
+    let Some(h) = Harness::xdp(&classed_list()) else {
+        return;
+    };
+    classes_pass_and_count_apart(&h);
+}
+
+#[test]
+fn socket_filter_passes_both_classes_counted_apart_and_drops_the_rest() {
+    let Some(h) = Harness::socket(&classed_list()) else {
+        return;
+    };
+    classes_pass_and_count_apart(&h);
+}
+
+#[test]
+fn xdp_reload_moves_a_prefix_between_classes_in_place() {
+    let net = |s: &str| s.parse().expect("test prefix");
+    let with = |class_of_host| {
+        TrustList::with_classes([
+            (net("192.0.2.0/24"), Class::Proxy),
+            (net("198.51.100.20/32"), class_of_host),
+        ])
+        .expect("no conflict")
+    };
+    let Some(mut h) = Harness::xdp(&with(Class::Proxy)) else {
+        return;
+    };
+    h.assert_xdp(
+        &tcp4(DIRECT4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "as proxy",
+    );
+    h.kernel.sync(&with(Class::Direct)).expect("sync");
+    h.assert_xdp(
+        &tcp4(DIRECT4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_DIRECT,
+        "moved to direct",
+    );
+    h.kernel.sync(&with(Class::Proxy)).expect("sync");
+    h.assert_xdp(
+        &tcp4(DIRECT4, PORT, SYN),
+        XDP_PASS,
+        SEEN4_PASSED,
+        "moved back to proxy",
+    );
+    h.kernel.sync(&list(&["192.0.2.0/24"])).expect("sync");
+    h.assert_xdp(
+        &tcp4(DIRECT4, PORT, SYN),
+        XDP_DROP,
+        SEEN4_DROPPED,
+        "removed",
     );
 }
 

@@ -21,7 +21,7 @@ use common::scrape::Scrape;
 use common::wire::{inject_and_count_syn_acks, syn_fragments};
 use ipnet::IpNet;
 use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttached, XdpMode};
-use proxy::trust::TrustList;
+use proxy::trust::{Class, TrustList};
 use proxy_common::Counter;
 
 /// Long enough for a SYN-ACK over veth, short enough to keep the suite quick. A SYN
@@ -1080,4 +1080,456 @@ fn crafted_syns_carry_checksums_that_verify() {
     );
     let parsed = Tcp4::parse(&p).expect("an IPv4 TCP segment");
     assert_eq!((parsed.sport, parsed.dport, parsed.flags), (40001, 80, SYN));
+}
+
+/// `proxy` as PROXY-class hosts, `direct` as DIRECT-class ones.
+fn classed(proxy: &[IpAddr], direct: &[IpAddr]) -> TrustList {
+    let p = proxy.iter().map(|a| (host(*a), Class::Proxy));
+    let d = direct.iter().map(|a| (host(*a), Class::Direct));
+    TrustList::with_classes(p.chain(d)).expect("no address in both classes")
+}
+
+/// The program whose counters `plan` keeps (none for classic BPF).
+fn counted(plan: &Plan) -> Option<Program> {
+    match plan {
+        Plan::Xdp { .. } => Some(Program::Xdp),
+        Plan::Socket => Some(Program::Socket),
+        Plan::ClassicSocket | Plan::Off => None,
+    }
+}
+
+/// The per-class counters of `program` (0 when it keeps none).
+fn by_class(kernel: &Kernel, program: Option<Program>) -> (u64, u64) {
+    match program {
+        Some(p) => (
+            counter(kernel, p, Counter::SynPassedProxy),
+            counter(kernel, p, Counter::SynPassedDirect),
+        ),
+        None => (0, 0),
+    }
+}
+
+/// Echo listeners on the host's v4 and v6 addresses behind `plan` with `list`; `None`
+/// after a skip.
+fn echo_pair(lab: &Lab, plan: &Plan, list: &TrustList) -> Option<(Kernel, Echo, Echo)> {
+    let s4 = Echo::bind(SocketAddr::new(lab.host4.into(), 0));
+    let s6 = Echo::bind(SocketAddr::new(lab.host6.into(), 0));
+    let ports = match plan {
+        Plan::Xdp { .. } => vec![s4.addr.port(), s6.addr.port()],
+        _ => Vec::new(),
+    };
+    let mut kernel = start(plan.clone(), list, &ports)?;
+    for s in [&s4, &s6] {
+        let kind = kernel.protect_listener(&s.listener).expect("attaching");
+        let want = match plan {
+            Plan::Socket => Some(SocketFilterKind::Ebpf),
+            Plan::ClassicSocket => Some(SocketFilterKind::Classic),
+            _ => None,
+        };
+        if kind != want {
+            common::skip(&format!(
+                "wanted a {want:?} socket filter, got {kind:?} (no CAP_BPF?)"
+            ));
+            return None;
+        }
+    }
+    Some((kernel, s4.serve(), s6.serve()))
+}
+
+/// PROXY-class and DIRECT-class sources both get through, each moving only its class's
+/// counter; a source of neither class gets no SYN-ACK. IPv4 and IPv6.
+fn both_classes_pass_the_filter(plan: impl Fn(&Lab) -> Plan) {
+    let Some(lab) = lab() else { return };
+    let plan = plan(&lab);
+    let list = classed(
+        &[lab.trusted4.into(), lab.trusted6.into()],
+        &[lab.direct4.into(), lab.direct6.into()],
+    );
+    let Some((kernel, s4, s6)) = echo_pair(&lab, &plan, &list) else {
+        return;
+    };
+    let program = counted(&plan);
+    for (proxy, direct, untrusted, dst) in [
+        (
+            IpAddr::from(lab.trusted4),
+            IpAddr::from(lab.direct4),
+            IpAddr::from(lab.untrusted4),
+            s4.addr,
+        ),
+        (
+            lab.trusted6.into(),
+            lab.direct6.into(),
+            lab.untrusted6.into(),
+            s6.addr,
+        ),
+    ] {
+        let before = by_class(&kernel, program);
+        assert_connects(&lab, proxy, dst, "proxy class");
+        let after_proxy = by_class(&kernel, program);
+        assert_connects(&lab, direct, dst, "direct class");
+        let after_direct = by_class(&kernel, program);
+        assert_times_out(&lab, untrusted, dst, "neither class");
+        if program.is_some() {
+            assert!(
+                after_proxy.0 > before.0 && after_proxy.1 == before.1,
+                "{proxy}: only the proxy counter moves: {before:?} -> {after_proxy:?}"
+            );
+            assert!(
+                after_direct.1 > after_proxy.1 && after_direct.0 == after_proxy.0,
+                "{direct}: only the direct counter moves: {after_proxy:?} -> {after_direct:?}"
+            );
+        }
+        assert_eq!(
+            by_class(&kernel, program),
+            after_direct,
+            "a dropped SYN is of no class"
+        );
+    }
+}
+
+#[test]
+fn both_classes_pass_the_ebpf_socket_filter() {
+    both_classes_pass_the_filter(|_| Plan::Socket);
+}
+
+#[test]
+fn both_classes_pass_the_classic_socket_filter() {
+    both_classes_pass_the_filter(|_| Plan::ClassicSocket);
+}
+
+#[test]
+fn both_classes_pass_generic_xdp() {
+    both_classes_pass_the_filter(|lab| Plan::Xdp {
+        interfaces: vec![lab.host_if.clone()],
+        attach: XdpMode::Generic,
+    });
+}
+
+/// A reload moves `direct4` from PROXY to DIRECT and back, in place: its SYNs pass
+/// throughout, counted under the class of the moment, and a connection made before each
+/// move stays up.
+fn reload_moves_a_host_between_classes(plan: impl Fn(&Lab) -> Plan) {
+    let Some(lab) = lab() else { return };
+    let plan = plan(&lab);
+    let as_proxy = classed(&[lab.trusted4.into(), lab.direct4.into()], &[]);
+    let as_direct = classed(&[lab.trusted4.into()], &[lab.direct4.into()]);
+    let Some((mut kernel, s4, _s6)) = echo_pair(&lab, &plan, &as_proxy) else {
+        return;
+    };
+    let program = counted(&plan);
+    let src = IpAddr::from(lab.direct4);
+    let mut established = assert_connects(&lab, src, s4.addr, "as a proxy");
+    let (proxy0, direct0) = by_class(&kernel, program);
+    kernel.sync(&as_direct).expect("moving it to direct");
+    roundtrip(&mut established, b"still up after the move to direct");
+    let mut second = assert_connects(&lab, src, s4.addr, "as a direct source");
+    let (proxy1, direct1) = by_class(&kernel, program);
+    assert_eq!(
+        (proxy1, direct1 - direct0),
+        (proxy0, 1),
+        "counted as direct after the move"
+    );
+    kernel.sync(&as_proxy).expect("moving it back to proxy");
+    roundtrip(&mut established, b"still up after the move back");
+    roundtrip(&mut second, b"the direct-time connection too");
+    assert_connects(&lab, src, s4.addr, "a proxy again");
+    let (proxy2, direct2) = by_class(&kernel, program);
+    assert_eq!(
+        (proxy2 - proxy1, direct2),
+        (1, direct1),
+        "counted as proxy after the move back"
+    );
+    assert_times_out(
+        &lab,
+        lab.untrusted4.into(),
+        s4.addr,
+        "an outsider throughout",
+    );
+}
+
+#[test]
+fn reload_moves_a_host_between_classes_with_the_ebpf_socket_filter() {
+    reload_moves_a_host_between_classes(|_| Plan::Socket);
+}
+
+#[test]
+fn reload_moves_a_host_between_classes_with_generic_xdp() {
+    reload_moves_a_host_between_classes(|lab| Plan::Xdp {
+        interfaces: vec![lab.host_if.clone()],
+        attach: XdpMode::Generic,
+    });
+}
+
+/// trustgate on the lab's host end, v4 and v6 listeners, the demo upstream (which echoes
+/// the request's headers), `/metrics` on loopback: `proxy` must send PROXY headers,
+/// `direct` connect as themselves; `kernel_filter` is that table's body.
+fn classes_config(
+    lab: &Lab,
+    upstream: SocketAddr,
+    proxy: &[IpAddr],
+    direct: &[IpAddr],
+    kernel_filter: &str,
+) -> String {
+    let list = |a: &[IpAddr]| {
+        a.iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        r#"
+listen_port = 0
+listen_address_v4 = "{host4}"
+listen_address_v6 = "{host6}"
+default_app = "app"
+[apps.app]
+server_name = "app.test"
+[[apps.app.reverse_proxy]]
+upstream = [{{ location = "{upstream}" }}]
+[metrics]
+listen = "127.0.0.1:0"
+[experimental.tcp_recv_proxy_protocol]
+trusted_proxies = [{proxy}]
+direct_sources = [{direct}]
+# Generous: these tests are about classes, not timing, on a shared machine.
+timeout = 1000
+[experimental.tcp_recv_proxy_protocol.kernel_filter]
+{kernel_filter}
+"#,
+        host4 = lab.host4,
+        host6 = lab.host6,
+        proxy = list(proxy),
+        direct = list(direct),
+    )
+}
+
+fn socket_filter_table(_lab: &Lab) -> String {
+    "mode = \"socket\"".into()
+}
+
+fn generic_xdp_table(lab: &Lab) -> String {
+    format!(
+        "mode = \"xdp\"\ninterfaces = [\"{}\"]\nxdp_mode = \"generic\"",
+        lab.host_if
+    )
+}
+
+/// The gateway's listener of `dst`'s family.
+fn listener_for(gw: &common::gateway::Gateway, v6: bool) -> SocketAddr {
+    *gw.listeners
+        .iter()
+        .find(|a| a.is_ipv6() == v6)
+        .expect("a listener of each family")
+}
+
+/// A keep-alive connection from `src`, opening with a PROXY v1 header naming `named`
+/// when given.
+fn http_from(
+    lab: &Lab,
+    src: IpAddr,
+    dst: SocketAddr,
+    named: Option<SocketAddr>,
+) -> common::http1::Conn {
+    let stream = lab
+        .connect(src, dst, CONNECT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{src} -> {dst} should connect: {e}"));
+    common::http1::Conn::new(stream, named.map(|n| (n, dst))).expect("writing the header")
+}
+
+/// `GET /` on `conn`: asserts a 200 and that the upstream was told `client` (the demo
+/// upstream echoes the headers it got).
+fn assert_served_as(conn: &mut common::http1::Conn, client: IpAddr, case: &str) {
+    let (status, body) = conn
+        .get("/")
+        .unwrap_or_else(|e| panic!("{case}: no answer: {e}"));
+    assert_eq!(status, 200, "{case}: {body}");
+    let real_ip = format!("x-real-ip: {client}\n");
+    let xff = format!("x-forwarded-for: {client}\n");
+    assert!(
+        body.contains(&real_ip) && body.contains(&xff),
+        "{case}: the upstream should have been told {client}; it got:\n{body}"
+    );
+}
+
+fn assert_refused(conn: &mut common::http1::Conn, case: &str) {
+    if let Ok(answer) = conn.get("/") {
+        panic!("{case}: should have been refused, got {answer:?}");
+    }
+}
+
+fn scrape_of(gw: &mut common::gateway::Gateway) -> common::scrape::Scrape {
+    let metrics = gw.metrics_listener();
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime for scraping")
+        .block_on(common::scrape::scrape(metrics))
+}
+
+/// The trustgate binary with both classes, IPv4 and IPv6: a trusted load balancer's
+/// header names the client the upstream is told of; a direct source without a header is
+/// the client; a direct source that opens with a header is refused and counted; an
+/// outsider gets no SYN-ACK. The kernel counts passed SYNs by class.
+fn classes_end_to_end(table: fn(&Lab) -> String, program: &str) {
+    let Some(lab) = lab() else { return };
+    let (_upstream_rt, upstream) = common::upstream::demo_in_background();
+    let config = classes_config(
+        &lab,
+        upstream,
+        &[lab.trusted4.into(), lab.trusted6.into()],
+        &[lab.direct4.into(), lab.direct6.into()],
+        &table(&lab),
+    );
+    let mut gw = common::gateway::Gateway::start(&config, 2);
+    let named4: SocketAddr = "203.0.113.50:4000".parse().expect("literal");
+    let named6: SocketAddr = "[2001:db8:c::50]:4000".parse().expect("literal");
+    for (proxy, direct, untrusted, named) in [
+        (
+            IpAddr::from(lab.trusted4),
+            IpAddr::from(lab.direct4),
+            IpAddr::from(lab.untrusted4),
+            named4,
+        ),
+        (
+            lab.trusted6.into(),
+            lab.direct6.into(),
+            lab.untrusted6.into(),
+            named6,
+        ),
+    ] {
+        let dst = listener_for(&gw, proxy.is_ipv6());
+        let mut lb = http_from(&lab, proxy, dst, Some(named));
+        assert_served_as(&mut lb, named.ip(), "a load balancer's header");
+        let mut itself = http_from(&lab, direct, dst, None);
+        assert_served_as(&mut itself, direct, "a direct source without a header");
+        assert_served_as(&mut itself, direct, "its next request on the connection");
+        let mut spoofing = http_from(&lab, direct, dst, Some(named));
+        assert_refused(&mut spoofing, "a direct source naming another client");
+        assert_times_out(&lab, untrusted, dst, "a source of neither class");
+    }
+    let scrape = scrape_of(&mut gw);
+    assert_eq!(
+        scrape.refused("direct_proxy_header"),
+        2,
+        "one refusal per family"
+    );
+    let passed = |class: &str| {
+        scrape.get(&format!(
+            "trustgate_kernel_syns_passed_total{{program=\"{program}\",class=\"{class}\"}}"
+        ))
+    };
+    assert!(passed("proxy") >= 2, "proxy SYNs: {}", passed("proxy"));
+    assert!(passed("direct") >= 4, "direct SYNs: {}", passed("direct"));
+    assert_eq!(
+        scrape.refused("untrusted_peer"),
+        0,
+        "the kernel dropped them"
+    );
+    assert_eq!(
+        scrape.header_errors_by_kind(),
+        Default::default(),
+        "no header errors"
+    );
+}
+
+#[test]
+fn trustgate_serves_both_classes_and_refuses_a_direct_header_with_the_socket_filter() {
+    classes_end_to_end(socket_filter_table, "socket");
+}
+
+#[test]
+fn trustgate_serves_both_classes_and_refuses_a_direct_header_with_generic_xdp() {
+    classes_end_to_end(generic_xdp_table, "xdp");
+}
+
+/// Rewrites the config and reloads it with SIGHUP; panics unless it is applied.
+fn reload_to(gw: &mut common::gateway::Gateway, config: &str) {
+    use common::gateway::message;
+    std::fs::write(&gw.config_path, config).expect("rewriting the config");
+    gw.signal(nix::sys::signal::Signal::SIGHUP);
+    let outcome = gw
+        .wait_for(
+            |e| message(e).is_some_and(|m| m == "config reloaded" || m.starts_with("reload ")),
+            RELOAD_TIMEOUT,
+        )
+        .and_then(|e| message(&e).map(String::from));
+    assert_eq!(
+        outcome.as_deref(),
+        Some("config reloaded"),
+        "log:\n{}",
+        gw.log()
+    );
+}
+
+/// A reload moves `direct4` from trusted_proxies to direct_sources and back: each time
+/// new connections follow its new class at once, and the connections made before, of
+/// either class, go on being served as they were.
+fn reload_moves_a_host_between_classes_end_to_end(table: fn(&Lab) -> String) {
+    let Some(lab) = lab() else { return };
+    let (_upstream_rt, upstream) = common::upstream::demo_in_background();
+    let moving = IpAddr::from(lab.direct4);
+    let as_proxy = classes_config(
+        &lab,
+        upstream,
+        &[lab.trusted4.into(), moving],
+        &[],
+        &table(&lab),
+    );
+    let as_direct = classes_config(
+        &lab,
+        upstream,
+        &[lab.trusted4.into()],
+        &[moving],
+        &table(&lab),
+    );
+    let mut gw = common::gateway::Gateway::start(&as_proxy, 2);
+    let dst = listener_for(&gw, false);
+    let named: SocketAddr = "203.0.113.60:4000".parse().expect("literal");
+    let mut relayed = http_from(&lab, moving, dst, Some(named));
+    assert_served_as(&mut relayed, named.ip(), "as a load balancer");
+
+    reload_to(&mut gw, &as_direct);
+    assert_served_as(
+        &mut relayed,
+        named.ip(),
+        "the relayed connection after the move",
+    );
+    let mut itself = http_from(&lab, moving, dst, None);
+    assert_served_as(&mut itself, moving, "as a direct source");
+    assert_refused(
+        &mut http_from(&lab, moving, dst, Some(named)),
+        "a header once direct",
+    );
+
+    reload_to(&mut gw, &as_proxy);
+    assert_served_as(
+        &mut relayed,
+        named.ip(),
+        "the relayed connection, moved back",
+    );
+    assert_served_as(
+        &mut itself,
+        moving,
+        "the direct connection after the move back",
+    );
+    assert_refused(
+        &mut http_from(&lab, moving, dst, None),
+        "no header once a load balancer again",
+    );
+    let mut again = http_from(&lab, moving, dst, Some(named));
+    assert_served_as(&mut again, named.ip(), "a load balancer again");
+    let scrape = scrape_of(&mut gw);
+    assert_eq!(scrape.refused("direct_proxy_header"), 1);
+    let header_errors: u64 = scrape.header_errors_by_kind().values().sum();
+    assert_eq!(header_errors, 1, "the headerless one, moved back");
+}
+
+#[test]
+fn reload_moves_a_host_between_classes_end_to_end_with_the_socket_filter() {
+    reload_moves_a_host_between_classes_end_to_end(socket_filter_table);
+}
+
+#[test]
+fn reload_moves_a_host_between_classes_end_to_end_with_generic_xdp() {
+    reload_moves_a_host_between_classes_end_to_end(generic_xdp_table);
 }

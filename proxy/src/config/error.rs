@@ -154,6 +154,13 @@ pub enum ValueError {
     #[error("listed twice")]
     Duplicate,
     #[error(
+        "the same network as {other} = \"{other_value}\": a source either sends a PROXY header \
+         (trusted_proxies) or connects as itself (direct_sources), never both; keep it in one \
+         list (a narrower prefix of one list inside a broader one of the other is allowed: \
+         the longest prefix decides)"
+    )]
+    InBothLists { other: String, other_value: String },
+    #[error(
         "not a size: write bytes (1048576), a number with k, m or g (\"10m\" = 10 MiB), \
          or \"unlimited\""
     )]

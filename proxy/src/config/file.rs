@@ -166,6 +166,8 @@ pub(crate) struct ExperimentalFile {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ProxyProtocolFile {
     pub trusted_proxies: Option<Vec<String>>,
+    /// trustgate's own: sources that connect without a PROXY header.
+    pub direct_sources: Option<Vec<String>>,
     pub timeout: Option<u64>,
     /// trustgate's own keys: the wait for the first byte (ms), and nginx stream's v1
     /// lines whose two addresses differ in family.

@@ -415,7 +415,9 @@ pub enum UpstreamHttp {
 /// `[experimental.tcp_recv_proxy_protocol]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyProtocolConfig {
-    /// The load balancers allowed to connect and send a PROXY header; never empty.
+    /// Who may connect, by class: the load balancers that must send a PROXY header
+    /// (`trusted_proxies`, never empty) and the sources that must not
+    /// (`direct_sources`); the longest prefix decides.
     pub trust: TrustList,
     /// How long the header may take from its first byte (`timeout` ms; 50 ms by default,
     /// 5 s for `0`).

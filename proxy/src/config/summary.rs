@@ -9,6 +9,7 @@ use super::{
     App, Config, HostHeader, KernelFilterMode, Route, UpstreamHttp, UpstreamOptions, XdpMode,
 };
 use crate::proxy_protocol::Version;
+use crate::trust::Class;
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,18 +138,43 @@ impl fmt::Display for Config {
                 "proxy protocol: off (the TCP peer is the client); no kernel filter"
             )?,
             Some(pp) => {
+                let direct = pp.trust.of_class(Class::Direct);
+                let mixed = if pp.accept_v1_mixed_families {
+                    "; v1 lines of mixed families accepted"
+                } else {
+                    ""
+                };
+                if direct.is_empty() {
+                    writeln!(
+                        f,
+                        "proxy protocol: required on every connection, first byte within {:?}, \
+                         header within {:?} of it{mixed}",
+                        pp.first_byte_timeout, pp.timeout
+                    )?;
+                } else {
+                    writeln!(
+                        f,
+                        "proxy protocol: required from trusted load balancers, first byte within \
+                         {:?}, header within {:?} of it{mixed}; refused from direct sources",
+                        pp.first_byte_timeout, pp.timeout
+                    )?;
+                }
                 writeln!(
                     f,
-                    "proxy protocol: required on every connection, first byte within {:?}, header within {:?} of it{}",
-                    pp.first_byte_timeout,
-                    pp.timeout,
-                    if pp.accept_v1_mixed_families {
-                        "; v1 lines of mixed families accepted"
-                    } else {
-                        ""
-                    }
+                    "  trusted load balancers (class proxy, send a PROXY header): {}",
+                    nets(&pp.trust.of_class(Class::Proxy))
                 )?;
-                writeln!(f, "  trusted load balancers: {}", pp.trust)?;
+                if !direct.is_empty() {
+                    writeln!(
+                        f,
+                        "  direct sources (class direct, connect as themselves): {}",
+                        nets(&direct)
+                    )?;
+                    writeln!(
+                        f,
+                        "  where the lists nest, the longest prefix decides the class"
+                    )?;
+                }
                 let kf = &pp.kernel_filter;
                 let ports = self
                     .listeners
@@ -192,7 +218,7 @@ impl fmt::Display for Config {
                         if kf.observe_only {
                             "observe only: count what would be dropped, pass it"
                         } else {
-                            "drops untrusted SYNs"
+                            "drops SYNs from sources of neither class"
                         }
                     )?;
                 }
@@ -292,4 +318,12 @@ fn size(bytes: u64) -> String {
         }
     }
     format!("{bytes} bytes")
+}
+
+/// Networks, `, `-separated.
+fn nets(list: &[ipnet::IpNet]) -> String {
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -1,7 +1,9 @@
 //! The classic-BPF fallback of the socket filter, generated from a [`TrustList`] and
 //! attached with SO_ATTACH_FILTER, which needs no privilege. Same decision as the eBPF
-//! program: an initial SYN (SYN set, ACK clear) passes only from a trusted source;
-//! every other segment passes. It keeps no counters (classic BPF has no maps).
+//! program: an initial SYN (SYN set, ACK clear) passes only from a source some prefix
+//! holds, of either class (PROXY or DIRECT: the class matters to user space only, so any
+//! match accepts and the longest-prefix order is moot); every other segment passes. It
+//! keeps no counters (classic BPF has no maps).
 //!
 //! On a TCP socket the filter runs with `skb->data` at the TCP header, so the flags are
 //! at absolute offset 13; addresses are read relative to the network header
@@ -77,13 +79,19 @@ pub fn program(trust: &TrustList) -> Result<Vec<SockFilter>, TooLong> {
     let v4_start = p.len();
     v4_block(
         &mut p,
-        trust.v4().iter().map(|n| (n.network(), n.prefix_len())),
+        trust
+            .v4()
+            .iter()
+            .map(|(n, _)| (n.network(), n.prefix_len())),
     );
     let v6_start = p.len();
     p[ja_to_v6] = stmt(BPF_JMP | BPF_JA, (v6_start - v4_start) as u32);
     v6_block(
         &mut p,
-        trust.v6().iter().map(|n| (n.network(), n.prefix_len())),
+        trust
+            .v6()
+            .iter()
+            .map(|(n, _)| (n.network(), n.prefix_len())),
     );
     if p.len() > MAX_INSTRUCTIONS {
         return Err(TooLong { needed: p.len() });
@@ -185,6 +193,24 @@ mod tests {
         assert_eq!(small.len(), 15);
         // +4 for the second v4 prefix, +4 for a /32 v6 prefix (one word).
         assert_eq!(big.len(), 23);
+    }
+
+    #[test]
+    fn direct_prefixes_are_admitted_like_proxy_ones() {
+        use crate::trust::Class;
+        let both = TrustList::with_classes([
+            ("127.0.0.1/32".parse().expect("test prefix"), Class::Proxy),
+            ("10.0.0.0/8".parse().expect("test prefix"), Class::Direct),
+            ("2001:db8::/32".parse().expect("test prefix"), Class::Direct),
+        ])
+        .expect("no conflict");
+        let same = list(&["127.0.0.1/32", "10.0.0.0/8", "2001:db8::/32"]);
+        // SockFilter shows nothing of its fields; a filter that left the direct prefixes
+        // out would be 8 instructions shorter (the netns tests run both for real).
+        assert_eq!(
+            program(&both).expect("fits").len(),
+            program(&same).expect("fits").len()
+        );
     }
 
     #[test]

@@ -1,15 +1,16 @@
-//! Typed access to the filter's maps: pushes a [`TrustList`] into the LPM tries (new
-//! entries first, then stale ones removed, so no prefix that stays trusted is ever
-//! missing), fills the protected ports and the config record, reads the counters.
+//! Typed access to the filter's maps: pushes a [`TrustList`] into the LPM tries, each
+//! prefix's value its class byte (new entries and class changes first, written in place,
+//! then stale ones removed, so no prefix that stays admitted is ever missing), fills the
+//! protected ports and the config record, reads the counters.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use aya::Ebpf;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, MapData, MapError, PerCpuArray};
 use proxy_common::{
     CONFIG_MAP, CONFIG_OBSERVE_ONLY, COUNTER_SLOTS, Counter, FilterConfig, Ipv4Bytes, Ipv6Bytes,
-    MAX_TRUSTED_PREFIXES, PROTECTED_PORTS_MAP, TRUSTED, TRUSTED_V4_MAP, TRUSTED_V6_MAP,
+    MAX_TRUSTED_PREFIXES, PORT_PROTECTED, PROTECTED_PORTS_MAP, TRUSTED_V4_MAP, TRUSTED_V6_MAP,
 };
 
 use super::KernelError;
@@ -26,7 +27,7 @@ impl ProgramCounters {
     }
 }
 
-/// Makes the tries hold exactly the prefixes of `trust`.
+/// Makes the tries hold exactly the prefixes of `trust`, each with its class.
 pub(super) fn sync_trust(ebpf: &mut Ebpf, trust: &TrustList) -> Result<(), KernelError> {
     for (family, count) in [("IPv4", trust.v4().len()), ("IPv6", trust.v6().len())] {
         if count > MAX_TRUSTED_PREFIXES as usize {
@@ -37,24 +38,27 @@ pub(super) fn sync_trust(ebpf: &mut Ebpf, trust: &TrustList) -> Result<(), Kerne
             });
         }
     }
-    let v4: BTreeSet<(u32, Ipv4Bytes)> = trust
+    let v4: BTreeMap<(u32, Ipv4Bytes), u8> = trust
         .v4()
         .iter()
-        .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+        .map(|(n, c)| ((u32::from(n.prefix_len()), n.network().octets()), c.value()))
         .collect();
-    let v6: BTreeSet<(u32, Ipv6Bytes)> = trust
+    let v6: BTreeMap<(u32, Ipv6Bytes), u8> = trust
         .v6()
         .iter()
-        .map(|n| (u32::from(n.prefix_len()), n.network().octets()))
+        .map(|(n, c)| ((u32::from(n.prefix_len()), n.network().octets()), c.value()))
         .collect();
     sync_trie(ebpf, TRUSTED_V4_MAP, &v4)?;
     sync_trie(ebpf, TRUSTED_V6_MAP, &v6)
 }
 
+/// Writes the entries of `want` that are missing or hold another value (an update in
+/// place: the kernel swaps one element's value atomically, so a prefix moving between
+/// classes is never absent), then removes the entries `want` lacks.
 fn sync_trie<K>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    want: &BTreeSet<(u32, K)>,
+    want: &BTreeMap<(u32, K), u8>,
 ) -> Result<(), KernelError>
 where
     K: aya::Pod + Ord + Copy,
@@ -64,17 +68,19 @@ where
         .ok_or(KernelError::MissingInObject { name })?;
     let mut trie: LpmTrie<&mut MapData, K, u8> =
         LpmTrie::try_from(map).map_err(|source| map_error(name, source))?;
-    let have: BTreeSet<(u32, K)> = trie
-        .keys()
-        .map(|k| k.map(|k| (k.prefix_len(), k.data())))
+    let have: BTreeMap<(u32, K), u8> = trie
+        .iter()
+        .map(|entry| entry.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
         .collect::<Result<_, _>>()
         .map_err(|source| map_error(name, source))?;
-    for (len, addr) in want.difference(&have) {
-        trie.insert(&Key::new(*len, *addr), TRUSTED, 0)
-            .map_err(|source| map_error(name, source))?;
+    for (&(len, addr), &value) in want {
+        if have.get(&(len, addr)) != Some(&value) {
+            trie.insert(&Key::new(len, addr), value, 0)
+                .map_err(|source| map_error(name, source))?;
+        }
     }
-    for (len, addr) in have.difference(want) {
-        trie.remove(&Key::new(*len, *addr))
+    for &(len, addr) in have.keys().filter(|k| !want.contains_key(k)) {
+        trie.remove(&Key::new(len, addr))
             .map_err(|source| map_error(name, source))?;
     }
     Ok(())
@@ -90,7 +96,7 @@ pub(super) fn set_ports(ebpf: &mut Ebpf, old: &[u16], new: &[u16]) -> Result<(),
         Array::try_from(map).map_err(|source| map_error(name, source))?;
     for port in new {
         array
-            .set(u32::from(*port), TRUSTED, 0)
+            .set(u32::from(*port), PORT_PROTECTED, 0)
             .map_err(|source| map_error(name, source))?;
     }
     for port in old.iter().filter(|p| !new.contains(p)) {

@@ -187,7 +187,9 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
-    #[error("{count} trusted {family} prefixes; the kernel maps hold at most {max}")]
+    #[error(
+        "trusted_proxies and direct_sources hold {count} {family} prefixes together; the kernel maps hold at most {max}: merge adjacent networks"
+    )]
     TooManyPrefixes {
         family: &'static str,
         count: usize,

@@ -1,4 +1,5 @@
-//! A connection's life after accept: the connection limits, the user-space trust check,
+//! A connection's life after accept: the connection limits, the user-space trust check
+//! (a direct source's first bytes screened for a PROXY signature instead of a header),
 //! the PROXY header under its deadlines (the first byte from accept, the header from its
 //! first byte), TLS by SNI on the TLS port, then
 //! hyper's HTTP/1.1 or h2 server over the forwarder (h2 by ALPN, or by its preface on a
@@ -23,11 +24,12 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked};
+use super::direct::{self, Screened};
 use super::{Protocol, Runtime, Server};
 use crate::forward::{ConnContext, ConnPools};
 use crate::metrics::{Metrics, TimeoutCounts, TimeoutKind};
 use crate::proxy_protocol::{self, Deadlines, ReadError, Rewind, read_header};
-use crate::trust::normalize;
+use crate::trust::{Class, normalize};
 
 /// How long a client may take over the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,10 +139,66 @@ impl Server {
             ))
             .await;
         };
-        if !proxy.trust.contains(peer.ip()) {
-            metrics.refused_untrusted.fetch_add(1, Ordering::Relaxed);
-            debug!("refused: peer is not a trusted proxy");
-            return;
+        match proxy.trust.class(peer.ip()) {
+            None => {
+                metrics.refused_untrusted.fetch_add(1, Ordering::Relaxed);
+                debug!("refused: peer is not a trusted proxy");
+                return;
+            }
+            Some(Class::Proxy) => {}
+            Some(Class::Direct) => {
+                // Boxed, as `admitted` is: a waiting connection's task stays small.
+                let deadlines = Deadlines {
+                    first_byte: accepted_at + proxy.first_byte_timeout,
+                    header: proxy.timeout,
+                };
+                let screened = Box::pin(direct::screen(stream, deadlines));
+                match screened.await {
+                    Ok(Screened::Plain(stream)) => {
+                        debug!("direct source: no PROXY header, the peer is the client");
+                        let facts = Facts {
+                            peer,
+                            client: peer,
+                            local,
+                            proxy: None,
+                            protocol,
+                        };
+                        return Box::pin(self.admitted(stream, facts, runtime.clone(), activity))
+                            .await;
+                    }
+                    Ok(Screened::Signature(version)) => {
+                        metrics
+                            .refused_direct_header
+                            .fetch_add(1, Ordering::Relaxed);
+                        debug!(version = ?version, "refused: a direct source sent a PROXY header");
+                    }
+                    Ok(Screened::NoData) => {
+                        metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                        debug!("direct source closed before any byte: a health check");
+                    }
+                    Ok(Screened::NoFirstByte) => {
+                        runtime
+                            .forwarder
+                            .timeouts()
+                            .bump(TimeoutKind::ProxyFirstByte);
+                        debug!("direct source: no byte before first_byte_timeout; closing");
+                    }
+                    Ok(Screened::Closed { received }) => {
+                        debug!(received, "direct source closed before its first bytes told");
+                    }
+                    Ok(Screened::Timeout { received }) => {
+                        runtime
+                            .forwarder
+                            .timeouts()
+                            .bump(TimeoutKind::DirectFirstBytes);
+                        debug!(received, "direct source: first bytes too late; closing");
+                    }
+                    Err(err) => {
+                        debug!(error = %err, "direct source: reading its first bytes failed");
+                    }
+                }
+                return;
+            }
         }
         let deadlines = Deadlines {
             first_byte: accepted_at + proxy.first_byte_timeout,

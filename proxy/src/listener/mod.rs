@@ -1,6 +1,7 @@
 //! The listeners and the running server: binding (`bind`), the accept loop with backoff,
 //! a connection's life (`conn`: trust check, PROXY header under its deadline, TLS by SNI,
-//! HTTP/1.1 and h2 over the forwarder), its waits (`clock`: head, keep-alive, h2 idle and
+//! HTTP/1.1 and h2 over the forwarder; `direct`: the PROXY-signature screen of a direct
+//! source's first bytes), its waits (`clock`: head, keep-alive, h2 idle and
 //! send deadlines), slots (`shed`: the idle connection goes first at `max_clients`),
 //! reload (new runtime, kernel trusted list in place,
 //! listeners re-bound where their addresses changed) and graceful drain. In XDP mode it
@@ -11,6 +12,7 @@
 mod bind;
 mod clock;
 mod conn;
+mod direct;
 mod shed;
 
 use std::collections::HashSet;

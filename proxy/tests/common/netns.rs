@@ -1,8 +1,9 @@
 //! Throwaway networks for kernel tests. [`Lab`]: a namespace joined to the host by a
-//! veth pair, with IPv4 and IPv6 addresses on both ends, a trusted and an untrusted
-//! client address in the namespace. [`TunLab`]: a namespace holding a tun device whose
-//! other end the test holds. Names and subnets are unique per test (pid and a counter),
-//! and `Drop` deletes the namespace, which takes its devices with it.
+//! veth pair, with IPv4 and IPv6 addresses on both ends, a trusted, an untrusted and a
+//! third (for a `direct_sources` client) address in the namespace. [`TunLab`]: a
+//! namespace holding a tun device whose other end the test holds. Names and subnets are
+//! unique per test (pid and a counter), and `Drop` deletes the namespace, which takes its
+//! devices with it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -27,9 +28,12 @@ pub struct Lab {
     pub host4: Ipv4Addr,
     pub trusted4: Ipv4Addr,
     pub untrusted4: Ipv4Addr,
+    /// A client address that tests may list as a direct source (or leave untrusted).
+    pub direct4: Ipv4Addr,
     pub host6: Ipv6Addr,
     pub trusted6: Ipv6Addr,
     pub untrusted6: Ipv6Addr,
+    pub direct6: Ipv6Addr,
 }
 
 impl Lab {
@@ -60,9 +64,11 @@ impl Lab {
             host4: Ipv4Addr::from(base + 1),
             trusted4: Ipv4Addr::from(base + 2),
             untrusted4: Ipv4Addr::from(base + 3),
+            direct4: Ipv4Addr::from(base + 4),
             host6: v6(1),
             trusted6: v6(2),
             untrusted6: v6(3),
+            direct6: v6(4),
         };
         let ns_if = lab.ns_if.clone();
         let ns = lab.ns.clone();
@@ -131,6 +137,25 @@ impl Lab {
                 "addr",
                 "add",
                 &format!("{}/64", lab.untrusted6),
+                "dev",
+                &ns_if,
+                "nodad",
+            ],
+            vec![
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/29", lab.direct4),
+                "dev",
+                &ns_if,
+            ],
+            vec![
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{}/64", lab.direct6),
                 "dev",
                 &ns_if,
                 "nodad",

@@ -1,15 +1,18 @@
 //! `[experimental.tcp_recv_proxy_protocol]` and its `kernel_filter` table: the trusted
-//! load balancers, the header timeout, and where the kernel enforces the list. A setting
-//! that the chosen mode would ignore is refused, since it shows a misunderstanding.
+//! load balancers, the direct sources, the header timeout, and where the kernel enforces
+//! the lists. A setting that the chosen mode would ignore is refused, since it shows a
+//! misunderstanding; so is a network in both lists, whose class would be undecidable.
 
 use std::time::Duration;
+
+use ipnet::IpNet;
 
 use super::{Cx, net, shown};
 use crate::config::error::{ConfigError, ValueError};
 use crate::config::file::{KernelFilterFile, ProxyProtocolFile};
 use crate::config::keys::nearest;
 use crate::config::{KernelFilterConfig, KernelFilterMode, ProxyProtocolConfig, XdpMode};
-use crate::trust::TrustList;
+use crate::trust::{Class, TrustList};
 
 const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_millis(50);
 /// How long a connection may wait for its first byte: NLB and others send the header
@@ -50,10 +53,32 @@ pub(super) fn proxy_protocol(
             },
         ));
     }
-    let mut nets = Vec::with_capacity(list.len());
+    // Every entry of both lists, with its key and text, in the order TrustList sees them.
+    let mut entries: Vec<(String, &str, IpNet, Class)> = Vec::with_capacity(list.len());
     for (i, entry) in list.iter().enumerate() {
-        nets.push(net::network(cx, &format!("{key}[{i}]"), entry)?);
+        let entry_key = format!("{key}[{i}]");
+        let net = net::network(cx, &entry_key, entry)?;
+        entries.push((entry_key, entry, net, Class::Proxy));
     }
+    let direct_key = format!("{PROXY_PROTOCOL}.direct_sources");
+    for (i, entry) in pp.direct_sources.iter().flatten().enumerate() {
+        let entry_key = format!("{direct_key}[{i}]");
+        let net = net::network(cx, &entry_key, entry)?;
+        entries.push((entry_key, entry, net, Class::Direct));
+    }
+    let trust = TrustList::with_classes(entries.iter().map(|(_, _, net, class)| (*net, *class)))
+        .map_err(|conflict| {
+            let (first_key, first_text, ..) = &entries[conflict.first];
+            let (second_key, second_text, ..) = &entries[conflict.second];
+            cx.invalid(
+                second_key,
+                shown(second_text),
+                ValueError::InBothLists {
+                    other: first_key.clone(),
+                    other_value: (*first_text).to_owned(),
+                },
+            )
+        })?;
     let timeout = match pp.timeout {
         None => DEFAULT_PROXY_HEADER_TIMEOUT,
         Some(0) => ZERO_PROXY_HEADER_TIMEOUT,
@@ -77,7 +102,7 @@ pub(super) fn proxy_protocol(
         Some(ms) => Duration::from_millis(ms),
     };
     Ok(ProxyProtocolConfig {
-        trust: TrustList::new(nets),
+        trust,
         timeout,
         first_byte_timeout,
         accept_v1_mixed_families: pp.accept_v1_mixed_families.unwrap_or(false),
@@ -263,6 +288,121 @@ mod tests {
         ));
         let pp = c.proxy_protocol.expect("configured");
         assert_eq!(pp.trust.to_string(), "10.0.0.0/8, 192.0.2.1/32");
+    }
+
+    fn with_direct(trusted: &str, direct: &str) -> String {
+        format!(
+            "listen_port = 8080\n{APP}[experimental.tcp_recv_proxy_protocol]\n\
+             trusted_proxies = {trusted}\ndirect_sources = {direct}\n"
+        )
+    }
+
+    #[test]
+    fn direct_sources_are_classed_apart_from_the_load_balancers() {
+        let (c, _) = ok(&with_direct(
+            "[\"192.0.2.0/24\"]",
+            "[\"198.51.100.0/24\", \"2001:db8::1\"]",
+        ));
+        let trust = c.proxy_protocol.expect("configured").trust;
+        let ip = |s: &str| s.parse().expect("literal");
+        assert_eq!(trust.class(ip("192.0.2.1")), Some(Class::Proxy));
+        assert_eq!(trust.class(ip("198.51.100.1")), Some(Class::Direct));
+        assert_eq!(trust.class(ip("2001:db8::1")), Some(Class::Direct));
+        assert_eq!(trust.class(ip("2001:db8::2")), None);
+        // Absent or empty: nobody connects without a header.
+        for direct in ["", "direct_sources = []"] {
+            let (c, _) = ok(&with_pp(direct));
+            let trust = c.proxy_protocol.expect("configured").trust;
+            assert!(trust.of_class(Class::Direct).is_empty(), "{direct:?}");
+        }
+    }
+
+    #[test]
+    fn direct_sources_entries_are_checked_like_trusted_proxies() {
+        let (key, p) = invalid(&with_direct(
+            "[\"192.0.2.0/24\"]",
+            "[\"10.0.0.0/8\", \"10.0.0.1/8\"]",
+        ));
+        assert_eq!(
+            key,
+            "experimental.tcp_recv_proxy_protocol.direct_sources[1]"
+        );
+        assert!(matches!(p, ValueError::HostBitsSet { .. }));
+        let (key, p) = invalid(&with_direct("[\"192.0.2.0/24\"]", "[\"pods\"]"));
+        assert_eq!(
+            key,
+            "experimental.tcp_recv_proxy_protocol.direct_sources[0]"
+        );
+        assert!(matches!(p, ValueError::NotANetwork));
+        let (_, p) = invalid(&with_direct(
+            "[\"192.0.2.0/24\"]",
+            "[\"::ffff:10.0.0.0/104\"]",
+        ));
+        assert!(matches!(p, ValueError::Ipv4Mapped { .. }));
+        // Direct sources alone admit no load balancer: trusted_proxies is still required.
+        let base = format!("listen_port = 80\n{APP}[experimental.tcp_recv_proxy_protocol]\n");
+        assert!(matches!(
+            err(&format!("{base}direct_sources = [\"10.0.0.0/8\"]")),
+            ConfigError::Missing { .. }
+        ));
+    }
+
+    #[test]
+    fn a_network_in_both_lists_is_refused_naming_both_entries() {
+        // The same network, however it is written: "192.0.2.7" is 192.0.2.7/32.
+        for (trusted, direct, at) in [
+            (
+                "[\"10.0.0.0/8\", \"192.0.2.7\"]",
+                "[\"192.0.2.7/32\"]",
+                (1, 0),
+            ),
+            (
+                "[\"2001:db8::/32\"]",
+                "[\"10.0.0.0/8\", \"2001:db8::/32\"]",
+                (0, 1),
+            ),
+        ] {
+            let text = with_direct(trusted, direct);
+            let (key, p) = invalid(&text);
+            assert_eq!(
+                key,
+                format!(
+                    "experimental.tcp_recv_proxy_protocol.direct_sources[{}]",
+                    at.1
+                )
+            );
+            let ValueError::InBothLists { other, .. } = &p else {
+                panic!("expected InBothLists, got {p}");
+            };
+            assert_eq!(
+                *other,
+                format!(
+                    "experimental.tcp_recv_proxy_protocol.trusted_proxies[{}]",
+                    at.0
+                )
+            );
+            let message = err(&text).to_string();
+            assert!(
+                message.contains("trusted_proxies[") && message.contains("direct_sources["),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn nested_networks_of_the_two_lists_are_allowed_and_the_longest_prefix_decides() {
+        let ip = |s: &str| s.parse().expect("literal");
+        // A health checker inside the load balancers' subnet...
+        let (c, warnings) = ok(&with_direct("[\"10.0.0.0/8\"]", "[\"10.9.0.5\"]"));
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let trust = c.proxy_protocol.expect("configured").trust;
+        assert_eq!(trust.class(ip("10.9.0.5")), Some(Class::Direct));
+        assert_eq!(trust.class(ip("10.9.0.6")), Some(Class::Proxy));
+        // ... and a load balancer inside a direct pod CIDR.
+        let (c, _) = ok(&with_direct("[\"10.244.3.7\"]", "[\"10.244.0.0/16\"]"));
+        let trust = c.proxy_protocol.expect("configured").trust;
+        assert_eq!(trust.class(ip("10.244.3.7")), Some(Class::Proxy));
+        assert_eq!(trust.class(ip("10.244.3.8")), Some(Class::Direct));
     }
 
     #[test]
