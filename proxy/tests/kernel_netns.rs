@@ -1366,8 +1366,12 @@ fn scrape_of(gw: &mut common::gateway::Gateway) -> common::scrape::Scrape {
         .block_on(common::scrape::scrape(metrics))
 }
 
+/// TCP health checks per family in [`classes_end_to_end`].
+const PROBES_PER_FAMILY: u64 = 10;
+
 /// The trustgate binary with both classes, IPv4 and IPv6: a trusted load balancer's
-/// header names the client the upstream is told of; a direct source without a header is
+/// header names the client the upstream is told of (also when it comes 300 ms after
+/// connect); connect-and-close probes from it are health checks, not header errors; a direct source without a header is
 /// the client; a direct source that opens with a header is refused and counted; an
 /// outsider gets no SYN-ACK. The kernel counts passed SYNs by class.
 fn classes_end_to_end(table: fn(&Lab) -> String, program: &str) {
@@ -1400,6 +1404,22 @@ fn classes_end_to_end(table: fn(&Lab) -> String, program: &str) {
         let dst = listener_for(&gw, proxy.is_ipv6());
         let mut lb = http_from(&lab, proxy, dst, Some(named));
         assert_served_as(&mut lb, named.ip(), "a load balancer's header");
+        // AWS NLB sends the header with the client's first data: 300 ms after connect
+        // is served under the default 50 ms `timeout`, which counts from the first byte.
+        let stream = lab
+            .connect(proxy, dst, CONNECT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{proxy} -> {dst} should connect: {e}"));
+        std::thread::sleep(Duration::from_millis(300));
+        let mut late =
+            common::http1::Conn::new(stream, Some((named, dst))).expect("writing the header");
+        assert_served_as(&mut late, named.ip(), "a header 300 ms after connect");
+        // TCP health checks from the load balancer: connect, close, no byte.
+        for _ in 0..PROBES_PER_FAMILY {
+            drop(
+                lab.connect(proxy, dst, CONNECT_TIMEOUT)
+                    .unwrap_or_else(|e| panic!("a probe {proxy} -> {dst}: {e}")),
+            );
+        }
         let mut itself = http_from(&lab, direct, dst, None);
         assert_served_as(&mut itself, direct, "a direct source without a header");
         assert_served_as(&mut itself, direct, "its next request on the connection");
@@ -1407,7 +1427,20 @@ fn classes_end_to_end(table: fn(&Lab) -> String, program: &str) {
         assert_refused(&mut spoofing, "a direct source naming another client");
         assert_times_out(&lab, untrusted, dst, "a source of neither class");
     }
-    let scrape = scrape_of(&mut gw);
+    let no_data = |s: &common::scrape::Scrape| {
+        s.get("trustgate_connections_closed_total{reason=\"no_data\"}")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut scrape = scrape_of(&mut gw);
+    while no_data(&scrape) < 2 * PROBES_PER_FAMILY && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        scrape = scrape_of(&mut gw);
+    }
+    assert_eq!(
+        no_data(&scrape),
+        2 * PROBES_PER_FAMILY,
+        "every probe counted as a health check"
+    );
     assert_eq!(
         scrape.refused("direct_proxy_header"),
         2,
