@@ -127,18 +127,67 @@ pub fn link_type(interface: &str) -> Result<LinkType, KernelError> {
 }
 
 /// What XDP mode does with one interface on this host: its link type, the walk its
-/// frames get, and the mode it is attached in.
+/// frames get, the mode it is attached in, and what is known to keep native XDP off it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpInterface {
     pub link_type: LinkType,
     pub walk: XdpWalk,
     pub attach: XdpMode,
+    pub native_limit: Option<NativeLimit>,
 }
 
 impl fmt::Display for XdpInterface {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "link type {}, {}", self.link_type, self.walk)
+        write!(f, "link type {}, {}", self.link_type, self.walk)?;
+        if let Some(limit) = self.native_limit {
+            write!(f, "; {limit}")?;
+        }
+        Ok(())
     }
+}
+
+/// A driver's documented condition for native XDP that this interface does not meet, so
+/// that `xdp_mode = "auto"` will attach generic (and `"native"` fail).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NativeLimit {
+    /// AWS ENA: native XDP needs an MTU of at most [`ENA_XDP_MAX_MTU`] (and at most half
+    /// the channels in use, which is not read here).
+    EnaMtu { mtu: u32 },
+}
+
+/// The largest MTU at which the ENA driver takes a native XDP program (its
+/// documentation, "ENA Linux Driver ... XDP").
+pub const ENA_XDP_MAX_MTU: u32 = 3498;
+
+impl fmt::Display for NativeLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NativeLimit::EnaMtu { mtu } => write!(
+                f,
+                "ENA driver with MTU {mtu}: native XDP needs an MTU of at most \
+                 {ENA_XDP_MAX_MTU} (and at most half the channels in use, see `ethtool -l`); \
+                 xdp_mode = \"auto\" attaches generic"
+            ),
+        }
+    }
+}
+
+/// What keeps native XDP off `interface`, as far as its driver and MTU tell (sysfs).
+/// Unreadable facts are no limit: the attach itself decides and logs why.
+pub fn native_limit(interface: &str) -> Option<NativeLimit> {
+    let dir = sysfs_type(interface)?.parent()?.to_path_buf();
+    let driver = std::fs::read_link(dir.join("device/driver")).ok()?;
+    let driver = driver.file_name()?.to_str()?.to_owned();
+    let mtu: u32 = std::fs::read_to_string(dir.join("mtu"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    ena_limit(&driver, mtu)
+}
+
+fn ena_limit(driver: &str, mtu: u32) -> Option<NativeLimit> {
+    (driver == "ena" && mtu > ENA_XDP_MAX_MTU).then_some(NativeLimit::EnaMtu { mtu })
 }
 
 /// The walk `interface` gets and the mode to attach it in, or the error that refuses
@@ -171,10 +220,15 @@ pub fn xdp_interface(interface: &str, attach: XdpMode) -> Result<XdpInterface, K
             });
         }
     };
+    let native_limit = match walk {
+        XdpWalk::Ethernet => native_limit(interface),
+        XdpWalk::Ip => None,
+    };
     Ok(XdpInterface {
         link_type,
         walk,
         attach,
+        native_limit,
     })
 }
 
@@ -192,6 +246,20 @@ fn sysfs_type(interface: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ena_above_its_xdp_mtu_is_noted_and_others_are_not() {
+        assert_eq!(
+            ena_limit("ena", 9001),
+            Some(NativeLimit::EnaMtu { mtu: 9001 })
+        );
+        assert_eq!(ena_limit("ena", ENA_XDP_MAX_MTU), None);
+        assert_eq!(ena_limit("veth", 9001), None);
+        let text = NativeLimit::EnaMtu { mtu: 9001 }.to_string();
+        assert!(text.contains("3498") && text.contains("generic"), "{text}");
+        // veth here: a driver, an MTU, and no limit.
+        assert_eq!(native_limit("lo"), None);
+    }
 
     #[test]
     fn ethernet_framed_devices_are_walked_from_ethernet() {

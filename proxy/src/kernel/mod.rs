@@ -270,7 +270,15 @@ impl Kernel {
                     load_xdp(&mut ebpf, Program::XdpL3)?;
                     kernel.xdp_l3 = true;
                 }
-                for (interface, XdpInterface { walk, attach, .. }) in interfaces.iter().zip(planned)
+                for (
+                    interface,
+                    XdpInterface {
+                        walk,
+                        attach,
+                        native_limit,
+                        ..
+                    },
+                ) in interfaces.iter().zip(planned)
                 {
                     let program = match walk {
                         XdpWalk::Ethernet => Program::Xdp,
@@ -278,7 +286,14 @@ impl Kernel {
                     };
                     let xdp: &mut Xdp = program_mut(&mut ebpf, program.name())?;
                     let mode = attach_xdp(xdp, interface, attach)?;
-                    info!(interface = %interface, mode = ?mode, walk = ?walk, "XDP trust filter attached");
+                    match native_limit {
+                        Some(limit) if mode == XdpAttached::Generic => {
+                            info!(interface = %interface, mode = ?mode, walk = ?walk, why = %limit, "XDP trust filter attached");
+                        }
+                        _ => {
+                            info!(interface = %interface, mode = ?mode, walk = ?walk, "XDP trust filter attached");
+                        }
+                    }
                     kernel.xdp.push((interface.clone(), mode, walk));
                 }
                 kernel.ebpf = Some(ebpf);

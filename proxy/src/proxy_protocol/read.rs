@@ -146,7 +146,9 @@ where
 
 /// Whether a second PROXY header follows the one in `buf[..used]`: reads more while the
 /// bytes after it are a proper prefix of a signature (at most a signature's length), and
-/// stops at EOF (what came is passed on). `Err(Nested)` when one does.
+/// stops at EOF or a read error (what came is passed on, and the next layer meets the
+/// end or the error itself: HAProxy resets its LOCAL health checks right after the
+/// header, which must still count as a header read). `Err(Nested)` when one follows.
 async fn nested<S>(stream: &mut S, buf: &mut Vec<u8>, used: usize) -> Result<(), ReadError>
 where
     S: AsyncRead + Unpin,
@@ -158,8 +160,9 @@ where
             super::Signature::Maybe => {}
         }
         buf.reserve(super::SIGNATURE_MAX_BYTES);
-        if stream.read_buf(buf).await? == 0 {
-            return Ok(());
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(()),
+            Ok(_) => {}
         }
     }
 }
