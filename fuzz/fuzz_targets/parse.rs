@@ -29,9 +29,45 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
-    let tight = parse(data, &Limits { max_v2_len: 64 });
+    let tight = parse(
+        data,
+        &Limits {
+            max_v2_len: 64,
+            ..Limits::default()
+        },
+    );
     assert!(tight == whole || matches!(tight, Err(ParseError::V2TooLong { .. })));
+    // Accepting mixed-family v1 lines only ever turns rejections into headers, and keeps
+    // the prefix rule.
+    let mixed_limits = Limits {
+        accept_v1_mixed_families: true,
+        ..Limits::default()
+    };
+    let mixed = parse(data, &mixed_limits);
+    if let Ok(Some((header, _))) = whole {
+        assert_eq!(mixed, Ok(Some((header, header_len(&whole)))));
+    }
+    if let Ok(Some((header, used))) = mixed {
+        assert!(used <= data.len());
+        read_everything(&header);
+    }
+    for cut in [1, 13, data.len() / 2, data.len().saturating_sub(1)] {
+        if cut < data.len() {
+            let prefix = parse(&data[..cut], &mixed_limits);
+            assert!(
+                prefix == Ok(None) || prefix == mixed,
+                "mixed, cut at {cut}: {prefix:?} vs {mixed:?}"
+            );
+        }
+    }
 });
+
+fn header_len(parsed: &Result<Option<(Header<'_>, usize)>, ParseError>) -> usize {
+    match parsed {
+        Ok(Some((_, used))) => *used,
+        _ => 0,
+    }
+}
 
 fn read_everything(header: &Header<'_>) {
     black_box((header.version(), header.command(), header.addresses()));

@@ -47,6 +47,12 @@ pub(super) fn parse<'a>(
         return Err(ParseError::BadSignature { offset });
     }
     let command = command(fixed[VERSION_COMMAND_AT])?;
+    // Judged in byte order, as `check_prefix` judges a shorter buffer, so that the verdict
+    // does not depend on the split (a LOCAL header's family is not judged at all).
+    let family_transport = match command {
+        Command::Local => None,
+        Command::Proxy => Some(family_transport(fixed[FAMILY_TRANSPORT_AT])?),
+    };
     let length = usize::from(u16::from_be_bytes([fixed[LENGTH_AT], fixed[LENGTH_AT + 1]]));
     if length > limits.max_v2_len {
         return Err(ParseError::V2TooLong {
@@ -54,10 +60,9 @@ pub(super) fn parse<'a>(
             max: limits.max_v2_len,
         });
     }
-    if command == Command::Local {
+    let Some((family, transport)) = family_transport else {
         return local(buf, length);
-    }
-    let (family, transport) = family_transport(fixed[FAMILY_TRANSPORT_AT])?;
+    };
     let block = block_bytes(family);
     if length < block {
         return Err(ParseError::V2ShortAddresses {

@@ -243,3 +243,17 @@ fn length_larger_than_the_data_waits_instead_of_failing() {
     input[14..16].copy_from_slice(&1000u16.to_be_bytes());
     assert_incomplete(&input);
 }
+
+/// Found by the fuzzer: a PROXY header with a bad transport and a length over the
+/// ceiling fails on the transport whether the length has arrived or not.
+#[test]
+fn a_bad_transport_is_judged_before_the_length_split_or_whole() {
+    let input = v2(0x21, 0x0b, &[]);
+    let mut whole = input.clone();
+    whole[14..16].copy_from_slice(&16396u16.to_be_bytes());
+    assert_eq!(
+        error(&whole[..15]),
+        ParseError::V2BadTransport { transport: 11 }
+    );
+    assert_eq!(error(&whole), ParseError::V2BadTransport { transport: 11 });
+}
