@@ -210,6 +210,48 @@ fn sigusr1_after_a_rename_writes_to_a_new_file_at_the_path() {
     assert!(old[0].contains("\"GET /before HTTP/1.1\""), "{old:?}");
 }
 
+/// Rewrites the config and reloads with SIGHUP; panics unless the reload applied.
+fn reload(gw: &mut Gateway, text: &str) {
+    std::fs::write(&gw.config_path, text).expect("rewriting the config");
+    gw.signal(Signal::SIGHUP);
+    gw.wait_for(|e| message(e) == Some("config reloaded"), HANG_GUARD)
+        .unwrap_or_else(|| panic!("the reload was not applied:\n{}", gw.log()));
+}
+
+#[test]
+fn a_reload_changes_the_path_and_the_format_and_turns_the_log_off() {
+    let (_rt, demo) = upstream::demo_in_background();
+    let dir = temp_dir();
+    let first = dir.path().join("first.log");
+    let second = dir.path().join("second.log");
+    let table = |path: &Path, format: &str, off: bool| {
+        format!(
+            "path = \"{}\"\nformat = \"{format}\"\noff = {off}",
+            path.display()
+        )
+    };
+    let mut gw = Gateway::start(&config(demo, &table(&first, "json", false)), 1);
+    let mut conn = connect(&gw);
+    conn.get("/one").expect("a response");
+    lines_once(&first, 1);
+    reload(&mut gw, &config(demo, &table(&second, "combined", false)));
+    conn.get("/two").expect("a response");
+    let lines = lines_once(&second, 1);
+    assert!(lines[0].contains("\"GET /two HTTP/1.1\""), "{lines:?}");
+    reload(&mut gw, &config(demo, &table(&second, "combined", true)));
+    // Requests on a new connection get the new runtime; the old one keeps its own.
+    let mut fresh = connect(&gw);
+    fresh.get("/unlogged").expect("a response");
+    reload(&mut gw, &config(demo, &table(&second, "combined", false)));
+    connect(&gw).get("/three").expect("a response");
+    let lines = lines_once(&second, 2);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].contains("/three"), "{lines:?}");
+    let first_lines = lines_once(&first, 1);
+    assert_eq!(first_lines.len(), 1, "{first_lines:?}");
+    assert!(first_lines[0].starts_with('{'), "{first_lines:?}");
+}
+
 #[test]
 fn a_log_nobody_reads_neither_slows_requests_nor_stops_them_and_drops_are_counted() {
     use std::os::unix::fs::OpenOptionsExt;

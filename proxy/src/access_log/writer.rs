@@ -30,6 +30,8 @@ pub(super) struct Writer {
     batch: Vec<u8>,
     /// Records in `batch`, counted as dropped if its write fails.
     batched: u64,
+    /// Asked to stop: the writer returns after this drain.
+    stopping: bool,
     last_warning: Option<Instant>,
 }
 
@@ -41,6 +43,7 @@ impl Writer {
             shared,
             batch: Vec::with_capacity(BATCH_BYTES + 4096),
             batched: 0,
+            stopping: false,
             last_warning: None,
         }
     }
@@ -55,7 +58,8 @@ impl Writer {
             loop {
                 let open = self.drain(next.take(), queue);
                 self.flush();
-                if self.control() || !open {
+                self.control();
+                if self.stopping || !open {
                     return;
                 }
                 std::thread::sleep(TICK);
@@ -80,7 +84,12 @@ impl Writer {
                         self.flush();
                     }
                 }
-                Some(Message::Wake) => {}
+                // What was queued before the request is written as before it; what
+                // follows goes by the new settings.
+                Some(Message::Wake) => {
+                    self.flush();
+                    self.control();
+                }
                 None => {}
             }
             message = match queue.try_recv() {
@@ -130,8 +139,8 @@ impl Writer {
         );
     }
 
-    /// Applies what was asked since the last batch; true when asked to stop.
-    fn control(&mut self) -> bool {
+    /// Applies what was asked since it last looked.
+    fn control(&mut self) {
         let (reopen, switch, stop) = {
             let mut c = self.shared.control();
             (std::mem::take(&mut c.reopen), c.switch.take(), c.stop)
@@ -150,6 +159,6 @@ impl Writer {
                 }
             }
         }
-        stop
+        self.stopping |= stop;
     }
 }
