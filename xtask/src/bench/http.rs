@@ -203,7 +203,8 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
             let max = rps.iter().copied().fold(0.0, f64::max);
             let errors: u64 = samples.iter().map(|r| r[i].errors).sum();
             let ratio = |f: fn(&Sample) -> f64| {
-                if target == Target::Trustgate {
+                // The logged twins are compared with their unlogged selves below.
+                if target == Target::Trustgate || Target::LOGGED.contains(&target) {
                     return "—".to_string();
                 }
                 let ratios: Vec<f64> = samples.iter().map(|r| f(&r[0]) / f(&r[i])).collect();
