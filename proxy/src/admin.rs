@@ -212,6 +212,17 @@ impl Collector for Scrape {
             "PROXY v1 lines whose addresses differed in family, accepted by accept_v1_mixed_families",
             &[(vec![], m.v1_mixed_families)],
         )?;
+        let dropped = server
+            .runtime()
+            .forwarder
+            .access_log()
+            .map_or(0, |log| log.dropped());
+        counter(
+            &mut enc,
+            "access_log_dropped",
+            "Access records dropped: the writer's queue was full (a slow or stalled log destination), or their write failed",
+            &[(vec![], dropped)],
+        )?;
         counter(
             &mut enc,
             "connections_shed",

@@ -14,7 +14,9 @@
 //! - [`forward`]: a request's way upstream and back: routing, header rewriting with the
 //!   recovered client address and PROXY v2 TLVs, the pooled upstream client (PROXY
 //!   headers to upstreams that take them) under the upstream connection caps, upgrades,
-//!   the access log.
+//!   each request's access record.
+//! - [`access_log`]: the access log's bounded queue, its writer thread (batched writes,
+//!   reopen on SIGUSR1) and its formats (text, JSON, combined).
 //! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs),
 //!   `default_tls_app` for ClientHellos without SNI, `unrecognized_name` alerts, and
 //!   session resumption kept across reloads and shared through a ticket key file.
@@ -29,6 +31,7 @@
 //! - [`demo`]: the demo upstream that echoes the request it received.
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 mod deadline;

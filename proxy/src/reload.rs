@@ -1,7 +1,8 @@
 //! Reloading the config while serving: on SIGHUP, and with `-w` whenever the
 //! modification time of the config file, or of a certificate, key, CA or ticket key file
 //! it names, changes (checked every second). The new file is parsed and validated in full first; a
-//! bad one is logged at error and the running config stays.
+//! bad one is logged at error and the running config stays. SIGUSR1 reopens the access log
+//! file (after logrotate has moved it).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -55,10 +56,23 @@ pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool) {
             None
         }
     };
+    let mut usr1 = match signal(SignalKind::user_defined1()) {
+        Ok(usr1) => Some(usr1),
+        Err(err) => {
+            warn!(error = %err, "cannot listen for SIGUSR1; the access log file is never reopened");
+            None
+        }
+    };
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {
             Some(()) = async { hup.as_mut()?.recv().await } => {}
+            Some(()) = async { usr1.as_mut()?.recv().await } => {
+                if let Some(log) = server.runtime().forwarder.access_log() {
+                    log.reopen();
+                }
+                continue;
+            }
             _ = tick.tick(), if watch_files => {
                 if !watched.changed() {
                     continue;
@@ -85,6 +99,7 @@ pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
             }
             match server.reload(&config) {
                 Ok(()) => {
+                    reconfigure_access_log(server, &config);
                     info!(config = %path.display(), "config reloaded");
                     Some(config)
                 }
@@ -102,6 +117,16 @@ pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
     };
     counter.fetch_add(1, Ordering::Relaxed);
     applied
+}
+
+/// Points the access log at the reloaded config's path and format. The file was opened
+/// once by the config's check; should it fail now, the old destination stays.
+fn reconfigure_access_log(server: &Arc<Server>, config: &Config) {
+    if let Some(log) = server.runtime().forwarder.access_log()
+        && let Err(err) = log.reconfigure(&config.access_log)
+    {
+        error!(error = %err, "reload: the access log stays where it was");
+    }
 }
 
 /// The config file and every certificate, key, CA and ticket key file it names.

@@ -1,7 +1,7 @@
 //! The whole service, start to stop: config, kernel filter, listeners (filter attached
 //! before they listen), the admin listener and reloads, serving until the first stop
 //! signal, draining until the grace period or a second signal, then detaching the
-//! filter. What `trustgate` runs; signals are the caller's (`main`'s) business.
+//! filter and writing out the access log. What `trustgate` runs; signals are the caller's (`main`'s) business.
 
 use std::future::Future;
 use std::io;
@@ -13,11 +13,15 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
+use crate::access_log::{AccessLog, AccessLogError};
 use crate::config::{self, ConfigError};
 use crate::kernel::{self, KernelError};
 use crate::listener::{self, ListenerError, Runtime, Server};
 use crate::metrics::Metrics;
 use crate::{admin, nofile, reload};
+
+/// How long the access log may take to write what is queued at exit.
+const ACCESS_LOG_CLOSE: Duration = Duration::from_secs(2);
 
 /// What to run.
 pub struct Options {
@@ -38,6 +42,8 @@ pub enum ServiceError {
     Kernel(#[source] KernelError),
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    #[error("starting the access log")]
+    AccessLog(#[from] AccessLogError),
     #[error("binding the metrics listener {addr}")]
     Metrics {
         addr: SocketAddr,
@@ -60,7 +66,8 @@ pub async fn run(
     info!(config = %options.config.display(), "config loaded");
     let watched = reload::Watched::new(&options.config, &config);
     nofile::raise_for(&config.limits);
-    let runtime = Runtime::new(&config, None)?;
+    let access_log = AccessLog::start(&config.access_log)?;
+    let runtime = Runtime::with_access_log(&config, access_log.clone())?;
     let mut kernel = kernel::start_for(&config).map_err(ServiceError::Kernel)?;
     let listeners = listener::bind_all(&config, kernel.as_mut())?;
     let server = Server::new(runtime, kernel, Arc::new(Metrics::default()));
@@ -83,6 +90,7 @@ pub async fn run(
         admin.abort();
     }
     drop(server.take_kernel());
+    access_log.close(ACCESS_LOG_CLOSE);
     info!("stopped; kernel filter detached");
     Ok(())
 }

@@ -10,10 +10,10 @@ use http::Uri;
 use http::header::HeaderName;
 use ipnet::IpNet;
 use proxy::config::{
-    self, App, AppTls, Config, ConfigError, HeaderRules, HostHeader, KernelFilterConfig,
-    KernelFilterMode, Limits, Listeners, LoadBalance, LoadOptions, ProxyProtocolConfig, Route,
-    Timeouts, TlvField, TlvHeader, Upstream, UpstreamHttp, UpstreamOptions, Warning, WarningKind,
-    XdpMode,
+    self, AccessDestination, AccessFormat, AccessLogConfig, App, AppTls, Config, ConfigError,
+    HeaderRules, HostHeader, KernelFilterConfig, KernelFilterMode, Limits, Listeners, LoadBalance,
+    LoadOptions, ProxyProtocolConfig, Route, Timeouts, TlvField, TlvHeader, Upstream, UpstreamHttp,
+    UpstreamOptions, Warning, WarningKind, XdpMode,
 };
 use proxy::proxy_protocol::Version;
 use proxy::trust::{Class, TrustList};
@@ -293,6 +293,11 @@ fn every_supported_key_is_parsed_to_its_value() {
         },
         trusted_forwarded_proxies: nets(&["10.0.0.0/8", "2001:db8::/32", "192.0.2.7/32"]),
         redact_query_in_access_log: true,
+        access_log: AccessLogConfig {
+            on: true,
+            destination: AccessDestination::File("logs/access.log".into()),
+            format: AccessFormat::Combined,
+        },
         headers: HeaderRules {
             underscores_in_headers: true,
             upgrade_protocols: vec!["websocket".into(), "x-custom".into()],
@@ -345,7 +350,7 @@ fn summary_prints_listeners_apps_routes_trust_and_the_kernel_filter_plan() {
         "upstream: 300 connections in total, 4 requests in flight per connection (more wait); \
          descriptors needed: 1364 (1000 clients + 300 upstream + 64 reserved)\n",
         "forwarded headers: believed from 10.0.0.0/8, 192.0.2.7/32, 2001:db8::/32\n",
-        "access log: query strings redacted\n",
+        "access log: combined to logs/access.log (reopened on SIGUSR1), query strings redacted\n",
         "request headers: head up to 32 KiB (431 beyond), names with '_' passed on unless they \
          fold onto a managed or TLV header, upgrades websocket, x-custom\n",
         "  plain (server_name plain.example), default app for plain HTTP, plain HTTP only\n",

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::gateway::{Gateway, field, message};
+use common::gateway::{self, Gateway, field, message};
 use common::netns::Lab;
 use common::peers::{self, Peer};
 
@@ -169,16 +169,16 @@ fn header(body: &str, name: &str) -> Option<String> {
         .find_map(|l| l.trim().strip_prefix(&prefix).map(|v| v.trim().to_string()))
 }
 
-fn is_access(event: &serde_json::Value) -> bool {
-    event.get("target").and_then(|t| t.as_str()) == Some("trustgate::access")
-}
-
 /// Waits for the access-log line of one request and returns its `client` field.
 fn access_client(gw: &mut Gateway) -> String {
     let event = gw
-        .wait_for(is_access, ANSWER_TIMEOUT)
+        .wait_for(gateway::is_access, ANSWER_TIMEOUT)
         .unwrap_or_else(|| panic!("no access-log line; log:\n{}", gw.log()));
-    field(&event, "client").unwrap_or_default()
+    event
+        .get("client")
+        .and_then(|c| c.as_str())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 #[test]
@@ -451,7 +451,7 @@ fn untrusted_peer_never_reaches_the_upstream() {
         }
         gw.signal(nix::sys::signal::Signal::SIGTERM);
         gw.wait_exit(ANSWER_TIMEOUT);
-        let forwarded = gw.seen.iter().any(is_access);
+        let forwarded = gw.seen.iter().any(gateway::is_access);
         assert!(!forwarded, "{mode}: a request was forwarded:\n{}", gw.log());
     }
 }

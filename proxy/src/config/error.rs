@@ -59,6 +59,18 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    /// The access log file cannot be opened for appending.
+    #[error(
+        "{file}: access_log.path = {path:?}: cannot open this file for appending: {source}; \
+         create its directory or give trustgate write access to it, or write path = \"-\" \
+         to log to stderr"
+    )]
+    AccessLogFile {
+        file: PathBuf,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// Neither `listen_port` nor `listen_port_tls` is set.
     #[error(
         "{file}: neither listen_port nor listen_port_tls is set: set listen_port (plain HTTP), \

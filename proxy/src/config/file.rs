@@ -52,6 +52,8 @@ pub(crate) struct ConfigFile {
     pub experimental: Option<ExperimentalFile>,
     /// trustgate's own table.
     pub metrics: Option<MetricsFile>,
+    /// trustgate's own table (nginx's vocabulary: `access_log path format`, `off`).
+    pub access_log: Option<AccessLogFile>,
 }
 
 /// A key that takes one string or a list of strings.
@@ -191,4 +193,12 @@ pub(crate) struct KernelFilterFile {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct MetricsFile {
     pub listen: Option<String>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct AccessLogFile {
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub off: Option<bool>,
 }

@@ -11,8 +11,8 @@ use toml::{Table, Value};
 
 use super::error::{ConfigError, KeyHint};
 use super::file::{
-    AppFile, ConfigFile, ExperimentalFile, KernelFilterFile, MetricsFile, ProxyProtocolFile,
-    RouteFile, TlsFile, TlvHeadersFile, UpstreamFile,
+    AccessLogFile, AppFile, ConfigFile, ExperimentalFile, KernelFilterFile, MetricsFile,
+    ProxyProtocolFile, RouteFile, TlsFile, TlvHeadersFile, UpstreamFile,
 };
 use super::warning::{Warning, WarningKind};
 
@@ -37,6 +37,7 @@ enum Shape {
     ProxyProtocol,
     KernelFilter,
     Metrics,
+    AccessLog,
 }
 
 /// How a key holds a table below it.
@@ -49,7 +50,7 @@ enum Nesting {
 }
 
 impl Shape {
-    const ALL: [Shape; 10] = [
+    const ALL: [Shape; 11] = [
         Shape::Root,
         Shape::App,
         Shape::Tls,
@@ -60,6 +61,7 @@ impl Shape {
         Shape::ProxyProtocol,
         Shape::KernelFilter,
         Shape::Metrics,
+        Shape::AccessLog,
     ];
 
     fn known(self) -> &'static [&'static str] {
@@ -74,6 +76,7 @@ impl Shape {
             Shape::ProxyProtocol => fields::<ProxyProtocolFile>(),
             Shape::KernelFilter => fields::<KernelFilterFile>(),
             Shape::Metrics => fields::<MetricsFile>(),
+            Shape::AccessLog => fields::<AccessLogFile>(),
         }
     }
 
@@ -99,6 +102,7 @@ impl Shape {
             (Shape::Root, "apps") => (Nesting::Map, Shape::App),
             (Shape::Root, "experimental") => (Nesting::Table, Shape::Experimental),
             (Shape::Root, "metrics") => (Nesting::Table, Shape::Metrics),
+            (Shape::Root, "access_log") => (Nesting::Table, Shape::AccessLog),
             (Shape::App, "tls") => (Nesting::Table, Shape::Tls),
             (Shape::App, "proxy_protocol_tlv_headers") => (Nesting::Table, Shape::TlvHeaders),
             (Shape::App, "reverse_proxy") => (Nesting::Array, Shape::Route),
@@ -125,6 +129,7 @@ impl Shape {
             Shape::ProxyProtocol => "experimental.tcp_recv_proxy_protocol",
             Shape::KernelFilter => "experimental.tcp_recv_proxy_protocol.kernel_filter",
             Shape::Metrics => "metrics",
+            Shape::AccessLog => "access_log",
         }
     }
 

@@ -96,8 +96,11 @@ pub struct Config {
     /// `trusted_forwarded_proxies`). Empty: such headers are rebuilt from the client
     /// address. Provider names are not expanded (see [`WarningKind::ProviderIgnored`]).
     pub trusted_forwarded_proxies: TrustList,
-    /// Replace query-string values with `<redacted>` in the access log.
+    /// Replace query-string values with `<redacted>` in the access log (the request's
+    /// and the Referer's, in every format).
     pub redact_query_in_access_log: bool,
+    /// `[access_log]`: whether, where and in which format requests are logged.
+    pub access_log: AccessLogConfig,
     /// Which client-sent header names and upgrades are passed on.
     pub headers: HeaderRules,
     /// Sorted by name; names and server names are unique and lowercase.
@@ -116,6 +119,61 @@ pub struct Config {
     pub proxy_protocol: Option<ProxyProtocolConfig>,
     /// Where the Prometheus endpoint listens (`[metrics] listen`); none when absent.
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[access_log]`. The default is on, to stderr, in `text`: what trustgate always did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogConfig {
+    /// False with `off = true`; `path` and `format` are still checked then, so that
+    /// turning it back on by a reload cannot fail on them.
+    pub on: bool,
+    pub destination: AccessDestination,
+    pub format: AccessFormat,
+}
+
+impl Default for AccessLogConfig {
+    fn default() -> Self {
+        AccessLogConfig {
+            on: true,
+            destination: AccessDestination::Stderr,
+            format: AccessFormat::Text,
+        }
+    }
+}
+
+/// Where access records go (`access_log.path`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessDestination {
+    /// `-` or no `path`: standard error, beside the event log.
+    Stderr,
+    /// A file, opened for appending (created if missing) and reopened on SIGUSR1.
+    File(PathBuf),
+}
+
+/// How each access record is written (`access_log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessFormat {
+    /// `key=value` fields after a timestamp and `INFO trustgate::access: access`, as the
+    /// `tracing` event that the access log used to be.
+    Text,
+    /// One JSON object per line, with fixed field names.
+    Json,
+    /// Apache's and nginx's `combined` format, the client from the PROXY header as
+    /// `$remote_addr`, times in UTC.
+    Combined,
+}
+
+impl AccessFormat {
+    /// The names `format` takes, in the order of the variants.
+    pub const NAMES: [&'static str; 3] = ["text", "json", "combined"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AccessFormat::Text => Self::NAMES[0],
+            AccessFormat::Json => Self::NAMES[1],
+            AccessFormat::Combined => Self::NAMES[2],
+        }
+    }
 }
 
 /// The sockets to bind. Every address is paired with each configured port.
@@ -495,9 +553,17 @@ impl Config {
     }
 
     /// Checks that every certificate, key and CA file the config names, and the ticket key
-    /// file, is a file that can be opened. Errors name the key and the path. (What the
+    /// file, is a file that can be opened, and that the access log file can be opened for
+    /// appending (it is created if missing, as `nginx -t` does). Errors name the key and the path. (What the
     /// files hold is checked where they are read, by `tls`.)
     pub fn check_files(&self) -> Result<(), ConfigError> {
+        if let AccessDestination::File(path) = &self.access_log.destination {
+            appendable(path).map_err(|source| ConfigError::AccessLogFile {
+                file: self.source.clone(),
+                path: path.clone(),
+                source,
+            })?;
+        }
         if let Some(path) = &self.tls_ticket_key_file {
             openable(path).map_err(|source| ConfigError::File {
                 file: self.source.clone(),
@@ -531,6 +597,17 @@ impl Config {
     pub fn summary(&self) -> String {
         self.to_string()
     }
+}
+
+fn appendable(path: &Path) -> io::Result<()> {
+    let file = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)?;
+    if file.metadata()?.is_dir() {
+        return Err(io::ErrorKind::IsADirectory.into());
+    }
+    Ok(())
 }
 
 fn openable(path: &Path) -> io::Result<()> {

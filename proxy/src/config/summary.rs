@@ -6,7 +6,8 @@
 use std::fmt;
 
 use super::{
-    App, Config, HostHeader, KernelFilterMode, Route, UpstreamHttp, UpstreamOptions, XdpMode,
+    AccessDestination, App, Config, HostHeader, KernelFilterMode, Route, UpstreamHttp,
+    UpstreamOptions, XdpMode,
 };
 use crate::proxy_protocol::Version;
 use crate::trust::Class;
@@ -78,15 +79,26 @@ impl fmt::Display for Config {
                 self.trusted_forwarded_proxies
             )?;
         }
-        writeln!(
-            f,
-            "access log: query strings {}",
-            if self.redact_query_in_access_log {
-                "redacted"
-            } else {
-                "logged in full"
-            }
-        )?;
+        let a = &self.access_log;
+        let query = if self.redact_query_in_access_log {
+            "redacted"
+        } else {
+            "logged in full"
+        };
+        match (&a.destination, a.on) {
+            (_, false) => writeln!(f, "access log: off")?,
+            (AccessDestination::Stderr, true) => writeln!(
+                f,
+                "access log: {} to stderr, query strings {query}",
+                a.format.name()
+            )?,
+            (AccessDestination::File(path), true) => writeln!(
+                f,
+                "access log: {} to {} (reopened on SIGUSR1), query strings {query}",
+                a.format.name(),
+                path.display()
+            )?,
+        }
         let h = &self.headers;
         writeln!(
             f,

@@ -17,11 +17,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::error::{ConfigError, Family, ValueError};
-use super::file::{BodySize, ConfigFile, MetricsFile};
+use super::file::{AccessLogFile, BodySize, ConfigFile, MetricsFile};
 use super::warning::{Warning, WarningKind};
 use super::{
-    Config, HeaderRules, Limits, Listeners, REQUEST_MAX_HEADER_SIZE_MAX,
-    REQUEST_MAX_HEADER_SIZE_MIN,
+    AccessDestination, AccessFormat, AccessLogConfig, Config, HeaderRules, Limits, Listeners,
+    REQUEST_MAX_HEADER_SIZE_MAX, REQUEST_MAX_HEADER_SIZE_MIN,
 };
 use crate::trust::TrustList;
 
@@ -158,6 +158,10 @@ pub(crate) fn validate(
     {
         cx.warn("metrics.listen", WarningKind::MetricsReachable { addr });
     }
+    let access_log = match file.access_log {
+        None => AccessLogConfig::default(),
+        Some(a) => access_log(&cx, a)?,
+    };
     Ok(Config {
         source: path.to_owned(),
         listeners,
@@ -165,6 +169,7 @@ pub(crate) fn validate(
         timeouts,
         trusted_forwarded_proxies,
         redact_query_in_access_log: file.redact_query_in_access_log.unwrap_or(false),
+        access_log,
         headers,
         apps,
         default_app,
@@ -390,6 +395,38 @@ fn upgrade_protocols(cx: &Cx<'_>, list: &[String]) -> Result<Vec<String>, Config
 /// RFC 9110 §5.6.2 `tchar`.
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// `[access_log]`: `path` (`-` is stderr), `format`, `off`.
+fn access_log(cx: &Cx<'_>, a: AccessLogFile) -> Result<AccessLogConfig, ConfigError> {
+    let destination = match a.path {
+        None => AccessDestination::Stderr,
+        Some(p) if p == "-" => AccessDestination::Stderr,
+        Some(p) if p.is_empty() => {
+            return Err(cx.invalid("access_log.path", shown(&p), ValueError::Empty));
+        }
+        Some(p) => AccessDestination::File(PathBuf::from(p)),
+    };
+    let format = match a.format.as_deref() {
+        None | Some("text") => AccessFormat::Text,
+        Some("json") => AccessFormat::Json,
+        Some("combined") => AccessFormat::Combined,
+        Some(other) => {
+            let allowed: &'static [&'static str] = &AccessFormat::NAMES;
+            let nearest =
+                super::keys::nearest(&other.to_ascii_lowercase(), allowed.iter().copied());
+            return Err(cx.invalid(
+                "access_log.format",
+                shown(other),
+                ValueError::UnknownChoice { allowed, nearest },
+            ));
+        }
+    };
+    Ok(AccessLogConfig {
+        on: !a.off.unwrap_or(false),
+        destination,
+        format,
+    })
 }
 
 fn metrics(cx: &Cx<'_>, m: MetricsFile, listeners: &Listeners) -> Result<SocketAddr, ConfigError> {
@@ -683,6 +720,49 @@ pub(super) mod tests {
             |v| format!("listen_port = 80\n{APP}[experimental]\nignore_sni_consistency = {v}");
         assert_eq!(ok(&text(true)).1[0].kind, WarningKind::SniConsistencyKept);
         assert!(ok(&text(false)).1.is_empty());
+    }
+
+    #[test]
+    fn access_log_defaults_to_text_on_stderr_and_takes_a_path_a_format_and_off() {
+        let base = format!("listen_port = 8080\n{APP}");
+        assert_eq!(ok(&base).0.access_log, AccessLogConfig::default());
+        let a = |body: &str| ok(&format!("{base}[access_log]\n{body}")).0.access_log;
+        let c = a("path = \"/var/log/tg.log\"\nformat = \"combined\"");
+        assert!(c.on);
+        assert_eq!(
+            c.destination,
+            AccessDestination::File(PathBuf::from("/var/log/tg.log"))
+        );
+        assert_eq!(c.format, AccessFormat::Combined);
+        assert_eq!(a("path = \"-\"").destination, AccessDestination::Stderr);
+        assert_eq!(a("format = \"json\"").format, AccessFormat::Json);
+        let off = a("off = true\nformat = \"json\"");
+        assert!(!off.on);
+        assert_eq!(off.format, AccessFormat::Json);
+    }
+
+    #[test]
+    fn access_log_format_names_the_nearest_and_path_is_not_empty() {
+        let base = format!("listen_port = 8080\n{APP}[access_log]\n");
+        let (key, p) = invalid(&format!("{base}format = \"combind\""));
+        assert_eq!(key, "access_log.format");
+        assert!(matches!(
+            p,
+            ValueError::UnknownChoice {
+                nearest: Some("combined"),
+                ..
+            }
+        ));
+        let message = err(&format!("{base}format = \"combind\"")).to_string();
+        assert!(message.contains("did you mean \"combined\"?"), "{message}");
+        let (key, p) = invalid(&format!("{base}path = \"\""));
+        assert_eq!(key, "access_log.path");
+        assert!(matches!(p, ValueError::Empty));
+        let message = err(&format!("{base}fromat = \"json\"")).to_string();
+        assert!(
+            message.contains("did you mean access_log.format?"),
+            "{message}"
+        );
     }
 
     #[test]

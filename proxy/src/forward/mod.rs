@@ -35,11 +35,12 @@ use hyper::body::{Body, Incoming};
 use rustls::RootCertStore;
 use tracing::{debug, warn};
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, Timeouts};
 use crate::metrics::{TimeoutCounts, TimeoutKind};
 use crate::proxy_protocol::{self, ProxyInfo};
 use crate::trust::TrustList;
-use access::{AccessBody, AccessRecord};
+use access::{AccessBody, Pending};
 use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError, UpstreamBody};
 use client::{Bounds, UpstreamClient, UpstreamError};
 use headers::Downstream;
@@ -47,7 +48,6 @@ use plain::{GiveBack, PooledBody};
 use route::{Refusal, Router, Target};
 use slots::{Slots, SlotsFull, WithTurn};
 
-pub use access::ACCESS_TARGET;
 pub use body::ResponseBodyError as BodyError;
 pub use client::ConnPools;
 pub(crate) use headers::is_managed;
@@ -102,6 +102,8 @@ pub struct ForwardOptions {
     pub pool_idle_timeout: Duration,
     /// Verify TLS upstreams against these roots instead of the Mozilla roots.
     pub upstream_roots: Option<RootCertStore>,
+    /// Where access records go when the config's `[access_log]` is on; none: nowhere.
+    pub access_log: Option<AccessLog>,
 }
 
 impl Default for ForwardOptions {
@@ -109,6 +111,7 @@ impl Default for ForwardOptions {
         ForwardOptions {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             upstream_roots: None,
+            access_log: None,
         }
     }
 }
@@ -160,6 +163,10 @@ pub struct Forwarder {
     /// `max_upstream_connections_per_client`.
     per_client: usize,
     redact_query: bool,
+    /// The process's access log, passed on to the forwarders that succeed this one.
+    access_log: Option<AccessLog>,
+    /// Whether requests are logged: `[access_log]` on and an access log given.
+    log_requests: bool,
     /// `upgrade_protocols`: lowercase, never `h2c`.
     upgrade_protocols: Vec<String>,
     /// Shared with the forwarder this one replaced on reload, so counts never go back.
@@ -229,6 +236,7 @@ impl Forwarder {
             response: config.timeouts.upstream_read,
             pool_idle: options.pool_idle_timeout,
         };
+        let log_requests = config.access_log.on && options.access_log.is_some();
         Ok(Forwarder {
             router: Router::new(config)?,
             client: UpstreamClient::new(bounds, options.upstream_roots, slots)?,
@@ -237,6 +245,8 @@ impl Forwarder {
             timeouts: config.timeouts,
             per_client: config.limits.max_upstream_connections_per_client,
             redact_query: config.redact_query_in_access_log,
+            access_log: options.access_log,
+            log_requests,
             upgrade_protocols: config.headers.upgrade_protocols.clone(),
             counters: Arc::default(),
             upstream_warning: Throttle::new(UPSTREAM_WARN_PERIOD),
@@ -249,9 +259,18 @@ impl Forwarder {
     /// (`max_upstream_connections` keeps its startup value, as `max_clients` does).
     pub fn succeeding(config: &Config, previous: &Forwarder) -> Result<Forwarder, ForwardError> {
         let slots = Arc::clone(previous.client.slots());
-        let mut next = Forwarder::build(config, ForwardOptions::default(), slots)?;
+        let options = ForwardOptions {
+            access_log: previous.access_log.clone(),
+            ..ForwardOptions::default()
+        };
+        let mut next = Forwarder::build(config, options, slots)?;
         next.counters = Arc::clone(&previous.counters);
         Ok(next)
+    }
+
+    /// The access log this forwarder was given (also when `[access_log]` is off).
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
     }
 
     /// Timeouts by kind, shared by every forwarder of this process and its listener.
@@ -277,21 +296,13 @@ impl Forwarder {
         }
     }
 
-    /// Answers one request that came on `conn`. Never fails; writes one access-log line
-    /// when the response body ends or is dropped, if the access log is on (the record is
-    /// not even built otherwise: it costs a few allocations per request).
+    /// Answers one request that came on `conn`. Never fails; hands one record to the
+    /// access log when the response body ends or is dropped, if requests are logged (the
+    /// record is not even built otherwise).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnContext) -> Response<ProxyBody> {
-        let mut record =
-            tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO).then(|| {
-                AccessRecord::start(
-                    conn.client,
-                    conn.peer,
-                    req.method(),
-                    req.uri(),
-                    req.version(),
-                    self.redact_query,
-                )
-            });
+        let mut record = self
+            .log_requests
+            .then(|| Pending::start(&req, conn.client, conn.peer, self.redact_query));
         let response = match self.forward(req, conn, record.as_mut()).await {
             Ok((response, give_back, turn)) => response.map(|body| {
                 let read = self.timeouts.upstream_read;
@@ -303,12 +314,13 @@ impl Forwarder {
                 .map(|body| body.map_err(|never: Infallible| match never {}).boxed()),
         };
         self.count(response.status());
-        match record {
-            Some(mut record) => {
-                record.status = response.status();
-                response.map(|body| AccessBody::new(body, record).boxed())
+        match (record, &self.access_log) {
+            (Some(mut record), Some(log)) => {
+                record.record.status = response.status().as_u16();
+                let log = log.clone();
+                response.map(|body| AccessBody::new(body, record, log).boxed())
             }
-            None => response,
+            _ => response,
         }
     }
 
@@ -321,14 +333,16 @@ impl Forwarder {
         &self,
         mut req: Request<Incoming>,
         conn: &ConnContext,
-        mut record: Option<&mut AccessRecord>,
+        mut record: Option<&mut Pending>,
     ) -> Result<(Response<Incoming>, Option<GiveBack>, Option<Turn>), Answer> {
         if req.method() == Method::CONNECT {
             return Err(Answer::Status(StatusCode::METHOD_NOT_ALLOWED));
         }
         let host = request::request_host(req.uri(), req.headers(), req.version())?;
-        if let Some(record) = record.as_deref_mut() {
-            record.host = host.as_ref().map(|h| h.original.to_string());
+        if let Some(record) = record.as_deref_mut()
+            && let Some(host) = &host
+        {
+            record.record.set_host(host.original.as_str());
         }
         if request::has_dot_segment(req.uri().path()) {
             return Err(Refusal::BadRequest.into());
@@ -350,7 +364,7 @@ impl Forwarder {
         }
         let target = route.pick();
         if let Some(record) = record {
-            record.upstream = Some(target.authority.to_string());
+            record.record.upstream = Some(target.authority.clone());
         }
         let path = route.upstream_path(req.uri()).ok_or(Refusal::BadRequest)?;
         let uri = Uri::builder()

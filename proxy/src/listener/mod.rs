@@ -33,8 +33,9 @@ pub use bind::{Bound, bind_all};
 use conn::PerIp;
 use shed::Shed;
 
+use crate::access_log::AccessLog;
 use crate::config::{Config, KernelFilterConfig, Limits, Timeouts};
-use crate::forward::{ForwardError, Forwarder};
+use crate::forward::{ForwardError, ForwardOptions, Forwarder};
 use crate::kernel::{Kernel, KernelError};
 use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot, Throttle};
 use crate::proxy_protocol;
@@ -112,6 +113,27 @@ impl Runtime {
             Some(previous) => Forwarder::succeeding(config, &previous.forwarder)?,
             None => Forwarder::new(config)?,
         };
+        Runtime::build(config, forwarder, previous)
+    }
+
+    /// The first runtime of a process that logs requests to `access_log` (reloads carry
+    /// it on).
+    pub fn with_access_log(
+        config: &Config,
+        access_log: AccessLog,
+    ) -> Result<Runtime, ListenerError> {
+        let options = ForwardOptions {
+            access_log: Some(access_log),
+            ..ForwardOptions::default()
+        };
+        Runtime::build(config, Forwarder::with_options(config, options)?, None)
+    }
+
+    fn build(
+        config: &Config,
+        forwarder: Forwarder,
+        previous: Option<&Runtime>,
+    ) -> Result<Runtime, ListenerError> {
         Ok(Runtime {
             forwarder: Arc::new(forwarder),
             kernel_filter: config

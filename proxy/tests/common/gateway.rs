@@ -1,7 +1,8 @@
 //! Runs the real `trustgate` binary on a config written to a temporary directory, with
 //! JSON logs on stderr collected by a thread, so tests can wait for a log event (such as
-//! "listening") instead of sleeping, and assert on the access log afterwards. `Drop`
-//! kills the process.
+//! "listening") instead of sleeping, and assert on the access log afterwards (a config
+//! without `[access_log]` gets `format = "json"`, so that stderr stays JSON; see
+//! [`is_access`]). `Drop` kills the process.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -62,7 +63,12 @@ impl Gateway {
     }
 
     fn launch(wrapper: &[&str], args: &[&str], config: &str, listeners: usize) -> Gateway {
-        let (dir, path) = write_config(config);
+        let config = if config.contains("[access_log]") {
+            config.to_owned()
+        } else {
+            format!("{config}\n[access_log]\nformat = \"json\"\n")
+        };
+        let (dir, path) = write_config(&config);
         let mut command = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -265,4 +271,10 @@ pub fn field(event: &Value, name: &str) -> Option<String> {
         Value::String(s) => s.clone(),
         other => other.to_string(),
     })
+}
+
+/// Whether a stderr line is an access record in the `json` format (a flat object with
+/// the client and the status, where events nest their fields).
+pub fn is_access(event: &Value) -> bool {
+    event.get("client").is_some() && event.get("status").is_some()
 }

@@ -122,10 +122,19 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
     let scratch = Scratch::new("http")?;
     let cert = peers::certificate(&scratch)?;
     let _upstream = peers::start_upstream(&scratch, REST_CPU)?;
-    let _front = peers::start_front(&scratch, REST_CPU, &Target::ALL)?;
+    let every: Vec<Target> = Target::ALL.into_iter().chain(Target::LOGGED).collect();
+    let _front = peers::start_front(&scratch, REST_CPU, &every)?;
     let _trustgate = peers::start_trustgate(&scratch, PROXY_CPU, trustgate, &cert)?;
     let _nginx = peers::start_nginx(&scratch, PROXY_CPU, &cert)?;
     let _haproxy = peers::start_haproxy(&scratch, PROXY_CPU, &cert)?;
+    let _trustgate_logged = peers::start_trustgate_as(
+        &scratch,
+        PROXY_CPU,
+        trustgate,
+        &cert,
+        Target::TrustgateLogged,
+    )?;
+    let _nginx_logged = peers::start_nginx_as(&scratch, PROXY_CPU, &cert, Target::NginxLogged)?;
 
     let mut text = String::new();
     let _ = writeln!(
@@ -134,7 +143,9 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
          (h2: {H2_STREAMS} streams each). Proxy under test pinned to CPU {PROXY_CPU} (one worker: \
          nginx `worker_processes 1`, HAProxy `nbthread 1`, trustgate's runtime sized by its \
          affinity); front HAProxy, upstream nginx and the load generator on CPU {REST_CPU}. \
-         trustgate: release build, `RUST_LOG=warn` (no access log), kernel filter `socket`. \
+         trustgate: release build, `RUST_LOG=warn`, access log off, kernel filter `socket`; \
+         under keep-alive also trustgate with `[access_log]` `combined` to a file and nginx \
+         with `access_log FILE` (combined), each beside its unlogged twin in the same round. \
          CPU µs/req: busy time of CPU {PROXY_CPU} (the proxy's own, kernel and softirq \
          included) per request. Ratios are medians of the per-round ratios.\n",
         opts.rounds, opts.seconds
@@ -149,16 +160,21 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let mut raw = String::new();
+    let mut logged = String::new();
     for load in Load::ALL {
-        for target in Target::ALL {
+        let targets: Vec<Target> = match load {
+            Load::KeepAlive => every.clone(),
+            _ => Target::ALL.to_vec(),
+        };
+        for &target in &targets {
             measure(load, target, WARMUP.as_secs(), &scratch).with_context(|| {
                 format!("warming up {} under {}", target.name(), load.describe())
             })?;
         }
-        let mut samples: Vec<[Sample; 3]> = Vec::new();
+        let mut samples: Vec<Vec<Sample>> = Vec::new();
         for round in 0..opts.rounds {
-            let mut row = [Sample::default(); 3];
-            for (i, target) in Target::ALL.into_iter().enumerate() {
+            let mut row = vec![Sample::default(); targets.len()];
+            for (i, &target) in targets.iter().enumerate() {
                 let s = measure(load, target, opts.seconds, &scratch).with_context(|| {
                     format!("measuring {} under {}", target.name(), load.describe())
                 })?;
@@ -179,7 +195,7 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
             }
             samples.push(row);
         }
-        for (i, target) in Target::ALL.into_iter().enumerate() {
+        for (i, &target) in targets.iter().enumerate() {
             let col =
                 |f: fn(&Sample) -> f64| -> Vec<f64> { samples.iter().map(|r| f(&r[i])).collect() };
             let rps = col(|s| s.rps);
@@ -187,7 +203,8 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
             let max = rps.iter().copied().fold(0.0, f64::max);
             let errors: u64 = samples.iter().map(|r| r[i].errors).sum();
             let ratio = |f: fn(&Sample) -> f64| {
-                if target == Target::Trustgate {
+                // The logged twins are compared with their unlogged selves below.
+                if target == Target::Trustgate || Target::LOGGED.contains(&target) {
                     return "—".to_string();
                 }
                 let ratios: Vec<f64> = samples.iter().map(|r| f(&r[0]) / f(&r[i])).collect();
@@ -207,8 +224,31 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
                 ratio(|s| s.rps),
                 ratio(|s| s.cpu_us),
             );
+            if Target::LOGGED.contains(&target)
+                && let Some(off) = targets.iter().position(|t| *t == target.unlogged())
+            {
+                let per_round = |f: fn(&Sample) -> f64| -> f64 {
+                    let r: Vec<f64> = samples.iter().map(|r| f(&r[i]) / f(&r[off])).collect();
+                    median(&r)
+                };
+                let _ = writeln!(
+                    logged,
+                    "| {} | {} | {:.3} | {:.3} |",
+                    load.describe(),
+                    target.unlogged().name(),
+                    per_round(|s| s.cpu_us),
+                    per_round(|s| s.rps),
+                );
+            }
         }
     }
+    let _ = write!(
+        text,
+        "\nAccess log on ÷ off, the same proxy in the same rounds (medians of the per-round \
+         ratios; CPU/req above 1 is the log's cost):\n\n\
+         | load | proxy | CPU/req, log on ÷ off | req/s, log on ÷ off |\n\
+         | --- | --- | ---: | ---: |\n{logged}"
+    );
     let _ = write!(
         text,
         "\nerrors: wrk's non-2xx responses plus socket errors, h2load's failed and errored \

@@ -39,7 +39,7 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
             let proc = match target {
                 Target::Trustgate => peers::start_trustgate(&scratch, PROXY_CPU, trustgate, &cert)?,
                 Target::Nginx => peers::start_nginx(&scratch, PROXY_CPU, &cert)?,
-                Target::Haproxy => bail!("HAProxy is not measured here (see MEASURED)"),
+                other => bail!("{} is not measured here (see MEASURED)", other.name()),
             };
             let (idle, loaded) = measure(&proc, *target, opts.connections).with_context(|| {
                 format!(

@@ -16,19 +16,47 @@ pub const UPSTREAM_PORT: u16 = 18081;
 /// A receiving proxy under test.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Target {
+    /// Access log off (`[access_log] off = true`).
     Trustgate,
+    /// Access log off.
     Nginx,
     Haproxy,
+    /// Access log on, `combined`, to a file.
+    TrustgateLogged,
+    /// Access log on, nginx's `combined`, to a file (unbuffered, nginx's default).
+    NginxLogged,
 }
 
 impl Target {
     pub const ALL: [Target; 3] = [Target::Trustgate, Target::Nginx, Target::Haproxy];
+    /// The access-log variants, measured beside their unlogged twins.
+    pub const LOGGED: [Target; 2] = [Target::TrustgateLogged, Target::NginxLogged];
 
     pub fn name(self) -> &'static str {
         match self {
             Target::Trustgate => "trustgate",
             Target::Nginx => "nginx",
             Target::Haproxy => "haproxy",
+            Target::TrustgateLogged => "trustgate, access log on",
+            Target::NginxLogged => "nginx, access log on",
+        }
+    }
+
+    /// The stem of its files in the scratch directory (config, log, pid).
+    fn stem(self) -> &'static str {
+        match self {
+            Target::TrustgateLogged => "trustgate-logged",
+            Target::NginxLogged => "nginx-logged",
+            other => other.name(),
+        }
+    }
+
+    /// The same proxy with its access log off.
+    pub fn unlogged(self) -> Target {
+        match self {
+            Target::TrustgateLogged => Target::Trustgate,
+            Target::NginxLogged => Target::Nginx,
+            other => other,
         }
     }
 
@@ -37,6 +65,8 @@ impl Target {
             Target::Trustgate => 0,
             Target::Nginx => 1,
             Target::Haproxy => 2,
+            Target::TrustgateLogged => 3,
+            Target::NginxLogged => 4,
         }
     }
 
@@ -49,7 +79,7 @@ impl Target {
     /// both HTTP/1.1 and h2c on one port, so it gets a port of its own.
     pub fn h2c_port(self) -> u16 {
         match self {
-            Target::Nginx => self.plain_port() + 1,
+            Target::Nginx | Target::NginxLogged => self.plain_port() + 1,
             _ => self.plain_port(),
         }
     }
@@ -148,8 +178,8 @@ pub fn start_front(dir: &Scratch, cpus: &str, targets: &[Target]) -> Result<Proc
             ("tls", tls, t.tls_port()),
         ] {
             conf.push_str(&format!(
-                "listen {}_{name}\n  bind 127.0.0.1:{from}\n  server s 127.0.0.1:{to} send-proxy-v2\n",
-                t.name()
+                "listen t{}_{name}\n  bind 127.0.0.1:{from}\n  server s 127.0.0.1:{to} send-proxy-v2\n",
+                t.index()
             ));
         }
     }
@@ -184,7 +214,24 @@ pub fn trustgate_config(
     cert: &(String, String, String),
     limits: Limits,
 ) -> Result<String> {
-    let t = Target::Trustgate;
+    trustgate_config_for(dir, cert, limits, Target::Trustgate)
+}
+
+/// [`trustgate_config`] for `t`: [`Target::Trustgate`] with its access log off,
+/// [`Target::TrustgateLogged`] logging `combined` to `dir/trustgate-access.log`.
+pub fn trustgate_config_for(
+    dir: &Scratch,
+    cert: &(String, String, String),
+    limits: Limits,
+    t: Target,
+) -> Result<String> {
+    let access_log = match t {
+        Target::TrustgateLogged => format!(
+            "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
+            dir.path.join("trustgate-access.log").display()
+        ),
+        _ => "[access_log]\noff = true\n".to_string(),
+    };
     let (clients, header_timeout) = match limits {
         Limits::Raised => ("max_clients = 20000\n", "timeout = 1000\n"),
         Limits::Defaults => ("", ""),
@@ -196,31 +243,52 @@ pub fn trustgate_config(
          tls = {{ tls_cert_path = \"{c}\", tls_cert_key_path = \"{k}\", https_redirection = false }}\n\
          [[apps.bench.reverse_proxy]]\npath = \"/\"\nupstream = [{{ location = \"127.0.0.1:{UPSTREAM_PORT}\" }}]\n\
          [experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{header_timeout}\
-         [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n",
+         [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n\
+         {access_log}",
         plain = t.plain_port(),
         tls = t.tls_port(),
         c = cert.0,
         k = cert.1,
     );
-    dir.write("trustgate.toml", &conf)
+    dir.write(&format!("{}.toml", t.stem()), &conf)
 }
 
-/// trustgate, release build, logging at warn (so no access log), [`Limits::Raised`].
+/// trustgate, release build, logging at warn, access log off, [`Limits::Raised`].
 pub fn start_trustgate(
     dir: &Scratch,
     cpus: &str,
     binary: &str,
     cert: &(String, String, String),
 ) -> Result<Proc> {
-    let config = trustgate_config(dir, cert, Limits::Raised)?;
-    start_trustgate_with(dir, cpus, binary, &config)
+    start_trustgate_as(dir, cpus, binary, cert, Target::Trustgate)
+}
+
+/// [`start_trustgate`] as `t` (its ports and access log, see [`trustgate_config_for`]).
+pub fn start_trustgate_as(
+    dir: &Scratch,
+    cpus: &str,
+    binary: &str,
+    cert: &(String, String, String),
+    t: Target,
+) -> Result<Proc> {
+    let config = trustgate_config_for(dir, cert, Limits::Raised, t)?;
+    start_trustgate_on(dir, cpus, binary, &config, t)
 }
 
 /// trustgate, release build, logging at warn, on the config at `config`.
 pub fn start_trustgate_with(dir: &Scratch, cpus: &str, binary: &str, config: &str) -> Result<Proc> {
-    let t = Target::Trustgate;
+    start_trustgate_on(dir, cpus, binary, config, Target::Trustgate)
+}
+
+fn start_trustgate_on(
+    dir: &Scratch,
+    cpus: &str,
+    binary: &str,
+    config: &str,
+    t: Target,
+) -> Result<Proc> {
     let mut proc = Proc::start(
-        "trustgate",
+        t.stem(),
         cpus,
         &[binary, "-c", config, "--grace-period", "1"],
         &[("RUST_LOG", "warn")],
@@ -238,6 +306,17 @@ pub fn start_nginx(dir: &Scratch, cpus: &str, cert: &(String, String, String)) -
     start_nginx_with(dir, cpus, cert, 18_000)
 }
 
+/// [`start_nginx`] as `t`: [`Target::NginxLogged`] writes `access_log FILE` (the
+/// `combined` format, unbuffered: nginx's defaults) to `dir/nginx-access.log`.
+pub fn start_nginx_as(
+    dir: &Scratch,
+    cpus: &str,
+    cert: &(String, String, String),
+    t: Target,
+) -> Result<Proc> {
+    start_nginx_on(dir, cpus, cert, 18_000, t)
+}
+
 /// The upstream connections nginx keeps idle (`keepalive`), counted in its
 /// `worker_connections`.
 pub const NGINX_UPSTREAM_KEEPALIVE: usize = 64;
@@ -252,12 +331,26 @@ pub fn start_nginx_with(
     cert: &(String, String, String),
     worker_connections: usize,
 ) -> Result<Proc> {
-    let t = Target::Nginx;
+    start_nginx_on(dir, cpus, cert, worker_connections, Target::Nginx)
+}
+
+fn start_nginx_on(
+    dir: &Scratch,
+    cpus: &str,
+    cert: &(String, String, String),
+    worker_connections: usize,
+    t: Target,
+) -> Result<Proc> {
     let d = dir.path.display();
+    let n = t.stem();
+    let access_log = match t {
+        Target::NginxLogged => format!("access_log {d}/nginx-access.log"),
+        _ => "access_log off".to_string(),
+    };
     let conf = format!(
-        "worker_processes 1;\nworker_rlimit_nofile 19000;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+        "worker_processes 1;\nworker_rlimit_nofile 19000;\ndaemon off;\npid {d}/{n}.pid;\nerror_log stderr warn;\n\
          events {{ worker_connections {worker_connections}; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n  {temps}\n\
+         http {{\n  {access_log};\n  keepalive_requests 1000000;\n  {temps}\n\
          upstream up {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive {NGINX_UPSTREAM_KEEPALIVE}; }}\n\
          server {{\n\
            listen 127.0.0.1:{plain} proxy_protocol;\n\
@@ -273,16 +366,16 @@ pub fn start_nginx_with(
              proxy_set_header X-Forwarded-Proto $scheme;\n\
            }}\n\
          }}\n}}\n",
-        temps = temp_paths(dir, "nginx"),
+        temps = temp_paths(dir, n),
         plain = t.plain_port(),
         h2c = t.h2c_port(),
         tls = t.tls_port(),
         c = cert.0,
         k = cert.1,
     );
-    let path = dir.write("nginx.conf", &conf)?;
+    let path = dir.write(&format!("{n}.conf"), &conf)?;
     let mut proc = Proc::start(
-        "nginx",
+        n,
         cpus,
         &["nginx", "-e", "stderr", "-c", &path],
         &[],

@@ -73,7 +73,7 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
                 Target::Trustgate => {
                     peers::start_trustgate_with(&scratch, PROXY_CPU, trustgate, &config)?
                 }
-                Target::Haproxy => bail!("HAProxy is not measured here (see MEASURED)"),
+                other => bail!("{} is not measured here (see MEASURED)", other.name()),
             };
             let r = measure(*target, window).with_context(|| {
                 format!(
