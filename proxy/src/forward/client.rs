@@ -26,6 +26,13 @@ use super::plain::{GiveBack, PlainError, PlainPool};
 use super::slots::{Evict, OpenCount, Slots, Turns};
 use crate::config::UpstreamHttp;
 
+/// The ceiling on an upstream HTTP/1.1 connection's read buffer (hyper's `max_buf_size`,
+/// whose default is about 400 KiB). A response body is read in pieces of at most this
+/// much, and each piece handed down pins its buffer until the client has taken it, so
+/// this bounds the memory a flowing response holds. It also bounds a response head: an
+/// upstream head larger than this fails the request (a 502; nginx's default is 4–8 KiB).
+pub(super) const UPSTREAM_BUF_BYTES: usize = 64 << 10;
+
 /// A pool of upstream connections (hyper-util keys it by scheme and authority).
 pub(super) type Pool = Client<HttpsConnector<Connector>, RequestBody>;
 
@@ -206,6 +213,7 @@ impl PoolMaker {
             .pool_idle_timeout(self.pool_idle)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http1_max_buf_size(UPSTREAM_BUF_BYTES)
             .http2_only(protocol == Protocol::Http2);
         builder.build(HttpsConnector::from((connector, Arc::clone(tls))))
     }

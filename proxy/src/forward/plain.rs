@@ -8,7 +8,7 @@
 //! ([`GiveBack`], dropped with the body); one whose body is abandoned is closed. Idle ones
 //! past the idle timeout are closed by a reaper task; one the upstream closed while idle is
 //! skipped at checkout; a request a dead connection refused unsent goes once more, on a new
-//! connection. Each connection holds a slot under `max_upstream_connections`; at the cap
+//! connection. Its read buffer is held near [`UPSTREAM_BUF_BYTES`]. Each connection holds a slot under `max_upstream_connections`; at the cap
 //! the pool closes its least recently used idle connection to make room ([`Evict`]).
 
 use std::pin::Pin;
@@ -27,6 +27,7 @@ use tower_service::Service;
 use tracing::debug;
 
 use super::body::RequestBody;
+use super::client::UPSTREAM_BUF_BYTES;
 use super::connect::Capped;
 use super::slots::{Evict, SlotsFull, Slotted};
 
@@ -190,7 +191,11 @@ impl<B: PoolBody> PlainPool<B> {
             .await
             .map_err(|e| PlainError::Connect(e.into()))?;
         let io = Slotted::new(io, slot, None);
-        let (sender, conn) = http1::handshake(io).await.map_err(PlainError::Handshake)?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(UPSTREAM_BUF_BYTES)
+            .handshake(io)
+            .await
+            .map_err(PlainError::Handshake)?;
         tokio::spawn(async move {
             if let Err(error) = conn.await {
                 debug!(%error, "upstream connection ended with an error");
@@ -413,6 +418,54 @@ mod tests {
         let (response, give_back) = pool.send(req).await.expect("a response");
         let body = PooledBody::new(response.into_body(), Some(give_back));
         body.collect().await.expect("the body").to_bytes()
+    }
+
+    /// An upstream that answers every connection's first request with `response`.
+    async fn raw_upstream(response: Vec<u8>) -> Uri {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let response: Arc<[u8]> = response.into();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let response = Arc::clone(&response);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = stream.write_all(&response).await;
+                });
+            }
+        });
+        format!("http://{addr}/").parse().expect("uri")
+    }
+
+    /// A response head with one header of `value_bytes` bytes.
+    fn head_with(value_bytes: usize) -> Vec<u8> {
+        let mut r = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-big: ".to_vec();
+        r.resize(r.len() + value_bytes, b'a');
+        r.extend_from_slice(b"\r\n\r\nok");
+        r
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_ceiling_bounds_a_response_head() {
+        let (pool, _) = pool(Duration::from_secs(30), 8);
+        let under = raw_upstream(head_with(UPSTREAM_BUF_BYTES / 2)).await;
+        assert_eq!(request(&pool, &under).await, "ok");
+        // hyper's default ceiling (about 400 KiB) would take this head; ours does not. The
+        // ceiling is checked between reads and one read may fill the buffer's spare
+        // capacity past it, so the head is well over it.
+        let over = raw_upstream(head_with(4 * UPSTREAM_BUF_BYTES)).await;
+        let mut req = Request::new(Empty::new());
+        *req.uri_mut() = over;
+        let refused = pool.send(req).await.expect_err("a head over the ceiling");
+        assert!(matches!(refused, PlainError::Send(_)), "{refused:?}");
     }
 
     #[tokio::test]

@@ -444,6 +444,7 @@ async fn serve_http<S>(
         Http::One => {
             let conn = http1::Builder::new()
                 .max_header_size(to_usize(runtime.limits.request_max_header_size))
+                .max_buf_size(h1_buf_bytes(runtime.limits.request_max_header_size))
                 .serve_connection(io, service)
                 .with_upgrades();
             drive(
@@ -466,6 +467,7 @@ async fn serve_http<S>(
                 .keep_alive_timeout(H2_PING_TIMEOUT)
                 .max_concurrent_streams(runtime.limits.max_concurrent_streams)
                 .max_header_list_size(runtime.limits.request_max_header_size)
+                .max_send_buf_size(DOWNSTREAM_BUF_BYTES)
                 .serve_connection(io, service);
             drive(
                 Box::pin(conn),
@@ -477,6 +479,19 @@ async fn serve_http<S>(
             .await;
         }
     }
+}
+
+/// The ceiling on what a downstream connection buffers: an HTTP/1.1 connection's read
+/// buffer and its queue of bytes waiting to be written (hyper's `max_buf_size`, whose
+/// default is about 400 KiB), an h2 stream's send buffer (`max_send_buf_size`, also
+/// 400 KiB by default). With the upstream's ceiling (`forward`) it bounds the memory a
+/// flowing response holds.
+const DOWNSTREAM_BUF_BYTES: usize = 64 << 10;
+
+/// The HTTP/1.1 buffer ceiling: [`DOWNSTREAM_BUF_BYTES`], or more when
+/// `request_max_header_size` is larger, since a request head must fit in the buffer.
+fn h1_buf_bytes(request_max_header_size: u32) -> usize {
+    DOWNSTREAM_BUF_BYTES.max(to_usize(request_max_header_size))
 }
 
 /// A `u32` limit as hyper's `usize`.
@@ -621,6 +636,17 @@ impl Drop for PerIpGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_http1_buffer_ceiling_is_64k_unless_a_head_may_be_larger() {
+        use crate::config::{REQUEST_MAX_HEADER_SIZE_MAX, REQUEST_MAX_HEADER_SIZE_MIN};
+        assert_eq!(h1_buf_bytes(REQUEST_MAX_HEADER_SIZE_MIN), 64 << 10);
+        assert_eq!(h1_buf_bytes(64 << 10), 64 << 10);
+        assert_eq!(
+            h1_buf_bytes(REQUEST_MAX_HEADER_SIZE_MAX),
+            to_usize(REQUEST_MAX_HEADER_SIZE_MAX)
+        );
+    }
 
     /// Runs `sniff` over `parts`, each handed out by a read of its own; returns what it
     /// found and everything the stream then yields.

@@ -1,10 +1,11 @@
 //! `cargo xtask bench [NAME]`: builds the release eBPF object, then runs the named
 //! benchmark (or all of them). The criterion benches (`kernel`, `proxy_protocol`) keep
-//! their output in `target/bench/NAME.txt`; the end-to-end scenarios (`http`, `memory`,
+//! their output in `target/bench/NAME.txt`; the end-to-end scenarios (`http`, `memory`, `download`,
 //! `slowloris`, `synflood`) print a markdown table and write it to `target/bench/NAME.md`, with the machine,
 //! kernel, commit, load average and exact command at the top.
 
 mod client;
+mod download;
 mod http;
 mod memory;
 mod netns;
@@ -25,11 +26,12 @@ use crate::util::{exec, output, workspace_root};
 /// The criterion benchmarks, each a `[[bench]]` target of the `proxy` crate.
 const BENCHES: &[&str] = &["kernel", "proxy_protocol"];
 /// The end-to-end scenarios, run by xtask itself.
-const SCENARIOS: &[&str] = &["http", "memory", "slowloris", "synflood"];
+const SCENARIOS: &[&str] = &["http", "memory", "download", "slowloris", "synflood"];
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// One benchmark to run (kernel, proxy_protocol, http, memory, slowloris, synflood); all when
+    /// One benchmark to run (kernel, proxy_protocol, http, memory, download, slowloris,
+    /// synflood); all when
     /// absent. `synflood` needs root.
     pub name: Option<String>,
     /// Alternating rounds per end-to-end scenario (A B C A B C ...).
@@ -45,6 +47,19 @@ pub struct Options {
     /// Seconds the normal client runs in `slowloris` while the hostile connections are held.
     #[arg(long, default_value_t = 30)]
     pub window: u64,
+    /// Concurrent downloads in `download`.
+    #[arg(long, default_value_t = 200)]
+    pub downloads: usize,
+    /// MiB each download in `download` fetches.
+    #[arg(long, default_value_t = 50)]
+    pub mib: u64,
+    /// Seconds after the downloads end that `download` reads RSS again.
+    #[arg(long, default_value_t = 30)]
+    pub after: u64,
+    /// Another trustgate binary to measure beside the fresh build in `download` (a
+    /// build of another commit); repeatable.
+    #[arg(long)]
+    pub compare: Vec<String>,
 }
 
 pub fn bench(opts: &Options) -> Result<()> {
@@ -63,6 +78,7 @@ pub fn bench(opts: &Options) -> Result<()> {
         match name {
             "http" => report(&out_dir, name, &http::run(opts, &trustgate_binary()?)?)?,
             "memory" => report(&out_dir, name, &memory::run(opts, &trustgate_binary()?)?)?,
+            "download" => report(&out_dir, name, &download::run(opts, &trustgate_binary()?)?)?,
             "slowloris" => report(&out_dir, name, &slowloris::run(opts, &trustgate_binary()?)?)?,
             "synflood" => report(&out_dir, name, &synflood::run(opts, &trustgate_binary()?)?)?,
             _ => criterion(&root, &out_dir, &header, name)?,

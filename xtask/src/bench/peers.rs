@@ -162,6 +162,36 @@ pub fn start_upstream_at(dir: &Scratch, cpus: &str, port: u16) -> Result<Proc> {
     Ok(proc)
 }
 
+/// nginx serving one file of `bytes` bytes, `name` under its root, on [`UPSTREAM_PORT`],
+/// one worker, with `sendfile`; `/` is `ok`.
+pub fn start_file_upstream(dir: &Scratch, cpus: &str, name: &str, bytes: u64) -> Result<Proc> {
+    let root = dir.path.join("www");
+    std::fs::create_dir_all(&root)?;
+    let file = std::fs::File::create(root.join(name))?;
+    file.set_len(bytes)?;
+    // `GET /` answers `200 ok`, as the other upstream does, for the scenarios' warm-up.
+    std::fs::write(root.join("index.html"), "ok")?;
+    let d = dir.path.display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/upstream.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 1000000;\n  {temps}\n\
+         server {{ listen 127.0.0.1:{UPSTREAM_PORT}; root {root}; }}\n}}\n",
+        temps = temp_paths(dir, "upstream"),
+        root = root.display(),
+    );
+    let path = dir.write("upstream.conf", &conf)?;
+    let mut proc = Proc::start(
+        "upstream",
+        cpus,
+        &["nginx", "-e", "stderr", "-c", &path],
+        &[],
+        &dir.path,
+    )?;
+    proc.wait_ready(local(UPSTREAM_PORT), &dir.path)?;
+    Ok(proc)
+}
+
 /// HAProxy in TCP mode with `send-proxy-v2`, one thread (`maxconn` 9000: HAProxy needs two
 /// descriptors per connection and the open-file limit here is 20,000): for each target, its plain,
 /// h2c and TLS ports in front of the target's.
@@ -301,7 +331,8 @@ fn start_trustgate_on(
 
 /// nginx for the same job: PROXY on every listener, the client address from the header,
 /// `X-Forwarded-For` set, a keep-alive upstream pool; one worker with 18,000
-/// connections, access log off.
+/// connections, access log off. Responses stream through its memory buffers
+/// (`proxy_max_temp_file_size 0`), as trustgate's do, rather than spill to temporary files.
 pub fn start_nginx(dir: &Scratch, cpus: &str, cert: &(String, String, String)) -> Result<Proc> {
     start_nginx_with(dir, cpus, cert, 18_000)
 }
@@ -359,7 +390,7 @@ fn start_nginx_on(
            ssl_certificate {c};\n  ssl_certificate_key {k};\n\
            set_real_ip_from 127.0.0.1/32;\n  real_ip_header proxy_protocol;\n\
            location / {{\n\
-             proxy_pass http://up;\n  proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
+             proxy_pass http://up;\n  proxy_max_temp_file_size 0;\n  proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
              proxy_set_header Host $host;\n\
              proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
              proxy_set_header X-Real-IP $remote_addr;\n\

@@ -271,13 +271,18 @@ pub fn cpu_times() -> Result<Vec<CpuTimes>> {
 
 /// Resident memory of `pid` in KiB (VmRSS from /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Result<u64> {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The KiB figure `field` (such as `VmRSS:` or `VmHWM:`) of /proc/PID/status.
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// The pids of `pid`'s children (nginx's workers).
