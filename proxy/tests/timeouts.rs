@@ -48,8 +48,13 @@ const SETTLE: Duration = Duration::from_secs(10);
 const PROMPT: Duration = Duration::from_secs(5);
 
 /// The binary on loopback, trusting 127.0.0.1, one app routed to `upstream`, with `top`
-/// (the timeouts under test) at the top level.
+/// (the timeouts under test) at the top level and a 1 s PROXY header `timeout`.
 fn start(upstream: SocketAddr, top: &str) -> (Gateway, SocketAddr) {
+    start_with(upstream, top, "timeout = 1000")
+}
+
+/// [`start`] with `pp` as the rest of the PROXY table (its `timeout` and the like).
+fn start_with(upstream: SocketAddr, top: &str, pp: &str) -> (Gateway, SocketAddr) {
     let text = format!(
         r#"
 listen_port = 0
@@ -62,7 +67,7 @@ server_name = "app.test"
 upstream = [{{ location = "{upstream}" }}]
 [experimental.tcp_recv_proxy_protocol]
 trusted_proxies = ["127.0.0.1/32"]
-timeout = 1000
+{pp}
 [experimental.tcp_recv_proxy_protocol.kernel_filter]
 mode = "off"
 [metrics]
@@ -508,29 +513,7 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
 /// The binary with the PROXY receiver's defaults (`timeout` 50 ms from the first byte,
 /// the first byte within 5 s), and `pp` added to its table.
 fn start_with_receiver_defaults(upstream: SocketAddr, pp: &str) -> (Gateway, SocketAddr) {
-    let text = format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "127.0.0.1"
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["127.0.0.1/32"]
-{pp}
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "off"
-[metrics]
-listen = "127.0.0.1:0"
-"#
-    );
-    block_in_place(|| {
-        let mut gw = Gateway::start(&text, 1);
-        let metrics = gw.metrics_listener();
-        (gw, metrics)
-    })
+    start_with(upstream, "", pp)
 }
 
 fn closed_no_data(s: &Scrape) -> u64 {
