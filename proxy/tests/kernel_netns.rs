@@ -15,10 +15,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use common::frames::{ACK, SYN, Tcp4, syn4_checksummed};
+use common::frames::{ACK, SYN, Tcp4};
 use common::netns::{Lab, TunLab, in_namespace};
 use common::scrape::Scrape;
-use common::wire::{inject_and_count_syn_acks, syn_fragments};
+use common::wire::{inject_and_count_syn_acks, syn_fragments, syn4_checksummed};
 use ipnet::IpNet;
 use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttached, XdpMode};
 use proxy::trust::{Class, TrustList};

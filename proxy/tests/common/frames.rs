@@ -193,25 +193,6 @@ pub fn checksum(data: &[u8], mut sum: u32) -> u16 {
     !(sum as u16)
 }
 
-/// An IPv4 SYN from `src:sport` to `dst:dport` with correct IP and TCP checksums, as a
-/// stack would send it: what a real kernel accepts from a tun device.
-pub fn syn4_checksummed(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
-    let mut t = tcp(dport, SYN);
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(12);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, TCP]);
-    pseudo.extend_from_slice(&(t.len() as u16).to_be_bytes());
-    let tcp_sum = checksum(&[pseudo, t.clone()].concat(), 0);
-    t[16..18].copy_from_slice(&tcp_sum.to_be_bytes());
-    let mut p = ipv4(src, TCP, 0, Frag::default(), &t);
-    p[16..20].copy_from_slice(&dst.octets());
-    let ip_sum = checksum(&p[..20], 0);
-    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    p
-}
-
 /// The addressing and flags of an IPv4 TCP segment read off a tun device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tcp4 {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::frames::checksum;
 use super::netns::Lab;
 
 const TCP_SYN: u8 = 0x02;
@@ -63,7 +64,7 @@ pub fn ipv4(
     p[9] = 6;
     p[12..16].copy_from_slice(&src.octets());
     p[16..20].copy_from_slice(&dst.octets());
-    let sum = checksum(&p);
+    let sum = checksum(&p, 0);
     p[10..12].copy_from_slice(&sum.to_be_bytes());
     p.extend_from_slice(payload);
     p
@@ -83,21 +84,15 @@ pub fn tcp_syn(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, seq: u32) -
     pseudo.extend_from_slice(&dst.octets());
     pseudo.extend_from_slice(&[0, IPPROTO_TCP, 0, 20]);
     pseudo.extend_from_slice(&t);
-    let sum = checksum(&pseudo);
+    let sum = checksum(&pseudo, 0);
     t[16..18].copy_from_slice(&sum.to_be_bytes());
     t
 }
 
-/// The Internet checksum (RFC 1071) of `bytes`.
-pub fn checksum(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
+/// An IPv4 SYN from `src:sport` to `dst:dport` with correct IP and TCP checksums, as a
+/// stack would send it: what a real kernel accepts from a tun device.
+pub fn syn4_checksummed(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
+    ipv4(src, dst, 0, false, 0, &tcp_syn(src, dst, sport, dport, 1))
 }
 
 /// The source port of `packet` (IPv4, as a raw socket reads it) when it is a SYN-ACK
