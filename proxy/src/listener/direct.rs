@@ -10,7 +10,9 @@ use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
-use crate::proxy_protocol::{Deadlines, Rewind, Signature, Version, signature_at};
+use crate::proxy_protocol::{
+    Deadlines, FirstRead, Rewind, Signature, Version, first_read, signature_at,
+};
 
 /// The first read's buffer: a whole ordinary request head or TLS ClientHello, so that the
 /// next layer gets it in one piece (see `conn::sniff`), as it would without the screen.
@@ -58,11 +60,10 @@ where
     S: AsyncRead + Unpin,
 {
     let mut buf = Vec::with_capacity(SCREEN_BYTES);
-    match tokio::time::timeout_at(deadlines.first_byte, stream.read_buf(&mut buf)).await {
-        Err(_elapsed) => return Ok(Screened::NoFirstByte),
-        Ok(Err(err)) => return Err(err),
-        Ok(Ok(0)) => return Ok(Screened::NoData),
-        Ok(Ok(_)) => {}
+    match first_read(&mut stream, &mut buf, deadlines.first_byte).await? {
+        FirstRead::Late => return Ok(Screened::NoFirstByte),
+        FirstRead::Closed => return Ok(Screened::NoData),
+        FirstRead::Data => {}
     }
     let deadline = Instant::now() + deadlines.header;
     let read = tokio::time::timeout_at(deadline, async {

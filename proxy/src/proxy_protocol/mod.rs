@@ -21,7 +21,7 @@ use endpoints::Endpoints;
 
 pub use encode::{EncodeError, encode, encode_v2};
 pub use info::ProxyInfo;
-pub use read::{Deadlines, ReadError, Rewind, read_header};
+pub use read::{Deadlines, FirstRead, ReadError, Rewind, first_read, read_header};
 pub use tlv::{Ssl, SslClient, Tlv, TlvIter, Tlvs};
 
 /// Bounds the parser applies beyond the specification's own.

@@ -87,11 +87,10 @@ where
     S: AsyncRead + Unpin,
 {
     let mut buf = Vec::with_capacity(INITIAL_BUF_BYTES);
-    match tokio::time::timeout_at(deadlines.first_byte, stream.read_buf(&mut buf)).await {
-        Err(_elapsed) => return Err(ReadError::NoFirstByte),
-        Ok(Err(err)) => return Err(ReadError::Io(err)),
-        Ok(Ok(0)) => return Err(ReadError::NoData),
-        Ok(Ok(_)) => {}
+    match first_read(&mut stream, &mut buf, deadlines.first_byte).await? {
+        FirstRead::Late => return Err(ReadError::NoFirstByte),
+        FirstRead::Closed => return Err(ReadError::NoData),
+        FirstRead::Data => {}
     }
     let deadline = Instant::now() + deadlines.header;
     let read =
@@ -115,6 +114,35 @@ where
         );
     }
     Ok((info, Rewind::new(stream, buf, used)))
+}
+
+/// How a connection's first read ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FirstRead {
+    /// Bytes arrived (in the buffer).
+    Data,
+    /// The peer closed without a byte: a TCP health check.
+    Closed,
+    /// Nothing by the deadline.
+    Late,
+}
+
+/// The first read of a connection into `buf`, waiting for it until `deadline`: the one
+/// wait both a PROXY header and a direct source's first bytes start with.
+pub async fn first_read<S>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> io::Result<FirstRead>
+where
+    S: AsyncRead + Unpin,
+{
+    match tokio::time::timeout_at(deadline, stream.read_buf(buf)).await {
+        Err(_elapsed) => Ok(FirstRead::Late),
+        Ok(Err(err)) => Err(err),
+        Ok(Ok(0)) => Ok(FirstRead::Closed),
+        Ok(Ok(_)) => Ok(FirstRead::Data),
+    }
 }
 
 /// Reads into `buf` (which holds the first bytes already) until it starts with a
