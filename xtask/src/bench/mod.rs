@@ -21,7 +21,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::build_ebpf;
-use crate::util::{exec, output, workspace_root};
+use crate::util::{cargo, exec, output, workspace_root};
 
 /// The criterion benchmarks, each a `[[bench]]` target of the `proxy` crate.
 const BENCHES: &[&str] = &["kernel", "proxy_protocol"];
@@ -94,7 +94,7 @@ fn criterion(
     name: &str,
 ) -> Result<()> {
     eprintln!("+ cargo bench -p proxy --bench {name}");
-    let out = Command::new("cargo")
+    let out = cargo()
         .current_dir(root)
         .args(["bench", "-p", "proxy", "--bench", name])
         .output()
@@ -115,7 +115,7 @@ fn criterion(
 /// Builds the release `trustgate` (the eBPF object is already built) and returns its path.
 fn trustgate_binary() -> Result<String> {
     let root = workspace_root();
-    exec(Command::new("cargo").current_dir(&root).args([
+    exec(cargo().current_dir(&root).args([
         "build",
         "--release",
         "-p",
