@@ -255,6 +255,27 @@ pub fn trustgate_config_for(
     limits: Limits,
     t: Target,
 ) -> Result<String> {
+    let conf = trustgate_config_text(dir, cert, limits, t, &Extra::default());
+    dir.write(&format!("{}.toml", t.stem()), &conf)
+}
+
+/// What a scenario adds to [`trustgate_config_text`]'s config.
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// More `[[apps.bench.reverse_proxy]]` tables, after the one for `/`.
+    pub routes: &'a str,
+    /// More keys of the `kernel_filter` table.
+    pub kernel_filter: &'a str,
+}
+
+/// The text of [`trustgate_config_for`]'s config, with `extra` in it.
+pub fn trustgate_config_text(
+    dir: &Scratch,
+    cert: &(String, String, String),
+    limits: Limits,
+    t: Target,
+    extra: &Extra<'_>,
+) -> String {
     let access_log = match t {
         Target::TrustgateLogged => format!(
             "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
@@ -266,21 +287,22 @@ pub fn trustgate_config_for(
         Limits::Raised => ("max_clients = 20000\n", "timeout = 1000\n"),
         Limits::Defaults => ("", ""),
     };
-    let conf = format!(
+    format!(
         "listen_port = {plain}\nlisten_port_tls = {tls}\nlisten_address_v4 = \"127.0.0.1\"\n\
          {clients}max_concurrent_streams = 128\ndefault_app = \"bench\"\n\
          [apps.bench]\nserver_name = \"localhost\"\n\
          tls = {{ tls_cert_path = \"{c}\", tls_cert_key_path = \"{k}\", https_redirection = false }}\n\
-         [[apps.bench.reverse_proxy]]\npath = \"/\"\nupstream = [{{ location = \"127.0.0.1:{UPSTREAM_PORT}\" }}]\n\
+         [[apps.bench.reverse_proxy]]\npath = \"/\"\nupstream = [{{ location = \"127.0.0.1:{UPSTREAM_PORT}\" }}]\n{routes}\
          [experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{header_timeout}\
-         [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n\
+         [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n{kernel_filter}\
          {access_log}",
         plain = t.plain_port(),
         tls = t.tls_port(),
         c = cert.0,
         k = cert.1,
-    );
-    dir.write(&format!("{}.toml", t.stem()), &conf)
+        routes = extra.routes,
+        kernel_filter = extra.kernel_filter,
+    )
 }
 
 /// trustgate, release build, logging at warn, access log off, [`Limits::Raised`].
