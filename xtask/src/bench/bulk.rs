@@ -1,14 +1,18 @@
 //! Scenario `bulk`: what the socket filter costs on established connections. In socket
 //! mode an accepted socket inherits the listener's filter, and the program then runs on
 //! every packet the connection receives; `kernel_filter.detach_accepted` takes it off
-//! each accepted socket instead. One trustgate build is measured both ways in the same
-//! run, started fresh per measurement, in alternating order (kept, detached; then
-//! detached, kept): `--downloads` connections at once each downloading `--mib` MiB (the
-//! nginx sendfile upstream), then as many each uploading `--mib` MiB (`PUT`, to
-//! demo-upstream, which counts the body and drops it). Reports throughput and CPU time
-//! per GiB moved, of the proxy process and of the whole machine: on loopback, the
+//! each accepted socket instead, for one `setsockopt` per connection. One trustgate
+//! build is measured both ways in the same run, started fresh per measurement, in
+//! alternating order (kept, detached; then detached, kept): `--downloads` connections at
+//! once each downloading `--mib` MiB (an nginx sendfile upstream), then as many each
+//! uploading `--mib` MiB (`PUT`, to demo-upstream, which counts the body and drops it),
+//! then as many clients each opening connections in turn for one small request (where
+//! the setsockopt weighs most). Reports the rate and the CPU time per GiB (or per 1,000
+//! connections) of the proxy process and of the whole machine: on loopback, the
 //! receiving socket's work (its filter included) runs on the sending side's CPU, so
-//! the proxy's own time does not hold all of it.
+//! the proxy's own time does not hold all of it. Its ports (`Target::TrustgateBulk` and
+//! two beside it) are its own, so another scenario running on the same machine is
+//! never measured in its place.
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -26,8 +30,13 @@ use crate::util::{exec, output};
 const PROXY_CPU: &str = "1";
 /// The upstreams, and this process's client threads (pinned while the scenario runs).
 const REST_CPU: &str = "0";
+/// The proxy's ports are [`Target::TrustgateBulk`]'s; the upstreams' are next to them,
+/// apart from the other scenarios', which another worktree may be running.
+const PROXY: Target = Target::TrustgateBulk;
+/// Where the nginx file upstream serves the downloads.
+const FILE_PORT: u16 = 18161;
 /// Where demo-upstream takes the uploads.
-const SINK_PORT: u16 = 18082;
+const SINK_PORT: u16 = 18163;
 const FILE: &str = "big.bin";
 const IO_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 const CLIENT_STACK_BYTES: usize = 128 << 10;
@@ -58,31 +67,51 @@ impl Filter {
     }
 }
 
+/// What one measurement does, on `--downloads` connections at once.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+enum Phase {
+    /// Each downloads `--mib` MiB.
     Download,
+    /// Each uploads `--mib` MiB.
     Upload,
+    /// Each opens [`CONNECTIONS_PER_CLIENT`] connections in turn, one `GET /` on each:
+    /// what detaching costs where connections are short.
+    Connections,
 }
 
-impl Direction {
-    const BOTH: [Direction; 2] = [Direction::Download, Direction::Upload];
+impl Phase {
+    const ALL: [Phase; 3] = [Phase::Download, Phase::Upload, Phase::Connections];
 
     fn label(self) -> &'static str {
         match self {
-            Direction::Download => "download",
-            Direction::Upload => "upload",
+            Phase::Download => "download",
+            Phase::Upload => "upload",
+            Phase::Connections => "connection per request",
+        }
+    }
+
+    /// What the rate and the CPU time are counted in.
+    fn units(self) -> (&'static str, &'static str) {
+        match self {
+            Phase::Download | Phase::Upload => ("MiB/s", "CPU s/GiB"),
+            Phase::Connections => ("conn/s", "CPU ms/1k conn"),
         }
     }
 }
 
+/// Connections each client opens in [`Phase::Connections`].
+const CONNECTIONS_PER_CLIENT: usize = 1500;
+
 /// One phase's readings.
 #[derive(Clone, Copy)]
 struct Sample {
-    mib_per_s: f64,
-    /// CPU seconds of the proxy process (user + system) per GiB moved.
-    proxy_s_per_gib: f64,
-    /// Busy CPU seconds of the whole machine per GiB moved.
-    machine_s_per_gib: f64,
+    /// MiB/s, or connections/s.
+    rate: f64,
+    /// CPU time of the proxy process (user + system): seconds per GiB moved, or
+    /// milliseconds per 1,000 connections.
+    proxy_cpu: f64,
+    /// Busy CPU time of the whole machine, in the same unit.
+    machine_cpu: f64,
 }
 
 pub fn run(opts: &super::Options, trustgate: &str, demo_upstream: &str) -> Result<Measured> {
@@ -91,7 +120,7 @@ pub fn run(opts: &super::Options, trustgate: &str, demo_upstream: &str) -> Resul
     let scratch = Scratch::new("bulk")?;
     let cert = peers::certificate(&scratch)?;
     let bytes = opts.mib * (1 << 20);
-    let _upstream = peers::start_file_upstream(&scratch, REST_CPU, FILE, bytes)?;
+    let _upstream = peers::start_file_upstream_at(&scratch, REST_CPU, FILE, bytes, FILE_PORT)?;
     let sink_addr = peers::local(SINK_PORT).to_string();
     let mut sink = Proc::start(
         "sink",
@@ -107,22 +136,19 @@ pub fn run(opts: &super::Options, trustgate: &str, demo_upstream: &str) -> Resul
     let mut configs = Vec::new();
     for filter in [Filter::Kept, Filter::Detached] {
         let extra = Extra {
+            // Uploads of any `--mib`.
+            top: "request_max_body_size = \"unlimited\"\n",
+            upstream: Some(FILE_PORT),
             routes: &routes,
             kernel_filter: filter.key(),
         };
-        let text = peers::trustgate_config_text(
-            &scratch,
-            &cert,
-            Limits::Raised,
-            Target::Trustgate,
-            &extra,
-        );
+        let text = peers::trustgate_config_text(&scratch, &cert, Limits::Raised, PROXY, &extra);
         let name = format!("trustgate-{}.toml", filter.label().replace(' ', "-"));
         configs.push((filter, scratch.write(&name, &text)?));
     }
     let _pinned = Pinned::to(REST_CPU)?;
-    // (filter, direction) -> one sample per round.
-    let mut samples: Vec<(Filter, Direction, Vec<Sample>)> = Vec::new();
+    // (filter, phase) -> one sample per round.
+    let mut samples: Vec<(Filter, Phase, Vec<Sample>)> = Vec::new();
     let mut raw = String::new();
     for round in 0..opts.rounds {
         let mut order = configs.clone();
@@ -130,33 +156,34 @@ pub fn run(opts: &super::Options, trustgate: &str, demo_upstream: &str) -> Resul
             order.reverse();
         }
         for (filter, config) in &order {
-            let proc = peers::start_trustgate_with(&scratch, PROXY_CPU, trustgate, config)?;
-            drop(client::get(Target::Trustgate.plain_port(), 0, IO_TIMEOUT)?);
-            for direction in Direction::BOTH {
-                let s = measure(&proc, direction, opts, bytes).with_context(|| {
+            let proc = peers::start_trustgate_on(&scratch, PROXY_CPU, trustgate, config, PROXY)?;
+            drop(client::get(PROXY.plain_port(), 0, IO_TIMEOUT)?);
+            for phase in Phase::ALL {
+                let s = measure(&proc, phase, opts, bytes).with_context(|| {
                     format!(
                         "{} with the {}; trustgate's log ends:\n{}",
-                        direction.label(),
+                        phase.label(),
                         filter.label(),
                         proc.log_tail(&scratch.path)
                     )
                 })?;
+                let (rate, cpu) = phase.units();
                 let line = format!(
-                    "round {round} | {} | {} | {:.0} MiB/s | proxy {:.3} CPU s/GiB | machine {:.3} CPU s/GiB",
+                    "round {round} | {} | {} | {:.0} {rate} | proxy {:.3} {cpu} | machine {:.3} {cpu}",
                     filter.label(),
-                    direction.label(),
-                    s.mib_per_s,
-                    s.proxy_s_per_gib,
-                    s.machine_s_per_gib
+                    phase.label(),
+                    s.rate,
+                    s.proxy_cpu,
+                    s.machine_cpu
                 );
                 eprintln!("{line}");
                 let _ = writeln!(raw, "{line}");
                 match samples
                     .iter_mut()
-                    .find(|(f, d, _)| f == filter && *d == direction)
+                    .find(|(f, d, _)| f == filter && *d == phase)
                 {
                     Some((_, _, v)) => v.push(s),
-                    None => samples.push((*filter, direction, vec![s])),
+                    None => samples.push((*filter, phase, vec![s])),
                 }
             }
         }
@@ -167,11 +194,11 @@ pub fn run(opts: &super::Options, trustgate: &str, demo_upstream: &str) -> Resul
     })
 }
 
-fn table(opts: &super::Options, samples: &[(Filter, Direction, Vec<Sample>)], raw: &str) -> String {
-    let of = |filter: Filter, direction: Direction| -> &[Sample] {
+fn table(opts: &super::Options, samples: &[(Filter, Phase, Vec<Sample>)], raw: &str) -> String {
+    let of = |filter: Filter, phase: Phase| -> &[Sample] {
         samples
             .iter()
-            .find(|(f, d, _)| *f == filter && *d == direction)
+            .find(|(f, d, _)| *f == filter && *d == phase)
             .map_or(&[], |(_, _, v)| v.as_slice())
     };
     let mut text = String::new();
@@ -181,19 +208,20 @@ fn table(opts: &super::Options, samples: &[(Filter, Direction, Vec<Sample>)], ra
          the accepted sockets' inherited filter kept and once with it detached \
          (`kernel_filter.detach_accepted`), in alternating order. Each start: {} connections \
          at once each downloading one {} MiB file (nginx upstream, sendfile), then {} at once \
-         each uploading {} MiB (`PUT`, demo-upstream counting the body), HTTP/1.1 straight to \
-         the proxy with a PROXY v1 header. Proxy on CPU {PROXY_CPU}; upstreams and clients on \
+         each uploading {} MiB (`PUT`, demo-upstream counting the body), then {} clients each \
+         opening {CONNECTIONS_PER_CLIENT} connections in turn with one `GET /` (`200 ok`) on \
+         each; HTTP/1.1 straight to the proxy with a PROXY v1 header. Proxy on CPU {PROXY_CPU}; upstreams and clients on \
          CPU {REST_CPU}. Ratios: detached / kept in the same round, median over rounds (below 1: \
          detaching is cheaper or, for throughput, slower).\n",
-        opts.rounds, opts.downloads, opts.mib, opts.downloads, opts.mib
+        opts.rounds, opts.downloads, opts.mib, opts.downloads, opts.mib, opts.downloads
     );
     let _ = writeln!(
         text,
-        "| transfer | proxy CPU per GiB, detached / kept | machine CPU per GiB, detached / kept | throughput, detached / kept |"
+        "| phase | proxy CPU, detached / kept | machine CPU, detached / kept | rate, detached / kept |"
     );
     let _ = writeln!(text, "| --- | ---: | ---: | ---: |");
-    for direction in Direction::BOTH {
-        let (kept, detached) = (of(Filter::Kept, direction), of(Filter::Detached, direction));
+    for phase in Phase::ALL {
+        let (kept, detached) = (of(Filter::Kept, phase), of(Filter::Detached, phase));
         let ratio = |f: &dyn Fn(&Sample) -> f64| {
             median(
                 &detached
@@ -206,28 +234,29 @@ fn table(opts: &super::Options, samples: &[(Filter, Direction, Vec<Sample>)], ra
         let _ = writeln!(
             text,
             "| {} | {:.3} | {:.3} | {:.3} |",
-            direction.label(),
-            ratio(&|s| s.proxy_s_per_gib),
-            ratio(&|s| s.machine_s_per_gib),
-            ratio(&|s| s.mib_per_s),
+            phase.label(),
+            ratio(&|s| s.proxy_cpu),
+            ratio(&|s| s.machine_cpu),
+            ratio(&|s| s.rate),
         );
     }
     let _ = writeln!(
         text,
-        "\n| filter | transfer | MiB/s | proxy CPU s/GiB | machine CPU s/GiB |\n| --- | --- | ---: | ---: | ---: |"
+        "\n| filter | phase | rate | proxy CPU | machine CPU |\n| --- | --- | ---: | ---: | ---: |"
     );
-    for direction in Direction::BOTH {
+    for phase in Phase::ALL {
         for filter in [Filter::Kept, Filter::Detached] {
-            let v = of(filter, direction);
+            let v = of(filter, phase);
             let m = |f: &dyn Fn(&Sample) -> f64| median(&v.iter().map(f).collect::<Vec<_>>());
+            let (rate, cpu) = phase.units();
             let _ = writeln!(
                 text,
-                "| {} | {} | {:.0} | {:.3} | {:.3} |",
+                "| {} | {} | {:.0} {rate} | {:.3} {cpu} | {:.3} {cpu} |",
                 filter.label(),
-                direction.label(),
-                m(&|s| s.mib_per_s),
-                m(&|s| s.proxy_s_per_gib),
-                m(&|s| s.machine_s_per_gib),
+                phase.label(),
+                m(&|s| s.rate),
+                m(&|s| s.proxy_cpu),
+                m(&|s| s.machine_cpu),
             );
         }
     }
@@ -238,10 +267,10 @@ fn table(opts: &super::Options, samples: &[(Filter, Direction, Vec<Sample>)], ra
     text
 }
 
-/// `opts.downloads` transfers of `bytes` each in `direction` at once, with the proxy's
+/// `opts.downloads` transfers of `bytes` each in `phase` at once, with the proxy's
 /// and the machine's CPU time over them.
-fn measure(proc: &Proc, direction: Direction, opts: &super::Options, bytes: u64) -> Result<Sample> {
-    let port = Target::Trustgate.plain_port();
+fn measure(proc: &Proc, phase: Phase, opts: &super::Options, bytes: u64) -> Result<Sample> {
+    let port = PROXY.plain_port();
     let start = Arc::new(Barrier::new(opts.downloads + 1));
     let mut threads = Vec::with_capacity(opts.downloads);
     for i in 0..opts.downloads {
@@ -250,9 +279,11 @@ fn measure(proc: &Proc, direction: Direction, opts: &super::Options, bytes: u64)
             .stack_size(CLIENT_STACK_BYTES)
             .spawn(move || {
                 start.wait();
-                match direction {
-                    Direction::Download => download(port, i, bytes),
-                    Direction::Upload => upload(port, i, bytes),
+                match phase {
+                    Phase::Download => download(port, i, bytes),
+                    Phase::Upload => upload(port, i, bytes),
+                    Phase::Connections => (0..CONNECTIONS_PER_CLIENT)
+                        .try_for_each(|_| client::get(port, i, IO_TIMEOUT).map(drop)),
                 }
             })
             .context("spawning a client thread")?;
@@ -271,12 +302,24 @@ fn measure(proc: &Proc, direction: Direction, opts: &super::Options, bytes: u64)
     let elapsed = began.elapsed().as_secs_f64();
     let proxy = (procs::cpu_ticks(proc.pid())? - proxy_before) as f64 / USER_HZ;
     let machine = (machine_busy()? - machine_before) as f64 / USER_HZ;
-    let total = (bytes * opts.downloads as u64) as f64;
-    let gib = total / f64::from(1 << 30);
-    Ok(Sample {
-        mib_per_s: total / f64::from(1 << 20) / elapsed,
-        proxy_s_per_gib: proxy / gib,
-        machine_s_per_gib: machine / gib,
+    Ok(match phase {
+        Phase::Download | Phase::Upload => {
+            let total = (bytes * opts.downloads as u64) as f64;
+            let gib = total / f64::from(1 << 30);
+            Sample {
+                rate: total / f64::from(1 << 20) / elapsed,
+                proxy_cpu: proxy / gib,
+                machine_cpu: machine / gib,
+            }
+        }
+        Phase::Connections => {
+            let thousands = (opts.downloads * CONNECTIONS_PER_CLIENT) as f64 / 1000.0;
+            Sample {
+                rate: thousands * 1000.0 / elapsed,
+                proxy_cpu: proxy * 1000.0 / thousands,
+                machine_cpu: machine * 1000.0 / thousands,
+            }
+        }
     })
 }
 
