@@ -179,6 +179,12 @@ impl Collector for Scrape {
         )?;
         counter(
             &mut enc,
+            "filter_detach_errors",
+            "accepted sockets whose inherited socket filter could not be detached (kernel_filter.detach_accepted); they keep it",
+            &[(vec![], m.filter_detach_errors)],
+        )?;
+        counter(
+            &mut enc,
             "connections_refused",
             "Connections closed before HTTP, by reason",
             &[

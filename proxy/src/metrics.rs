@@ -1,6 +1,6 @@
 //! Connection-level counters of user space: accepted, refused (untrusted peer, a direct
 //! source's PROXY header, limits), closed without a byte (health checks), accept()
-//! failures, PROXY header and TLS failures by kind, TLS handshakes by kind (full or
+//! failures, socket-filter detach failures, PROXY header and TLS failures by kind, TLS handshakes by kind (full or
 //! resumed), active connections. Events
 //! an outsider can trigger are counted and logged at debug only; [`Metrics::summarize`]
 //! turns them into one periodic warning, and a [`Throttle`] lets through one warning per
@@ -96,6 +96,9 @@ pub struct Metrics {
     pub accepted: AtomicU64,
     /// accept() failures other than the peer's own (EMFILE, ENOBUFS, …).
     pub accept_errors: AtomicU64,
+    /// Accepted sockets whose inherited socket filter could not be detached
+    /// (`detach_accepted`); they keep it, which passes everything but SYNs.
+    pub filter_detach_errors: AtomicU64,
     pub active: AtomicU64,
     pub refused_untrusted: AtomicU64,
     /// Connections from a `direct_sources` network that opened with a PROXY signature.
@@ -125,6 +128,7 @@ pub struct Metrics {
 pub struct Snapshot {
     pub accepted: u64,
     pub accept_errors: u64,
+    pub filter_detach_errors: u64,
     pub active: u64,
     pub refused_untrusted: u64,
     pub refused_direct_header: u64,
@@ -172,6 +176,7 @@ impl Metrics {
         Snapshot {
             accepted: load(&self.accepted),
             accept_errors: load(&self.accept_errors),
+            filter_detach_errors: load(&self.filter_detach_errors),
             active: load(&self.active),
             refused_untrusted: load(&self.refused_untrusted),
             refused_direct_header: load(&self.refused_direct_header),

@@ -328,6 +328,7 @@ fn every_supported_key_is_parsed_to_its_value() {
                 },
                 required: false,
                 observe_only: true,
+                detach_accepted: true,
             },
         }),
         metrics_listen: Some(addr("[::1]:9464")),
@@ -401,7 +402,8 @@ fn shipped_config_runs_on_loopback_with_the_socket_filter() {
         KernelFilterConfig {
             mode: KernelFilterMode::Socket,
             required: false,
-            observe_only: false
+            observe_only: false,
+            detach_accepted: true,
         }
     );
     assert_eq!(config.metrics_listen, Some(addr("127.0.0.1:9464")));

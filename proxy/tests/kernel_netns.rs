@@ -3,7 +3,8 @@
 //! untrusted address, IPv4 and IPv6. For XDP (generic and native) and the socket filter
 //! (eBPF and classic): the untrusted client's connect times out (no SYN-ACK, no RST),
 //! the trusted one connects, counters move, reloads apply in place, and dropping the
-//! filter detaches it. Reloads moving a port under an outsider's SYN flood never answer
+//! filter detaches it; a filter detached from an accepted socket stays on its listener.
+//! Reloads moving a port under an outsider's SYN flood never answer
 //! it. XDP on a tun device (no link-layer header) through the binary: crafted SYNs
 //! written into the device, SYN-ACKs read back out. Needs root (namespaces) and
 //! CAP_BPF; skips loudly without.
@@ -20,7 +21,9 @@ use common::netns::{Lab, TunLab, in_namespace};
 use common::scrape::Scrape;
 use common::wire::{inject_and_count_syn_acks, syn_fragments, syn4_checksummed};
 use ipnet::IpNet;
-use proxy::kernel::{Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttached, XdpMode};
+use proxy::kernel::{
+    Kernel, KernelError, Plan, Program, SocketFilterKind, XdpAttached, XdpMode, detach_inherited,
+};
 use proxy::trust::{Class, TrustList};
 use proxy_common::Counter;
 
@@ -202,6 +205,79 @@ fn socket_filter_ebpf_drops_untrusted_syns_v4_and_v6() {
 #[test]
 fn socket_filter_classic_drops_untrusted_syns_v4_and_v6() {
     socket_mode(Plan::ClassicSocket, SocketFilterKind::Classic);
+}
+
+/// An accepted socket inherits its listener's filter; `kernel::detach_inherited` (what
+/// the accept loop calls with `detach_accepted`) takes it off that socket alone: a
+/// second detach finds none and the connection still carries data, while the listener
+/// keeps its filter (the next connection inherits it again, and the untrusted client
+/// still times out). A socket accepted from an unfiltered listener carries none.
+fn detaching_from_accepted_sockets(plan: Plan, expect: SocketFilterKind) {
+    let Some(lab) = lab() else { return };
+    let list = trust(&[host(lab.trusted4)]);
+    let Some(mut kernel) = start(plan, &list, &[]) else {
+        return;
+    };
+    let listener = TcpListener::bind(SocketAddr::new(lab.host4.into(), 0)).expect("binding");
+    let addr = listener.local_addr().expect("local addr");
+    let kind = kernel.protect_listener(&listener).expect("attaching");
+    if kind != Some(expect) {
+        return common::skip(&format!(
+            "wanted a {expect:?} socket filter, got {kind:?} (no CAP_BPF?)"
+        ));
+    }
+    let accept = |case: &str| {
+        let client = lab
+            .connect(lab.trusted4.into(), addr, CONNECT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{case}: the trusted client should connect: {e}"));
+        let (accepted, _) = listener.accept().expect("accepting");
+        (client, accepted)
+    };
+    let (mut client, mut first) = accept("first");
+    assert!(
+        detach_inherited(&first).expect("detaching from the accepted socket"),
+        "the accepted socket should have inherited the {expect:?} filter"
+    );
+    assert!(
+        !detach_inherited(&first).expect("detaching again"),
+        "the filter should be gone from the accepted socket"
+    );
+    client.write_all(b"after detach").expect("client write");
+    let mut got = [0u8; 12];
+    first
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("read timeout");
+    first
+        .read_exact(&mut got)
+        .expect("reading on the detached socket");
+    assert_eq!(&got, b"after detach");
+    let (_client, second) = accept("second");
+    assert!(
+        detach_inherited(&second).expect("detaching from the second socket"),
+        "the listener should still carry its filter, for the next socket to inherit"
+    );
+    assert_times_out(
+        &lab,
+        lab.untrusted4.into(),
+        addr,
+        "untrusted v4 after detaches",
+    );
+    drop(kernel);
+    let (_client, unfiltered) = accept("after the kernel filter is gone");
+    assert!(
+        !detach_inherited(&unfiltered).expect("detaching from an unfiltered socket"),
+        "a socket accepted from an unfiltered listener carries no filter"
+    );
+}
+
+#[test]
+fn detaching_the_ebpf_filter_from_accepted_sockets_leaves_the_listener_filtered() {
+    detaching_from_accepted_sockets(Plan::Socket, SocketFilterKind::Ebpf);
+}
+
+#[test]
+fn detaching_the_classic_filter_from_accepted_sockets_leaves_the_listener_filtered() {
+    detaching_from_accepted_sockets(Plan::ClassicSocket, SocketFilterKind::Classic);
 }
 
 fn xdp_mode(attach: XdpMode, expect: XdpAttached) {

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::util::{exec, output, workspace_root};
+use crate::util::{cargo, exec, output, workspace_root};
 
 /// The toolchain that builds the eBPF crate (proxy-ebpf/rust-toolchain.toml says the same).
 const NIGHTLY: &str = "nightly";
@@ -56,7 +56,7 @@ pub fn build(opts: &Options) -> Result<PathBuf> {
 /// A `cargo +nightly` command cleared of the settings the outer (stable) `cargo xtask`
 /// leaves in the environment.
 pub fn cargo_nightly() -> Command {
-    let mut cmd = Command::new("cargo");
+    let mut cmd = cargo();
     cmd.arg(format!("+{NIGHTLY}"));
     for var in [
         "RUSTUP_TOOLCHAIN",
@@ -146,7 +146,7 @@ fn install_bpf_linker(version: &str, cache: &Path, linker_root: &Path) -> Result
     }
     eprintln!("building bpf-linker against {llvm_so} (once per nightly; about two minutes)");
     exec(
-        Command::new("cargo")
+        cargo()
             .args([
                 "install",
                 "--locked",

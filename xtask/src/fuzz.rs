@@ -3,12 +3,11 @@
 //! target keeps in `fuzz/seeds/<target>` when there is one.
 
 use std::fs;
-use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
 use crate::build_ebpf::cargo_nightly;
-use crate::util::{exec, output, workspace_root};
+use crate::util::{cargo, exec, output, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -36,8 +35,8 @@ pub fn run(seconds: u32) -> Result<()> {
     if targets.is_empty() {
         bail!("no fuzz targets in {}", targets_dir.display());
     }
-    if output(Command::new("cargo").args(["fuzz", "--version"])).is_none() {
-        exec(Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]))
+    if output(cargo().args(["fuzz", "--version"])).is_none() {
+        exec(cargo().args(["install", "--locked", "cargo-fuzz"]))
             .context("installing cargo-fuzz")?;
     }
     for target in targets {

@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::build_ebpf;
-use crate::util::{exec, workspace_root};
+use crate::util::{cargo, exec, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -23,13 +23,11 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     build_ebpf::build(&build_ebpf::Options { release: true })?;
     let root = workspace_root();
-    exec(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "proxy",
-        "--bins",
-    ]))
+    exec(
+        cargo()
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "proxy", "--bins"]),
+    )
     .context("building trustgate")?;
     let bin = root.join("target").join("release");
     let mut upstream = Command::new(bin.join("demo-upstream"))

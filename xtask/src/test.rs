@@ -6,12 +6,10 @@
 //! Kernel tests skip with a loud line when the process lacks CAP_BPF or root; set
 //! TRUSTGATE_REQUIRE_ALL=1 (as `.ci/run` does) to make such a skip a failure.
 
-use std::process::Command;
-
 use anyhow::{Context, Result};
 
 use crate::build_ebpf;
-use crate::util::{exec, workspace_root};
+use crate::util::{cargo, exec, workspace_root};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -30,13 +28,13 @@ pub fn test(opts: &Options) -> Result<()> {
     let root = workspace_root();
     if !opts.no_lint {
         exec(
-            Command::new("cargo")
+            cargo()
                 .current_dir(&root)
                 .args(["fmt", "--all", "--", "--check"]),
         )
         .context("formatting is off: run `cargo fmt --all`")?;
         exec(
-            Command::new("cargo")
+            cargo()
                 .current_dir(root.join("proxy-ebpf"))
                 .args(["fmt", "--", "--check"]),
         )
@@ -45,7 +43,7 @@ pub fn test(opts: &Options) -> Result<()> {
     // The object is built before clippy and the tests: the proxy embeds it.
     build_ebpf::build(&build_ebpf::Options::default())?;
     if !opts.no_lint {
-        exec(Command::new("cargo").current_dir(&root).args([
+        exec(cargo().current_dir(&root).args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -71,7 +69,7 @@ pub fn test(opts: &Options) -> Result<()> {
         .context("clippy found problems in proxy-ebpf")?;
     }
     exec(
-        Command::new("cargo")
+        cargo()
             .current_dir(&root)
             .args(["test", "--workspace", "--"])
             .args(&opts.args),

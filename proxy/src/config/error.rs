@@ -157,6 +157,10 @@ pub enum ValueError {
     )]
     OnlyForXdp { mode: &'static str },
     #[error(
+        "only used with mode = \"socket\" (mode is \"{mode}\"): remove this key, or set mode = \"socket\""
+    )]
+    OnlyForSocket { mode: &'static str },
+    #[error(
         "mode = \"xdp\" needs interfaces = [\"eth0\", ...] naming where to attach; \
          or use mode = \"socket\", which needs no interface"
     )]

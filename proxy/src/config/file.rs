@@ -187,6 +187,7 @@ pub(crate) struct KernelFilterFile {
     pub xdp_mode: Option<String>,
     pub required: Option<bool>,
     pub observe_only: Option<bool>,
+    pub detach_accepted: Option<bool>,
 }
 
 /// `[metrics]`.

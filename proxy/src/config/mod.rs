@@ -496,6 +496,10 @@ pub struct KernelFilterConfig {
     pub required: bool,
     /// Count what would be dropped but pass it (default false).
     pub observe_only: bool,
+    /// Socket mode: take the filter that an accepted socket inherits from its listener
+    /// off it right after accept (default true). The filter judges SYNs only; on an
+    /// established connection it would run on every packet and pass it.
+    pub detach_accepted: bool,
 }
 
 /// Where the trusted list is enforced in the kernel.

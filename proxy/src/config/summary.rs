@@ -202,7 +202,12 @@ impl fmt::Display for Config {
                     KernelFilterMode::Socket => writeln!(
                         f,
                         "kernel filter: socket filter on each listening socket (ports {ports}); \
-                         classic BPF if eBPF cannot be loaded"
+                         classic BPF if eBPF cannot be loaded; {}",
+                        if kf.detach_accepted {
+                            "detached from each accepted socket"
+                        } else {
+                            "kept by accepted sockets (detach_accepted = false)"
+                        }
                     )?,
                     KernelFilterMode::Xdp {
                         interfaces,

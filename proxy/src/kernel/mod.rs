@@ -6,7 +6,9 @@
 //!
 //! [`Kernel`] owns every attachment: dropping it detaches the programs (XDP links go
 //! with the `Ebpf` value; socket filters are detached from the listeners explicitly).
-//! Sockets already accepted keep the filter they inherited until they close.
+//! A socket accepted from a filtered listener inherits its filter; the listener takes
+//! it off with [`detach_inherited`] (`kernel_filter.detach_accepted`, the default), or
+//! the socket keeps it until it closes.
 
 mod classic;
 mod link;
@@ -486,6 +488,18 @@ impl Kernel {
             source,
         })?;
         Ok((result.return_value, result.duration))
+    }
+}
+
+/// Takes the socket filter (eBPF or classic) that `socket`, just accepted, inherited from
+/// its listener off it: the filter judges SYNs only, and on an established connection
+/// it would run on every packet it receives and pass it. `Ok(false)` when the socket
+/// carried no filter. The listener's own filter is not touched.
+pub fn detach_inherited(socket: impl AsFd) -> io::Result<bool> {
+    match socket2::SockRef::from(&socket).detach_filter() {
+        Ok(()) => Ok(true),
+        Err(err) if err.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(err) => Err(err),
     }
 }
 

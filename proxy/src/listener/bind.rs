@@ -23,6 +23,8 @@ pub(super) struct Reserved {
     configured: SocketAddr,
     protocol: Protocol,
     backlog: i32,
+    /// Whether accepted sockets get their inherited filter detached (see [`Bound`]).
+    detach_accepted: bool,
 }
 
 impl Reserved {
@@ -43,6 +45,7 @@ impl Reserved {
             addr,
             configured: self.configured,
             protocol: self.protocol,
+            detach_accepted: self.detach_accepted,
         })
     }
 }
@@ -55,6 +58,10 @@ pub struct Bound {
     /// The address the config asked for.
     pub(super) configured: SocketAddr,
     pub(super) protocol: Protocol,
+    /// A socket filter is attached to this listener (socket mode) and
+    /// `kernel_filter.detach_accepted` is on: each accepted socket gets the filter it
+    /// inherited taken off (`kernel::detach_inherited`).
+    pub(super) detach_accepted: bool,
 }
 
 impl Bound {
@@ -124,13 +131,14 @@ pub(super) fn reserve(
                 "the bound address is not an IP address",
             ))
         })?;
+    let mut detach_accepted = false;
     if let Some(kernel) = kernel {
-        let required = config
-            .proxy_protocol
-            .as_ref()
-            .is_none_or(|p| p.kernel_filter.required);
+        let filter = config.proxy_protocol.as_ref().map(|p| &p.kernel_filter);
+        let required = filter.is_none_or(|f| f.required);
         match kernel.protect_listener(&socket) {
-            Ok(_) => {}
+            // `Some` only in socket mode: XDP leaves the sockets alone.
+            Ok(Some(_)) => detach_accepted = filter.is_some_and(|f| f.detach_accepted),
+            Ok(None) => {}
             Err(err) if !required => {
                 error!(listener = %addr, error = %err, "kernel filter not attached (kernel_filter.required = false): only user space checks peers on this listener");
             }
@@ -148,5 +156,6 @@ pub(super) fn reserve(
         configured: addr,
         protocol,
         backlog: i32::try_from(config.limits.tcp_listen_backlog).unwrap_or(i32::MAX),
+        detach_accepted,
     })
 }

@@ -483,6 +483,7 @@ impl Server {
         let mut backoff = ACCEPT_BACKOFF_MIN;
         // Peers can run the process out of descriptors again and again.
         let mut throttle = Throttle::default();
+        let mut detach_throttle = Throttle::default();
         loop {
             let accepted = tokio::select! {
                 biased;
@@ -493,6 +494,9 @@ impl Server {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
+                    if bound.detach_accepted {
+                        self.detach_inherited(&stream, &bound, &mut detach_throttle);
+                    }
                     let server = Arc::clone(&self);
                     let span = debug_span!("conn", peer = %peer, listener = %bound.addr);
                     tokio::spawn(
@@ -534,6 +538,33 @@ impl Server {
         let local = bound.addr;
         drop(bound);
         info!(listener = %local, "listener closed");
+    }
+}
+
+impl Server {
+    /// Takes the socket filter an accepted socket inherited off it. A failure is counted
+    /// and logged (one warning per interval): the connection goes on with the filter,
+    /// which passes everything but SYNs.
+    fn detach_inherited(
+        &self,
+        stream: &tokio::net::TcpStream,
+        bound: &Bound,
+        throttle: &mut Throttle,
+    ) {
+        let Err(err) = crate::kernel::detach_inherited(stream) else {
+            return;
+        };
+        self.metrics
+            .filter_detach_errors
+            .fetch_add(1, Ordering::Relaxed);
+        match throttle.allow(tokio::time::Instant::now()) {
+            Some(suppressed) => {
+                warn!(listener = %bound.addr, error = %err, suppressed, "detaching the inherited socket filter from an accepted socket failed; it keeps the filter")
+            }
+            None => {
+                debug!(listener = %bound.addr, error = %err, "detaching the inherited socket filter failed")
+            }
+        }
     }
 }
 

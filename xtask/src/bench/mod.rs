@@ -1,9 +1,10 @@
 //! `cargo xtask bench [NAME]`: builds the release eBPF object, then runs the named
 //! benchmark (or all of them). The criterion benches (`kernel`, `proxy_protocol`) keep
 //! their output in `target/bench/NAME.txt`; the end-to-end scenarios (`http`, `memory`, `download`,
-//! `slowloris`, `synflood`) print a markdown table and write it to `target/bench/NAME.md`, with the machine,
+//! `bulk`, `slowloris`, `synflood`) print a markdown table and write it to `target/bench/NAME.md`, with the machine,
 //! kernel, commit, load average and exact command at the top.
 
+mod bulk;
 mod client;
 mod download;
 mod http;
@@ -21,18 +22,24 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::build_ebpf;
-use crate::util::{exec, output, workspace_root};
+use crate::util::{cargo, exec, output, workspace_root};
 
 /// The criterion benchmarks, each a `[[bench]]` target of the `proxy` crate.
 const BENCHES: &[&str] = &["kernel", "proxy_protocol"];
 /// The end-to-end scenarios, run by xtask itself.
-const SCENARIOS: &[&str] = &["http", "memory", "download", "slowloris", "synflood"];
+const SCENARIOS: &[&str] = &[
+    "http",
+    "memory",
+    "download",
+    "bulk",
+    "slowloris",
+    "synflood",
+];
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// One benchmark to run (kernel, proxy_protocol, http, memory, download, slowloris,
-    /// synflood); all when
-    /// absent. `synflood` needs root.
+    /// One benchmark to run (kernel, proxy_protocol, http, memory, download, bulk,
+    /// slowloris, synflood); all when absent. `synflood` and `bulk` need root.
     pub name: Option<String>,
     /// Alternating rounds per end-to-end scenario (A B C A B C ...).
     #[arg(long, default_value_t = 5)]
@@ -47,10 +54,10 @@ pub struct Options {
     /// Seconds the normal client runs in `slowloris` while the hostile connections are held.
     #[arg(long, default_value_t = 30)]
     pub window: u64,
-    /// Concurrent downloads in `download`.
+    /// Concurrent downloads in `download`; concurrent downloads, then uploads, in `bulk`.
     #[arg(long, default_value_t = 200)]
     pub downloads: usize,
-    /// MiB each download in `download` fetches.
+    /// MiB each download in `download` fetches; each transfer's MiB in `bulk`.
     #[arg(long, default_value_t = 50)]
     pub mib: u64,
     /// Seconds after the downloads end that `download` reads RSS again.
@@ -79,6 +86,10 @@ pub fn bench(opts: &Options) -> Result<()> {
             "http" => report(&out_dir, name, &http::run(opts, &trustgate_binary()?)?)?,
             "memory" => report(&out_dir, name, &memory::run(opts, &trustgate_binary()?)?)?,
             "download" => report(&out_dir, name, &download::run(opts, &trustgate_binary()?)?)?,
+            "bulk" => {
+                let (trustgate, sink) = (trustgate_binary()?, release_binary("demo-upstream")?);
+                report(&out_dir, name, &bulk::run(opts, &trustgate, &sink)?)?
+            }
             "slowloris" => report(&out_dir, name, &slowloris::run(opts, &trustgate_binary()?)?)?,
             "synflood" => report(&out_dir, name, &synflood::run(opts, &trustgate_binary()?)?)?,
             _ => criterion(&root, &out_dir, &header, name)?,
@@ -94,7 +105,7 @@ fn criterion(
     name: &str,
 ) -> Result<()> {
     eprintln!("+ cargo bench -p proxy --bench {name}");
-    let out = Command::new("cargo")
+    let out = cargo()
         .current_dir(root)
         .args(["bench", "-p", "proxy", "--bench", name])
         .output()
@@ -114,16 +125,18 @@ fn criterion(
 
 /// Builds the release `trustgate` (the eBPF object is already built) and returns its path.
 fn trustgate_binary() -> Result<String> {
+    release_binary("trustgate")
+}
+
+/// Builds the `proxy` crate's release binary `name` and returns its path.
+fn release_binary(name: &str) -> Result<String> {
     let root = workspace_root();
-    exec(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "proxy",
-        "--bin",
-        "trustgate",
-    ]))?;
-    let bin: PathBuf = root.join("target").join("release").join("trustgate");
+    exec(
+        cargo()
+            .current_dir(&root)
+            .args(["build", "--release", "-p", "proxy", "--bin", name]),
+    )?;
+    let bin: PathBuf = root.join("target").join("release").join(name);
     Ok(bin.to_string_lossy().into_owned())
 }
 

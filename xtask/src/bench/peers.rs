@@ -25,6 +25,9 @@ pub enum Target {
     TrustgateLogged,
     /// Access log on, nginx's `combined`, to a file (unbuffered, nginx's default).
     NginxLogged,
+    /// trustgate in `bulk`, on ports of its own (so that it never meets another
+    /// scenario's proxy on a shared machine); access log off.
+    TrustgateBulk,
 }
 
 impl Target {
@@ -39,6 +42,7 @@ impl Target {
             Target::Haproxy => "haproxy",
             Target::TrustgateLogged => "trustgate, access log on",
             Target::NginxLogged => "nginx, access log on",
+            Target::TrustgateBulk => "trustgate (bulk)",
         }
     }
 
@@ -47,6 +51,7 @@ impl Target {
         match self {
             Target::TrustgateLogged => "trustgate-logged",
             Target::NginxLogged => "nginx-logged",
+            Target::TrustgateBulk => "trustgate-bulk",
             other => other.name(),
         }
     }
@@ -67,6 +72,7 @@ impl Target {
             Target::Haproxy => 2,
             Target::TrustgateLogged => 3,
             Target::NginxLogged => 4,
+            Target::TrustgateBulk => 5,
         }
     }
 
@@ -165,6 +171,17 @@ pub fn start_upstream_at(dir: &Scratch, cpus: &str, port: u16) -> Result<Proc> {
 /// nginx serving one file of `bytes` bytes, `name` under its root, on [`UPSTREAM_PORT`],
 /// one worker, with `sendfile`; `/` is `ok`.
 pub fn start_file_upstream(dir: &Scratch, cpus: &str, name: &str, bytes: u64) -> Result<Proc> {
+    start_file_upstream_at(dir, cpus, name, bytes, UPSTREAM_PORT)
+}
+
+/// [`start_file_upstream`] on loopback port `port`.
+pub fn start_file_upstream_at(
+    dir: &Scratch,
+    cpus: &str,
+    name: &str,
+    bytes: u64,
+    port: u16,
+) -> Result<Proc> {
     let root = dir.path.join("www");
     std::fs::create_dir_all(&root)?;
     let file = std::fs::File::create(root.join(name))?;
@@ -176,7 +193,7 @@ pub fn start_file_upstream(dir: &Scratch, cpus: &str, name: &str, bytes: u64) ->
         "worker_processes 1;\ndaemon off;\npid {d}/upstream.pid;\nerror_log stderr warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  sendfile on;\n  keepalive_requests 1000000;\n  {temps}\n\
-         server {{ listen 127.0.0.1:{UPSTREAM_PORT}; root {root}; }}\n}}\n",
+         server {{ listen 127.0.0.1:{port}; root {root}; }}\n}}\n",
         temps = temp_paths(dir, "upstream"),
         root = root.display(),
     );
@@ -188,7 +205,7 @@ pub fn start_file_upstream(dir: &Scratch, cpus: &str, name: &str, bytes: u64) ->
         &[],
         &dir.path,
     )?;
-    proc.wait_ready(local(UPSTREAM_PORT), &dir.path)?;
+    proc.wait_ready(local(port), &dir.path)?;
     Ok(proc)
 }
 
@@ -255,6 +272,31 @@ pub fn trustgate_config_for(
     limits: Limits,
     t: Target,
 ) -> Result<String> {
+    let conf = trustgate_config_text(dir, cert, limits, t, &Extra::default());
+    dir.write(&format!("{}.toml", t.stem()), &conf)
+}
+
+/// What a scenario adds to [`trustgate_config_text`]'s config.
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// More top-level keys.
+    pub top: &'a str,
+    /// The upstream of `/`, when not [`UPSTREAM_PORT`].
+    pub upstream: Option<u16>,
+    /// More `[[apps.bench.reverse_proxy]]` tables, after the one for `/`.
+    pub routes: &'a str,
+    /// More keys of the `kernel_filter` table.
+    pub kernel_filter: &'a str,
+}
+
+/// The text of [`trustgate_config_for`]'s config, with `extra` in it.
+pub fn trustgate_config_text(
+    dir: &Scratch,
+    cert: &(String, String, String),
+    limits: Limits,
+    t: Target,
+    extra: &Extra<'_>,
+) -> String {
     let access_log = match t {
         Target::TrustgateLogged => format!(
             "[access_log]\npath = \"{}\"\nformat = \"combined\"\n",
@@ -266,21 +308,24 @@ pub fn trustgate_config_for(
         Limits::Raised => ("max_clients = 20000\n", "timeout = 1000\n"),
         Limits::Defaults => ("", ""),
     };
-    let conf = format!(
+    format!(
         "listen_port = {plain}\nlisten_port_tls = {tls}\nlisten_address_v4 = \"127.0.0.1\"\n\
-         {clients}max_concurrent_streams = 128\ndefault_app = \"bench\"\n\
+         {clients}{top}max_concurrent_streams = 128\ndefault_app = \"bench\"\n\
          [apps.bench]\nserver_name = \"localhost\"\n\
          tls = {{ tls_cert_path = \"{c}\", tls_cert_key_path = \"{k}\", https_redirection = false }}\n\
-         [[apps.bench.reverse_proxy]]\npath = \"/\"\nupstream = [{{ location = \"127.0.0.1:{UPSTREAM_PORT}\" }}]\n\
+         [[apps.bench.reverse_proxy]]\npath = \"/\"\nupstream = [{{ location = \"127.0.0.1:{upstream}\" }}]\n{routes}\
          [experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"127.0.0.1/32\"]\n{header_timeout}\
-         [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n\
+         [experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"socket\"\nrequired = true\n{kernel_filter}\
          {access_log}",
         plain = t.plain_port(),
         tls = t.tls_port(),
         c = cert.0,
         k = cert.1,
-    );
-    dir.write(&format!("{}.toml", t.stem()), &conf)
+        top = extra.top,
+        upstream = extra.upstream.unwrap_or(UPSTREAM_PORT),
+        routes = extra.routes,
+        kernel_filter = extra.kernel_filter,
+    )
 }
 
 /// trustgate, release build, logging at warn, access log off, [`Limits::Raised`].
@@ -310,7 +355,9 @@ pub fn start_trustgate_with(dir: &Scratch, cpus: &str, binary: &str, config: &st
     start_trustgate_on(dir, cpus, binary, config, Target::Trustgate)
 }
 
-fn start_trustgate_on(
+/// trustgate, release build, logging at warn, on the config at `config`, listening on
+/// `t`'s ports.
+pub fn start_trustgate_on(
     dir: &Scratch,
     cpus: &str,
     binary: &str,

@@ -269,6 +269,26 @@ pub fn cpu_times() -> Result<Vec<CpuTimes>> {
     Ok(times)
 }
 
+/// The CPU time of process `pid`, all its threads, user and system, in USER_HZ ticks
+/// (utime and stime of /proc/PID/stat).
+pub fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the name: state is field 3, utime field 14, stime field 15.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("unexpected {path}: `{stat}`"))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
 /// Resident memory of `pid` in KiB (VmRSS from /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Result<u64> {
     status_kib(pid, "VmRSS:")
@@ -298,6 +318,19 @@ pub fn children(pid: u32) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_ticks_reads_this_process() {
+        let before = cpu_ticks(std::process::id()).expect("/proc/self/stat parses");
+        // Busy for well over one tick (10 ms).
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = cpu_ticks(std::process::id()).expect("/proc/self/stat parses");
+        assert!(after > before, "{before} -> {after} ticks after 50 ms busy");
+    }
 
     #[test]
     fn cpu_times_reads_every_cpu_of_this_machine() {

@@ -119,6 +119,7 @@ fn kernel_filter(
             mode: KernelFilterMode::Socket,
             required: true,
             observe_only: false,
+            detach_accepted: true,
         });
     };
     let mode_key = format!("{KERNEL_FILTER}.mode");
@@ -126,6 +127,15 @@ fn kernel_filter(
         None => "socket",
         Some(m) => choice(cx, &mode_key, m, KERNEL_FILTER_MODES)?,
     };
+    if let Some(detach) = kf.detach_accepted
+        && mode != "socket"
+    {
+        return Err(cx.invalid(
+            format!("{KERNEL_FILTER}.detach_accepted"),
+            shown(&detach),
+            ValueError::OnlyForSocket { mode },
+        ));
+    }
     let interfaces_key = format!("{KERNEL_FILTER}.interfaces");
     let xdp_mode_key = format!("{KERNEL_FILTER}.xdp_mode");
     let mode = if mode == "xdp" {
@@ -175,6 +185,7 @@ fn kernel_filter(
         mode,
         required: kf.required.unwrap_or(true),
         observe_only: kf.observe_only.unwrap_or(false),
+        detach_accepted: kf.detach_accepted.unwrap_or(true),
     })
 }
 
@@ -426,6 +437,7 @@ mod tests {
             mode: KernelFilterMode::Socket,
             required: true,
             observe_only: false,
+            detach_accepted: true,
         };
         assert_eq!(c.proxy_protocol.expect("configured").kernel_filter, want);
         let (c, _) = ok(&kf("required = false\nobserve_only = true"));
@@ -481,6 +493,29 @@ mod tests {
             assert!(matches!(p, ValueError::OnlyForXdp { .. }));
             let (key, _) = invalid(&kf(&format!("{mode}xdp_mode = \"native\"")));
             assert!(key.ends_with("kernel_filter.xdp_mode"));
+        }
+    }
+
+    #[test]
+    fn detach_accepted_is_a_socket_mode_setting() {
+        let detach = |text: &str| {
+            ok(&kf(text))
+                .0
+                .proxy_protocol
+                .expect("configured")
+                .kernel_filter
+                .detach_accepted
+        };
+        assert!(detach(""));
+        assert!(!detach("detach_accepted = false"));
+        assert!(detach("mode = \"socket\"\ndetach_accepted = true"));
+        for mode in [
+            "mode = \"off\"\n",
+            "mode = \"xdp\"\ninterfaces = [\"eth0\"]\n",
+        ] {
+            let (key, p) = invalid(&kf(&format!("{mode}detach_accepted = false")));
+            assert!(key.ends_with("kernel_filter.detach_accepted"), "{key}");
+            assert!(matches!(p, ValueError::OnlyForSocket { .. }));
         }
     }
 
