@@ -245,7 +245,11 @@ impl<B: PoolBody> Pool<B> {
             };
             let (index, conn) = match found {
                 Some(found) => found,
-                None => self.connect(key, &uri).await?,
+                // Boxed: connecting (TLS and h2 handshakes included) takes kilobytes of
+                // state, which would otherwise make every request's future that large,
+                // and the future of each request of a keep-alive connection is kept in
+                // place for the connection's life (and moved, for h2 streams).
+                None => Box::pin(self.connect(key, &uri)).await?,
             };
             let mut give_back = GiveBack {
                 pool: Arc::downgrade(&self.inner),
