@@ -131,15 +131,24 @@ async fn request(pool: &TestPool, uri: &Uri) -> Bytes {
     request_with(pool, &key(uri, Protocol::Http1, None), uri).await
 }
 
-/// An upstream that answers every connection's first request with `response`.
+/// An upstream that answers every connection's first request with `response`, then
+/// closes it.
 async fn raw_upstream(response: Vec<u8>) -> Uri {
+    raw_upstream_counted(response).await.0
+}
+
+/// [`raw_upstream`], counting the request heads it read.
+async fn raw_upstream_counted(response: Vec<u8>) -> (Uri, Accepted) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let response: Arc<[u8]> = response.into();
+    let heads = Accepted::default();
+    let counted = Arc::clone(&heads);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let response = Arc::clone(&response);
+            let counted = Arc::clone(&counted);
             tokio::spawn(async move {
                 let mut head = Vec::new();
                 let mut buf = [0u8; 1024];
@@ -149,11 +158,12 @@ async fn raw_upstream(response: Vec<u8>) -> Uri {
                         Ok(n) => head.extend_from_slice(&buf[..n]),
                     }
                 }
+                counted.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.write_all(&response).await;
             });
         }
     });
-    format!("http://{addr}/").parse().expect("uri")
+    (format!("http://{addr}/").parse().expect("uri"), heads)
 }
 
 /// A response head with one header of `value_bytes` bytes.
@@ -178,6 +188,22 @@ async fn the_read_buffer_ceiling_bounds_a_response_head() {
         .await
         .expect_err("a head over the ceiling");
     assert!(matches!(refused, UpstreamError::Send(_)), "{refused:?}");
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_while_idle_is_not_used_and_the_request_goes_once() {
+    let (uri, heads) = raw_upstream_counted(head_with(1)).await;
+    let (pool, slots) = pool(Duration::from_secs(30), 8);
+    for sent in 1..=3 {
+        // The one before was pooled, then closed by the upstream: skipped, or refused
+        // unsent and sent again; either way on a new connection, and once.
+        assert_eq!(request(&pool, &uri).await, "ok");
+        assert_eq!(count(&heads), sent);
+    }
+    assert!(
+        slots.stats().open <= 1,
+        "closed connections gave their slots back"
+    );
 }
 
 #[tokio::test]
