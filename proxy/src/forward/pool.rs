@@ -249,7 +249,7 @@ impl<B: PoolBody> Pool<B> {
                 // state, which would otherwise make every request's future that large,
                 // and the future of each request of a keep-alive connection is kept in
                 // place for the connection's life (and moved, for h2 streams).
-                None => Box::pin(self.connect(key, &uri)).await?,
+                None => Box::pin(self.connect(key, &uri, fresh)).await?,
             };
             let mut give_back = GiveBack {
                 pool: Arc::downgrade(&self.inner),
@@ -334,8 +334,14 @@ impl<B: PoolBody> Pool<B> {
     }
 
     /// A new connection for `key`. An h2 key dials one at a time: a request that waited
-    /// for another's dial takes the connection it made.
-    async fn connect(&self, key: &Key<'_>, uri: &Uri) -> Result<(usize, Conn<B>), UpstreamError> {
+    /// for another's dial takes the connection it made, unless it is a `retry` (the
+    /// shared connection just refused it).
+    async fn connect(
+        &self,
+        key: &Key<'_>,
+        uri: &Uri,
+        retry: bool,
+    ) -> Result<(usize, Conn<B>), UpstreamError> {
         self.start_reaper();
         if key.protocol != Protocol::Http2 {
             return self.dial(key, uri).await;
@@ -346,7 +352,7 @@ impl<B: PoolBody> Pool<B> {
             Arc::clone(&entries.list[index].dial)
         };
         let _dialling = dial.lock().await;
-        if let Some(found) = self.shared_h2(key) {
+        if !retry && let Some(found) = self.shared_h2(key) {
             return Ok(found);
         }
         self.dial(key, uri).await
