@@ -115,6 +115,81 @@ async fn http2_upstream_is_spoken_with_prior_knowledge_when_forced() {
     assert_eq!(echoed(&echo, "host"), Some("app.example"));
 }
 
+/// An upstream whose every answer waits until `together` requests are in flight at
+/// once; counts its connections.
+async fn answering_together(
+    together: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (SocketAddr, Arc<AtomicUsize>) {
+    let barrier = Arc::new(tokio::sync::Barrier::new(together));
+    let handler = move |_req: Request<Incoming>| {
+        let barrier = Arc::clone(&barrier);
+        async move {
+            barrier.wait().await;
+            upstream::text("ok")
+        }
+    };
+    match tls {
+        None => upstream::serve_counting(handler).await,
+        Some(tls) => upstream::serve_tls_counting(handler, tls).await,
+    }
+}
+
+/// `N` requests, each on a downstream connection of its own, all at once.
+async fn at_once(addr: SocketAddr, n: usize) -> Vec<(StatusCode, String)> {
+    let all = (0..n).map(|_| async move {
+        let response = send(addr, get("/")).await;
+        (response.status(), text(response).await)
+    });
+    tokio::time::timeout(HANG_GUARD, futures_util::future::join_all(all))
+        .await
+        .expect("every request answered")
+}
+
+#[tokio::test]
+async fn concurrent_requests_to_an_h2c_upstream_share_one_connection() {
+    const N: usize = 6;
+    let (up, connections) = answering_together(N, None).await;
+    let route = "upstream_options = [\"force_http2_upstream\"]";
+    let p = proxy(&config("", &[up], route)).await;
+    let answers = at_once(p.addr, N).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, body)| *s == StatusCode::OK && body == "ok"),
+        "{answers:?}"
+    );
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for {N} streams"
+    );
+}
+
+#[tokio::test]
+async fn requests_to_a_tls_upstream_that_chose_h2_share_its_connection() {
+    const N: usize = 6;
+    let (server, roots) = upstream::self_signed();
+    // The first request opens the connection (ALPN decides h2), the rest multiplex on it.
+    let (up, connections) = answering_together(1, Some(Arc::clone(&server))).await;
+    let text_config = format!(
+        "listen_port = 8080\n[apps.app]\nserver_name = \"app.example\"\n\
+         [[apps.app.reverse_proxy]]\nupstream = [{{ location = \"{up}\", tls = true }}]\n"
+    );
+    let options = ForwardOptions {
+        upstream_roots: Some(roots),
+        ..ForwardOptions::default()
+    };
+    let p = proxy_with(&text_config, options).await;
+    assert_eq!(send(p.addr, get("/")).await.status(), StatusCode::OK);
+    let answers = at_once(p.addr, N).await;
+    assert!(
+        answers.iter().all(|(s, _)| *s == StatusCode::OK),
+        "{answers:?}"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn http2_client_reaches_a_plain_upstream_over_http11_with_its_authority_as_host() {
     let demo = upstream::demo().await;

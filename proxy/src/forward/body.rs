@@ -1,15 +1,17 @@
 //! The bodies in both directions, each bounded in time. The request body on its way
 //! upstream: streamed frame by frame, never collected; cut off with an error once it
 //! passes `request_max_body_size` (which the caller turns into a 413) or pauses longer
-//! than `request_body_timeout` (a 408); and reporting when it has been sent whole or
-//! abandoned, which starts the upstream response timeout. The upstream's response body
+//! than `request_body_timeout` (a 408); recording how it failed ([`BodyFate`]), so the
+//! upstream client can tell the client's fault from the upstream's without looking into
+//! hyper's error; and reporting when it has been sent whole or abandoned, which starts
+//! the upstream response timeout. The upstream's response body
 //! on its way down ([`UpstreamBody`]): ended with an error when it pauses longer than
 //! `upstream_read_timeout`, which hyper turns into a cut-short response. Request trailers
 //! lose the names a client may not set (see `hygiene`).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -71,7 +73,7 @@ pub(super) struct RequestBody {
     inner: Incoming,
     limit: Option<u64>,
     seen: u64,
-    over: OverLimit,
+    fate: BodyFate,
     pause: Pause,
     /// Fired (or dropped, which the receiver sees the same way) once the body has ended,
     /// failed, or been dropped by the upstream client.
@@ -85,20 +87,41 @@ pub(super) struct RequestBody {
 pub(super) struct BodyWatch {
     /// Resolves once the body is finished with, either way.
     pub(super) done: oneshot::Receiver<()>,
-    pub(super) over: OverLimit,
+    pub(super) fate: BodyFate,
 }
 
-/// Set when the body was cut off for passing the limit.
-#[derive(Clone, Debug, Default)]
-pub(super) struct OverLimit(Arc<AtomicBool>);
+/// How the client's request body failed, when it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum BodyFailure {
+    #[error("the request body passed request_max_body_size")]
+    TooLarge,
+    #[error("reading the request body from the client failed")]
+    Read,
+    #[error("the client paused its request body for longer than request_body_timeout")]
+    TimedOut,
+}
 
-impl OverLimit {
-    pub(super) fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+/// Set once, when the body fails; read by the upstream client after a failed request.
+#[derive(Clone, Debug, Default)]
+pub(super) struct BodyFate(Arc<AtomicU8>);
+
+impl BodyFate {
+    pub(super) fn get(&self) -> Option<BodyFailure> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(BodyFailure::TooLarge),
+            2 => Some(BodyFailure::Read),
+            3 => Some(BodyFailure::TimedOut),
+            _ => None,
+        }
     }
 
-    fn set(&self) {
-        self.0.store(true, Ordering::Release);
+    fn set(&self, failure: BodyFailure) {
+        let code = match failure {
+            BodyFailure::TooLarge => 1,
+            BodyFailure::Read => 2,
+            BodyFailure::TimedOut => 3,
+        };
+        self.0.store(code, Ordering::Release);
     }
 }
 
@@ -110,12 +133,12 @@ impl RequestBody {
         timeout: Duration,
     ) -> (RequestBody, BodyWatch) {
         let (tx, rx) = oneshot::channel();
-        let over = OverLimit::default();
+        let fate = BodyFate::default();
         let mut body = RequestBody {
             inner,
             limit,
             seen: 0,
-            over: over.clone(),
+            fate: fate.clone(),
             pause: Pause::new(timeout),
             done: Some(tx),
             names: None,
@@ -123,7 +146,7 @@ impl RequestBody {
         if body.inner.is_end_stream() {
             body.finish();
         }
-        (body, BodyWatch { done: rx, over })
+        (body, BodyWatch { done: rx, fate })
     }
 
     /// Trailers pass through `names`: none of the names it refuses reaches the upstream.
@@ -159,6 +182,7 @@ impl Body for RequestBody {
         let this = self.get_mut();
         let Poll::Ready(polled) = Pin::new(&mut this.inner).poll_frame(cx) else {
             if this.pause.expired(cx) {
+                this.fate.set(BodyFailure::TimedOut);
                 this.finish();
                 return Poll::Ready(Some(Err(RequestBodyError::TimedOut(this.pause.limit))));
             }
@@ -171,6 +195,7 @@ impl Body for RequestBody {
                 Poll::Ready(None)
             }
             Some(Err(e)) => {
+                this.fate.set(BodyFailure::Read);
                 this.finish();
                 Poll::Ready(Some(Err(RequestBodyError::Read(e))))
             }
@@ -178,7 +203,7 @@ impl Body for RequestBody {
                 let len = frame.data_ref().map_or(0, Bytes::len);
                 this.seen = this.seen.saturating_add(len as u64);
                 if let Some(limit) = this.limit.filter(|&l| this.seen > l) {
-                    this.over.set();
+                    this.fate.set(BodyFailure::TooLarge);
                     this.finish();
                     return Poll::Ready(Some(Err(RequestBodyError::TooLarge { limit })));
                 }

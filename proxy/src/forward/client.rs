@@ -1,29 +1,25 @@
-//! The upstream client: hyper-util's pooled legacy client over hyper-rustls (ring provider;
-//! upstream certificates verified against the Mozilla roots of webpki-roots), shared pools
-//! per protocol choice, the connection-private pools of upstreams that take a PROXY header
-//! ([`ConnPools`]), the choice of protocol itself (rpxy's rules), and the response timeout
-//! that becomes a 504. Connection failures surface as errors; the caller makes them 502s
-//! (503 when `max_upstream_connections` left no room). Every pool's connections come
-//! from one [`Slots`].
+//! The upstream client: the choice of protocol (rpxy's rules), every setting of hyper's
+//! client connections ([`hyper_builders`]), the one upstream error type and the status
+//! each kind of failure answers ([`UpstreamError::status`]), the connection-private pools
+//! of upstreams that take a PROXY header ([`ConnPools`]), and the response timeout that
+//! becomes a 504. The connections themselves are the connector's (`connect`) and the
+//! pool's (`pool`); every one of them holds a place in one [`Slots`].
 
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use http::{HeaderMap, Request, Response, Version, header};
+use http::{HeaderMap, Request, Response, StatusCode, Version, header};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
+use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::{ClientConfig, RootCertStore};
+use rustls::RootCertStore;
 use tokio::sync::oneshot;
 
-use super::body::RequestBody;
-use super::connect::{Capped, Connector};
-use super::plain::{GiveBack, PlainError, PlainPool};
-use super::slots::{Evict, OpenCount, Slots, Turns};
+use super::body::{BodyFailure, BodyFate, RequestBody};
+use super::connect::Connector;
+use super::pool::{GiveBack, Key, Pool};
+use super::slots::{Slots, SlotsFull, Turns};
 use crate::config::UpstreamHttp;
 
 /// The ceiling on an upstream HTTP/1.1 connection's read buffer (hyper's `max_buf_size`,
@@ -34,9 +30,6 @@ use crate::config::UpstreamHttp;
 /// README). It also bounds a response head: an upstream head larger than this fails the
 /// request (a 502; nginx's default `proxy_buffer_size` is 4–8 KiB).
 pub(super) const UPSTREAM_BUF_BYTES: usize = 32 << 10;
-
-/// A pool of upstream connections (hyper-util keys it by scheme and authority).
-pub(super) type Pool = Client<HttpsConnector<Connector>, RequestBody>;
 
 /// How a request travels upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,7 +53,7 @@ impl Protocol {
     }
 
     /// What the TLS handshake offers by ALPN.
-    fn alpn(self) -> Vec<Vec<u8>> {
+    pub(super) fn alpn(self) -> Vec<Vec<u8>> {
         match self {
             Protocol::Http1 => vec![b"http/1.1".to_vec()],
             Protocol::Alpn => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
@@ -93,15 +86,77 @@ pub(super) fn protocol(
     }
 }
 
-/// Why no response came back.
+/// Every setting of hyper's upstream client connections, HTTP/1.1 and h2, made once per
+/// forwarder by [`hyper_builders`].
+#[derive(Debug)]
+pub(super) struct Builders {
+    pub(super) h1: http1::Builder,
+    pub(super) h2: http2::Builder<TokioExecutor>,
+}
+
+/// All of hyper's client builder settings, in one place so they are easy to change.
+pub(super) fn hyper_builders() -> Builders {
+    let mut h1 = http1::Builder::new();
+    h1.max_buf_size(UPSTREAM_BUF_BYTES);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new());
+    Builders { h1, h2 }
+}
+
+/// Why an upstream request got no response. [`UpstreamError::status`] is the answer.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum UpstreamError {
-    #[error("no response from the upstream within {0:?} of sending the request")]
-    Timeout(Duration),
-    #[error("request to the upstream failed")]
-    Request(#[source] hyper_util::client::legacy::Error),
     #[error(transparent)]
-    Plain(PlainError),
+    Full(#[from] SlotsFull),
+    #[error(
+        "connecting to the upstream failed (check that it listens; upstream_connect_timeout bounds the wait)"
+    )]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("writing the PROXY header to the upstream failed")]
+    ProxyHeader(#[source] std::io::Error),
+    #[error(
+        "the TLS handshake with the upstream failed (is it `tls = true` on both sides, with a certificate for its name?)"
+    )]
+    Tls(#[source] std::io::Error),
+    #[error("the upstream's host is not a name a TLS certificate can carry")]
+    ServerName(#[source] rustls::pki_types::InvalidDnsNameError),
+    #[error("the PROXY header and TLS handshake took longer than {0:?} (upstream_connect_timeout)")]
+    ConnectTimeout(Duration),
+    #[error("the upstream request has no authority")]
+    NoAuthority,
+    #[error("the HTTP handshake with the upstream failed")]
+    Handshake(#[source] hyper::Error),
+    #[error("the request to the upstream failed")]
+    Send(#[source] hyper::Error),
+    #[error(
+        "no response from the upstream within {0:?} of sending the request (upstream_read_timeout)"
+    )]
+    Timeout(Duration),
+    /// The client's body failed the request, whatever hyper then reported.
+    #[error(transparent)]
+    ClientBody(BodyFailure),
+}
+
+impl UpstreamError {
+    /// The status the client gets: its body's fault (413, 400, 408), no room under
+    /// `max_upstream_connections` (503), the upstream too slow (504), else 502.
+    pub(super) fn status(&self) -> StatusCode {
+        match self {
+            UpstreamError::ClientBody(BodyFailure::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            UpstreamError::ClientBody(BodyFailure::Read) => StatusCode::BAD_REQUEST,
+            UpstreamError::ClientBody(BodyFailure::TimedOut) => StatusCode::REQUEST_TIMEOUT,
+            UpstreamError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            UpstreamError::Connect(_)
+            | UpstreamError::ProxyHeader(_)
+            | UpstreamError::Tls(_)
+            | UpstreamError::ServerName(_)
+            | UpstreamError::ConnectTimeout(_)
+            | UpstreamError::NoAuthority
+            | UpstreamError::Handshake(_)
+            | UpstreamError::Send(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
 }
 
 /// The connection and response bounds of the upstream client.
@@ -113,204 +168,51 @@ pub(super) struct Bounds {
     pub(super) pool_idle: Duration,
 }
 
-/// Upstream connections private to one downstream connection: those to upstreams with
-/// `send_proxy_protocol`, whose first bytes name that connection's client. One pool per
-/// protocol and header, made on first use and dropped with the downstream connection,
-/// which closes its idle connections. A connection that carries one client's header is
-/// therefore never offered to another client's request, while the requests of one
-/// client connection (keep-alive, h2 streams) still reuse it. Also the connection's
-/// turns under `max_upstream_connections_per_client`. Clones share the pools.
+/// What one downstream connection holds of the upstream side: its private pool, for
+/// upstreams with `send_proxy_protocol`, whose connections start with a header naming
+/// that connection's client (made on first use, dropped with the downstream connection,
+/// which closes its idle connections), and its turns under
+/// `max_upstream_connections_per_client`. A connection that carries one client's header
+/// is therefore never offered to another connection's request, while the requests of
+/// one client connection (keep-alive, h2 streams) still reuse it. Clones share both.
 #[derive(Clone, Debug, Default)]
 pub struct ConnPools {
-    pools: Arc<Mutex<Vec<PrivatePool>>>,
+    private: Arc<OnceLock<Pool>>,
     pub(super) turns: Turns,
-}
-
-#[derive(Debug)]
-struct PrivatePool {
-    protocol: Protocol,
-    /// The PROXY header every connection of `pool` started with.
-    header: Arc<[u8]>,
-    pool: Pool,
 }
 
 impl PartialEq for ConnPools {
     /// The same pools, i.e. the same downstream connection.
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.pools, &other.pools)
+        Arc::ptr_eq(&self.private, &other.private)
     }
 }
 
 impl Eq for ConnPools {}
 
-impl ConnPools {
-    /// The pool for `protocol` whose connections start with `header`, made by `make`
-    /// when there is none yet. Keyed by the header bytes themselves, so a pool can only
-    /// ever be handed to requests that would send the identical header.
-    fn get_or_make(
-        &self,
-        protocol: Protocol,
-        header: &[u8],
-        make: impl FnOnce(Arc<[u8]>) -> Pool,
-    ) -> Pool {
-        // A panic elsewhere while holding the lock leaves the list whole (a push or a
-        // read), so a poisoned lock is still safe to use.
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = pools
-            .iter()
-            .find(|p| p.protocol == protocol && *p.header == *header)
-        {
-            return found.pool.clone();
-        }
-        let header: Arc<[u8]> = header.into();
-        let pool = make(Arc::clone(&header));
-        pools.push(PrivatePool {
-            protocol,
-            header,
-            pool: pool.clone(),
-        });
-        pool
-    }
-
-    /// How many private pools the connection has made.
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-}
-
-/// What every pool is made from.
-#[derive(Debug)]
-struct PoolMaker {
-    http: HttpConnector,
-    /// One TLS config per [`Protocol`] (they differ in their ALPN offer), in the order
-    /// `Http1`, `Alpn`, `Http2`.
-    tls: [Arc<ClientConfig>; 3],
-    pool_idle: Duration,
-    capped: Capped,
-}
-
-impl PoolMaker {
-    fn pool(
-        &self,
-        protocol: Protocol,
-        header: Option<Arc<[u8]>>,
-        count: Option<OpenCount>,
-    ) -> Pool {
-        let tls = match protocol {
-            Protocol::Http1 => &self.tls[0],
-            Protocol::Alpn => &self.tls[1],
-            Protocol::Http2 => &self.tls[2],
-        };
-        let capped = Capped {
-            count,
-            ..self.capped.clone()
-        };
-        let connector = Connector::new(self.http.clone(), header, capped);
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .pool_idle_timeout(self.pool_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .http1_max_buf_size(UPSTREAM_BUF_BYTES)
-            .http2_only(protocol == Protocol::Http2);
-        builder.build(HttpsConnector::from((connector, Arc::clone(tls))))
-    }
-}
-
-/// hyper-util's shared pools, one per [`Protocol`] in the order of `PoolMaker::tls`.
-/// hyper-util cannot close one idle connection on demand, so at the cap all three are
-/// replaced by empty ones: their idle connections close once no request holds the old
-/// pools, and in-flight ones are not reused.
-#[derive(Debug)]
-struct SharedPools {
-    pools: ArcSwap<[Pool; 3]>,
-    maker: PoolMaker,
-    /// Connections open through these pools, old ones included.
-    open: OpenCount,
-}
-
-impl SharedPools {
-    fn make(maker: &PoolMaker, open: &OpenCount) -> [Pool; 3] {
-        [Protocol::Http1, Protocol::Alpn, Protocol::Http2]
-            .map(|protocol| maker.pool(protocol, None, Some(open.clone())))
-    }
-}
-
-impl Evict for SharedPools {
-    fn evict_idle(&self) -> bool {
-        if self.open.get() == 0 {
-            return false;
-        }
-        self.pools
-            .store(Arc::new(SharedPools::make(&self.maker, &self.open)));
-        true
-    }
-}
-
-/// The shared pools, one per [`Protocol`], and what private ones are made from.
+/// The shared pool and what private ones are made from.
 #[derive(Debug)]
 pub(super) struct UpstreamClient {
-    /// Plain HTTP/1.1 to shared upstreams, the common case (see `plain`).
-    plain: PlainPool,
-    shared: Arc<SharedPools>,
+    shared: Pool,
     response_timeout: Duration,
     slots: Arc<Slots>,
 }
 
 impl UpstreamClient {
-    /// Builds the pools, their connections under `slots`; `roots` replaces the Mozilla
-    /// roots when given.
+    /// Builds the connector and the shared pool, its connections under `slots`; `roots`
+    /// replaces the Mozilla roots when given.
     pub(super) fn new(
         bounds: Bounds,
         roots: Option<RootCertStore>,
         slots: Arc<Slots>,
     ) -> Result<UpstreamClient, rustls::Error> {
-        let roots = roots.unwrap_or_else(|| RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        });
-        let tls =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let with_alpn = |protocol: Protocol| {
-            let mut config = tls.clone();
-            config.alpn_protocols = protocol.alpn();
-            Arc::new(config)
-        };
-        let mut http = HttpConnector::new();
-        // The scheme decides TLS (hyper-rustls); this connector only makes TCP.
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(bounds.connect));
-        let capped = Capped {
-            slots: Arc::clone(&slots),
-            wait: bounds.connect,
-            count: None,
-        };
-        let maker = PoolMaker {
-            http,
-            tls: [Protocol::Http1, Protocol::Alpn, Protocol::Http2].map(with_alpn),
-            pool_idle: bounds.pool_idle,
-            capped: capped.clone(),
-        };
-        // The plain pool registers first, so it is asked first: it closes one idle
-        // connection, where the shared pools can only close all of theirs.
-        let plain = PlainPool::new(maker.http.clone(), bounds.pool_idle, capped);
-        let open = OpenCount::default();
-        let shared = Arc::new(SharedPools {
-            pools: ArcSwap::from_pointee(SharedPools::make(&maker, &open)),
-            maker,
-            open,
-        });
-        let evict: Arc<dyn Evict> = Arc::clone(&shared) as Arc<dyn Evict>;
-        slots.register(Arc::downgrade(&evict));
+        let connector = Connector::new(bounds.connect, roots, Arc::clone(&slots))?;
+        let shared = Pool::new(
+            Arc::new(connector),
+            Arc::new(hyper_builders()),
+            bounds.pool_idle,
+        );
         Ok(UpstreamClient {
-            plain,
             shared,
             response_timeout: bounds.response,
             slots,
@@ -322,63 +224,34 @@ impl UpstreamClient {
         &self.slots
     }
 
-    /// The pool a request goes through: for an upstream that takes a PROXY header,
-    /// `private`'s pool for exactly that header; else a shared one. `None` is the plain
-    /// HTTP/1.1 pool, for a `plain` request (no TLS, no upgrade) to such an upstream.
-    pub(super) fn pool(
-        &self,
-        protocol: Protocol,
-        private: Option<(&ConnPools, &[u8])>,
-        plain: bool,
-    ) -> Option<Pool> {
-        let pool = match private {
-            Some((pools, header)) => pools.get_or_make(protocol, header, |header| {
-                self.shared.maker.pool(protocol, Some(header), None)
-            }),
-            None => {
-                let shared = self.shared.pools.load();
-                match protocol {
-                    Protocol::Http1 if plain => return None,
-                    Protocol::Http1 => shared[0].clone(),
-                    Protocol::Alpn => shared[1].clone(),
-                    Protocol::Http2 => shared[2].clone(),
-                }
-            }
-        };
-        Some(pool)
+    /// The pool for `key`: `conn`'s private one when the key carries a PROXY header,
+    /// else the shared one.
+    pub(super) fn pool<'a>(&'a self, key: &Key<'_>, conn: &'a ConnPools) -> &'a Pool {
+        match key.header {
+            Some(_) => conn.private.get_or_init(|| self.shared.private()),
+            None => &self.shared,
+        }
     }
 
-    /// Sends `request` through `pool` and waits for the response head. The response
-    /// timeout starts once the request body has been sent (`body_done`), so a slow upload
-    /// is not a slow upstream; connecting is bounded by the connect timeout.
-    /// Through the plain pool (`pool` is `None`), the response comes with what gives its
-    /// connection back once the body has been read.
+    /// Sends `request` through `pool` for `key` and waits for the response head, with
+    /// what gives its connection back once the body has been read. The response timeout
+    /// starts once the request body has been sent (`body_done`), so a slow upload is not
+    /// a slow upstream; connecting is bounded by the connect timeout. A failure after the
+    /// client's body failed is that body's ([`UpstreamError::ClientBody`]).
     pub(super) async fn send(
         &self,
-        pool: Option<&Pool>,
+        pool: &Pool,
+        key: &Key<'_>,
         request: Request<RequestBody>,
         body_done: oneshot::Receiver<()>,
-    ) -> Result<(Response<Incoming>, Option<GiveBack>), UpstreamError> {
-        match pool {
-            None => {
-                let sent = async {
-                    let (response, give_back) = self
-                        .plain
-                        .send(request)
-                        .await
-                        .map_err(UpstreamError::Plain)?;
-                    Ok((response, Some(give_back)))
-                };
-                self.bounded(sent, body_done).await
-            }
-            Some(pool) => {
-                let sent = async {
-                    let response = pool.request(request).await;
-                    Ok((response.map_err(UpstreamError::Request)?, None))
-                };
-                self.bounded(sent, body_done).await
-            }
-        }
+        fate: &BodyFate,
+    ) -> Result<(Response<Incoming>, GiveBack), UpstreamError> {
+        self.bounded(pool.send(key, request), body_done)
+            .await
+            .map_err(|error| match fate.get() {
+                Some(failure) => UpstreamError::ClientBody(failure),
+                None => error,
+            })
     }
 
     /// `response`, failing with a timeout if it is not there within the response timeout
@@ -455,45 +328,62 @@ mod tests {
         );
     }
 
-    fn client() -> UpstreamClient {
+    #[test]
+    fn each_failure_answers_its_status() {
+        let status = |e: UpstreamError| e.status().as_u16();
+        assert_eq!(
+            status(UpstreamError::ClientBody(BodyFailure::TooLarge)),
+            413
+        );
+        assert_eq!(status(UpstreamError::ClientBody(BodyFailure::Read)), 400);
+        assert_eq!(
+            status(UpstreamError::ClientBody(BodyFailure::TimedOut)),
+            408
+        );
+        let full = SlotsFull {
+            max: 1,
+            waited: Duration::from_secs(1),
+        };
+        assert_eq!(status(UpstreamError::Full(full)), 503);
+        assert_eq!(status(UpstreamError::Timeout(Duration::from_secs(1))), 504);
+        assert_eq!(
+            status(UpstreamError::ConnectTimeout(Duration::from_secs(1))),
+            502
+        );
+        assert_eq!(status(UpstreamError::NoAuthority), 502);
+    }
+
+    #[test]
+    fn only_keys_with_a_proxy_header_go_to_the_connections_own_pool() {
         let bounds = Bounds {
             connect: Duration::from_secs(1),
             response: Duration::from_secs(1),
             pool_idle: Duration::from_secs(1),
         };
-        UpstreamClient::new(bounds, None, Slots::new(8)).expect("client builds")
-    }
-
-    #[tokio::test]
-    async fn a_connection_gets_one_private_pool_per_protocol_and_header() {
-        let client = client();
-        let mine = ConnPools::default();
-        let (a, b) = (
-            &b"PROXY TCP4 192.0.2.1 192.0.2.9 1 80\r\n"[..],
-            &b"PROXY TCP4 192.0.2.2 192.0.2.9 2 80\r\n"[..],
-        );
-        client.pool(Protocol::Http1, Some((&mine, a)), true);
-        client.pool(Protocol::Http1, Some((&mine, a)), true);
-        assert_eq!(mine.len(), 1, "the same header reuses its pool");
-        client.pool(Protocol::Http2, Some((&mine, a)), true);
-        client.pool(Protocol::Http1, Some((&mine, b)), true);
-        assert_eq!(mine.len(), 3, "another protocol or header gets its own");
-        let theirs = ConnPools::default();
-        client.pool(Protocol::Http1, Some((&theirs, a)), true);
+        let client = UpstreamClient::new(bounds, None, Slots::new(8)).expect("client builds");
+        let authority = http::uri::Authority::from_static("127.0.0.1:1");
+        let key = |header| Key {
+            authority: &authority,
+            protocol: Protocol::Http1,
+            tls: false,
+            header,
+        };
+        let (mine, theirs) = (ConnPools::default(), ConnPools::default());
+        let header = &b"PROXY TCP4 192.0.2.1 192.0.2.9 1 80\r\n"[..];
+        let private = client.pool(&key(Some(header)), &mine) as *const Pool;
         assert_eq!(
-            (mine.len(), theirs.len()),
-            (3, 1),
-            "pools are per connection"
+            private,
+            client.pool(&key(Some(header)), &mine) as *const Pool
         );
-        client.pool(Protocol::Http1, None, false);
-        assert!(
-            client.pool(Protocol::Http1, None, true).is_none(),
-            "plain HTTP/1.1 goes to the plain pool"
+        assert_ne!(
+            private,
+            client.pool(&key(Some(header)), &theirs) as *const Pool
         );
+        assert_ne!(private, client.pool(&key(None), &mine) as *const Pool);
         assert_eq!(
-            (mine.len(), theirs.len()),
-            (3, 1),
-            "shared pools are not private"
+            client.pool(&key(None), &mine) as *const Pool,
+            client.pool(&key(None), &theirs) as *const Pool,
+            "one shared pool"
         );
         assert_eq!(mine, mine.clone());
         assert_ne!(mine, theirs);

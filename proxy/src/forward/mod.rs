@@ -13,7 +13,7 @@ mod connect;
 mod forwarded;
 mod headers;
 mod hygiene;
-mod plain;
+mod pool;
 mod request;
 mod route;
 mod slots;
@@ -21,7 +21,6 @@ mod tlv;
 mod upgrade;
 
 use std::convert::Infallible;
-use std::error::Error as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,12 +40,12 @@ use crate::metrics::{TimeoutCounts, TimeoutKind};
 use crate::proxy_protocol::{self, ProxyInfo};
 use crate::trust::TrustList;
 use access::{AccessBody, Pending};
-use body::{BodyWatch, OverLimit, RequestBody, RequestBodyError, UpstreamBody};
+use body::{BodyFailure, BodyWatch, RequestBody, UpstreamBody};
 use client::{Bounds, UpstreamClient, UpstreamError};
 use headers::Downstream;
-use plain::{GiveBack, PooledBody};
+use pool::{GiveBack, Key, PooledBody};
 use route::{Refusal, Router, Target};
-use slots::{Slots, SlotsFull, WithTurn};
+use slots::{Slots, WithTurn};
 
 pub use body::ResponseBodyError as BodyError;
 pub use client::ConnPools;
@@ -79,8 +78,9 @@ pub struct ConnContext {
     /// The PROXY header the connection started with, if any.
     pub proxy: Option<Arc<ProxyInfo>>,
     /// Upstream connections private to this connection: those that start with a PROXY
-    /// header naming `client` (upstreams with `send_proxy_protocol`). Give each
-    /// connection its own `ConnPools::default()`; they close when it is dropped.
+    /// header naming `client` (upstreams with `send_proxy_protocol`), and its turns under
+    /// `max_upstream_connections_per_client`. Give each connection its own
+    /// `ConnPools::default()`; its upstream connections close when it is dropped.
     pub upstream_pools: ConnPools,
 }
 
@@ -307,7 +307,7 @@ impl Forwarder {
             Ok((response, give_back, turn)) => response.map(|body| {
                 let read = self.timeouts.upstream_read;
                 let body = UpstreamBody::new(body, read, Arc::clone(&self.counters.timeouts));
-                WithTurn::new(PooledBody::new(body, give_back), turn).boxed()
+                WithTurn::new(PooledBody::new(body, Some(give_back)), turn).boxed()
             }),
             Err(answer) => answer
                 .response()
@@ -334,7 +334,7 @@ impl Forwarder {
         mut req: Request<Incoming>,
         conn: &ConnContext,
         mut record: Option<&mut Pending>,
-    ) -> Result<(Response<Incoming>, Option<GiveBack>, Option<Turn>), Answer> {
+    ) -> Result<(Response<Incoming>, GiveBack, Option<Turn>), Answer> {
         if req.method() == Method::CONNECT {
             return Err(Answer::Status(StatusCode::METHOD_NOT_ALLOWED));
         }
@@ -411,7 +411,7 @@ impl Forwarder {
         })?;
         let tlvs = conn.proxy.as_ref().map(|p| p.tlvs()).unwrap_or_default();
         tlv::apply(&mut headers, &app.tlv_headers, tlvs);
-        let (body, BodyWatch { done, over }) =
+        let (body, BodyWatch { done, fate }) =
             RequestBody::new(body, self.body_limit, self.timeouts.request_body);
         let body = body.guarding_trailers(Arc::clone(&app.names));
         let mut upstream_req = Request::new(body);
@@ -423,11 +423,13 @@ impl Forwarder {
         let proxy_header = target
             .send_proxy_protocol
             .map(|version| proxy_protocol::encode(version, conn.client, conn.front()));
-        let private = proxy_header
-            .as_deref()
-            .map(|header| (&conn.upstream_pools, header));
-        let plain = !target.tls && upgrade.is_none();
-        let pool = self.client.pool(protocol, private, plain);
+        let key = Key {
+            authority: &target.authority,
+            protocol,
+            tls: target.tls,
+            header: proxy_header.as_deref(),
+        };
+        let pool = self.client.pool(&key, &conn.upstream_pools);
         // Held until the response body ends, so h2 streams beyond the cap wait here
         // holding no upstream connection.
         let turn = conn
@@ -435,11 +437,14 @@ impl Forwarder {
             .turns
             .take(self.per_client, self.client.slots())
             .await;
-        let (mut response, give_back) =
-            match self.client.send(pool.as_ref(), upstream_req, done).await {
-                Ok(sent) => sent,
-                Err(error) => return Err(self.upstream_failed(&error, &over, target)),
-            };
+        let (mut response, give_back) = match self
+            .client
+            .send(pool, &key, upstream_req, done, &fate)
+            .await
+        {
+            Ok(sent) => sent,
+            Err(error) => return Err(self.upstream_failed(&error, target)),
+        };
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             let (Some(asked), Some(client_upgrade)) = (upgrade, client_upgrade) else {
@@ -465,44 +470,37 @@ impl Forwarder {
         Ok((response, give_back, turn))
     }
 
-    /// The answer to a request that got no response, counted and logged: the client's
-    /// body over the limit (413) or unreadable (400), no room for an upstream connection
-    /// (503, counted by the slots), the upstream too slow (504) or unreachable or
-    /// failing (502).
-    fn upstream_failed(&self, error: &UpstreamError, over: &OverLimit, target: &Target) -> Answer {
-        if over.get() {
-            bump(&self.counters.bodies_too_large);
-            return Answer::Status(StatusCode::PAYLOAD_TOO_LARGE);
-        }
-        if no_room(error) {
-            // The clients' own load can cause this at will: debug, and the counter.
-            debug!(upstream = %target.authority, error = ?error, "no room for an upstream connection");
-            return Answer::Status(StatusCode::SERVICE_UNAVAILABLE);
-        }
-        let status = match error {
+    /// The answer to a request that got no response ([`UpstreamError::status`]),
+    /// counted and logged: the client's body over the limit (413), unreadable (400) or
+    /// paused too long (408), no room for an upstream connection (503, counted by the
+    /// slots), the upstream too slow (504) or unreachable or failing (502).
+    fn upstream_failed(&self, error: &UpstreamError, target: &Target) -> Answer {
+        let status = error.status();
+        match error {
+            UpstreamError::ClientBody(BodyFailure::TooLarge) => {
+                bump(&self.counters.bodies_too_large);
+                return Answer::Status(status);
+            }
+            UpstreamError::ClientBody(BodyFailure::TimedOut) => {
+                self.counters.timeouts.bump(TimeoutKind::RequestBody);
+                debug!(upstream = %target.authority, error = ?error, "client request body timed out");
+                return Answer::Status(status);
+            }
+            UpstreamError::ClientBody(BodyFailure::Read) => {
+                debug!(upstream = %target.authority, error = ?error, "client request body failed");
+                return Answer::Status(status);
+            }
+            UpstreamError::Full(_) => {
+                // The clients' own load can cause this at will: debug, and the counter.
+                debug!(upstream = %target.authority, error = ?error, "no room for an upstream connection");
+                return Answer::Status(status);
+            }
             UpstreamError::Timeout(_) => {
                 bump(&self.counters.upstream_timeouts);
                 self.counters.timeouts.bump(TimeoutKind::UpstreamRead);
-                StatusCode::GATEWAY_TIMEOUT
             }
-            UpstreamError::Request(_) | UpstreamError::Plain(_) => {
-                match client_body_failed(error) {
-                    Some(ClientBody::TimedOut) => {
-                        self.counters.timeouts.bump(TimeoutKind::RequestBody);
-                        debug!(upstream = %target.authority, error = ?error, "client request body timed out");
-                        return Answer::Status(StatusCode::REQUEST_TIMEOUT);
-                    }
-                    Some(ClientBody::Failed) => {
-                        debug!(upstream = %target.authority, error = ?error, "client request body failed");
-                        return Answer::Status(StatusCode::BAD_REQUEST);
-                    }
-                    None => {
-                        bump(&self.counters.upstream_errors);
-                        StatusCode::BAD_GATEWAY
-                    }
-                }
-            }
-        };
+            _ => bump(&self.counters.upstream_errors),
+        }
         debug!(upstream = %target.authority, error = ?error, "upstream request failed");
         if self.upstream_warning.ready() {
             let stats = self.stats();
@@ -516,40 +514,6 @@ impl Forwarder {
         }
         Answer::Status(status)
     }
-}
-
-/// Whether an upstream error is the cap on upstream connections.
-fn no_room(error: &UpstreamError) -> bool {
-    let mut source = error.source();
-    while let Some(e) = source {
-        if e.is::<SlotsFull>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
-}
-
-/// How the client's body failed an upstream request.
-enum ClientBody {
-    Failed,
-    TimedOut,
-}
-
-/// Whether an upstream error started with reading the client's body, and how.
-fn client_body_failed(error: &UpstreamError) -> Option<ClientBody> {
-    let mut source = error.source();
-    while let Some(e) = source {
-        if let Some(body) = e.downcast_ref::<RequestBodyError>() {
-            return match body {
-                RequestBodyError::Read(_) => Some(ClientBody::Failed),
-                RequestBodyError::TimedOut(_) => Some(ClientBody::TimedOut),
-                RequestBodyError::TooLarge { .. } => None,
-            };
-        }
-        source = e.source();
-    }
-    None
 }
 
 /// Lets one event through per period.

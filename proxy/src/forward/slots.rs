@@ -16,7 +16,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::rt::{Read, ReadBufCursor, Write};
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// No upstream connection could be had within the wait: the process holds
@@ -59,7 +58,7 @@ pub(super) struct Slots {
     max: usize,
     /// Signalled once per slot given back.
     freed: Notify,
-    /// The pools to ask for idle connections at the cap, in order (plain pools first).
+    /// The pools to ask for idle connections at the cap, in order.
     pools: Mutex<Vec<Weak<dyn Evict>>>,
     waited: AtomicU64,
     refused: AtomicU64,
@@ -183,44 +182,17 @@ impl Drop for Slot {
     }
 }
 
-/// How many connections a group of pools holds open (to tell whether closing its idle
-/// ones could free anything). Clones share the count.
-#[derive(Clone, Debug, Default)]
-pub(super) struct OpenCount(Arc<AtomicUsize>);
-
-impl OpenCount {
-    pub(super) fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// An upstream connection's IO holding its [`Slot`] (and its place in an [`OpenCount`]):
-/// both are given back when the socket is dropped.
+/// An upstream connection's IO holding its [`Slot`], given back when the socket is
+/// dropped.
 #[derive(Debug)]
 pub(super) struct Slotted<T> {
     io: T,
     _slot: Slot,
-    count: Option<OpenCount>,
 }
 
 impl<T> Slotted<T> {
-    pub(super) fn new(io: T, slot: Slot, count: Option<OpenCount>) -> Slotted<T> {
-        if let Some(count) = &count {
-            count.0.fetch_add(1, Ordering::Relaxed);
-        }
-        Slotted {
-            io,
-            _slot: slot,
-            count,
-        }
-    }
-}
-
-impl<T> Drop for Slotted<T> {
-    fn drop(&mut self) {
-        if let Some(count) = &self.count {
-            count.0.fetch_sub(1, Ordering::Relaxed);
-        }
+    pub(super) fn new(io: T, slot: Slot) -> Slotted<T> {
+        Slotted { io, _slot: slot }
     }
 }
 
@@ -261,12 +233,6 @@ impl<T: Write + Unpin> Write for Slotted<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
-    }
-}
-
-impl<T: Connection> Connection for Slotted<T> {
-    fn connected(&self) -> Connected {
-        self.io.connected()
     }
 }
 

@@ -1,6 +1,6 @@
 //! Upstream servers for the tests: the shipped demo upstream, one that counts what
 //! reaches it, a generic one that runs a closure per request (HTTP/1.1 and h2c, upgrades
-//! allowed), optionally behind TLS, one that reads a PROXY header first and reports its
+//! allowed), optionally behind TLS and counting its connections, one that reads a PROXY header first and reports its
 //! connections' ends, one that reports each request's headers and trailers, and a raw
 //! one that answers fixed bytes. All bind 127.0.0.1:0 and return their address.
 
@@ -232,7 +232,37 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<UpBody>> + Send + 'static,
 {
-    serve_on(handler, None).await
+    serve_on(handler, None, Arc::default()).await
+}
+
+/// [`serve`], counting the connections it accepts (HTTP/1.1 and h2c alike).
+pub async fn serve_counting<F, Fut>(handler: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    let accepted = Arc::new(AtomicUsize::new(0));
+    (
+        serve_on(handler, None, Arc::clone(&accepted)).await,
+        accepted,
+    )
+}
+
+/// [`serve_tls`], counting the connections it accepts.
+pub async fn serve_tls_counting<F, Fut>(
+    handler: F,
+    tls: Arc<rustls::ServerConfig>,
+) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<UpBody>> + Send + 'static,
+{
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let acceptor = Some(TlsAcceptor::from(tls));
+    (
+        serve_on(handler, acceptor, Arc::clone(&accepted)).await,
+        accepted,
+    )
 }
 
 /// [`serve`] behind TLS with `tls`.
@@ -241,10 +271,14 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<UpBody>> + Send + 'static,
 {
-    serve_on(handler, Some(TlsAcceptor::from(tls))).await
+    serve_on(handler, Some(TlsAcceptor::from(tls)), Arc::default()).await
 }
 
-async fn serve_on<F, Fut>(handler: F, tls: Option<TlsAcceptor>) -> SocketAddr
+async fn serve_on<F, Fut>(
+    handler: F,
+    tls: Option<TlsAcceptor>,
+    accepted: Arc<AtomicUsize>,
+) -> SocketAddr
 where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<UpBody>> + Send + 'static,
@@ -255,6 +289,7 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            accepted.fetch_add(1, Ordering::SeqCst);
             let handler = handler.clone();
             let tls = tls.clone();
             tokio::spawn(async move {
