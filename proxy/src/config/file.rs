@@ -1,11 +1,12 @@
 //! The config file as written: serde structs that mirror rpxy's TOML key for key, every
 //! value optional and untyped beyond what TOML itself says. No defaults and no checks
-//! live here (`validate` does that). Which keys may appear at all is decided by `keys`,
-//! which reads the field lists of these structs, so a key declared here is a known key.
+//! live here (`validate` does that). A key declared here is a known key; `keys` refuses
+//! the others while these structs are deserialised. rpxy's keys that trustgate does not
+//! implement are declared as [`Unsupported`], so that they load with a warning.
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
 /// The whole file. Field names are the TOML keys.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +55,23 @@ pub(crate) struct ConfigFile {
     pub metrics: Option<MetricsFile>,
     /// trustgate's own table (nginx's vocabulary: `access_log path format`, `off`).
     pub access_log: Option<AccessLogFile>,
+    pub sticky_cookie_secret: Option<Unsupported>,
+}
+
+/// A key of an rpxy feature trustgate lacks: any value, and whether it asks for the
+/// feature (`health_check = false` and the like do not).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unsupported {
+    pub asked: bool,
+}
+
+impl<'de> Deserialize<'de> for Unsupported {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(deserializer)?;
+        Ok(Unsupported {
+            asked: !matches!(value, toml::Value::Boolean(false)),
+        })
+    }
 }
 
 /// A key that takes one string or a list of strings.
@@ -145,6 +163,7 @@ pub(crate) struct RouteFile {
     pub upstream: Option<Vec<UpstreamFile>>,
     pub load_balance: Option<String>,
     pub upstream_options: Option<Vec<String>>,
+    pub health_check: Option<Unsupported>,
 }
 
 /// One entry of `upstream = [...]`.
@@ -162,6 +181,9 @@ pub(crate) struct ExperimentalFile {
     pub ignore_sni_consistency: Option<bool>,
     pub connection_handling_timeout: Option<u64>,
     pub tcp_recv_proxy_protocol: Option<ProxyProtocolFile>,
+    pub h3: Option<Unsupported>,
+    pub cache: Option<Unsupported>,
+    pub acme: Option<Unsupported>,
 }
 
 /// `[experimental.tcp_recv_proxy_protocol]`.

@@ -72,14 +72,7 @@ pub fn parse_str(
     path: impl AsRef<Path>,
 ) -> Result<(Config, Vec<Warning>), ConfigError> {
     let path = path.as_ref();
-    let syntax = |source| ConfigError::Syntax {
-        path: path.to_owned(),
-        source,
-    };
-    let table: toml::Table = toml::from_str(text).map_err(syntax)?;
-    let mut warnings = keys::check(&table, path)?;
-    // Parsed again from the text, not from `table`, so that type errors keep their line.
-    let file: file::ConfigFile = toml::from_str(text).map_err(syntax)?;
+    let (file, mut warnings) = keys::deserialize(text, path)?;
     let config = validate::validate(file, path, &mut warnings)?;
     Ok((config, warnings))
 }
