@@ -1,12 +1,14 @@
 //! The config file as written: serde structs that mirror rpxy's TOML key for key, every
-//! value optional and untyped beyond what TOML itself says. No defaults and no checks
-//! live here (`validate` does that). A key declared here is a known key; `keys` refuses
-//! the others while these structs are deserialised. rpxy's keys that trustgate does not
-//! implement are declared as [`Unsupported`], so that they load with a warning.
+//! value optional; a string naming one of a fixed set is a [`Choice`] of a serde enum.
+//! No defaults and no checks live here (`validate` does that). Undeclared keys are
+//! refused by `keys`; rpxy's keys trustgate lacks are declared as [`Unsupported`].
 
 use std::collections::BTreeMap;
 
+use serde::de::{self, DeserializeOwned, IntoDeserializer};
 use serde::{Deserialize, Deserializer};
+
+use super::{AccessFormat, XdpMode};
 
 /// The whole file. Field names are the TOML keys.
 #[derive(Debug, Default, Deserialize)]
@@ -113,6 +115,67 @@ pub(crate) enum Seconds {
     Fraction(f64),
 }
 
+/// A string that must name a variant of `T`, an enum of unit variants whose serde names
+/// are the one list of allowed values. Any other string is kept (`value` is `None`), so
+/// that `validate` refuses it with the key, the list and the nearest name.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice<T> {
+    /// As written.
+    pub text: String,
+    pub value: Option<T>,
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let value = T::deserialize(IntoDeserializer::<de::value::Error>::into_deserializer(
+            text.as_str(),
+        ))
+        .ok();
+        Ok(Choice { text, value })
+    }
+}
+
+/// `load_balance`: rpxy's methods.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LoadBalanceFile {
+    None,
+    RoundRobin,
+    Random,
+    Sticky,
+    PrimaryBackup,
+}
+
+/// One entry of `upstream_options`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum UpstreamOptionFile {
+    KeepOriginalHost,
+    SetUpstreamHost,
+    ForceHttp11Upstream,
+    ForceHttp2Upstream,
+    ForwardedHeader,
+    UpgradeInsecureRequests,
+}
+
+/// `send_proxy_protocol`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ProxyVersionFile {
+    V1,
+    V2,
+}
+
+/// `kernel_filter.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KernelModeFile {
+    Socket,
+    Xdp,
+    Off,
+}
+
 /// `[apps.NAME]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AppFile {
@@ -161,8 +224,8 @@ pub(crate) struct RouteFile {
     pub path: Option<String>,
     pub replace_path: Option<String>,
     pub upstream: Option<Vec<UpstreamFile>>,
-    pub load_balance: Option<String>,
-    pub upstream_options: Option<Vec<String>>,
+    pub load_balance: Option<Choice<LoadBalanceFile>>,
+    pub upstream_options: Option<Vec<Choice<UpstreamOptionFile>>>,
     pub health_check: Option<Unsupported>,
 }
 
@@ -172,7 +235,7 @@ pub(crate) struct UpstreamFile {
     pub location: Option<String>,
     pub tls: Option<bool>,
     /// trustgate's own key.
-    pub send_proxy_protocol: Option<String>,
+    pub send_proxy_protocol: Option<Choice<ProxyVersionFile>>,
 }
 
 /// `[experimental]`.
@@ -204,9 +267,9 @@ pub(crate) struct ProxyProtocolFile {
 /// `[experimental.tcp_recv_proxy_protocol.kernel_filter]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct KernelFilterFile {
-    pub mode: Option<String>,
+    pub mode: Option<Choice<KernelModeFile>>,
     pub interfaces: Option<Vec<String>>,
-    pub xdp_mode: Option<String>,
+    pub xdp_mode: Option<Choice<XdpMode>>,
     pub required: Option<bool>,
     pub observe_only: Option<bool>,
     pub detach_accepted: Option<bool>,
@@ -222,6 +285,6 @@ pub(crate) struct MetricsFile {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AccessLogFile {
     pub path: Option<String>,
-    pub format: Option<String>,
+    pub format: Option<Choice<AccessFormat>>,
     pub off: Option<bool>,
 }

@@ -118,26 +118,23 @@ type Fields = fn() -> &'static [&'static str];
 /// Each table of the file, by where it sits (`*` stands for an app name), and its keys.
 /// The order is the order in which "this key belongs in" looks.
 const TABLES: [(&str, Fields); 11] = [
-    ("", fields::<ConfigFile>),
-    ("apps.*", fields::<AppFile>),
-    ("apps.*.tls", fields::<TlsFile>),
-    (
-        "apps.*.proxy_protocol_tlv_headers",
-        fields::<TlvHeadersFile>,
-    ),
-    ("apps.*.reverse_proxy", fields::<RouteFile>),
-    ("apps.*.reverse_proxy.upstream", fields::<UpstreamFile>),
-    ("experimental", fields::<ExperimentalFile>),
+    ("", names::<ConfigFile>),
+    ("apps.*", names::<AppFile>),
+    ("apps.*.tls", names::<TlsFile>),
+    ("apps.*.proxy_protocol_tlv_headers", names::<TlvHeadersFile>),
+    ("apps.*.reverse_proxy", names::<RouteFile>),
+    ("apps.*.reverse_proxy.upstream", names::<UpstreamFile>),
+    ("experimental", names::<ExperimentalFile>),
     (
         "experimental.tcp_recv_proxy_protocol",
-        fields::<ProxyProtocolFile>,
+        names::<ProxyProtocolFile>,
     ),
     (
         "experimental.tcp_recv_proxy_protocol.kernel_filter",
-        fields::<KernelFilterFile>,
+        names::<KernelFilterFile>,
     ),
-    ("metrics", fields::<MetricsFile>),
-    ("access_log", fields::<AccessLogFile>),
+    ("metrics", names::<MetricsFile>),
+    ("access_log", names::<AccessLogFile>),
 ];
 
 fn known(table: &str) -> &'static [&'static str] {
@@ -227,13 +224,19 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// The field names serde expects for the struct `T`, read by asking `T` to deserialize
-/// itself from a probe that records them and stops.
-fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
+/// The field names of the struct `T`, or the variant names of the enum `T`, as serde
+/// spells them: read by asking `T` to deserialize itself from a probe that records them
+/// and stops.
+pub(crate) fn names<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut names: &'static [&'static str] = &[];
     // The probe always answers with an error; only the recorded names matter.
     let _probed = T::deserialize(Probe(&mut names));
     names
+}
+
+/// The serde name of a variant of the unit-variant enum `T`, by its index (`v as usize`).
+pub(crate) fn variant_name<T: DeserializeOwned>(index: usize) -> &'static str {
+    names::<T>().get(index).copied().unwrap_or_default()
 }
 
 struct Probe<'a>(&'a mut &'static [&'static str]);
@@ -255,9 +258,19 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
         Err(de::Error::custom("probed"))
     }
 
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = variants;
+        Err(de::Error::custom("probed"))
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
         identifier ignored_any
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use http::Uri;
 use http::header::HeaderName;
 use http::uri::Scheme;
+use serde::Deserialize;
 
 use crate::proxy_protocol::Version;
 use crate::trust::TrustList;
@@ -144,7 +145,9 @@ pub enum AccessDestination {
 }
 
 /// How each access record is written (`access_log.format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The serde names are `format`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AccessFormat {
     /// `key=value` fields after a timestamp and `INFO trustgate::access: access`, as the
     /// `tracing` event that the access log used to be.
@@ -157,15 +160,9 @@ pub enum AccessFormat {
 }
 
 impl AccessFormat {
-    /// The names `format` takes, in the order of the variants.
-    pub const NAMES: [&'static str; 3] = ["text", "json", "combined"];
-
+    /// Its value of `format`.
     pub fn name(self) -> &'static str {
-        match self {
-            AccessFormat::Text => Self::NAMES[0],
-            AccessFormat::Json => Self::NAMES[1],
-            AccessFormat::Combined => Self::NAMES[2],
-        }
+        keys::variant_name::<Self>(self as usize)
     }
 }
 
@@ -509,8 +506,9 @@ pub enum KernelFilterMode {
     },
 }
 
-/// How XDP is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How XDP is attached. The serde names are `xdp_mode`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, else generic.
     Auto,
@@ -520,11 +518,7 @@ pub enum XdpMode {
 
 impl fmt::Display for XdpMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        })
+        f.write_str(keys::variant_name::<Self>(*self as usize))
     }
 }
 
