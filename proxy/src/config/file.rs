@@ -4,11 +4,12 @@
 //! refused by `keys`; rpxy's keys trustgate lacks are declared as [`Unsupported`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::de::{self, DeserializeOwned, IntoDeserializer};
+use serde::de::{self, DeserializeOwned};
 use serde::{Deserialize, Deserializer};
 
-use super::{AccessFormat, XdpMode};
+use super::{AccessFormat, TlvField, XdpMode, keys};
 
 /// The whole file. Field names are the TOML keys.
 #[derive(Debug, Default, Deserialize)]
@@ -128,10 +129,7 @@ pub(crate) struct Choice<T> {
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        let value = T::deserialize(IntoDeserializer::<de::value::Error>::into_deserializer(
-            text.as_str(),
-        ))
-        .ok();
+        let value = keys::variant(&text);
         Ok(Choice { text, value })
     }
 }
@@ -187,24 +185,41 @@ pub(crate) struct AppFile {
 }
 
 /// `apps.NAME.proxy_protocol_tlv_headers`: for each TLV, the request header it becomes.
-/// The field names are the keys of `TlvField`.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct TlvHeadersFile {
-    pub alpn: Option<String>,
-    pub authority: Option<String>,
-    pub unique_id: Option<String>,
-    pub netns: Option<String>,
-    pub ssl_version: Option<String>,
-    pub ssl_cn: Option<String>,
-    pub ssl_cipher: Option<String>,
-    pub ssl_sig_alg: Option<String>,
-    pub ssl_key_alg: Option<String>,
-    pub ssl_group: Option<String>,
-    pub ssl_sig_scheme: Option<String>,
-    pub ssl_verify: Option<String>,
-    pub aws_vpce_id: Option<String>,
-    pub azure_link_id: Option<String>,
-    pub gcp_psc_connection_id: Option<String>,
+/// The keys are `TlvField`'s; any other key is left to serde as unknown.
+#[derive(Debug, Default)]
+pub(crate) struct TlvHeadersFile(pub BTreeMap<TlvField, String>);
+
+impl<'de> Deserialize<'de> for TlvHeadersFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TlvHeadersVisitor)
+    }
+}
+
+struct TlvHeadersVisitor;
+
+impl<'de> de::Visitor<'de> for TlvHeadersVisitor {
+    type Value = TlvHeadersFile;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // What serde said when this was a derived struct.
+        f.write_str("struct TlvHeadersFile")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut headers = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match keys::variant::<TlvField>(&key) {
+                Some(tlv) => {
+                    headers.insert(tlv, map.next_value()?);
+                }
+                // As a derived struct ignores an undeclared key: serde_ignored sees it.
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(TlvHeadersFile(headers))
+    }
 }
 
 /// `apps.NAME.tls`.

@@ -6,12 +6,13 @@
 
 use std::path::Path;
 
-use serde::de::{self, DeserializeOwned, Visitor};
+use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 
+use super::TlvField;
 use super::error::{ConfigError, KeyHint};
 use super::file::{
     AccessLogFile, AppFile, ConfigFile, ExperimentalFile, KernelFilterFile, MetricsFile,
-    ProxyProtocolFile, RouteFile, TlsFile, TlvHeadersFile, Unsupported, UpstreamFile,
+    ProxyProtocolFile, RouteFile, TlsFile, Unsupported, UpstreamFile,
 };
 use super::warning::{Warning, WarningKind};
 
@@ -121,7 +122,7 @@ const TABLES: [(&str, Fields); 11] = [
     ("", names::<ConfigFile>),
     ("apps.*", names::<AppFile>),
     ("apps.*.tls", names::<TlsFile>),
-    ("apps.*.proxy_protocol_tlv_headers", names::<TlvHeadersFile>),
+    ("apps.*.proxy_protocol_tlv_headers", names::<TlvField>),
     ("apps.*.reverse_proxy", names::<RouteFile>),
     ("apps.*.reverse_proxy.upstream", names::<UpstreamFile>),
     ("experimental", names::<ExperimentalFile>),
@@ -234,6 +235,14 @@ pub(crate) fn names<T: DeserializeOwned>() -> &'static [&'static str] {
     names
 }
 
+/// The variant of the unit-variant enum `T` whose serde name is `name`.
+pub(crate) fn variant<T: DeserializeOwned>(name: &str) -> Option<T> {
+    T::deserialize(IntoDeserializer::<de::value::Error>::into_deserializer(
+        name,
+    ))
+    .ok()
+}
+
 /// The serde name of a variant of the unit-variant enum `T`, by its index (`v as usize`).
 pub(crate) fn variant_name<T: DeserializeOwned>(index: usize) -> &'static str {
     names::<T>().get(index).copied().unwrap_or_default()
@@ -301,11 +310,17 @@ mod tests {
 
     #[test]
     fn tlv_header_keys_are_exactly_the_tlv_fields() {
-        let keys: Vec<&str> = crate::config::TlvField::ALL
-            .iter()
-            .map(|f| f.key())
-            .collect();
+        let keys: Vec<&str> = TlvField::all().iter().map(|f| f.key()).collect();
         assert_eq!(known("apps.*.proxy_protocol_tlv_headers"), keys);
+    }
+
+    #[test]
+    fn tlv_fields_are_listed_in_variant_order() {
+        let all = TlvField::all();
+        assert_eq!(all.len(), 15);
+        assert_eq!(all.first(), Some(&TlvField::Alpn));
+        assert_eq!(all.last(), Some(&TlvField::GcpPscConnectionId));
+        assert_eq!(TlvField::SslSigScheme.key(), "ssl_sig_scheme");
     }
 
     #[test]

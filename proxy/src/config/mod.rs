@@ -273,7 +273,7 @@ pub struct App {
     /// Longest path first, so the first route whose `path` prefixes the request path wins.
     /// Never empty; paths are unique within the app.
     pub routes: Vec<Route>,
-    /// `proxy_protocol_tlv_headers`, in [`TlvField::ALL`] order. Header names are unique,
+    /// `proxy_protocol_tlv_headers`, in [`TlvField`] order. Header names are unique,
     /// and none is a header trustgate sets or removes itself. Client-sent headers of these
     /// names are removed from every request of the app, whether or not the TLV came.
     pub tlv_headers: Vec<TlvHeader>,
@@ -288,8 +288,11 @@ pub struct TlvHeader {
     pub name: HeaderName,
 }
 
-/// A PROXY v2 TLV (or a field of the SSL TLV) that can become a request header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A PROXY v2 TLV (or a field of the SSL TLV) that can become a request header. The
+/// serde names are its keys in `proxy_protocol_tlv_headers`; the order of the variants is
+/// the order in which headers are set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TlvField {
     /// `PP2_TYPE_ALPN`.
     Alpn,
@@ -325,43 +328,16 @@ pub enum TlvField {
 
 impl TlvField {
     /// Every field, in the order headers are set.
-    pub const ALL: [TlvField; 15] = [
-        TlvField::Alpn,
-        TlvField::Authority,
-        TlvField::UniqueId,
-        TlvField::Netns,
-        TlvField::SslVersion,
-        TlvField::SslCn,
-        TlvField::SslCipher,
-        TlvField::SslSigAlg,
-        TlvField::SslKeyAlg,
-        TlvField::SslGroup,
-        TlvField::SslSigScheme,
-        TlvField::SslVerify,
-        TlvField::AwsVpceId,
-        TlvField::AzureLinkId,
-        TlvField::GcpPscConnectionId,
-    ];
+    pub fn all() -> Vec<TlvField> {
+        keys::names::<Self>()
+            .iter()
+            .filter_map(|key| keys::variant(key))
+            .collect()
+    }
 
     /// Its key in `proxy_protocol_tlv_headers`.
     pub fn key(self) -> &'static str {
-        match self {
-            TlvField::Alpn => "alpn",
-            TlvField::Authority => "authority",
-            TlvField::UniqueId => "unique_id",
-            TlvField::Netns => "netns",
-            TlvField::SslVersion => "ssl_version",
-            TlvField::SslCn => "ssl_cn",
-            TlvField::SslCipher => "ssl_cipher",
-            TlvField::SslSigAlg => "ssl_sig_alg",
-            TlvField::SslKeyAlg => "ssl_key_alg",
-            TlvField::SslGroup => "ssl_group",
-            TlvField::SslSigScheme => "ssl_sig_scheme",
-            TlvField::SslVerify => "ssl_verify",
-            TlvField::AwsVpceId => "aws_vpce_id",
-            TlvField::AzureLinkId => "azure_link_id",
-            TlvField::GcpPscConnectionId => "gcp_psc_connection_id",
-        }
+        keys::variant_name::<Self>(self as usize)
     }
 }
 
