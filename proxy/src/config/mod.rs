@@ -18,9 +18,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::Uri;
 use http::header::HeaderName;
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
 use serde::Deserialize;
 
 use crate::proxy_protocol::Version;
@@ -370,8 +369,10 @@ pub struct Route {
 /// One upstream server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// Scheme (`http`, or `https` for `tls = true`) and authority; the path is `/`.
-    pub uri: Uri,
+    /// `http`, or `https` for `tls = true`.
+    pub scheme: Scheme,
+    /// `location`: host and optional port.
+    pub authority: Authority,
     /// `send_proxy_protocol`: each new connection to this upstream starts with a PROXY
     /// header of this version naming the client and the address it connected to.
     pub send_proxy_protocol: Option<Version>,
@@ -380,7 +381,14 @@ pub struct Upstream {
 impl Upstream {
     /// Whether requests go to this upstream over TLS.
     pub fn tls(&self) -> bool {
-        self.uri.scheme() == Some(&Scheme::HTTPS)
+        self.scheme == Scheme::HTTPS
+    }
+}
+
+impl fmt::Display for Upstream {
+    /// As a URI whose path is `/`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}/", self.scheme, self.authority)
     }
 }
 

@@ -117,11 +117,17 @@ fn upstream(cx: &Cx<'_>, key: &str, file: UpstreamFile) -> Result<Upstream, Conf
         .parse()
         .map_err(|source| invalid(ValueError::UpstreamUri { source }))?;
     let has_path = !matches!(uri.path(), "" | "/") || uri.query().is_some();
+    let parts = uri.into_parts();
+    let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+        // Only a path can be left where `scheme://` has no authority after it.
+        return Err(invalid(ValueError::UpstreamPath));
+    };
     if has_path || location.ends_with('/') {
         return Err(invalid(ValueError::UpstreamPath));
     }
     Ok(Upstream {
-        uri,
+        scheme,
+        authority,
         send_proxy_protocol,
     })
 }
@@ -212,7 +218,7 @@ mod tests {
     fn upstreams_are_host_and_port_with_scheme_from_tls() {
         let (r, _) =
             route("upstream = [{ location = \"h:8081\" }, { location = \"h2\", tls = true }]");
-        let uris: Vec<String> = r.upstreams.iter().map(|u| u.uri.to_string()).collect();
+        let uris: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
         assert_eq!(uris, ["http://h:8081/", "https://h2/"]);
         assert!(!r.upstreams[0].tls() && r.upstreams[1].tls());
         let cases = [
