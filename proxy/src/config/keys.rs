@@ -1,8 +1,8 @@
-//! Which keys may appear where. A key is known when a struct in `file` declares it; any
-//! other key is refused with its path and the nearest known key, because a misspelt key
-//! must never silently change behaviour (least of all who is trusted). `serde_ignored`
-//! reports such keys during the one deserialisation. Keys rpxy has and trustgate does not
-//! implement are declared as `file::Unsupported` and give one warning each.
+//! Which keys may appear where, and serde's names for them. A key is known when a struct
+//! in `file` declares it; `serde_ignored` reports any other during the one deserialisation,
+//! and it is refused with its path and the nearest known key: a misspelt key must never
+//! silently change behaviour (least of all who is trusted). rpxy keys trustgate lacks are
+//! `file::Unsupported` and warn once each; [`names`] also lists an enum's values.
 
 use std::path::Path;
 
