@@ -38,8 +38,10 @@ fn nets(list: &[&str]) -> TrustList {
 }
 
 fn upstream(uri: &str) -> Upstream {
+    let uri = uri.parse::<Uri>().expect("test URI");
     Upstream {
-        uri: uri.parse::<Uri>().expect("test URI"),
+        scheme: uri.scheme().expect("test URI has a scheme").clone(),
+        authority: uri.authority().expect("test URI has a host").clone(),
         send_proxy_protocol: None,
     }
 }

@@ -1,11 +1,15 @@
 //! The config file as written: serde structs that mirror rpxy's TOML key for key, every
-//! value optional and untyped beyond what TOML itself says. No defaults and no checks
-//! live here (`validate` does that). Which keys may appear at all is decided by `keys`,
-//! which reads the field lists of these structs, so a key declared here is a known key.
+//! value optional; a string naming one of a fixed set is a [`Choice`] of a serde enum.
+//! No defaults and no checks live here (`validate` does that). Undeclared keys are
+//! refused by `keys`; rpxy's keys trustgate lacks are declared as [`Unsupported`].
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::Deserialize;
+use serde::de::{self, DeserializeOwned};
+use serde::{Deserialize, Deserializer};
+
+use super::{AccessFormat, TlvField, XdpMode, keys};
 
 /// The whole file. Field names are the TOML keys.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +58,23 @@ pub(crate) struct ConfigFile {
     pub metrics: Option<MetricsFile>,
     /// trustgate's own table (nginx's vocabulary: `access_log path format`, `off`).
     pub access_log: Option<AccessLogFile>,
+    pub sticky_cookie_secret: Option<Unsupported>,
+}
+
+/// A key of an rpxy feature trustgate lacks: any value, and whether it asks for the
+/// feature (`health_check = false` and the like do not).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Unsupported {
+    pub asked: bool,
+}
+
+impl<'de> Deserialize<'de> for Unsupported {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = toml::Value::deserialize(deserializer)?;
+        Ok(Unsupported {
+            asked: !matches!(value, toml::Value::Boolean(false)),
+        })
+    }
 }
 
 /// A key that takes one string or a list of strings.
@@ -95,6 +116,64 @@ pub(crate) enum Seconds {
     Fraction(f64),
 }
 
+/// A string that must name a variant of `T`, an enum of unit variants whose serde names
+/// are the one list of allowed values. Any other string is kept (`value` is `None`), so
+/// that `validate` refuses it with the key, the list and the nearest name.
+#[derive(Debug, Clone)]
+pub(crate) struct Choice<T> {
+    /// As written.
+    pub text: String,
+    pub value: Option<T>,
+}
+
+impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let value = keys::variant(&text);
+        Ok(Choice { text, value })
+    }
+}
+
+/// `load_balance`: rpxy's methods.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum LoadBalanceFile {
+    None,
+    RoundRobin,
+    Random,
+    Sticky,
+    PrimaryBackup,
+}
+
+/// One entry of `upstream_options`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum UpstreamOptionFile {
+    KeepOriginalHost,
+    SetUpstreamHost,
+    ForceHttp11Upstream,
+    ForceHttp2Upstream,
+    ForwardedHeader,
+    UpgradeInsecureRequests,
+}
+
+/// `send_proxy_protocol`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ProxyVersionFile {
+    V1,
+    V2,
+}
+
+/// `kernel_filter.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum KernelModeFile {
+    Socket,
+    Xdp,
+    Off,
+}
+
 /// `[apps.NAME]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AppFile {
@@ -106,24 +185,41 @@ pub(crate) struct AppFile {
 }
 
 /// `apps.NAME.proxy_protocol_tlv_headers`: for each TLV, the request header it becomes.
-/// The field names are the keys of `TlvField`.
-#[derive(Debug, Default, Deserialize)]
-pub(crate) struct TlvHeadersFile {
-    pub alpn: Option<String>,
-    pub authority: Option<String>,
-    pub unique_id: Option<String>,
-    pub netns: Option<String>,
-    pub ssl_version: Option<String>,
-    pub ssl_cn: Option<String>,
-    pub ssl_cipher: Option<String>,
-    pub ssl_sig_alg: Option<String>,
-    pub ssl_key_alg: Option<String>,
-    pub ssl_group: Option<String>,
-    pub ssl_sig_scheme: Option<String>,
-    pub ssl_verify: Option<String>,
-    pub aws_vpce_id: Option<String>,
-    pub azure_link_id: Option<String>,
-    pub gcp_psc_connection_id: Option<String>,
+/// The keys are `TlvField`'s; any other key is left to serde as unknown.
+#[derive(Debug, Default)]
+pub(crate) struct TlvHeadersFile(pub BTreeMap<TlvField, String>);
+
+impl<'de> Deserialize<'de> for TlvHeadersFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(TlvHeadersVisitor)
+    }
+}
+
+struct TlvHeadersVisitor;
+
+impl<'de> de::Visitor<'de> for TlvHeadersVisitor {
+    type Value = TlvHeadersFile;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // What serde said when this was a derived struct.
+        f.write_str("struct TlvHeadersFile")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut headers = BTreeMap::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match keys::variant::<TlvField>(&key) {
+                Some(tlv) => {
+                    headers.insert(tlv, map.next_value()?);
+                }
+                // As a derived struct ignores an undeclared key: serde_ignored sees it.
+                None => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(TlvHeadersFile(headers))
+    }
 }
 
 /// `apps.NAME.tls`.
@@ -143,8 +239,9 @@ pub(crate) struct RouteFile {
     pub path: Option<String>,
     pub replace_path: Option<String>,
     pub upstream: Option<Vec<UpstreamFile>>,
-    pub load_balance: Option<String>,
-    pub upstream_options: Option<Vec<String>>,
+    pub load_balance: Option<Choice<LoadBalanceFile>>,
+    pub upstream_options: Option<Vec<Choice<UpstreamOptionFile>>>,
+    pub health_check: Option<Unsupported>,
 }
 
 /// One entry of `upstream = [...]`.
@@ -153,7 +250,7 @@ pub(crate) struct UpstreamFile {
     pub location: Option<String>,
     pub tls: Option<bool>,
     /// trustgate's own key.
-    pub send_proxy_protocol: Option<String>,
+    pub send_proxy_protocol: Option<Choice<ProxyVersionFile>>,
 }
 
 /// `[experimental]`.
@@ -162,6 +259,9 @@ pub(crate) struct ExperimentalFile {
     pub ignore_sni_consistency: Option<bool>,
     pub connection_handling_timeout: Option<u64>,
     pub tcp_recv_proxy_protocol: Option<ProxyProtocolFile>,
+    pub h3: Option<Unsupported>,
+    pub cache: Option<Unsupported>,
+    pub acme: Option<Unsupported>,
 }
 
 /// `[experimental.tcp_recv_proxy_protocol]`.
@@ -182,9 +282,9 @@ pub(crate) struct ProxyProtocolFile {
 /// `[experimental.tcp_recv_proxy_protocol.kernel_filter]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct KernelFilterFile {
-    pub mode: Option<String>,
+    pub mode: Option<Choice<KernelModeFile>>,
     pub interfaces: Option<Vec<String>>,
-    pub xdp_mode: Option<String>,
+    pub xdp_mode: Option<Choice<XdpMode>>,
     pub required: Option<bool>,
     pub observe_only: Option<bool>,
     pub detach_accepted: Option<bool>,
@@ -200,6 +300,6 @@ pub(crate) struct MetricsFile {
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AccessLogFile {
     pub path: Option<String>,
-    pub format: Option<String>,
+    pub format: Option<Choice<AccessFormat>>,
     pub off: Option<bool>,
 }

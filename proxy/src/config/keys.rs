@@ -1,208 +1,196 @@
-//! Which keys may appear where. A key is known when a struct in `file` declares it (the
-//! field lists are read from serde, so this list cannot drift from the structs); keys rpxy
-//! has and trustgate does not implement are listed here and give one warning each; any
-//! other key is refused with its path and the nearest known key, because a misspelt key
-//! must never silently change behaviour (least of all who is trusted).
+//! Which keys may appear where, and serde's names for them. A key is known when a struct
+//! in `file` declares it; `serde_ignored` reports any other during the one deserialisation,
+//! and it is refused with its path and the nearest known key: a misspelt key must never
+//! silently change behaviour (least of all who is trusted). rpxy keys trustgate lacks are
+//! `file::Unsupported` and warn once each; [`names`] also lists an enum's values.
 
 use std::path::Path;
 
-use serde::de::{self, DeserializeOwned, Visitor};
-use toml::{Table, Value};
+use serde::de::{self, DeserializeOwned, IntoDeserializer, Visitor};
 
+use super::TlvField;
 use super::error::{ConfigError, KeyHint};
 use super::file::{
     AccessLogFile, AppFile, ConfigFile, ExperimentalFile, KernelFilterFile, MetricsFile,
-    ProxyProtocolFile, RouteFile, TlsFile, TlvHeadersFile, UpstreamFile,
+    ProxyProtocolFile, RouteFile, TlsFile, Unsupported, UpstreamFile,
 };
 use super::warning::{Warning, WarningKind};
 
-/// Walks the parsed file: warns about each unsupported key, refuses the first unknown one.
-/// Values of the wrong type are left for serde, which reports them with a line number.
-pub(crate) fn check(root: &Table, file: &Path) -> Result<Vec<Warning>, ConfigError> {
-    let mut warnings = Vec::new();
-    walk(root, Shape::Root, "", file, &mut warnings)?;
-    Ok(warnings)
-}
-
-/// The tables of the file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Shape {
-    Root,
-    App,
-    Tls,
-    TlvHeaders,
-    Route,
-    Upstream,
-    Experimental,
-    ProxyProtocol,
-    KernelFilter,
-    Metrics,
-    AccessLog,
-}
-
-/// How a key holds a table below it.
-enum Nesting {
-    Table,
-    /// An array of tables (`[[x]]` or `x = [{..}]`).
-    Array,
-    /// A table of tables with free names (`[apps.NAME]`).
-    Map,
-}
-
-impl Shape {
-    const ALL: [Shape; 11] = [
-        Shape::Root,
-        Shape::App,
-        Shape::Tls,
-        Shape::TlvHeaders,
-        Shape::Route,
-        Shape::Upstream,
-        Shape::Experimental,
-        Shape::ProxyProtocol,
-        Shape::KernelFilter,
-        Shape::Metrics,
-        Shape::AccessLog,
-    ];
-
-    fn known(self) -> &'static [&'static str] {
-        match self {
-            Shape::Root => fields::<ConfigFile>(),
-            Shape::App => fields::<AppFile>(),
-            Shape::Tls => fields::<TlsFile>(),
-            Shape::TlvHeaders => fields::<TlvHeadersFile>(),
-            Shape::Route => fields::<RouteFile>(),
-            Shape::Upstream => fields::<UpstreamFile>(),
-            Shape::Experimental => fields::<ExperimentalFile>(),
-            Shape::ProxyProtocol => fields::<ProxyProtocolFile>(),
-            Shape::KernelFilter => fields::<KernelFilterFile>(),
-            Shape::Metrics => fields::<MetricsFile>(),
-            Shape::AccessLog => fields::<AccessLogFile>(),
-        }
-    }
-
-    /// rpxy's keys that trustgate accepts and ignores: (key, the feature, for the warning).
-    fn unsupported(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Shape::Root => &[(
-                "sticky_cookie_secret",
-                "sticky-session load balancing (sticky_cookie_secret)",
-            )],
-            Shape::Experimental => &[
-                ("h3", "HTTP/3"),
-                ("cache", "the response cache"),
-                ("acme", "ACME certificate issuance"),
-            ],
-            Shape::Route => &[("health_check", "active upstream health checking")],
-            _ => &[],
-        }
-    }
-
-    fn child(self, key: &str) -> Option<(Nesting, Shape)> {
-        let child = match (self, key) {
-            (Shape::Root, "apps") => (Nesting::Map, Shape::App),
-            (Shape::Root, "experimental") => (Nesting::Table, Shape::Experimental),
-            (Shape::Root, "metrics") => (Nesting::Table, Shape::Metrics),
-            (Shape::Root, "access_log") => (Nesting::Table, Shape::AccessLog),
-            (Shape::App, "tls") => (Nesting::Table, Shape::Tls),
-            (Shape::App, "proxy_protocol_tlv_headers") => (Nesting::Table, Shape::TlvHeaders),
-            (Shape::App, "reverse_proxy") => (Nesting::Array, Shape::Route),
-            (Shape::Route, "upstream") => (Nesting::Array, Shape::Upstream),
-            (Shape::Experimental, "tcp_recv_proxy_protocol") => {
-                (Nesting::Table, Shape::ProxyProtocol)
-            }
-            (Shape::ProxyProtocol, "kernel_filter") => (Nesting::Table, Shape::KernelFilter),
-            _ => return None,
-        };
-        Some(child)
-    }
-
-    /// Where the table sits, for "this key belongs in [...]"; `*` stands for an app name.
-    fn path(self) -> &'static str {
-        match self {
-            Shape::Root => "",
-            Shape::App => "apps.*",
-            Shape::Tls => "apps.*.tls",
-            Shape::TlvHeaders => "apps.*.proxy_protocol_tlv_headers",
-            Shape::Route => "apps.*.reverse_proxy",
-            Shape::Upstream => "apps.*.reverse_proxy.upstream",
-            Shape::Experimental => "experimental",
-            Shape::ProxyProtocol => "experimental.tcp_recv_proxy_protocol",
-            Shape::KernelFilter => "experimental.tcp_recv_proxy_protocol.kernel_filter",
-            Shape::Metrics => "metrics",
-            Shape::AccessLog => "access_log",
-        }
-    }
-
-    fn has(self, key: &str) -> bool {
-        self.known().contains(&key) || self.unsupported().iter().any(|(k, _)| *k == key)
-    }
-}
-
-fn walk(
-    table: &Table,
-    shape: Shape,
-    path: &str,
+/// Deserialises the file text. An unknown key is refused even when a value after it has
+/// the wrong type; of several, the first in a walk of the tables with their keys sorted is
+/// named. Warns about each unsupported key that asks for its feature.
+pub(crate) fn deserialize(
+    text: &str,
     file: &Path,
-    warnings: &mut Vec<Warning>,
-) -> Result<(), ConfigError> {
-    for (key, value) in table {
-        let key_path = join(path, key);
-        if let Some((_, feature)) = shape.unsupported().iter().find(|(k, _)| k == key) {
-            // `health_check = false` and the like ask for nothing trustgate lacks.
-            if !matches!(value, Value::Boolean(false)) {
-                warnings.push(Warning {
-                    file: file.to_owned(),
-                    key: key_path,
-                    kind: WarningKind::Unsupported { feature },
-                });
-            }
-            continue;
+) -> Result<(ConfigFile, Vec<Warning>), ConfigError> {
+    let syntax = |source| ConfigError::Syntax {
+        path: file.to_owned(),
+        source,
+    };
+    let deserializer = toml::Deserializer::parse(text).map_err(syntax)?;
+    let mut ignored = Vec::new();
+    let parsed = serde_ignored::deserialize(deserializer, |path| {
+        let mut segments = Vec::new();
+        push_segments(&path, &mut segments);
+        ignored.push(segments);
+    });
+    if let Some(first) = ignored.into_iter().min() {
+        return Err(unknown(first, file));
+    }
+    let parsed: ConfigFile = parsed.map_err(syntax)?;
+    let warnings = unsupported(&parsed)
+        .into_iter()
+        .map(|(key, feature)| Warning {
+            file: file.to_owned(),
+            key,
+            kind: WarningKind::Unsupported { feature },
+        })
+        .collect();
+    Ok((parsed, warnings))
+}
+
+/// One step of a key path. The derived order sorts keys as a `toml::Table` does.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+fn push_segments(path: &serde_ignored::Path<'_>, out: &mut Vec<Segment>) {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => {}
+        P::Seq { parent, index } => {
+            push_segments(parent, out);
+            out.push(Segment::Index(*index));
         }
-        if !shape.known().contains(&key.as_str()) {
-            return Err(ConfigError::UnknownKey {
-                file: file.to_owned(),
-                hint: hint(shape, path, key),
-                key: key_path,
-            });
+        P::Map { parent, key } => {
+            push_segments(parent, out);
+            out.push(Segment::Key(key.clone()));
         }
-        match (shape.child(key), value) {
-            (Some((Nesting::Table, child)), Value::Table(t)) => {
-                walk(t, child, &key_path, file, warnings)?;
-            }
-            (Some((Nesting::Array, child)), Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    if let Value::Table(t) = item {
-                        walk(t, child, &format!("{key_path}[{i}]"), file, warnings)?;
-                    }
-                }
-            }
-            (Some((Nesting::Map, child)), Value::Table(t)) => {
-                for (name, item) in t {
-                    if let Value::Table(t) = item {
-                        walk(t, child, &join(&key_path, name), file, warnings)?;
-                    }
-                }
-            }
-            _ => {}
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            push_segments(parent, out);
         }
     }
-    Ok(())
+}
+
+/// `apps."my.app".reverse_proxy[0]`: keys joined by dots, indexes in brackets.
+fn display(segments: &[Segment]) -> String {
+    segments.iter().fold(String::new(), |path, s| match s {
+        Segment::Key(key) => join(&path, key),
+        Segment::Index(i) => format!("{path}[{i}]"),
+    })
+}
+
+/// Where a table sits, as [`TABLES`] names it: no indexes, `*` for the app name.
+fn pattern(segments: &[Segment]) -> String {
+    let mut keys = segments.iter().filter_map(|s| match s {
+        Segment::Key(key) => Some(key.as_str()),
+        Segment::Index(_) => None,
+    });
+    let mut parts = Vec::new();
+    if let Some(first) = keys.next() {
+        parts.push(first);
+        if first == "apps" && keys.next().is_some() {
+            parts.push("*");
+        }
+    }
+    parts.extend(keys);
+    parts.join(".")
+}
+
+fn unknown(mut segments: Vec<Segment>, file: &Path) -> ConfigError {
+    let key_path = display(&segments);
+    let key = match segments.pop() {
+        Some(Segment::Key(key)) => key,
+        // serde_ignored reports only the keys of maps.
+        Some(Segment::Index(_)) | None => String::new(),
+    };
+    ConfigError::UnknownKey {
+        file: file.to_owned(),
+        hint: hint(&pattern(&segments), &display(&segments), &key),
+        key: key_path,
+    }
+}
+
+/// The keys of one table's struct.
+type Fields = fn() -> &'static [&'static str];
+
+/// Each table of the file, by where it sits (`*` stands for an app name), and its keys.
+/// The order is the order in which "this key belongs in" looks.
+const TABLES: [(&str, Fields); 11] = [
+    ("", names::<ConfigFile>),
+    ("apps.*", names::<AppFile>),
+    ("apps.*.tls", names::<TlsFile>),
+    ("apps.*.proxy_protocol_tlv_headers", names::<TlvField>),
+    ("apps.*.reverse_proxy", names::<RouteFile>),
+    ("apps.*.reverse_proxy.upstream", names::<UpstreamFile>),
+    ("experimental", names::<ExperimentalFile>),
+    (
+        "experimental.tcp_recv_proxy_protocol",
+        names::<ProxyProtocolFile>,
+    ),
+    (
+        "experimental.tcp_recv_proxy_protocol.kernel_filter",
+        names::<KernelFilterFile>,
+    ),
+    ("metrics", names::<MetricsFile>),
+    ("access_log", names::<AccessLogFile>),
+];
+
+fn known(table: &str) -> &'static [&'static str] {
+    TABLES
+        .iter()
+        .find(|(path, _)| *path == table)
+        .map_or(&[], |(_, fields)| fields())
 }
 
 /// The same key elsewhere beats a near spelling here: it is the likelier mistake.
-fn hint(shape: Shape, path: &str, key: &str) -> KeyHint {
-    if let Some(other) = Shape::ALL.into_iter().find(|s| *s != shape && s.has(key)) {
-        return KeyHint::BelongsIn(other.path());
-    }
-    let candidates = shape
-        .known()
+fn hint(table: &str, path: &str, key: &str) -> KeyHint {
+    if let Some((other, _)) = TABLES
         .iter()
-        .copied()
-        .chain(shape.unsupported().iter().map(|(k, _)| *k));
-    match nearest(key, candidates) {
+        .find(|(other, fields)| *other != table && fields().contains(&key))
+    {
+        return KeyHint::BelongsIn(other);
+    }
+    match nearest(key, known(table).iter().copied()) {
         Some(near) => KeyHint::Nearest(join(path, near)),
         None => KeyHint::Nothing,
     }
+}
+
+/// The unsupported keys that ask for their feature, as (key path, feature), in the order
+/// of [`deserialize`]'s walk.
+fn unsupported(file: &ConfigFile) -> Vec<(String, &'static str)> {
+    let asked = |key: &Option<Unsupported>| key.is_some_and(|k| k.asked);
+    let mut found = Vec::new();
+    for (name, app) in file.apps.iter().flatten() {
+        for (i, route) in app.reverse_proxy.iter().flatten().enumerate() {
+            if asked(&route.health_check) {
+                let key = format!("{}.reverse_proxy[{i}].health_check", join("apps", name));
+                found.push((key, "active upstream health checking"));
+            }
+        }
+    }
+    if let Some(x) = &file.experimental {
+        let keys = [
+            ("experimental.acme", &x.acme, "ACME certificate issuance"),
+            ("experimental.cache", &x.cache, "the response cache"),
+            ("experimental.h3", &x.h3, "HTTP/3"),
+        ];
+        for (key, value, feature) in keys {
+            if asked(value) {
+                found.push((key.to_owned(), feature));
+            }
+        }
+    }
+    if asked(&file.sticky_cookie_secret) {
+        found.push((
+            "sticky_cookie_secret".to_owned(),
+            "sticky-session load balancing (sticky_cookie_secret)",
+        ));
+    }
+    found
 }
 
 /// The candidate closest to `word` in edit distance, if close enough to be a typo.
@@ -213,26 +201,10 @@ pub(crate) fn nearest<'a>(
     let limit = (word.chars().count() / 3).max(2);
     candidates
         .into_iter()
-        .map(|c| (distance(word, c), c))
+        .map(|c| (strsim::levenshtein(word, c), c))
         .filter(|(d, _)| *d <= limit)
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-/// Levenshtein distance over chars.
-fn distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substitute = diagonal + usize::from(ca != *cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substitute.min(row[j] + 1).min(diagonal + 1);
-        }
-    }
-    row[b.len()]
 }
 
 /// Appends `key` to a dotted path, quoting it as TOML would when it is not a bare key.
@@ -253,13 +225,27 @@ pub(crate) fn join(path: &str, key: &str) -> String {
     }
 }
 
-/// The field names serde expects for the struct `T`, read by asking `T` to deserialize
-/// itself from a probe that records them and stops.
-fn fields<T: DeserializeOwned>() -> &'static [&'static str] {
+/// The field names of the struct `T`, or the variant names of the enum `T`, as serde
+/// spells them: read by asking `T` to deserialize itself from a probe that records them
+/// and stops.
+pub(crate) fn names<T: DeserializeOwned>() -> &'static [&'static str] {
     let mut names: &'static [&'static str] = &[];
     // The probe always answers with an error; only the recorded names matter.
     let _probed = T::deserialize(Probe(&mut names));
     names
+}
+
+/// The variant of the unit-variant enum `T` whose serde name is `name`.
+pub(crate) fn variant<T: DeserializeOwned>(name: &str) -> Option<T> {
+    T::deserialize(IntoDeserializer::<de::value::Error>::into_deserializer(
+        name,
+    ))
+    .ok()
+}
+
+/// The serde name of a variant of the unit-variant enum `T`, by its index (`v as usize`).
+pub(crate) fn variant_name<T: DeserializeOwned>(index: usize) -> &'static str {
+    names::<T>().get(index).copied().unwrap_or_default()
 }
 
 struct Probe<'a>(&'a mut &'static [&'static str]);
@@ -281,9 +267,19 @@ impl<'de> de::Deserializer<'de> for Probe<'_> {
         Err(de::Error::custom("probed"))
     }
 
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        variants: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = variants;
+        Err(de::Error::custom("probed"))
+    }
+
     serde::forward_to_deserialize_any! {
         bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
-        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+        byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map
         identifier ignored_any
     }
 }
@@ -293,8 +289,7 @@ mod tests {
     use super::*;
 
     fn run(text: &str) -> Result<Vec<Warning>, ConfigError> {
-        let table: Table = toml::from_str(text).expect("test TOML");
-        check(&table, Path::new("t.toml"))
+        deserialize(text, Path::new("t.toml")).map(|(_, warnings)| warnings)
     }
 
     fn unknown(text: &str) -> (String, KeyHint) {
@@ -306,19 +301,26 @@ mod tests {
 
     #[test]
     fn field_lists_come_from_the_structs() {
-        assert!(Shape::Root.known().contains(&"listen_port"));
-        assert!(Shape::ProxyProtocol.known().contains(&"trusted_proxies"));
-        assert!(Shape::KernelFilter.known().contains(&"observe_only"));
-        assert!(!Shape::Root.known().contains(&"sticky_cookie_secret"));
+        assert!(known("").contains(&"listen_port"));
+        assert!(known("experimental.tcp_recv_proxy_protocol").contains(&"trusted_proxies"));
+        assert!(
+            known("experimental.tcp_recv_proxy_protocol.kernel_filter").contains(&"observe_only")
+        );
     }
 
     #[test]
     fn tlv_header_keys_are_exactly_the_tlv_fields() {
-        let keys: Vec<&str> = crate::config::TlvField::ALL
-            .iter()
-            .map(|f| f.key())
-            .collect();
-        assert_eq!(Shape::TlvHeaders.known(), keys);
+        let keys: Vec<&str> = TlvField::all().iter().map(|f| f.key()).collect();
+        assert_eq!(known("apps.*.proxy_protocol_tlv_headers"), keys);
+    }
+
+    #[test]
+    fn tlv_fields_are_listed_in_variant_order() {
+        let all = TlvField::all();
+        assert_eq!(all.len(), 15);
+        assert_eq!(all.first(), Some(&TlvField::Alpn));
+        assert_eq!(all.last(), Some(&TlvField::GcpPscConnectionId));
+        assert_eq!(TlvField::SslSigScheme.key(), "ssl_sig_scheme");
     }
 
     #[test]
@@ -420,17 +422,23 @@ mod tests {
     }
 
     #[test]
+    fn the_first_unknown_key_in_sorted_order_is_named_before_a_wrong_type_after_it() {
+        let (key, _) = unknown("zzz = 1\n[apps.a]\nserver_nme = 1\n[metrics]\nlisten = 5");
+        assert_eq!(key, "apps.a.server_nme");
+    }
+
+    #[test]
     fn odd_app_names_are_quoted_in_paths() {
         let (key, _) = unknown("[apps.\"my.app\"]\nserver_nme = \"x\"");
         assert_eq!(key, "apps.\"my.app\".server_nme");
     }
 
     #[test]
-    fn distance_counts_edits() {
-        assert_eq!(distance("mode", "mode"), 0);
-        assert_eq!(distance("mod", "mode"), 1);
-        assert_eq!(distance("xdp_mdoe", "xdp_mode"), 2);
-        assert_eq!(distance("", "abc"), 3);
+    fn nearest_counts_edits() {
+        assert_eq!(strsim::levenshtein("mode", "mode"), 0);
+        assert_eq!(strsim::levenshtein("mod", "mode"), 1);
+        assert_eq!(strsim::levenshtein("xdp_mdoe", "xdp_mode"), 2);
+        assert_eq!(strsim::levenshtein("", "abc"), 3);
         assert_eq!(
             nearest("tiemout", ["timeout", "trusted_proxies"]),
             Some("timeout")

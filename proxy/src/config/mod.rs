@@ -18,9 +18,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use http::Uri;
 use http::header::HeaderName;
-use http::uri::Scheme;
+use http::uri::{Authority, Scheme};
+use serde::Deserialize;
 
 use crate::proxy_protocol::Version;
 use crate::trust::TrustList;
@@ -72,14 +72,7 @@ pub fn parse_str(
     path: impl AsRef<Path>,
 ) -> Result<(Config, Vec<Warning>), ConfigError> {
     let path = path.as_ref();
-    let syntax = |source| ConfigError::Syntax {
-        path: path.to_owned(),
-        source,
-    };
-    let table: toml::Table = toml::from_str(text).map_err(syntax)?;
-    let mut warnings = keys::check(&table, path)?;
-    // Parsed again from the text, not from `table`, so that type errors keep their line.
-    let file: file::ConfigFile = toml::from_str(text).map_err(syntax)?;
+    let (file, mut warnings) = keys::deserialize(text, path)?;
     let config = validate::validate(file, path, &mut warnings)?;
     Ok((config, warnings))
 }
@@ -151,7 +144,9 @@ pub enum AccessDestination {
 }
 
 /// How each access record is written (`access_log.format`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The serde names are `format`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum AccessFormat {
     /// `key=value` fields after a timestamp and `INFO trustgate::access: access`, as the
     /// `tracing` event that the access log used to be.
@@ -164,15 +159,9 @@ pub enum AccessFormat {
 }
 
 impl AccessFormat {
-    /// The names `format` takes, in the order of the variants.
-    pub const NAMES: [&'static str; 3] = ["text", "json", "combined"];
-
+    /// Its value of `format`.
     pub fn name(self) -> &'static str {
-        match self {
-            AccessFormat::Text => Self::NAMES[0],
-            AccessFormat::Json => Self::NAMES[1],
-            AccessFormat::Combined => Self::NAMES[2],
-        }
+        keys::variant_name::<Self>(self as usize)
     }
 }
 
@@ -283,7 +272,7 @@ pub struct App {
     /// Longest path first, so the first route whose `path` prefixes the request path wins.
     /// Never empty; paths are unique within the app.
     pub routes: Vec<Route>,
-    /// `proxy_protocol_tlv_headers`, in [`TlvField::ALL`] order. Header names are unique,
+    /// `proxy_protocol_tlv_headers`, in [`TlvField`] order. Header names are unique,
     /// and none is a header trustgate sets or removes itself. Client-sent headers of these
     /// names are removed from every request of the app, whether or not the TLV came.
     pub tlv_headers: Vec<TlvHeader>,
@@ -298,8 +287,11 @@ pub struct TlvHeader {
     pub name: HeaderName,
 }
 
-/// A PROXY v2 TLV (or a field of the SSL TLV) that can become a request header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A PROXY v2 TLV (or a field of the SSL TLV) that can become a request header. The
+/// serde names are its keys in `proxy_protocol_tlv_headers`; the order of the variants is
+/// the order in which headers are set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum TlvField {
     /// `PP2_TYPE_ALPN`.
     Alpn,
@@ -335,43 +327,16 @@ pub enum TlvField {
 
 impl TlvField {
     /// Every field, in the order headers are set.
-    pub const ALL: [TlvField; 15] = [
-        TlvField::Alpn,
-        TlvField::Authority,
-        TlvField::UniqueId,
-        TlvField::Netns,
-        TlvField::SslVersion,
-        TlvField::SslCn,
-        TlvField::SslCipher,
-        TlvField::SslSigAlg,
-        TlvField::SslKeyAlg,
-        TlvField::SslGroup,
-        TlvField::SslSigScheme,
-        TlvField::SslVerify,
-        TlvField::AwsVpceId,
-        TlvField::AzureLinkId,
-        TlvField::GcpPscConnectionId,
-    ];
+    pub fn all() -> Vec<TlvField> {
+        keys::names::<Self>()
+            .iter()
+            .filter_map(|key| keys::variant(key))
+            .collect()
+    }
 
     /// Its key in `proxy_protocol_tlv_headers`.
     pub fn key(self) -> &'static str {
-        match self {
-            TlvField::Alpn => "alpn",
-            TlvField::Authority => "authority",
-            TlvField::UniqueId => "unique_id",
-            TlvField::Netns => "netns",
-            TlvField::SslVersion => "ssl_version",
-            TlvField::SslCn => "ssl_cn",
-            TlvField::SslCipher => "ssl_cipher",
-            TlvField::SslSigAlg => "ssl_sig_alg",
-            TlvField::SslKeyAlg => "ssl_key_alg",
-            TlvField::SslGroup => "ssl_group",
-            TlvField::SslSigScheme => "ssl_sig_scheme",
-            TlvField::SslVerify => "ssl_verify",
-            TlvField::AwsVpceId => "aws_vpce_id",
-            TlvField::AzureLinkId => "azure_link_id",
-            TlvField::GcpPscConnectionId => "gcp_psc_connection_id",
-        }
+        keys::variant_name::<Self>(self as usize)
     }
 }
 
@@ -404,8 +369,10 @@ pub struct Route {
 /// One upstream server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Upstream {
-    /// Scheme (`http`, or `https` for `tls = true`) and authority; the path is `/`.
-    pub uri: Uri,
+    /// `http`, or `https` for `tls = true`.
+    pub scheme: Scheme,
+    /// `location`: host and optional port.
+    pub authority: Authority,
     /// `send_proxy_protocol`: each new connection to this upstream starts with a PROXY
     /// header of this version naming the client and the address it connected to.
     pub send_proxy_protocol: Option<Version>,
@@ -414,7 +381,14 @@ pub struct Upstream {
 impl Upstream {
     /// Whether requests go to this upstream over TLS.
     pub fn tls(&self) -> bool {
-        self.uri.scheme() == Some(&Scheme::HTTPS)
+        self.scheme == Scheme::HTTPS
+    }
+}
+
+impl fmt::Display for Upstream {
+    /// As a URI whose path is `/`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}/", self.scheme, self.authority)
     }
 }
 
@@ -516,8 +490,9 @@ pub enum KernelFilterMode {
     },
 }
 
-/// How XDP is attached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How XDP is attached. The serde names are `xdp_mode`'s values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// Native (driver) mode, else generic.
     Auto,
@@ -527,11 +502,7 @@ pub enum XdpMode {
 
 impl fmt::Display for XdpMode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            XdpMode::Auto => "auto",
-            XdpMode::Native => "native",
-            XdpMode::Generic => "generic",
-        })
+        f.write_str(keys::variant_name::<Self>(*self as usize))
     }
 }
 

@@ -292,9 +292,9 @@ fn write_route(f: &mut fmt::Formatter<'_>, route: &Route) -> fmt::Result {
         .upstreams
         .iter()
         .map(|u| match u.send_proxy_protocol {
-            None => u.uri.to_string(),
-            Some(Version::V1) => format!("{} (PROXY v1)", u.uri),
-            Some(Version::V2) => format!("{} (PROXY v2)", u.uri),
+            None => u.to_string(),
+            Some(Version::V1) => format!("{u} (PROXY v1)"),
+            Some(Version::V2) => format!("{u} (PROXY v2)"),
         })
         .collect();
     write!(f, " -> {}", upstreams.join(", "))?;

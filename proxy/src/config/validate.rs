@@ -16,8 +16,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+
 use super::error::{ConfigError, Family, ValueError};
-use super::file::{AccessLogFile, BodySize, ConfigFile, MetricsFile};
+use super::file::{AccessLogFile, BodySize, Choice, ConfigFile, MetricsFile};
+use super::keys;
 use super::warning::{Warning, WarningKind};
 use super::{
     AccessDestination, AccessFormat, AccessLogConfig, Config, HeaderRules, Limits, Listeners,
@@ -202,6 +205,24 @@ impl Cx<'_> {
             key: key.into(),
             why,
         }
+    }
+
+    /// The variant `choice` names, or an error listing the allowed names (serde's, in
+    /// declaration order) and the nearest one.
+    fn choice<T: Copy + DeserializeOwned>(
+        &self,
+        key: impl Into<String>,
+        choice: &Choice<T>,
+    ) -> Result<T, ConfigError> {
+        choice.value.ok_or_else(|| {
+            let allowed = keys::names::<T>();
+            let nearest = keys::nearest(&choice.text.to_ascii_lowercase(), allowed.iter().copied());
+            self.invalid(
+                key,
+                shown(&choice.text),
+                ValueError::UnknownChoice { allowed, nearest },
+            )
+        })
     }
 
     fn warn(&mut self, key: impl Into<String>, kind: WarningKind) {
@@ -407,20 +428,9 @@ fn access_log(cx: &Cx<'_>, a: AccessLogFile) -> Result<AccessLogConfig, ConfigEr
         }
         Some(p) => AccessDestination::File(PathBuf::from(p)),
     };
-    let format = match a.format.as_deref() {
-        None | Some("text") => AccessFormat::Text,
-        Some("json") => AccessFormat::Json,
-        Some("combined") => AccessFormat::Combined,
-        Some(other) => {
-            let allowed: &'static [&'static str] = &AccessFormat::NAMES;
-            let nearest =
-                super::keys::nearest(&other.to_ascii_lowercase(), allowed.iter().copied());
-            return Err(cx.invalid(
-                "access_log.format",
-                shown(other),
-                ValueError::UnknownChoice { allowed, nearest },
-            ));
-        }
+    let format = match &a.format {
+        None => AccessFormat::Text,
+        Some(format) => cx.choice("access_log.format", format)?,
     };
     Ok(AccessLogConfig {
         on: !a.off.unwrap_or(false),

@@ -50,7 +50,6 @@ use slots::{Slots, WithTurn};
 pub use body::ResponseBodyError as BodyError;
 pub use client::ConnPools;
 pub(crate) use headers::is_managed;
-pub use route::RouteError;
 pub use slots::UpstreamStats;
 
 /// The response body type: the upstream's body, or the proxy's own, streamed.
@@ -121,8 +120,6 @@ impl Default for ForwardOptions {
 pub enum ForwardError {
     #[error("building the upstream TLS client failed")]
     Tls(#[from] rustls::Error),
-    #[error(transparent)]
-    Route(#[from] RouteError),
 }
 
 /// Counts since the forwarder was built.
@@ -238,7 +235,7 @@ impl Forwarder {
         };
         let log_requests = config.access_log.on && options.access_log.is_some();
         Ok(Forwarder {
-            router: Router::new(config)?,
+            router: Router::new(config),
             client: UpstreamClient::new(bounds, options.upstream_roots, slots)?,
             trusted: config.trusted_forwarded_proxies.clone(),
             body_limit: config.limits.request_max_body_size,

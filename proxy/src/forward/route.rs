@@ -88,22 +88,13 @@ pub(super) struct Target {
     pub(super) send_proxy_protocol: Option<Version>,
 }
 
-/// Why a router could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum RouteError {
-    /// Validation guarantees every upstream a scheme and an authority; this reports a
-    /// `Config` built by hand without them.
-    #[error("upstream `{uri}` of app `{app}` has no scheme or host")]
-    UpstreamUri { app: String, uri: Uri },
-}
-
 impl Router {
-    pub(super) fn new(config: &Config) -> Result<Router, RouteError> {
-        let apps = config
+    pub(super) fn new(config: &Config) -> Router {
+        let apps: Vec<AppRoutes> = config
             .apps
             .iter()
             .map(|app| AppRoutes::new(app, config.headers.underscores_in_headers))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect();
         let by_name = apps
             .iter()
             .enumerate()
@@ -112,12 +103,12 @@ impl Router {
         let default_app = config
             .default_app()
             .and_then(|d| apps.iter().position(|a| a.name == d.name));
-        Ok(Router {
+        Router {
             apps,
             by_name,
             default_app,
             public_https_port: config.listeners.public_https_port,
-        })
+        }
     }
 
     /// The app that answers a request with this host on this connection.
@@ -166,13 +157,9 @@ impl Router {
 }
 
 impl AppRoutes {
-    fn new(app: &App, underscores_in_headers: bool) -> Result<AppRoutes, RouteError> {
-        let routes = app
-            .routes
-            .iter()
-            .map(|r| RouteEntry::new(&app.name, r))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(AppRoutes {
+    fn new(app: &App, underscores_in_headers: bool) -> AppRoutes {
+        let routes = app.routes.iter().map(RouteEntry::new).collect();
+        AppRoutes {
             name: app.name.clone(),
             server_name: app.server_name.clone(),
             tls: app.tls.is_some(),
@@ -183,7 +170,7 @@ impl AppRoutes {
                 app.tlv_headers.iter().map(|t| t.name.clone()).collect(),
             ),
             routes,
-        })
+        }
     }
 
     /// The route serving `path`: the longest route path that equals it or is followed in
@@ -201,30 +188,24 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 impl RouteEntry {
-    fn new(app: &str, route: &Route) -> Result<RouteEntry, RouteError> {
+    fn new(route: &Route) -> RouteEntry {
         let upstreams = route
             .upstreams
             .iter()
-            .map(|u| {
-                let fail = || RouteError::UpstreamUri {
-                    app: app.to_owned(),
-                    uri: u.uri.clone(),
-                };
-                Ok(Target {
-                    scheme: u.uri.scheme().cloned().ok_or_else(fail)?,
-                    authority: u.uri.authority().cloned().ok_or_else(fail)?,
-                    tls: u.tls(),
-                    send_proxy_protocol: u.send_proxy_protocol,
-                })
+            .map(|u| Target {
+                scheme: u.scheme.clone(),
+                authority: u.authority.clone(),
+                tls: u.tls(),
+                send_proxy_protocol: u.send_proxy_protocol,
             })
-            .collect::<Result<Vec<_>, RouteError>>()?;
-        Ok(RouteEntry {
+            .collect();
+        RouteEntry {
             path: route.path.clone(),
             replace_path: route.replace_path.clone(),
             upstreams,
             balancer: Balancer::new(route.load_balance),
             options: route.options,
-        })
+        }
     }
 
     /// The upstream for the next request.
@@ -293,7 +274,7 @@ upstream = [{ location = "127.0.0.1:3001" }]
 
     fn router(text: &str) -> Router {
         let (config, _) = parse_str(text, "test.toml").expect("test config is valid");
-        Router::new(&config).expect("router builds")
+        Router::new(&config)
     }
 
     fn conn(tls: bool, served: Option<&str>) -> ConnContext {

@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn all_fields() -> Vec<TlvHeader> {
-        TlvField::ALL
+        TlvField::all()
             .iter()
             .map(|f| TlvHeader {
                 tlv: *f,

@@ -9,8 +9,8 @@ use ipnet::IpNet;
 
 use super::{Cx, net, shown};
 use crate::config::error::{ConfigError, ValueError};
-use crate::config::file::{KernelFilterFile, ProxyProtocolFile};
-use crate::config::keys::nearest;
+use crate::config::file::{KernelFilterFile, KernelModeFile, ProxyProtocolFile};
+use crate::config::keys;
 use crate::config::{KernelFilterConfig, KernelFilterMode, ProxyProtocolConfig, XdpMode};
 use crate::trust::{Class, TrustList};
 
@@ -25,8 +25,6 @@ const MAX_INTERFACE_NAME_BYTES: usize = 15;
 
 const PROXY_PROTOCOL: &str = "experimental.tcp_recv_proxy_protocol";
 const KERNEL_FILTER: &str = "experimental.tcp_recv_proxy_protocol.kernel_filter";
-const KERNEL_FILTER_MODES: &[&str] = &["socket", "xdp", "off"];
-const XDP_MODES: &[&str] = &["auto", "native", "generic"];
 
 /// `request_header_timeout` bounds the wait for the first byte too: the default first-byte
 /// timeout is the shorter of the two, and a longer one configured is refused.
@@ -123,12 +121,13 @@ fn kernel_filter(
         });
     };
     let mode_key = format!("{KERNEL_FILTER}.mode");
-    let mode = match kf.mode.as_deref() {
-        None => "socket",
-        Some(m) => choice(cx, &mode_key, m, KERNEL_FILTER_MODES)?,
+    let chosen = match &kf.mode {
+        None => KernelModeFile::Socket,
+        Some(m) => cx.choice(&mode_key, m)?,
     };
+    let mode = keys::variant_name::<KernelModeFile>(chosen as usize);
     if let Some(detach) = kf.detach_accepted
-        && mode != "socket"
+        && chosen != KernelModeFile::Socket
     {
         return Err(cx.invalid(
             format!("{KERNEL_FILTER}.detach_accepted"),
@@ -138,7 +137,7 @@ fn kernel_filter(
     }
     let interfaces_key = format!("{KERNEL_FILTER}.interfaces");
     let xdp_mode_key = format!("{KERNEL_FILTER}.xdp_mode");
-    let mode = if mode == "xdp" {
+    let mode = if chosen == KernelModeFile::Xdp {
         let interfaces = kf.interfaces.unwrap_or_default();
         if interfaces.is_empty() {
             return Err(cx.invalid(mode_key, shown("xdp"), ValueError::XdpNeedsInterfaces));
@@ -156,13 +155,9 @@ fn kernel_filter(
                 return Err(cx.invalid(key(), shown(name), ValueError::Duplicate));
             }
         }
-        let xdp_mode = match kf.xdp_mode.as_deref() {
+        let xdp_mode = match &kf.xdp_mode {
             None => XdpMode::Auto,
-            Some(m) => match choice(cx, &xdp_mode_key, m, XDP_MODES)? {
-                "native" => XdpMode::Native,
-                "generic" => XdpMode::Generic,
-                _ => XdpMode::Auto,
-            },
+            Some(m) => cx.choice(&xdp_mode_key, m)?,
         };
         KernelFilterMode::Xdp {
             interfaces,
@@ -173,9 +168,13 @@ fn kernel_filter(
             return Err(cx.invalid(interfaces_key, shown(list), ValueError::OnlyForXdp { mode }));
         }
         if let Some(m) = &kf.xdp_mode {
-            return Err(cx.invalid(xdp_mode_key, shown(m), ValueError::OnlyForXdp { mode }));
+            return Err(cx.invalid(
+                xdp_mode_key,
+                shown(&m.text),
+                ValueError::OnlyForXdp { mode },
+            ));
         }
-        if mode == "off" {
+        if chosen == KernelModeFile::Off {
             KernelFilterMode::Off
         } else {
             KernelFilterMode::Socket
@@ -187,27 +186,6 @@ fn kernel_filter(
         observe_only: kf.observe_only.unwrap_or(false),
         detach_accepted: kf.detach_accepted.unwrap_or(true),
     })
-}
-
-/// `value` if it is one of `allowed` (exactly), else an error suggesting the nearest.
-fn choice(
-    cx: &Cx<'_>,
-    key: &str,
-    value: &str,
-    allowed: &'static [&'static str],
-) -> Result<&'static str, ConfigError> {
-    allowed
-        .iter()
-        .copied()
-        .find(|a| *a == value)
-        .ok_or_else(|| {
-            let nearest = nearest(&value.to_ascii_lowercase(), allowed.iter().copied());
-            cx.invalid(
-                key,
-                shown(value),
-                ValueError::UnknownChoice { allowed, nearest },
-            )
-        })
 }
 
 #[cfg(test)]

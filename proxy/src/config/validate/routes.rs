@@ -6,22 +6,12 @@ use http::Uri;
 
 use super::{Cx, shown};
 use crate::config::error::{ConfigError, ValueError};
-use crate::config::file::{RouteFile, UpstreamFile};
-use crate::config::keys::nearest;
+use crate::config::file::{
+    Choice, LoadBalanceFile, ProxyVersionFile, RouteFile, UpstreamFile, UpstreamOptionFile,
+};
 use crate::config::warning::WarningKind;
 use crate::config::{HostHeader, LoadBalance, Route, Upstream, UpstreamHttp, UpstreamOptions};
 use crate::proxy_protocol::Version;
-
-const SEND_PROXY_PROTOCOL: &[&str] = &["v1", "v2"];
-const LOAD_BALANCE: &[&str] = &["none", "round_robin", "random", "sticky", "primary_backup"];
-const UPSTREAM_OPTIONS: &[&str] = &[
-    "keep_original_host",
-    "set_upstream_host",
-    "force_http11_upstream",
-    "force_http2_upstream",
-    "forwarded_header",
-    "upgrade_insecure_requests",
-];
 
 /// One route; `key` is its path, like `apps.web.reverse_proxy[0]`.
 pub(super) fn route(cx: &mut Cx<'_>, key: &str, file: RouteFile) -> Result<Route, ConfigError> {
@@ -55,24 +45,19 @@ pub(super) fn route(cx: &mut Cx<'_>, key: &str, file: RouteFile) -> Result<Route
         .map(|(j, u)| upstream(cx, &format!("{upstream_key}[{j}]"), u))
         .collect::<Result<Vec<_>, _>>()?;
     let lb_key = format!("{key}.load_balance");
-    let load_balance = match file.load_balance.as_deref() {
-        None | Some("none") => LoadBalance::First,
-        Some("round_robin") => LoadBalance::RoundRobin,
-        Some("random") => LoadBalance::Random,
+    let method = match &file.load_balance {
+        None => LoadBalanceFile::None,
+        Some(method) => cx.choice(&lb_key, method)?,
+    };
+    let load_balance = match method {
+        LoadBalanceFile::None => LoadBalance::First,
+        LoadBalanceFile::RoundRobin => LoadBalance::RoundRobin,
+        LoadBalanceFile::Random => LoadBalance::Random,
         // Sticky sessions are round robin plus a cookie; without health checks,
         // primary/backup is always the first upstream.
-        Some("sticky") => replaced(cx, lb_key, "sticky", LoadBalance::RoundRobin),
-        Some("primary_backup") => replaced(cx, lb_key, "primary_backup", LoadBalance::First),
-        Some(other) => {
-            let nearest = nearest(&other.to_ascii_lowercase(), LOAD_BALANCE.iter().copied());
-            return Err(cx.invalid(
-                lb_key,
-                shown(other),
-                ValueError::UnknownChoice {
-                    allowed: LOAD_BALANCE,
-                    nearest,
-                },
-            ));
+        LoadBalanceFile::Sticky => replaced(cx, lb_key, "sticky", LoadBalance::RoundRobin),
+        LoadBalanceFile::PrimaryBackup => {
+            replaced(cx, lb_key, "primary_backup", LoadBalance::First)
         }
     };
     let options = upstream_options(
@@ -100,24 +85,14 @@ fn replaced(
 }
 
 fn upstream(cx: &Cx<'_>, key: &str, file: UpstreamFile) -> Result<Upstream, ConfigError> {
-    let send_proxy_protocol = match file.send_proxy_protocol.as_deref() {
+    let send_proxy_protocol = match &file.send_proxy_protocol {
         None => None,
-        Some("v1") => Some(Version::V1),
-        Some("v2") => Some(Version::V2),
-        Some(other) => {
-            let nearest = nearest(
-                &other.to_ascii_lowercase(),
-                SEND_PROXY_PROTOCOL.iter().copied(),
-            );
-            return Err(cx.invalid(
-                format!("{key}.send_proxy_protocol"),
-                shown(other),
-                ValueError::UnknownChoice {
-                    allowed: SEND_PROXY_PROTOCOL,
-                    nearest,
-                },
-            ));
-        }
+        Some(version) => Some(
+            match cx.choice(format!("{key}.send_proxy_protocol"), version)? {
+                ProxyVersionFile::V1 => Version::V1,
+                ProxyVersionFile::V2 => Version::V2,
+            },
+        ),
     };
     let key = format!("{key}.location");
     let Some(location) = file.location else {
@@ -142,11 +117,17 @@ fn upstream(cx: &Cx<'_>, key: &str, file: UpstreamFile) -> Result<Upstream, Conf
         .parse()
         .map_err(|source| invalid(ValueError::UpstreamUri { source }))?;
     let has_path = !matches!(uri.path(), "" | "/") || uri.query().is_some();
+    let parts = uri.into_parts();
+    let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+        // Only a path can be left where `scheme://` has no authority after it.
+        return Err(invalid(ValueError::UpstreamPath));
+    };
     if has_path || location.ends_with('/') {
         return Err(invalid(ValueError::UpstreamPath));
     }
     Ok(Upstream {
-        uri,
+        scheme,
+        authority,
         send_proxy_protocol,
     })
 }
@@ -154,7 +135,7 @@ fn upstream(cx: &Cx<'_>, key: &str, file: UpstreamFile) -> Result<Upstream, Conf
 fn upstream_options(
     cx: &Cx<'_>,
     key: &str,
-    options: Option<Vec<String>>,
+    options: Option<Vec<Choice<UpstreamOptionFile>>>,
 ) -> Result<UpstreamOptions, ConfigError> {
     let mut out = UpstreamOptions {
         host: HostHeader::Original,
@@ -165,31 +146,18 @@ fn upstream_options(
     let options = options.unwrap_or_default();
     let (mut keep_host, mut set_host, mut h1, mut h2) = (false, false, false, false);
     for (i, option) in options.iter().enumerate() {
-        match option.as_str() {
-            "keep_original_host" => keep_host = true,
-            "set_upstream_host" => set_host = true,
-            "force_http11_upstream" => h1 = true,
-            "force_http2_upstream" => h2 = true,
-            "forwarded_header" => out.forwarded_header = true,
-            "upgrade_insecure_requests" => out.upgrade_insecure_requests = true,
-            other => {
-                let nearest = nearest(
-                    &other.to_ascii_lowercase(),
-                    UPSTREAM_OPTIONS.iter().copied(),
-                );
-                return Err(cx.invalid(
-                    format!("{key}[{i}]"),
-                    shown(other),
-                    ValueError::UnknownChoice {
-                        allowed: UPSTREAM_OPTIONS,
-                        nearest,
-                    },
-                ));
-            }
+        match cx.choice(format!("{key}[{i}]"), option)? {
+            UpstreamOptionFile::KeepOriginalHost => keep_host = true,
+            UpstreamOptionFile::SetUpstreamHost => set_host = true,
+            UpstreamOptionFile::ForceHttp11Upstream => h1 = true,
+            UpstreamOptionFile::ForceHttp2Upstream => h2 = true,
+            UpstreamOptionFile::ForwardedHeader => out.forwarded_header = true,
+            UpstreamOptionFile::UpgradeInsecureRequests => out.upgrade_insecure_requests = true,
         }
     }
     if h1 && h2 {
-        return Err(cx.invalid(key, shown(&options), ValueError::Http11AndHttp2));
+        let written: Vec<&String> = options.iter().map(|o| &o.text).collect();
+        return Err(cx.invalid(key, shown(&written), ValueError::Http11AndHttp2));
     }
     if set_host && !keep_host {
         out.host = HostHeader::Upstream;
@@ -250,7 +218,7 @@ mod tests {
     fn upstreams_are_host_and_port_with_scheme_from_tls() {
         let (r, _) =
             route("upstream = [{ location = \"h:8081\" }, { location = \"h2\", tls = true }]");
-        let uris: Vec<String> = r.upstreams.iter().map(|u| u.uri.to_string()).collect();
+        let uris: Vec<String> = r.upstreams.iter().map(|u| u.to_string()).collect();
         assert_eq!(uris, ["http://h:8081/", "https://h2/"]);
         assert!(!r.upstreams[0].tls() && r.upstreams[1].tls());
         let cases = [

@@ -6,11 +6,11 @@
 use http::header::HeaderName;
 
 use super::{Cx, shown};
+use crate::config::TlvHeader;
 use crate::config::error::{ConfigError, ValueError};
 use crate::config::file::TlvHeadersFile;
-use crate::config::{TlvField, TlvHeader};
 
-/// The app's TLV headers, in [`TlvField::ALL`] order; `key` is the table's path.
+/// The app's TLV headers, in [`TlvField`] order; `key` is the table's path.
 pub(super) fn tlv_headers(
     cx: &Cx<'_>,
     key: &str,
@@ -19,44 +19,8 @@ pub(super) fn tlv_headers(
     let Some(file) = file else {
         return Ok(Vec::new());
     };
-    // Destructured, so a key added to the file struct cannot be forgotten here.
-    let TlvHeadersFile {
-        alpn,
-        authority,
-        unique_id,
-        netns,
-        ssl_version,
-        ssl_cn,
-        ssl_cipher,
-        ssl_sig_alg,
-        ssl_key_alg,
-        ssl_group,
-        ssl_sig_scheme,
-        ssl_verify,
-        aws_vpce_id,
-        azure_link_id,
-        gcp_psc_connection_id,
-    } = file;
-    let written = [
-        (TlvField::Alpn, alpn),
-        (TlvField::Authority, authority),
-        (TlvField::UniqueId, unique_id),
-        (TlvField::Netns, netns),
-        (TlvField::SslVersion, ssl_version),
-        (TlvField::SslCn, ssl_cn),
-        (TlvField::SslCipher, ssl_cipher),
-        (TlvField::SslSigAlg, ssl_sig_alg),
-        (TlvField::SslKeyAlg, ssl_key_alg),
-        (TlvField::SslGroup, ssl_group),
-        (TlvField::SslSigScheme, ssl_sig_scheme),
-        (TlvField::SslVerify, ssl_verify),
-        (TlvField::AwsVpceId, aws_vpce_id),
-        (TlvField::AzureLinkId, azure_link_id),
-        (TlvField::GcpPscConnectionId, gcp_psc_connection_id),
-    ];
     let mut out: Vec<TlvHeader> = Vec::new();
-    for (tlv, name) in written {
-        let Some(name) = name else { continue };
+    for (tlv, name) in file.0 {
         let field_key = format!("{key}.{}", tlv.key());
         let invalid = |problem| cx.invalid(&field_key, shown(&name), problem);
         if name.is_empty() {
@@ -81,8 +45,8 @@ pub(super) fn tlv_headers(
 mod tests {
     use super::super::tests::{invalid, ok};
     use super::*;
-    use crate::config::App;
     use crate::config::warning::WarningKind;
+    use crate::config::{App, TlvField};
 
     const RECEIVE: &str = "listen_port = 80\n\
          [experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"10.0.0.0/8\"]\n";
@@ -103,7 +67,7 @@ mod tests {
 
     #[test]
     fn every_tlv_key_maps_to_a_lowercased_header_in_a_fixed_order() {
-        let table: Vec<String> = TlvField::ALL
+        let table: Vec<String> = TlvField::all()
             .iter()
             .rev()
             .map(|f| format!("{} = \"X-PP-{}\"", f.key(), f.key().replace('_', "-")))
@@ -114,7 +78,7 @@ mod tests {
             .iter()
             .map(|h| (h.tlv, h.name.as_str()))
             .collect();
-        let expected: Vec<(TlvField, String)> = TlvField::ALL
+        let expected: Vec<(TlvField, String)> = TlvField::all()
             .iter()
             .map(|f| (*f, format!("x-pp-{}", f.key().replace('_', "-"))))
             .collect();
