@@ -31,6 +31,14 @@ use crate::config::UpstreamHttp;
 /// request (a 502; nginx's default `proxy_buffer_size` is 4–8 KiB).
 pub(super) const UPSTREAM_BUF_BYTES: usize = 32 << 10;
 
+/// An h2 upstream stream's receive window: the response bytes one stream may hold here
+/// while its client does not read (HTTP/2's own default is 64 KiB - 1).
+const H2_STREAM_WINDOW_BYTES: u32 = 64 << 10;
+
+/// An h2 upstream connection's receive window: the protocol's largest, so that streams
+/// whose clients stopped reading shut only their own windows, never the connection's.
+const H2_CONNECTION_WINDOW_BYTES: u32 = (1 << 31) - 1;
+
 /// How a request travels upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Protocol {
@@ -99,7 +107,15 @@ pub(super) fn hyper_builders() -> Builders {
     let mut h1 = http1::Builder::new();
     h1.max_buf_size(UPSTREAM_BUF_BYTES);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
-    h2.timer(TokioTimer::new());
+    h2.timer(TokioTimer::new())
+        // What one h2 upstream stream may buffer here while its client does not read:
+        // the stream's window (hyper's default is 2 MiB), and what waits to be sent up.
+        .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
+        .max_send_buf_size(UPSTREAM_BUF_BYTES)
+        // Streams of all clients share a connection: with hyper's 5 MiB connection
+        // window, three clients that stop reading would shut it for every other client.
+        // The stream windows bound the memory; the connection's never shuts first.
+        .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES);
     Builders { h1, h2 }
 }
 
