@@ -112,9 +112,10 @@ pub(super) fn hyper_builders() -> Builders {
         // the stream's window (hyper's default is 2 MiB), and what waits to be sent up.
         .initial_stream_window_size(H2_STREAM_WINDOW_BYTES)
         .max_send_buf_size(UPSTREAM_BUF_BYTES)
-        // Streams of all clients share a connection: with hyper's 5 MiB connection
-        // window, three clients that stop reading would shut it for every other client.
-        // The stream windows bound the memory; the connection's never shuts first.
+        // Streams of all clients share a connection: its window is the protocol's
+        // largest, so that the stream windows, not the connection's, bound what clients
+        // that stop reading hold (hyper's default 5 MiB is two and a half of its
+        // default stream windows).
         .initial_connection_window_size(H2_CONNECTION_WINDOW_BYTES);
     Builders { h1, h2 }
 }
