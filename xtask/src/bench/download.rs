@@ -4,7 +4,8 @@
 //! and RSS 1 s and `--after` seconds after the last download ended. Each proxy is started
 //! fresh per round; rounds alternate the proxies. Clients connect straight to the proxy
 //! with a PROXY v1 header, as in `memory`: HAProxy in front would copy every byte a third
-//! time on the CPU the clients and the upstream already share.
+//! time on the CPU the clients and the upstream already share (the upstream is pinned,
+//! the client threads are not).
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -122,7 +123,7 @@ pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
          downloading one {} MiB file (`GET /{FILE}`, the nginx upstream serving it from the \
          page cache) over its own connection opened straight to the proxy with a PROXY v1 \
          header. RSS: VmRSS (peak: VmHWM) summed over the proxy's processes. Proxy pinned to \
-         CPU {PROXY_CPU}; upstream and clients on CPU {REST_CPU}. Throughput ratio against \
+         CPU {PROXY_CPU}; upstream on CPU {REST_CPU}, the client threads unpinned. Throughput ratio against \
          nginx in the same round, median over rounds.\n",
         opts.rounds, opts.downloads, opts.mib
     );
