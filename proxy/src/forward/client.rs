@@ -139,6 +139,10 @@ pub(super) enum UpstreamError {
     ServerName(#[source] rustls::pki_types::InvalidDnsNameError),
     #[error("the PROXY header and TLS handshake took longer than {0:?} (upstream_connect_timeout)")]
     ConnectTimeout(Duration),
+    #[error(
+        "waited longer than {0:?} (upstream_connect_timeout) for another request's connection to this h2 upstream"
+    )]
+    DialWait(Duration),
     #[error("the upstream request has no authority")]
     NoAuthority,
     #[error("the HTTP handshake with the upstream failed")]
@@ -169,6 +173,7 @@ impl UpstreamError {
             | UpstreamError::Tls(_)
             | UpstreamError::ServerName(_)
             | UpstreamError::ConnectTimeout(_)
+            | UpstreamError::DialWait(_)
             | UpstreamError::NoAuthority
             | UpstreamError::Handshake(_)
             | UpstreamError::Send(_) => StatusCode::BAD_GATEWAY,

@@ -57,6 +57,13 @@ pub(super) struct Connector {
     pub(super) capped: Capped,
 }
 
+impl Connector {
+    /// `upstream_connect_timeout`: what each step of a connect may take.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")

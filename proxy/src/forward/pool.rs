@@ -351,7 +351,12 @@ impl<B: PoolBody> Pool<B> {
             let index = entries.index(key);
             Arc::clone(&entries.list[index].dial)
         };
-        let _dialling = dial.lock().await;
+        // Bounded: behind an upstream that never answers, each waiter would otherwise
+        // queue behind every earlier one's whole connect timeout.
+        let timeout = self.inner.connector.timeout();
+        let Ok(_dialling) = tokio::time::timeout(timeout, dial.lock()).await else {
+            return Err(UpstreamError::DialWait(timeout));
+        };
         if !retry && let Some(found) = self.shared_h2(key) {
             return Ok(found);
         }

@@ -350,3 +350,49 @@ async fn proxy_keyed_connections_are_never_shared_across_downstream_connections(
     drop(theirs);
     assert_eq!(mine.idle_count(), 2);
 }
+
+/// Behind an h2 upstream that never completes a connect (its accept queue is full, so the
+/// kernel drops further SYNs), requests waiting for another's dial give up after the
+/// connect timeout too, instead of queueing behind each earlier request's whole timeout.
+#[tokio::test]
+async fn waiting_for_another_h2_dial_is_bounded_by_the_connect_timeout() {
+    const REQUESTS: usize = 6;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("an address"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let _never_accepting = socket.listen(0).expect("listen");
+    // Fill the accept queue; whatever does not fit is what the pool's connects will meet.
+    let _queued: Vec<_> = (0..3)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(100)).ok()
+        })
+        .collect();
+    let uri: Uri = format!("http://{addr}/").parse().expect("a URI");
+    // The test pool's connect timeout is 200 ms.
+    let (pool, _slots) = pool(Duration::from_secs(30), REQUESTS);
+    let h2 = key(&uri, Protocol::Http2, None);
+    let started = tokio::time::Instant::now();
+    let all = (0..REQUESTS).map(|_| async {
+        let result = pool.send(&h2, get(&uri)).await;
+        (started.elapsed(), result.err())
+    });
+    let outcomes = futures_util::future::join_all(all).await;
+    let slowest = outcomes.iter().map(|(t, _)| *t).max().expect("requests");
+    assert!(
+        outcomes.iter().all(|(_, err)| err.is_some()),
+        "no request could have been answered"
+    );
+    assert!(
+        outcomes
+            .iter()
+            .any(|(_, err)| matches!(err, Some(UpstreamError::DialWait(_)))),
+        "the waiters gave up waiting"
+    );
+    // Unbounded, the last would wait REQUESTS x 200 ms = 1.2 s.
+    assert!(
+        slowest < Duration::from_millis(600),
+        "the slowest request took {slowest:?}"
+    );
+}
