@@ -57,13 +57,6 @@ pub(super) struct Connector {
     pub(super) capped: Capped,
 }
 
-impl Connector {
-    /// `upstream_connect_timeout`: what each step of a connect may take.
-    pub(super) fn timeout(&self) -> Duration {
-        self.timeout
-    }
-}
-
 impl std::fmt::Debug for Connector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connector")
@@ -83,6 +76,11 @@ impl std::fmt::Debug for Stream {
 }
 
 impl Connector {
+    /// `upstream_connect_timeout`: what each step of a connect may take.
+    pub(super) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `timeout` bounds each step (`upstream_connect_timeout`) and the wait for a slot;
     /// `roots` replaces the Mozilla roots when given.
     pub(super) fn new(

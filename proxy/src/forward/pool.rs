@@ -175,6 +175,19 @@ impl Streams {
     }
 }
 
+/// Runs an upstream connection's task (hyper's `Connection`, HTTP/1.1 or h2) until it
+/// ends; how it ended is logged at debug.
+fn drive<F>(conn: F, what: &'static str)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            debug!(%error, "{what} ended with an error");
+        }
+    });
+}
+
 /// A connection a request can go on.
 enum Conn<B> {
     H1(http1::SendRequest<B>),
@@ -400,11 +413,7 @@ impl<B: PoolBody> Pool<B> {
             .handshake(io)
             .await
             .map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.with_upgrades().await {
-                debug!(%error, "upstream connection ended with an error");
-            }
-        });
+        drive(conn.with_upgrades(), "upstream connection");
         Ok(Conn::H1(sender))
     }
 
@@ -419,11 +428,7 @@ impl<B: PoolBody> Pool<B> {
             .handshake(io)
             .await
             .map_err(UpstreamError::Handshake)?;
-        tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                debug!(%error, "upstream h2 connection ended with an error");
-            }
-        });
+        drive(conn, "upstream h2 connection");
         Ok(Conn::H2(sender, Streams::new().take()))
     }
 
