@@ -193,6 +193,56 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() {
     assert_eq!(hits.load(Ordering::SeqCst), 1, "the one request");
 }
 
+/// Longer than the proxy's `RELEASE_AFTER` (100 ms): an HTTP/1.1 connection idle this long
+/// has let go of its hyper connection, and the next bytes meet a new one.
+const PAST_RELEASE: Duration = Duration::from_millis(400);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_past_its_release_serves_pipelined_requests_and_times_heads() {
+    let (upstream, hits) = upstream::counting().await;
+    let (gw, metrics) = start(
+        upstream,
+        "request_header_timeout = 1
+keepalive_timeout = 30",
+    );
+    let mut stream = lb::hold(gw.listeners[0], PROMPT).await;
+    for round in 0..2 {
+        // The pause is what is under test: the connection sits idle past its release.
+        tokio::time::sleep(PAST_RELEASE).await;
+        let two = [lb::keep_alive_request("/a"), lb::keep_alive_request("/b")].concat();
+        stream.write_all(&two).await.expect("write");
+        for which in ["/a", "/b"] {
+            let status = tokio::time::timeout(PROMPT, lb::read_answer(&mut stream))
+                .await
+                .expect("an answer in time")
+                .expect("an answer");
+            assert!(lb::is_ok(&status), "round {round}, {which}: {status}");
+        }
+    }
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        5,
+        "the holder's request and four more"
+    );
+    // A head begun after a release is timed from its first byte, as any other.
+    tokio::time::sleep(PAST_RELEASE).await;
+    let started = Instant::now();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app")
+        .await
+        .expect("write");
+    let (got, closed) = read_to_close(&mut stream, LIMIT + SLACK).await;
+    assert_closed_in_time("head begun after a release", started, closed, LIMIT);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "answered {text:?}");
+    counted(metrics, "request_header", 1).await;
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        5,
+        "the late head never reached the upstream"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_connection_with_no_open_stream_gets_goaway_at_the_keepalive_timeout() {
     let (upstream, hits) = upstream::counting().await;

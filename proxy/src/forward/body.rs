@@ -7,7 +7,8 @@
 //! the upstream response timeout. The upstream's response body
 //! on its way down ([`UpstreamBody`]): ended with an error when it pauses longer than
 //! `upstream_read_timeout`, which hyper turns into a cut-short response. Request trailers
-//! lose the names a client may not set (see `hygiene`).
+//! lose the names a client may not set (see `hygiene`). A request body read to its end
+//! fires the [`BodyEnd`] the listener set on its request, if any.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,6 +25,34 @@ use crate::deadline::Deadline;
 use crate::metrics::{TimeoutCounts, TimeoutKind};
 
 use super::hygiene::NameGuard;
+
+/// Told when a request body has been read to its end (see [`BodyEnd`]).
+pub trait BodyEnded: Send + Sync {
+    fn body_ended(&self);
+}
+
+/// A request extension the listener sets on an HTTP/1.1 request with a body: fired once,
+/// when the forwarder has read the body to its end, so the listener knows hyper's read
+/// side is at a request boundary again. A body cut short or abandoned never fires it.
+#[derive(Clone)]
+pub struct BodyEnd(Arc<dyn BodyEnded>);
+
+impl BodyEnd {
+    pub fn new(told: Arc<dyn BodyEnded>) -> BodyEnd {
+        BodyEnd(told)
+    }
+
+    /// The body has been read to its end.
+    pub fn fire(self) {
+        self.0.body_ended();
+    }
+}
+
+impl std::fmt::Debug for BodyEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BodyEnd")
+    }
+}
 
 /// Why the request body stopped.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +109,8 @@ pub(super) struct RequestBody {
     done: Option<oneshot::Sender<()>>,
     /// Filters the trailers, when set (see [`RequestBody::guarding_trailers`]).
     names: Option<Arc<NameGuard>>,
+    /// Fired once the body has been read to its end (see [`RequestBody::telling`]).
+    end: Option<BodyEnd>,
 }
 
 /// The caller's view of a [`RequestBody`] in flight.
@@ -142,6 +173,7 @@ impl RequestBody {
             pause: Pause::new(timeout),
             done: Some(tx),
             names: None,
+            end: None,
         };
         if body.inner.is_end_stream() {
             body.finish();
@@ -153,6 +185,22 @@ impl RequestBody {
     pub(super) fn guarding_trailers(mut self, names: Arc<NameGuard>) -> RequestBody {
         self.names = Some(names);
         self
+    }
+
+    /// `end` is fired once the body has been read to its end (at once if it already has).
+    pub(super) fn telling(mut self, end: Option<BodyEnd>) -> RequestBody {
+        self.end = end;
+        if self.inner.is_end_stream() {
+            self.ended();
+        }
+        self
+    }
+
+    /// The body has been read to its end: tells whoever asked to know.
+    fn ended(&mut self) {
+        if let Some(end) = self.end.take() {
+            end.fire();
+        }
     }
 
     /// A frame as sent upstream: trailers cleaned, data as it came.
@@ -192,6 +240,7 @@ impl Body for RequestBody {
         match polled {
             None => {
                 this.finish();
+                this.ended();
                 Poll::Ready(None)
             }
             Some(Err(e)) => {
@@ -209,6 +258,7 @@ impl Body for RequestBody {
                 }
                 if this.inner.is_end_stream() {
                     this.finish();
+                    this.ended();
                 }
                 Poll::Ready(Some(Ok(this.clean(frame))))
             }

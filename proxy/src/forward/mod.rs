@@ -48,6 +48,7 @@ use route::{Refusal, Router, Target};
 use slots::{Slots, WithTurn};
 
 pub use body::ResponseBodyError as BodyError;
+pub use body::{BodyEnd, BodyEnded};
 pub use client::ConnPools;
 pub(crate) use headers::is_managed;
 pub use slots::UpstreamStats;
@@ -382,7 +383,7 @@ impl Forwarder {
             req.headers(),
             upgrade.is_some(),
         );
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let mut headers = parts.headers;
         app.names.clean_head(&mut headers);
         if parts.version == Version::HTTP_2 && protocol.version() != Version::HTTP_2 {
@@ -410,7 +411,8 @@ impl Forwarder {
         tlv::apply(&mut headers, &app.tlv_headers, tlvs);
         let (body, BodyWatch { done, fate }) =
             RequestBody::new(body, self.body_limit, self.timeouts.request_body);
-        let body = body.guarding_trailers(Arc::clone(&app.names));
+        let end = parts.extensions.remove::<BodyEnd>();
+        let body = body.guarding_trailers(Arc::clone(&app.names)).telling(end);
         let mut upstream_req = Request::new(body);
         *upstream_req.method_mut() = parts.method;
         *upstream_req.uri_mut() = uri;

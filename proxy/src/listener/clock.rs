@@ -4,6 +4,9 @@
 //! client stream, notes the first byte of each HTTP/1 request head, fails writes that make
 //! no progress for `send_timeout`, and answers 408 when the watchdog ([`expiry`]) finds a
 //! head late. [`StreamExec`] runs h2 streams, ending one whose window stays shut.
+//! HTTP/1: [`Activity::watch_request`] and [`Timed`] also find the moment a connection has
+//! been idle long enough ([`RELEASE_AFTER`]) for its hyper connection to be let go (see
+//! `conn::serve_h1`).
 
 use std::future::Future;
 use std::io;
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use http::{Method, Request, header};
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -22,7 +26,14 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::deadline::Deadline;
+use crate::forward::{BodyEnd, BodyEnded};
 use crate::metrics::{TimeoutCounts, TimeoutKind};
+
+/// How long an HTTP/1 connection stays idle between requests before its hyper connection,
+/// and with it hyper's read and write buffers (16 KiB), is let go. A client that keeps
+/// sending never waits this long and pays nothing; one that pauses pays for a new hyper
+/// connection (a few allocations) at its next request.
+pub(super) const RELEASE_AFTER: Duration = Duration::from_millis(100);
 
 /// What a client is told when its request head came too slowly (RFC 9110 §15.5.9).
 const REQUEST_TIMEOUT_RESPONSE: &[u8] =
@@ -58,6 +69,15 @@ pub(super) struct Activity {
     /// Set once the connection is picked to be shed; `shed` wakes its task.
     shedding: AtomicBool,
     shed: Notify,
+    /// HTTP/1: request bodies begun and not yet read to their end. While one is, hyper
+    /// may still be reading it, so the connection is not between requests.
+    bodies_open: AtomicUsize,
+    /// HTTP/1: set for good once a request asks to switch protocols (`Upgrade`,
+    /// `CONNECT`): hyper hands such a connection to the tunnel, never back.
+    upgrading: AtomicBool,
+    /// HTTP/1: set by [`Timed`] once the connection has been idle for [`RELEASE_AFTER`];
+    /// cleared by the serving loop when it has acted on it (or found a request begun).
+    release_due: AtomicBool,
 }
 
 /// Why the watchdog ends a connection.
@@ -81,6 +101,9 @@ impl Activity {
             reader: AtomicWaker::new(),
             shedding: AtomicBool::new(false),
             shed: Notify::new(),
+            bodies_open: AtomicUsize::new(0),
+            upgrading: AtomicBool::new(false),
+            release_due: AtomicBool::new(false),
         })
     }
 
@@ -119,6 +142,66 @@ impl Activity {
 
     fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// HTTP/1: notes what of `req` decides whether its connection can later be let go of
+    /// between requests (see [`Activity::releasable_from`]): a request that asks to switch
+    /// protocols pins the connection to its hyper connection for good; one with a body
+    /// carries a [`BodyEnd`] for the forwarder to fire once the body is read to its end.
+    pub(super) fn watch_request<B: Body>(self: &Arc<Self>, req: &mut Request<B>) {
+        if req.method() == Method::CONNECT || req.headers().contains_key(header::UPGRADE) {
+            self.upgrading.store(true, Ordering::Release);
+        }
+        if !req.body().is_end_stream() {
+            self.bodies_open.fetch_add(1, Ordering::AcqRel);
+            let end: Arc<dyn BodyEnded> = Arc::clone(self) as Arc<dyn BodyEnded>;
+            req.extensions_mut().insert(BodyEnd::new(end));
+        }
+    }
+
+    /// HTTP/1: since when the connection has been between requests in every respect that
+    /// lets its hyper connection be let go without losing or misreading a byte: no request
+    /// in flight, every request body read to its end (so hyper's read side is at a request
+    /// boundary), no byte of the next head read yet, no upgrade asked for, at least one
+    /// request served. `None` otherwise.
+    fn releasable_from(&self) -> Option<Instant> {
+        if self.upgrading.load(Ordering::Acquire)
+            || self.bodies_open.load(Ordering::Acquire) != 0
+            || self.head_since.load(Ordering::Relaxed) != 0
+            || self.idle_since.load(Ordering::Acquire) == 0
+        {
+            return None;
+        }
+        self.idle_from()
+    }
+
+    /// HTTP/1: whether the connection is still releasable now that its release came due
+    /// (it may have begun a request since); clears the mark either way when it is not.
+    pub(super) fn take_release(&self) -> bool {
+        let releasable = self.releasable_from().is_some();
+        if !releasable {
+            self.release_due.store(false, Ordering::Release);
+        }
+        releasable
+    }
+
+    /// HTTP/1: the release is over (the hyper connection is gone); the next one starts
+    /// clean.
+    pub(super) fn end_release(&self) {
+        self.release_due.store(false, Ordering::Release);
+    }
+
+    /// Completes once [`Timed`] has found the connection idle for [`RELEASE_AFTER`]. It
+    /// registers no waker: [`Timed`] wakes the task when it sets the mark.
+    pub(super) async fn release_due(&self) {
+        std::future::poll_fn(|_| {
+            if self.release_due.load(Ordering::Acquire) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
     }
 
     /// Bytes were read: the start of a request head, if none is in flight.
@@ -165,6 +248,12 @@ impl Activity {
     pub(super) fn expire_head(&self) {
         self.late.store(true, Ordering::Release);
         self.reader.wake();
+    }
+}
+
+impl BodyEnded for Activity {
+    fn body_ended(&self) {
+        self.bodies_open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -217,6 +306,10 @@ pub(super) struct Timed<S> {
     stalled: Option<Instant>,
     stall: Deadline,
     counts: Arc<TimeoutCounts>,
+    /// HTTP/1: hyper is reading through this stream (not the serving loop between two
+    /// hyper connections), so an idle read may find the connection due for release.
+    serving: bool,
+    release: Deadline,
 }
 
 impl<S> Timed<S> {
@@ -235,6 +328,40 @@ impl<S> Timed<S> {
             stalled: None,
             stall: Deadline::default(),
             counts,
+            serving: true,
+            release: Deadline::default(),
+        }
+    }
+
+    /// HTTP/1: whether hyper reads through the stream from now on (see
+    /// [`Activity::release_due`]). Out of service, the release timer is freed.
+    pub(super) fn set_serving(&mut self, serving: bool) {
+        self.serving = serving;
+        if !serving {
+            self.release = Deadline::default();
+        }
+    }
+
+    /// The wrapped stream.
+    pub(super) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// The wrapped stream.
+    pub(super) fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// HTTP/1, under hyper: once the connection has been releasable for
+    /// [`RELEASE_AFTER`], marks it due and wakes the task for the serving loop to see it;
+    /// until then, the task is woken when that time comes.
+    fn check_release(&mut self, cx: &mut Context<'_>) {
+        if self.serving
+            && let Some(since) = self.activity.releasable_from()
+            && self.release.passed(since + RELEASE_AFTER, cx)
+        {
+            self.activity.release_due.store(true, Ordering::Release);
+            cx.waker().wake_by_ref();
         }
     }
 
@@ -296,7 +423,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Timed<S> {
             Poll::Ready(Ok(())) if this.heads && buf.filled().len() > before => {
                 this.activity.read_some();
             }
-            Poll::Pending if this.heads => this.activity.reader.register(cx.waker()),
+            Poll::Pending if this.heads => {
+                this.activity.reader.register(cx.waker());
+                this.check_release(cx);
+            }
             _ => {}
         }
         polled
@@ -331,11 +461,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Timed<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        if polled.is_ready() && this.heads {
+            // hyper flushes as a response ends: the release clock starts here, since hyper
+            // may not read again before the next request arrives.
+            this.check_release(cx);
+        }
         this.timed(cx, polled)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.activity.release_due.load(Ordering::Acquire) {
+            // hyper is being let go of, not the connection: its bytes are out (hyper
+            // flushes before it ends), and the stream stays open for the next request.
+            let polled = Pin::new(&mut this.inner).poll_flush(cx);
+            return this.timed(cx, polled);
+        }
         let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
         this.timed(cx, polled)
     }

@@ -14,8 +14,10 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::Request;
+use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{HttpService, service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
@@ -414,24 +416,27 @@ async fn serve_http<S>(
     let forwarder = Arc::clone(&runtime.forwarder);
     let ctx = Arc::new(ctx);
     let requests = Arc::clone(&activity);
-    let service = service_fn(move |req| {
+    let heads = http == Http::One;
+    let service = service_fn(move |mut req: Request<Incoming>| {
         let forwarder = Arc::clone(&forwarder);
         let ctx = Arc::clone(&ctx);
         let in_flight = requests.begin();
+        if heads {
+            requests.watch_request(&mut req);
+        }
         async move {
             let response = forwarder.handle(req, &ctx).await;
             let clock = StreamClock::current();
             Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, clock)))
         }
     });
-    let heads = http == Http::One;
-    let io = TokioIo::new(Timed::new(
+    let io = Timed::new(
         stream,
         Arc::clone(&activity),
         heads,
         timeouts.send,
         Arc::clone(&counts),
-    ));
+    );
     let watch = Watch {
         activity,
         heads,
@@ -442,19 +447,11 @@ async fn serve_http<S>(
     };
     match http {
         Http::One => {
-            let conn = http1::Builder::new()
+            let mut builder = http1::Builder::new();
+            builder
                 .max_header_size(to_usize(runtime.limits.request_max_header_size))
-                .max_buf_size(h1_buf_bytes(runtime.limits.request_max_header_size))
-                .serve_connection(io, service)
-                .with_upgrades();
-            drive(
-                Box::pin(conn),
-                http1::UpgradeableConnection::graceful_shutdown,
-                deadline,
-                stop,
-                watch,
-            )
-            .await;
+                .max_buf_size(h1_buf_bytes(runtime.limits.request_max_header_size));
+            serve_h1(io, service, &builder, deadline, stop, watch).await;
         }
         Http::Two => {
             let exec = StreamExec {
@@ -468,18 +465,102 @@ async fn serve_http<S>(
                 .max_concurrent_streams(runtime.limits.max_concurrent_streams)
                 .max_header_list_size(runtime.limits.request_max_header_size)
                 .max_send_buf_size(DOWNSTREAM_BUF_BYTES)
-                .serve_connection(io, service);
+                .serve_connection(TokioIo::new(io), service);
             drive(
-                Box::pin(conn),
+                &mut Box::pin(conn),
                 http2::Connection::graceful_shutdown,
                 deadline,
-                stop,
-                watch,
+                &mut stop,
+                &watch,
             )
             .await;
         }
     }
 }
+
+/// Serves HTTP/1.1 on one connection, one hyper connection at a time. Once the connection
+/// has been between requests for [`clock::RELEASE_AFTER`] (see `Activity::releasable_from`
+/// for what "between" takes), its hyper connection is shut down gracefully with the
+/// stream kept open ([`Timed`] swallows the shutdown), and with it go hyper's read and
+/// write buffers: an idle keep-alive connection then holds no per-request buffer. The
+/// next request's first bytes are awaited with nothing but a small stack buffer, under
+/// the keep-alive timeout and the drain, then a new hyper connection serves them, those
+/// bytes (and any hyper had read ahead) replayed first. A connection that asked to
+/// upgrade, or whose request body was not read to its end, keeps its hyper connection.
+async fn serve_h1<S, Svc, B>(
+    mut io: Timed<Rewind<S>>,
+    mut service: Svc,
+    builder: &http1::Builder,
+    deadline: Option<Instant>,
+    mut stop: watch::Receiver<bool>,
+    watch: Watch,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: HttpService<Incoming, ResBody = B> + Unpin,
+    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    loop {
+        io.set_serving(true);
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let mut conn = Box::pin(conn);
+        let driven = drive(
+            &mut conn,
+            http1::UpgradeableConnection::graceful_shutdown,
+            deadline,
+            &mut stop,
+            &watch,
+        )
+        .await;
+        watch.activity.end_release();
+        if driven != Driven::Released {
+            return;
+        }
+        let Some(parts) = Pin::into_inner(conn).into_parts() else {
+            return;
+        };
+        io = parts.io.into_inner();
+        service = parts.service;
+        io.set_serving(false);
+        io.get_mut().replay(&parts.read_buf);
+        if !io.get_ref().buffered().is_empty() {
+            continue;
+        }
+        let mut first = [0u8; NEXT_HEAD_FIRST_READ_BYTES];
+        let read = tokio::select! {
+            read = within(deadline, io.read(&mut first)) => read,
+            () = stopped(&mut stop) => return,
+            expired = clock::expiry(&watch.activity, true, watch.header, watch.keepalive) => {
+                let kind = match expired {
+                    Expiry::Keepalive => TimeoutKind::Keepalive,
+                    Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
+                };
+                watch.counts.bump(kind);
+                debug!(timeout = kind.label(), "connection waited too long; closing");
+                return;
+            }
+        };
+        match read {
+            Some(Ok(n)) if n > 0 => io.get_mut().replay(first.get(..n).unwrap_or_default()),
+            Some(Ok(_)) => return,
+            Some(Err(err)) => {
+                debug!(error = %err, "connection failed between requests");
+                return;
+            }
+            None => {
+                debug!("connection_handling_timeout reached; closing");
+                return;
+            }
+        }
+    }
+}
+
+/// What [`serve_h1`] reads of the next request while it holds no hyper connection: on
+/// the task's stack frame, not the heap. hyper reads the rest.
+const NEXT_HEAD_FIRST_READ_BYTES: usize = 64;
 
 /// The ceiling on what a downstream connection buffers: an HTTP/1.1 connection's read
 /// buffer and its queue of bytes waiting to be written (hyper's `max_buf_size`, whose
@@ -523,27 +604,38 @@ struct Watch {
 /// its graceful shutdown and lets it finish. When the watchdog finds it idle or its
 /// request head late, ends it: an idle HTTP/1.1 connection is closed, a late head is
 /// answered 408 first, an idle h2 connection gets GOAWAY (both bounded by
-/// `send_timeout`). The connection comes boxed: each future that wraps it here would
+/// `send_timeout`). An HTTP/1 connection found due for release (see [`serve_h1`]) is
+/// shut down gracefully and reported [`Driven::Released`] if it ends cleanly. The
+/// connection comes boxed: each future that wraps it here would
 /// otherwise hold a copy of its space (an h2 connection is 1.5 KB), making the
 /// connection's task several times larger, and slower to move.
 async fn drive<C>(
-    mut conn: Pin<Box<C>>,
+    conn: &mut Pin<Box<C>>,
     shutdown: fn(Pin<&mut C>),
     deadline: Option<Instant>,
-    mut stop: watch::Receiver<bool>,
-    watch: Watch,
-) where
+    stop: &mut watch::Receiver<bool>,
+    watch: &Watch,
+) -> Driven
+where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     let activity = &*watch.activity;
     let drained = async {
-        let expired = tokio::select! {
-            result = conn.as_mut() => return Some(result),
-            () = stopped(&mut stop) => {
-                shutdown(conn.as_mut());
-                return Some(conn.as_mut().await);
+        let expired = loop {
+            tokio::select! {
+                result = conn.as_mut() => return Some((result, Driven::Ended)),
+                () = stopped(stop) => {
+                    shutdown(conn.as_mut());
+                    return Some((conn.as_mut().await, Driven::Ended));
+                }
+                () = activity.release_due() => {
+                    if activity.take_release() {
+                        shutdown(conn.as_mut());
+                        return Some((conn.as_mut().await, Driven::Released));
+                    }
+                }
+                expired = clock::expiry(activity, watch.heads, watch.header, watch.keepalive) => break expired,
             }
-            expired = clock::expiry(activity, watch.heads, watch.header, watch.keepalive) => expired,
         };
         let kind = match expired {
             Expiry::Keepalive => TimeoutKind::Keepalive,
@@ -559,15 +651,31 @@ async fn drive<C>(
             _ if watch.heads => return None,
             _ => shutdown(conn.as_mut()),
         }
-        within(Some(Instant::now() + watch.send), conn.as_mut()).await
+        within(Some(Instant::now() + watch.send), conn.as_mut())
+            .await
+            .map(|result| (result, Driven::Ended))
     };
-    let Some(result) = within(deadline, drained).await else {
-        debug!("connection_handling_timeout reached; closing");
-        return;
-    };
-    if let Some(Err(err)) = result {
-        debug!(error = %err, "connection ended with an error");
+    match within(deadline, drained).await {
+        None => {
+            debug!("connection_handling_timeout reached; closing");
+            Driven::Ended
+        }
+        Some(None) => Driven::Ended,
+        Some(Some((Err(err), _))) => {
+            debug!(error = %err, "connection ended with an error");
+            Driven::Ended
+        }
+        Some(Some((Ok(()), driven))) => driven,
     }
+}
+
+/// How [`drive`] left a hyper connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Driven {
+    /// It ended (or was ended): the client connection is done.
+    Ended,
+    /// It was let go of between requests (HTTP/1); the client connection goes on.
+    Released,
 }
 
 /// Completes when draining starts (never, if the server is gone without draining).
@@ -632,6 +740,10 @@ impl Drop for PerIpGuard {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "release_tests.rs"]
+mod release_tests;
 
 #[cfg(test)]
 mod tests {

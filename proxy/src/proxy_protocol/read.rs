@@ -232,6 +232,18 @@ impl<S> Rewind<S> {
         &mut self.inner
     }
 
+    /// Puts `bytes` back, to be replayed before what is still buffered.
+    pub fn replay(&mut self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let mut buffered = Vec::with_capacity(bytes.len() + self.buffered().len());
+        buffered.extend_from_slice(bytes);
+        buffered.extend_from_slice(self.buffered());
+        self.buffered = buffered;
+        self.pos = 0;
+    }
+
     /// The inner stream and the bytes not yet replayed.
     pub fn into_parts(mut self) -> (S, Vec<u8>) {
         self.buffered.drain(..self.pos);

@@ -190,7 +190,7 @@ pub async fn keep_alive_get(stream: &mut TcpStream, path: &str) -> io::Result<St
 }
 
 /// A keep-alive GET for `path`.
-fn keep_alive_request(path: &str) -> Vec<u8> {
+pub fn keep_alive_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").into_bytes()
 }
 
