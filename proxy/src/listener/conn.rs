@@ -525,7 +525,11 @@ async fn serve_h1<S, Svc, B>(
         io = parts.io.into_inner();
         service = parts.service;
         io.set_serving(false);
-        io.get_mut().replay(&parts.read_buf);
+        // `read_buf` is a view of hyper's whole read buffer: copied out of, then dropped,
+        // or the buffer would live on through the wait.
+        let read_ahead = parts.read_buf;
+        io.get_mut().replay(&read_ahead);
+        drop(read_ahead);
         if !io.get_ref().buffered().is_empty() {
             continue;
         }
