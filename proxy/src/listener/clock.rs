@@ -281,17 +281,29 @@ pub(super) async fn expiry(
     header: Duration,
     keepalive: Duration,
 ) -> Expiry {
-    let shortest = header.min(keepalive);
     loop {
-        let now = Instant::now();
-        let wake = match activity.deadline(heads, header, keepalive) {
-            Some((deadline, why)) if deadline <= now => return why,
-            // A request beginning or ending after this look can only set a deadline at
-            // least `shortest` from now: waking by then is never late.
-            Some((deadline, _)) => deadline.min(now + shortest),
-            None => now + shortest,
-        };
-        tokio::time::sleep_until(wake).await;
+        match expiry_or_wake(activity, heads, header, keepalive, Instant::now()) {
+            Ok(expired) => return expired,
+            Err(wake) => tokio::time::sleep_until(wake).await,
+        }
+    }
+}
+
+/// One look of [`expiry`] at `now`: the wait that has expired, or when to look again.
+pub(super) fn expiry_or_wake(
+    activity: &Activity,
+    heads: bool,
+    header: Duration,
+    keepalive: Duration,
+    now: Instant,
+) -> Result<Expiry, Instant> {
+    let shortest = header.min(keepalive);
+    match activity.deadline(heads, header, keepalive) {
+        Some((deadline, why)) if deadline <= now => Ok(why),
+        // A request beginning or ending after this look can only set a deadline at
+        // least `shortest` from now: waking by then is never late.
+        Some((deadline, _)) => Err(deadline.min(now + shortest)),
+        None => Err(now + shortest),
     }
 }
 

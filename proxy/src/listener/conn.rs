@@ -66,35 +66,54 @@ enum Http {
 }
 
 impl Server {
-    /// A connection's task up to its PROXY header; [`Server::admitted`] from there on,
-    /// boxed: a spawned task is allocated whole at the size of its largest state, and
-    /// every connection still waiting for its header (a slow-header flood holds
-    /// thousands) would otherwise carry the size of the later ones. Boxed, the waiting
-    /// task is under 1 KB.
-    pub(super) async fn connection(
+    /// A connection's task: its slot, then [`Server::screened`] (the trust check and the
+    /// PROXY header), then [`Server::admitted`]. Each phase is boxed and freed when it
+    /// ends: a spawned task is allocated whole at the size of its largest state, and an
+    /// idle keep-alive connection (10,000 of them may be open) would otherwise carry the
+    /// header reader's space for its whole life. Written as a function returning an
+    /// `async move` block, not an `async fn`: an `async fn` keeps a copy of its arguments
+    /// beside the locals it moves them into.
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "an async fn would keep a second copy of its arguments"
+    )]
+    pub(super) fn connection(
         self: Arc<Self>,
         stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
         protocol: Protocol,
-    ) {
-        self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        let Some(_slot) = self.admit().await else {
-            self.metrics
-                .refused_max_clients
-                .fetch_add(1, Ordering::Relaxed);
-            debug!("refused: max_clients reached, and no idle connection to shed");
-            return;
-        };
-        let _active = Active::new(&self.metrics);
-        let activity = Activity::new();
-        let _listed = self.shed.list(&activity);
-        let served = self.served(stream, peer, local, protocol, Arc::clone(&activity));
-        tokio::select! {
-            () = served => {}
-            () = activity.shed_picked() => {
-                self.metrics.shed.fetch_add(1, Ordering::Relaxed);
-                debug!("shed: idle while max_clients was reached");
+    ) -> impl Future<Output = ()> + Send + 'static {
+        async move {
+            self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            let Some(_slot) = self.admit().await else {
+                self.metrics
+                    .refused_max_clients
+                    .fetch_add(1, Ordering::Relaxed);
+                debug!("refused: max_clients reached, and no idle connection to shed");
+                return;
+            };
+            let _active = Active::new(&self.metrics);
+            let activity = Activity::new();
+            let _listed = self.shed.list(&activity);
+            let served = async {
+                // One expression, so that no binding keeps the screened values' space
+                // through the wait that follows.
+                let admitted = Box::pin(self.screened(stream, peer, local, protocol))
+                    .await
+                    .and_then(|(stream, facts, runtime)| {
+                        self.admitted(stream, facts, runtime, Arc::clone(&activity))
+                    });
+                if let Some(admitted) = admitted {
+                    admitted.await;
+                }
+            };
+            tokio::select! {
+                () = served => {}
+                () = activity.shed_picked() => {
+                    self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+                    debug!("shed: idle while max_clients was reached");
+                }
             }
         }
     }
@@ -109,156 +128,133 @@ impl Server {
         if !self.shed.shed_oldest_idle() {
             return None;
         }
+        // Boxed: this wait is rare, and inline it would add its size to every
+        // connection's task for the connection's whole life.
         let slot = tokio::time::timeout(SHED_WAIT, Arc::clone(&self.slots).acquire_owned());
-        slot.await.ok()?.ok()
+        Box::pin(slot).await.ok()?.ok()
     }
 
-    /// The connection from the trust check on; the slot is held by the caller.
-    async fn served(
-        self: &Arc<Self>,
+    /// The user-space trust check and the PROXY header (a direct source's first bytes
+    /// screened instead): the stream with what was read of it to replay, what is known of
+    /// the connection, and the generation it is served by; `None` when refused (counted
+    /// and logged here). The slot is held by the caller.
+    async fn screened(
+        &self,
         stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
         protocol: Protocol,
-        activity: Arc<Activity>,
-    ) {
+    ) -> Option<(Rewind<TcpStream>, Facts, Arc<Runtime>)> {
         let accepted_at = Instant::now();
         let metrics = &self.metrics;
         let _ = stream.set_nodelay(true);
         let runtime = self.runtime.load_full();
+        let facts = |client, proxy| Facts {
+            peer,
+            client,
+            local,
+            proxy,
+            protocol,
+        };
         let Some(proxy) = &runtime.proxy else {
-            return Box::pin(self.admitted(
-                stream,
-                Facts {
-                    peer,
-                    client: peer,
-                    local,
-                    proxy: None,
-                    protocol,
-                },
-                runtime.clone(),
-                activity,
-            ))
-            .await;
+            let facts = facts(peer, None);
+            return Some((Rewind::new(stream, Vec::new(), 0), facts, runtime));
+        };
+        let deadlines = Deadlines {
+            first_byte: accepted_at + proxy.first_byte_timeout,
+            header: proxy.timeout,
         };
         match proxy.trust.class(peer.ip()) {
             None => {
                 metrics.refused_untrusted.fetch_add(1, Ordering::Relaxed);
                 debug!("refused: peer is not a trusted proxy");
-                return;
+                None
             }
-            Some(Class::Proxy) => {}
-            Some(Class::Direct) => {
-                // Boxed, as `admitted` is: a waiting connection's task stays small.
-                let deadlines = Deadlines {
-                    first_byte: accepted_at + proxy.first_byte_timeout,
-                    header: proxy.timeout,
-                };
-                let screened = Box::pin(direct::screen(stream, deadlines));
-                match screened.await {
-                    Ok(Screened::Plain(stream)) => {
-                        debug!("direct source: no PROXY header, the peer is the client");
-                        let facts = Facts {
-                            peer,
-                            client: peer,
-                            local,
-                            proxy: None,
-                            protocol,
-                        };
-                        return Box::pin(self.admitted(stream, facts, runtime.clone(), activity))
-                            .await;
-                    }
-                    Ok(Screened::Signature(version)) => {
-                        metrics
-                            .refused_direct_header
-                            .fetch_add(1, Ordering::Relaxed);
-                        debug!(version = ?version, "refused: a direct source sent a PROXY header");
-                    }
-                    Ok(Screened::NoData) => {
-                        metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
-                        debug!("direct source closed before any byte: a health check");
-                    }
-                    Ok(Screened::NoFirstByte) => {
-                        runtime
-                            .forwarder
-                            .timeouts()
-                            .bump(TimeoutKind::ProxyFirstByte);
-                        debug!("direct source: no byte before first_byte_timeout; closing");
-                    }
-                    Ok(Screened::Closed { received }) => {
-                        debug!(received, "direct source closed before its first bytes told");
-                    }
-                    Ok(Screened::Timeout { received }) => {
-                        runtime
-                            .forwarder
-                            .timeouts()
-                            .bump(TimeoutKind::DirectFirstBytes);
-                        debug!(received, "direct source: first bytes too late; closing");
-                    }
-                    Err(err) => {
-                        debug!(error = %err, "direct source: reading its first bytes failed");
-                    }
+            Some(Class::Direct) => match direct::screen(stream, deadlines).await {
+                Ok(Screened::Plain(stream)) => {
+                    debug!("direct source: no PROXY header, the peer is the client");
+                    let facts = facts(peer, None);
+                    Some((stream, facts, runtime))
                 }
-                return;
-            }
-        }
-        let deadlines = Deadlines {
-            first_byte: accepted_at + proxy.first_byte_timeout,
-            header: proxy.timeout,
-        };
-        match read_header(stream, deadlines, &proxy.limits).await {
-            Ok((info, stream)) => {
-                if info.mixed_families() {
-                    metrics.v1_mixed_families.fetch_add(1, Ordering::Relaxed);
+                Ok(Screened::Signature(version)) => {
+                    metrics
+                        .refused_direct_header
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(version = ?version, "refused: a direct source sent a PROXY header");
+                    None
                 }
-                let client = info
-                    .client()
-                    .map_or(peer, |c| SocketAddr::new(normalize(c.ip()), c.port()));
-                debug!(client = %client, version = ?info.version(), "PROXY header read");
-                let info = Some(Arc::new(info));
-                Box::pin(self.admitted(
-                    stream,
-                    Facts {
-                        peer,
-                        client,
-                        local,
-                        proxy: info,
-                        protocol,
-                    },
-                    runtime.clone(),
-                    activity,
-                ))
-                .await
-            }
-            // A trusted proxy that connects and closes is checking that the port is up.
-            Err(ReadError::NoData) => {
-                metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
-                debug!("closed before any byte: a health check");
-            }
-            Err(ReadError::NoFirstByte) => {
-                runtime
-                    .forwarder
-                    .timeouts()
-                    .bump(TimeoutKind::ProxyFirstByte);
-                debug!("no byte before first_byte_timeout; closing");
-            }
-            Err(err) => {
-                metrics.header_error(err.kind());
-                debug!(error = %err, kind = err.kind(), "refused: PROXY header");
-            }
+                Ok(Screened::NoData) => {
+                    metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                    debug!("direct source closed before any byte: a health check");
+                    None
+                }
+                Ok(Screened::NoFirstByte) => {
+                    let timeouts = runtime.forwarder.timeouts();
+                    timeouts.bump(TimeoutKind::ProxyFirstByte);
+                    debug!("direct source: no byte before first_byte_timeout; closing");
+                    None
+                }
+                Ok(Screened::Closed { received }) => {
+                    debug!(received, "direct source closed before its first bytes told");
+                    None
+                }
+                Ok(Screened::Timeout { received }) => {
+                    let timeouts = runtime.forwarder.timeouts();
+                    timeouts.bump(TimeoutKind::DirectFirstBytes);
+                    debug!(received, "direct source: first bytes too late; closing");
+                    None
+                }
+                Err(err) => {
+                    debug!(error = %err, "direct source: reading its first bytes failed");
+                    None
+                }
+            },
+            Some(Class::Proxy) => match read_header(stream, deadlines, &proxy.limits).await {
+                Ok((info, stream)) => {
+                    if info.mixed_families() {
+                        metrics.v1_mixed_families.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let client = info
+                        .client()
+                        .map_or(peer, |c| SocketAddr::new(normalize(c.ip()), c.port()));
+                    debug!(client = %client, version = ?info.version(), "PROXY header read");
+                    let facts = facts(client, Some(Arc::new(info)));
+                    Some((stream, facts, runtime))
+                }
+                // A trusted proxy that connects and closes is checking that the port is up.
+                Err(ReadError::NoData) => {
+                    metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                    debug!("closed before any byte: a health check");
+                    None
+                }
+                Err(ReadError::NoFirstByte) => {
+                    let timeouts = runtime.forwarder.timeouts();
+                    timeouts.bump(TimeoutKind::ProxyFirstByte);
+                    debug!("no byte before first_byte_timeout; closing");
+                    None
+                }
+                Err(err) => {
+                    metrics.header_error(err.kind());
+                    debug!(error = %err, kind = err.kind(), "refused: PROXY header");
+                    None
+                }
+            },
         }
     }
 
-    /// Past the trust check and the header: per-client limit, TLS, HTTP.
-    async fn admitted<S>(
+    /// Past the trust check and the header: the per-client limit (`None` when refused),
+    /// then the connection's TLS and HTTP as a future. A plain connection's HTTP is
+    /// served inline in it (the caller boxes it); a TLS one is boxed on its own, so a
+    /// plain connection does not carry the size of the handshake. The limit and the
+    /// context are settled before the future is made, so it keeps no copy of them, and
+    /// it comes boxed, so the caller's future holds only the pointer.
+    fn admitted(
         &self,
-        stream: S,
+        stream: Rewind<TcpStream>,
         facts: Facts,
         runtime: Arc<Runtime>,
         activity: Arc<Activity>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
         let Facts {
             peer,
             client,
@@ -266,14 +262,14 @@ impl Server {
             proxy,
             protocol,
         } = facts;
-        let _per_ip = match runtime.limits.max_clients_per_ip {
+        let per_ip = match runtime.limits.max_clients_per_ip {
             None => None,
             Some(max) => match self.per_ip.enter(client.ip(), max) {
                 Some(guard) => Some(guard),
                 None => {
                     self.metrics.refused_per_ip.fetch_add(1, Ordering::Relaxed);
                     debug!(client = %client, "refused: max_clients_per_ip reached");
-                    return;
+                    return None;
                 }
             },
         };
@@ -286,36 +282,33 @@ impl Server {
             proxy,
             upstream_pools: ConnPools::default(),
         };
-        // Each protocol's state is boxed on its own, so a plain connection (about 1 KB
-        // here) does not carry the size of a TLS one.
-        match protocol {
-            Protocol::Http => {
-                Box::pin(serve_http(
-                    stream,
-                    None,
-                    ctx,
-                    &runtime,
-                    self.stop.subscribe(),
-                    activity,
-                ))
-                .await
+        let stop = self.stop.subscribe();
+        Some(match protocol {
+            Protocol::Http => Box::pin(serve_http(
+                stream,
+                None,
+                Arc::new(ctx),
+                runtime,
+                (stop, per_ip),
+                activity,
+            )),
+            Protocol::Https => {
+                Box::pin(self.serve_tls(stream, ctx, runtime, (stop, per_ip), activity))
             }
-            Protocol::Https => Box::pin(self.serve_tls(stream, ctx, &runtime, activity)).await,
-        }
+        })
     }
 
     /// The TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP over it. Boxed
     /// by the caller: the handshake's state (about 3.5 KB) would otherwise be part of every
     /// plain connection's task too.
-    async fn serve_tls<S>(
+    async fn serve_tls(
         &self,
-        stream: S,
+        stream: Rewind<TcpStream>,
         mut ctx: ConnContext,
-        runtime: &Runtime,
+        runtime: Arc<Runtime>,
+        held: (watch::Receiver<bool>, Option<PerIpGuard>),
         activity: Arc<Activity>,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    ) {
         let handshake =
             tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, runtime.tls.accept(stream)).await;
         match handshake {
@@ -329,8 +322,8 @@ impl Server {
                     Some(b"h2") => Http::Two,
                     _ => Http::One,
                 };
-                let stop = self.stop.subscribe();
-                Box::pin(serve_http(stream, Some(http), ctx, runtime, stop, activity)).await
+                let ctx = Arc::new(ctx);
+                Box::pin(serve_http(stream, Some(http), ctx, runtime, held, activity)).await
             }
             Ok(Err(err)) => {
                 self.metrics.tls_error(err.kind());
@@ -374,106 +367,121 @@ where
 /// forwarder. When `stop` turns true, the connection finishes its in-flight requests and
 /// closes (h2 GOAWAY, HTTP/1.1 `Connection: close` after the current response); one still
 /// waiting for its first bytes closes at once. `connection_handling_timeout` bounds it all.
-async fn serve_http<S>(
+/// `per_ip` (the connection's count against `max_clients_per_ip`) is held to the end.
+///
+/// This future lives as long as the connection, idle or not, so what it holds is kept
+/// small: every wait that ends before the connection does (the sniff, each hyper
+/// connection and its watch) is boxed and freed when it ends, and it is written as a
+/// function returning an `async move` block, which (unlike an `async fn`) keeps no second
+/// copy of its arguments.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments"
+)]
+fn serve_http<S>(
     stream: S,
     http: Option<Http>,
-    ctx: ConnContext,
-    runtime: &Runtime,
-    mut stop: watch::Receiver<bool>,
+    ctx: Arc<ConnContext>,
+    runtime: Arc<Runtime>,
+    (mut stop, per_ip): (watch::Receiver<bool>, Option<PerIpGuard>),
     activity: Arc<Activity>,
-) where
+) -> impl Future<Output = ()> + Send
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let timeouts = &runtime.timeouts;
-    let counts = Arc::clone(runtime.forwarder.timeouts());
-    let deadline = runtime
-        .limits
-        .connection_handling_timeout
-        .map(|limit| Instant::now() + limit);
-    let (http, stream) = match http {
-        Some(http) => (http, Rewind::new(stream, Vec::new(), 0)),
-        None => {
-            let first = Instant::now() + timeouts.request_header;
-            let first = deadline.map_or(first, |d| d.min(first));
-            let sniffed = tokio::select! {
-                sniffed = within(Some(first), sniff(stream)) => sniffed,
-                () = stopped(&mut stop) => return,
-            };
-            match sniffed {
-                Some(Ok(sniffed)) => sniffed,
-                Some(Err(err)) => {
-                    debug!(client = %ctx.client, error = %err, "connection failed before its first request");
-                    return;
-                }
-                None => {
-                    counts.bump(TimeoutKind::RequestHeader);
-                    debug!(client = %ctx.client, "no request before request_header_timeout; closing");
-                    return;
+    async move {
+        // Held to the end (a reference: moved, it would be stored twice).
+        let _per_ip = &per_ip;
+        let timeouts = &runtime.timeouts;
+        let deadline = runtime
+            .limits
+            .connection_handling_timeout
+            .map(|limit| Instant::now() + limit);
+        let (http, stream) = match http {
+            Some(http) => (http, Rewind::new(stream, Vec::new(), 0)),
+            None => {
+                let first = Instant::now() + timeouts.request_header;
+                let first = deadline.map_or(first, |d| d.min(first));
+                let sniffed = tokio::select! {
+                    sniffed = Box::pin(within(Some(first), sniff(stream))) => sniffed,
+                    () = stopped(&mut stop) => return,
+                };
+                match sniffed {
+                    Some(Ok(sniffed)) => sniffed,
+                    Some(Err(err)) => {
+                        debug!(client = %ctx.client, error = %err, "connection failed before its first request");
+                        return;
+                    }
+                    None => {
+                        runtime
+                            .forwarder
+                            .timeouts()
+                            .bump(TimeoutKind::RequestHeader);
+                        debug!(client = %ctx.client, "no request before request_header_timeout; closing");
+                        return;
+                    }
                 }
             }
-        }
-    };
-    let forwarder = Arc::clone(&runtime.forwarder);
-    let ctx = Arc::new(ctx);
-    let requests = Arc::clone(&activity);
-    let heads = http == Http::One;
-    let service = service_fn(move |mut req: Request<Incoming>| {
-        let forwarder = Arc::clone(&forwarder);
-        let ctx = Arc::clone(&ctx);
-        let in_flight = requests.begin();
-        if heads {
-            requests.watch_request(&mut req);
-        }
-        async move {
-            let response = forwarder.handle(req, &ctx).await;
-            let clock = StreamClock::current();
-            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, clock)))
-        }
-    });
-    let io = Timed::new(
-        stream,
-        Arc::clone(&activity),
-        heads,
-        timeouts.send,
-        Arc::clone(&counts),
-    );
-    let watch = Watch {
-        activity,
-        heads,
-        header: timeouts.request_header,
-        keepalive: timeouts.keepalive,
-        send: timeouts.send,
-        counts: Arc::clone(&counts),
-    };
-    match http {
-        Http::One => {
-            let mut builder = http1::Builder::new();
-            builder
-                .max_header_size(to_usize(runtime.limits.request_max_header_size))
-                .max_buf_size(h1_buf_bytes(runtime.limits.request_max_header_size));
-            serve_h1(io, service, &builder, deadline, stop, watch).await;
-        }
-        Http::Two => {
-            let exec = StreamExec {
-                send: timeouts.send,
-                counts: Arc::clone(&counts),
-            };
-            let conn = http2::Builder::new(exec)
-                .timer(TokioTimer::new())
-                .keep_alive_interval(Some(H2_PING_INTERVAL))
-                .keep_alive_timeout(H2_PING_TIMEOUT)
-                .max_concurrent_streams(runtime.limits.max_concurrent_streams)
-                .max_header_list_size(runtime.limits.request_max_header_size)
-                .max_send_buf_size(DOWNSTREAM_BUF_BYTES)
-                .serve_connection(TokioIo::new(io), service);
-            drive(
-                &mut Box::pin(conn),
-                http2::Connection::graceful_shutdown,
-                deadline,
-                &mut stop,
-                &watch,
-            )
-            .await;
+        };
+        let counts = Arc::clone(runtime.forwarder.timeouts());
+        let forwarder = Arc::clone(&runtime.forwarder);
+        let requests = Arc::clone(&activity);
+        let heads = http == Http::One;
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let forwarder = Arc::clone(&forwarder);
+            let ctx = Arc::clone(&ctx);
+            let in_flight = requests.begin();
+            if heads {
+                requests.watch_request(&mut req);
+            }
+            async move {
+                let response = forwarder.handle(req, &ctx).await;
+                let clock = StreamClock::current();
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, clock)))
+            }
+        });
+        let io = Timed::new(
+            stream,
+            Arc::clone(&activity),
+            heads,
+            timeouts.send,
+            Arc::clone(&counts),
+        );
+        let watch = Watch {
+            activity,
+            heads,
+            header: timeouts.request_header,
+            keepalive: timeouts.keepalive,
+            send: timeouts.send,
+            counts,
+        };
+        match http {
+            Http::One => {
+                let limit = runtime.limits.request_max_header_size;
+                serve_h1(io, service, limit, deadline, stop, watch).await;
+            }
+            Http::Two => {
+                let exec = StreamExec {
+                    send: timeouts.send,
+                    counts: Arc::clone(&watch.counts),
+                };
+                let conn = http2::Builder::new(exec)
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(Some(H2_PING_INTERVAL))
+                    .keep_alive_timeout(H2_PING_TIMEOUT)
+                    .max_concurrent_streams(runtime.limits.max_concurrent_streams)
+                    .max_header_list_size(runtime.limits.request_max_header_size)
+                    .max_send_buf_size(DOWNSTREAM_BUF_BYTES)
+                    .serve_connection(TokioIo::new(io), service);
+                Box::pin(drive(
+                    &mut Box::pin(conn),
+                    http2::Connection::graceful_shutdown,
+                    deadline,
+                    &mut stop,
+                    &watch,
+                ))
+                .await;
+            }
         }
     }
 }
@@ -483,81 +491,175 @@ async fn serve_http<S>(
 /// for what "between" takes), its hyper connection is shut down gracefully with the
 /// stream kept open ([`Timed`] swallows the shutdown), and with it go hyper's read and
 /// write buffers: an idle keep-alive connection then holds no per-request buffer. The
-/// next request's first bytes are awaited with nothing but a small stack buffer, under
-/// the keep-alive timeout and the drain, then a new hyper connection serves them, those
-/// bytes (and any hyper had read ahead) replayed first. A connection that asked to
-/// upgrade, or whose request body was not read to its end, keeps its hyper connection.
-async fn serve_h1<S, Svc, B>(
+/// next request's first bytes are awaited by [`next_request`] with nothing but a small
+/// buffer, under the keep-alive timeout and the drain, then a new hyper connection
+/// serves them, those bytes (and any hyper had read ahead) replayed first. A connection
+/// that asked to upgrade, or whose request body was not read to its end, keeps its hyper
+/// connection. Like [`serve_http`], a function returning an `async move` block, so it
+/// holds one copy of its arguments.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments"
+)]
+fn serve_h1<S, Svc, B>(
     mut io: Timed<Rewind<S>>,
     mut service: Svc,
-    builder: &http1::Builder,
+    request_max_header_size: u32,
     deadline: Option<Instant>,
     mut stop: watch::Receiver<bool>,
     watch: Watch,
-) where
+) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: HttpService<Incoming, ResBody = B> + Unpin + Send + 'static,
+    Svc::Future: Send,
+    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    async move {
+        loop {
+            io.set_serving(true);
+            let mut conn = h1_connection(io, service, request_max_header_size);
+            let driven = Box::pin(drive(
+                &mut conn,
+                http1::UpgradeableConnection::graceful_shutdown,
+                deadline,
+                &mut stop,
+                &watch,
+            ))
+            .await;
+            watch.activity.end_release();
+            if driven != Driven::Released {
+                return;
+            }
+            match released(conn) {
+                Some(released) => (io, service) = released,
+                None => return,
+            }
+            io.set_serving(false);
+            if !io.get_ref().buffered().is_empty() {
+                continue;
+            }
+            if !next_request(&mut io, deadline, &mut stop, &watch).await {
+                return;
+            }
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 connection (with upgrades) over a downstream stream.
+type H1Connection<S, Svc> = http1::UpgradeableConnection<TokioIo<Timed<Rewind<S>>>, Svc>;
+
+/// A hyper HTTP/1.1 connection (with upgrades) over `io`, boxed: [`drive`] and the
+/// futures that wrap it would otherwise each hold a copy of its space.
+fn h1_connection<S, Svc, B>(
+    io: Timed<Rewind<S>>,
+    service: Svc,
+    request_max_header_size: u32,
+) -> Pin<Box<H1Connection<S, Svc>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: HttpService<Incoming, ResBody = B>,
+    Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .max_header_size(to_usize(request_max_header_size))
+        .max_buf_size(h1_buf_bytes(request_max_header_size));
+    Box::pin(
+        builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades(),
+    )
+}
+
+/// The stream and service of a hyper connection let go of between requests, with any
+/// bytes hyper had read ahead put back to be replayed; `None` if hyper gives them back
+/// no longer (an upgrade took them).
+fn released<S, Svc, B>(conn: Pin<Box<H1Connection<S, Svc>>>) -> Option<(Timed<Rewind<S>>, Svc)>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     Svc: HttpService<Incoming, ResBody = B> + Unpin,
     Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let parts = Pin::into_inner(conn).into_parts()?;
+    let mut io = parts.io.into_inner();
+    // `read_buf` is a view of hyper's whole read buffer: copied out of, then dropped
+    // with the rest of `parts`, so the buffer does not live on through the wait.
+    io.get_mut().replay(&parts.read_buf);
+    Some((io, parts.service))
+}
+
+/// Waits, holding no hyper connection, for the first bytes of the next request on `io`,
+/// and puts them back to be replayed: `true` when they came, `false` when the connection
+/// is done (closed by the client, failed, drained, idle past `keepalive_timeout`, or at
+/// `connection_handling_timeout`). One timer serves both deadlines, and the drain is
+/// watched by `changed()`: this is the state an idle keep-alive connection is in, so it
+/// is kept small.
+async fn next_request<S>(
+    io: &mut Timed<Rewind<S>>,
+    deadline: Option<Instant>,
+    stop: &mut watch::Receiver<bool>,
+    watch: &Watch,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut first = [0u8; NEXT_HEAD_FIRST_READ_BYTES];
+    let mut stop_gone = false;
     loop {
-        io.set_serving(true);
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        let mut conn = Box::pin(conn);
-        let driven = drive(
-            &mut conn,
-            http1::UpgradeableConnection::graceful_shutdown,
-            deadline,
-            &mut stop,
-            &watch,
-        )
-        .await;
-        watch.activity.end_release();
-        if driven != Driven::Released {
-            return;
+        if *stop.borrow_and_update() {
+            return false;
         }
-        let Some(parts) = Pin::into_inner(conn).into_parts() else {
-            return;
-        };
-        io = parts.io.into_inner();
-        service = parts.service;
-        io.set_serving(false);
-        // `read_buf` is a view of hyper's whole read buffer: copied out of, then dropped,
-        // or the buffer would live on through the wait.
-        let read_ahead = parts.read_buf;
-        io.get_mut().replay(&read_ahead);
-        drop(read_ahead);
-        if !io.get_ref().buffered().is_empty() {
-            continue;
-        }
-        let mut first = [0u8; NEXT_HEAD_FIRST_READ_BYTES];
-        let read = tokio::select! {
-            read = within(deadline, io.read(&mut first)) => read,
-            () = stopped(&mut stop) => return,
-            expired = clock::expiry(&watch.activity, true, watch.header, watch.keepalive) => {
+        let now = Instant::now();
+        let wake = match clock::expiry_or_wake(
+            &watch.activity,
+            true,
+            watch.header,
+            watch.keepalive,
+            now,
+        ) {
+            Ok(expired) => {
                 let kind = match expired {
                     Expiry::Keepalive => TimeoutKind::Keepalive,
                     Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
                 };
                 watch.counts.bump(kind);
-                debug!(timeout = kind.label(), "connection waited too long; closing");
-                return;
+                debug!(
+                    timeout = kind.label(),
+                    "connection waited too long; closing"
+                );
+                return false;
             }
+            Err(wake) => wake,
         };
-        match read {
-            Some(Ok(n)) if n > 0 => io.get_mut().replay(first.get(..n).unwrap_or_default()),
-            Some(Ok(_)) => return,
-            Some(Err(err)) => {
-                debug!(error = %err, "connection failed between requests");
-                return;
+        if deadline.is_some_and(|deadline| deadline <= now) {
+            debug!("connection_handling_timeout reached; closing");
+            return false;
+        }
+        let wake = deadline.map_or(wake, |deadline| deadline.min(wake));
+        tokio::select! {
+            read = io.read(&mut first) => {
+                return match read {
+                    Ok(0) => false,
+                    Ok(n) => {
+                        io.get_mut().replay(first.get(..n).unwrap_or_default());
+                        true
+                    }
+                    Err(err) => {
+                        debug!(error = %err, "connection failed between requests");
+                        false
+                    }
+                };
             }
-            None => {
-                debug!("connection_handling_timeout reached; closing");
-                return;
-            }
+            changed = stop.changed(), if !stop_gone => stop_gone = changed.is_err(),
+            () = tokio::time::sleep_until(wake) => {}
         }
     }
 }

@@ -499,14 +499,8 @@ impl Server {
                     }
                     let server = Arc::clone(&self);
                     let span = debug_span!("conn", peer = %peer, listener = %bound.addr);
-                    tokio::spawn(
-                        async move {
-                            server
-                                .connection(stream, peer, bound.addr, bound.protocol)
-                                .await
-                        }
-                        .instrument(span),
-                    );
+                    let connection = server.connection(stream, peer, bound.addr, bound.protocol);
+                    tokio::spawn(connection.instrument(span));
                 }
                 Err(err) if is_transient(&err) => continue,
                 Err(err) => {

@@ -14,7 +14,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
 use tokio::sync::watch;
@@ -28,6 +27,8 @@ use crate::proxy_protocol::Rewind;
 const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
 const POST: &[u8] = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
 const KEEPALIVE: Duration = Duration::from_secs(75);
+/// `request_max_header_size`'s default.
+const REQUEST_MAX_HEADER_SIZE: u32 = 64 << 10;
 
 /// The server side of the connection, noting the room of every read that had to wait.
 struct Probe {
@@ -121,8 +122,7 @@ fn serve(tell_body_end: bool) -> Served {
         counts: Arc::clone(&counts),
     };
     tokio::spawn(async move {
-        let builder = http1::Builder::new();
-        serve_h1(io, service, &builder, None, stop, watch).await;
+        serve_h1(io, service, REQUEST_MAX_HEADER_SIZE, None, stop, watch).await;
     });
     Served {
         client,
