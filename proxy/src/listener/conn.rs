@@ -48,6 +48,15 @@ const SNIFF_BYTES: usize = 4096;
 /// How long a new connection waits for the slot of the idle connection it had shed.
 const SHED_WAIT: Duration = Duration::from_secs(1);
 
+/// A connection as the accept loop hands it to [`Server::connection`].
+pub(super) struct Accepted {
+    pub(super) stream: TcpStream,
+    pub(super) peer: SocketAddr,
+    /// The listener's address.
+    pub(super) local: SocketAddr,
+    pub(super) protocol: Protocol,
+}
+
 /// What is known of a connection once its PROXY header is read.
 struct Facts {
     peer: SocketAddr,
@@ -56,6 +65,22 @@ struct Facts {
     local: SocketAddr,
     proxy: Option<Arc<proxy_protocol::ProxyInfo>>,
     protocol: Protocol,
+}
+
+/// What [`serve_http`] serves a connection with. It comes boxed, and is unpacked and
+/// freed as the future starts: a future keeps the space of what it was given for its
+/// whole life, even once that is moved out, and this one lives as long as the connection.
+struct Serving<S> {
+    stream: S,
+    /// Known on TLS (by ALPN); `None`: sniffed from the first bytes.
+    http: Option<Http>,
+    ctx: ConnContext,
+    runtime: Arc<Runtime>,
+    /// Turns true when the server drains.
+    stop: watch::Receiver<bool>,
+    /// The connection's count against `max_clients_per_ip`, held to its end.
+    per_ip: Option<PerIpGuard>,
+    activity: Arc<Activity>,
 }
 
 /// The HTTP a connection speaks.
@@ -72,17 +97,15 @@ impl Server {
     /// idle keep-alive connection (10,000 of them may be open) would otherwise carry the
     /// header reader's space for its whole life. Written as a function returning an
     /// `async move` block, not an `async fn`: an `async fn` keeps a copy of its arguments
-    /// beside the locals it moves them into.
+    /// beside the locals it moves them into. The connection comes boxed: a future keeps
+    /// the space of what it was given for its whole life, even once that is moved out.
     #[allow(
         clippy::manual_async_fn,
         reason = "an async fn would keep a second copy of its arguments"
     )]
     pub(super) fn connection(
         self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        local: SocketAddr,
-        protocol: Protocol,
+        accepted: Box<Accepted>,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
             self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
@@ -99,11 +122,12 @@ impl Server {
             let served = async {
                 // One expression, so that no binding keeps the screened values' space
                 // through the wait that follows.
-                let admitted = Box::pin(self.screened(stream, peer, local, protocol))
-                    .await
-                    .and_then(|(stream, facts, runtime)| {
-                        self.admitted(stream, facts, runtime, Arc::clone(&activity))
-                    });
+                let admitted =
+                    Box::pin(self.screened(accepted))
+                        .await
+                        .and_then(|(stream, facts, runtime)| {
+                            self.admitted(stream, facts, runtime, Arc::clone(&activity))
+                        });
                 if let Some(admitted) = admitted {
                     admitted.await;
                 }
@@ -140,11 +164,14 @@ impl Server {
     /// and logged here). The slot is held by the caller.
     async fn screened(
         &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        local: SocketAddr,
-        protocol: Protocol,
+        accepted: Box<Accepted>,
     ) -> Option<(Rewind<TcpStream>, Facts, Arc<Runtime>)> {
+        let Accepted {
+            stream,
+            peer,
+            local,
+            protocol,
+        } = *accepted;
         let accepted_at = Instant::now();
         let metrics = &self.metrics;
         let _ = stream.set_nodelay(true);
@@ -282,33 +309,34 @@ impl Server {
             proxy,
             upstream_pools: ConnPools::default(),
         };
-        let stop = self.stop.subscribe();
+        let serving = Box::new(Serving {
+            stream,
+            http: None,
+            ctx,
+            runtime,
+            stop: self.stop.subscribe(),
+            per_ip,
+            activity,
+        });
         Some(match protocol {
-            Protocol::Http => Box::pin(serve_http(
-                stream,
-                None,
-                Arc::new(ctx),
-                runtime,
-                (stop, per_ip),
-                activity,
-            )),
-            Protocol::Https => {
-                Box::pin(self.serve_tls(stream, ctx, runtime, (stop, per_ip), activity))
-            }
+            Protocol::Http => Box::pin(serve_http(serving)),
+            Protocol::Https => Box::pin(self.serve_tls(serving)),
         })
     }
 
     /// The TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP over it. Boxed
     /// by the caller: the handshake's state (about 3.5 KB) would otherwise be part of every
     /// plain connection's task too.
-    async fn serve_tls(
-        &self,
-        stream: Rewind<TcpStream>,
-        mut ctx: ConnContext,
-        runtime: Arc<Runtime>,
-        held: (watch::Receiver<bool>, Option<PerIpGuard>),
-        activity: Arc<Activity>,
-    ) {
+    async fn serve_tls(&self, serving: Box<Serving<Rewind<TcpStream>>>) {
+        let Serving {
+            stream,
+            http: _,
+            mut ctx,
+            runtime,
+            stop,
+            per_ip,
+            activity,
+        } = *serving;
         let handshake =
             tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, runtime.tls.accept(stream)).await;
         match handshake {
@@ -322,8 +350,16 @@ impl Server {
                     Some(b"h2") => Http::Two,
                     _ => Http::One,
                 };
-                let ctx = Arc::new(ctx);
-                Box::pin(serve_http(stream, Some(http), ctx, runtime, held, activity)).await
+                let serving = Box::new(Serving {
+                    stream,
+                    http: Some(http),
+                    ctx,
+                    runtime,
+                    stop,
+                    per_ip,
+                    activity,
+                });
+                Box::pin(serve_http(serving)).await
             }
             Ok(Err(err)) => {
                 self.metrics.tls_error(err.kind());
@@ -367,31 +403,32 @@ where
 /// forwarder. When `stop` turns true, the connection finishes its in-flight requests and
 /// closes (h2 GOAWAY, HTTP/1.1 `Connection: close` after the current response); one still
 /// waiting for its first bytes closes at once. `connection_handling_timeout` bounds it all.
-/// `per_ip` (the connection's count against `max_clients_per_ip`) is held to the end.
 ///
 /// This future lives as long as the connection, idle or not, so what it holds is kept
 /// small: every wait that ends before the connection does (the sniff, each hyper
-/// connection and its watch) is boxed and freed when it ends, and it is written as a
-/// function returning an `async move` block, which (unlike an `async fn`) keeps no second
-/// copy of its arguments.
+/// connection and its watch) is boxed and freed when it ends, its inputs come boxed (see
+/// [`Serving`]), and it is written as a function returning an `async move` block, which
+/// (unlike an `async fn`) keeps no second copy of its arguments.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of its arguments"
 )]
-fn serve_http<S>(
-    stream: S,
-    http: Option<Http>,
-    ctx: Arc<ConnContext>,
-    runtime: Arc<Runtime>,
-    (mut stop, per_ip): (watch::Receiver<bool>, Option<PerIpGuard>),
-    activity: Arc<Activity>,
-) -> impl Future<Output = ()> + Send
+fn serve_http<S>(serving: Box<Serving<S>>) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
-        // Held to the end (a reference: moved, it would be stored twice).
-        let _per_ip = &per_ip;
+        let Serving {
+            stream,
+            http,
+            ctx,
+            runtime,
+            mut stop,
+            per_ip,
+            activity,
+        } = *serving;
+        // Held to the end.
+        let _per_ip = per_ip;
         let timeouts = &runtime.timeouts;
         let deadline = runtime
             .limits
@@ -425,6 +462,7 @@ where
         };
         let counts = Arc::clone(runtime.forwarder.timeouts());
         let forwarder = Arc::clone(&runtime.forwarder);
+        let ctx = Arc::new(ctx);
         let requests = Arc::clone(&activity);
         let heads = http == Http::One;
         let service = service_fn(move |mut req: Request<Incoming>| {
@@ -664,9 +702,10 @@ where
     }
 }
 
-/// What [`serve_h1`] reads of the next request while it holds no hyper connection: on
-/// the task's stack frame, not the heap. hyper reads the rest.
-const NEXT_HEAD_FIRST_READ_BYTES: usize = 64;
+/// What [`serve_h1`] reads of the next request while it holds no hyper connection, in
+/// the connection's future (held by every idle connection, so small); hyper reads the
+/// rest. A request head after an idle spell costs one read more than under hyper.
+const NEXT_HEAD_FIRST_READ_BYTES: usize = 16;
 
 /// The ceiling on what a downstream connection buffers: an HTTP/1.1 connection's read
 /// buffer and its queue of bytes waiting to be written (hyper's `max_buf_size`, whose

@@ -30,7 +30,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use bind::Reserved;
 pub use bind::{Bound, bind_all};
-use conn::PerIp;
+use conn::{Accepted, PerIp};
 use shed::Shed;
 
 use crate::access_log::AccessLog;
@@ -499,7 +499,13 @@ impl Server {
                     }
                     let server = Arc::clone(&self);
                     let span = debug_span!("conn", peer = %peer, listener = %bound.addr);
-                    let connection = server.connection(stream, peer, bound.addr, bound.protocol);
+                    let accepted = Box::new(Accepted {
+                        stream,
+                        peer,
+                        local: bound.addr,
+                        protocol: bound.protocol,
+                    });
+                    let connection = server.connection(accepted);
                     tokio::spawn(connection.instrument(span));
                 }
                 Err(err) if is_transient(&err) => continue,
