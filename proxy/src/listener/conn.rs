@@ -83,6 +83,14 @@ struct Serving<S> {
     activity: Arc<Activity>,
 }
 
+/// `boxed`'s value, its allocation freed now: moving out of a `Box` binding frees the
+/// allocation only where the binding goes out of scope, which for a future's argument is
+/// the future's end.
+#[allow(clippy::boxed_local, reason = "taking the box is the point")]
+fn unboxed<T>(boxed: Box<T>) -> T {
+    *boxed
+}
+
 /// The HTTP a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Http {
@@ -171,7 +179,7 @@ impl Server {
             peer,
             local,
             protocol,
-        } = *accepted;
+        } = unboxed(accepted);
         let accepted_at = Instant::now();
         let metrics = &self.metrics;
         let _ = stream.set_nodelay(true);
@@ -336,7 +344,7 @@ impl Server {
             stop,
             per_ip,
             activity,
-        } = *serving;
+        } = unboxed(serving);
         let handshake =
             tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, runtime.tls.accept(stream)).await;
         match handshake {
@@ -426,7 +434,7 @@ where
             mut stop,
             per_ip,
             activity,
-        } = *serving;
+        } = unboxed(serving);
         // Held to the end.
         let _per_ip = per_ip;
         let timeouts = &runtime.timeouts;
