@@ -62,7 +62,7 @@ pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 const UPSTREAM_WARN_PERIOD: Duration = Duration::from_secs(10);
 
 /// What the listener knows about the connection a request came on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ConnContext {
     /// The client: recovered from the PROXY header, else the TCP peer.
     pub client: SocketAddr,

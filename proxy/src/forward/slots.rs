@@ -237,9 +237,9 @@ impl<T: Write + Unpin> Write for Slotted<T> {
 }
 
 /// The per-connection cap on upstream requests in flight, made on first use with the
-/// cap of the forwarder that first uses it. Clones share it.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Turns(Arc<OnceLock<Arc<Semaphore>>>);
+/// cap of the forwarder that first uses it.
+#[derive(Debug, Default)]
+pub(super) struct Turns(OnceLock<Arc<Semaphore>>);
 
 impl Turns {
     /// A turn to send a request upstream, held until its response has ended: at once

@@ -70,8 +70,9 @@ struct Facts {
 /// What [`serve_http`] serves a connection with. It comes boxed, and is unpacked and
 /// freed as the future starts: a future keeps the space of what it was given for its
 /// whole life, even once that is moved out, and this one lives as long as the connection.
-struct Serving<S> {
-    stream: S,
+struct ToServe<S> {
+    /// The client stream, with what was read of it and is still to be replayed.
+    stream: Rewind<S>,
     /// Known on TLS (by ALPN); `None`: sniffed from the first bytes.
     http: Option<Http>,
     ctx: ConnContext,
@@ -317,7 +318,7 @@ impl Server {
             proxy,
             upstream_pools: ConnPools::default(),
         };
-        let serving = Box::new(Serving {
+        let serving = Box::new(ToServe {
             stream,
             http: None,
             ctx,
@@ -335,8 +336,8 @@ impl Server {
     /// The TLS handshake (bounded by [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP over it. Boxed
     /// by the caller: the handshake's state (about 3.5 KB) would otherwise be part of every
     /// plain connection's task too.
-    async fn serve_tls(&self, serving: Box<Serving<Rewind<TcpStream>>>) {
-        let Serving {
+    async fn serve_tls(&self, serving: Box<ToServe<TcpStream>>) {
+        let ToServe {
             stream,
             http: _,
             mut ctx,
@@ -358,8 +359,8 @@ impl Server {
                     Some(b"h2") => Http::Two,
                     _ => Http::One,
                 };
-                let serving = Box::new(Serving {
-                    stream,
+                let serving = Box::new(ToServe {
+                    stream: Rewind::new(stream, Vec::new(), 0),
                     http: Some(http),
                     ctx,
                     runtime,
@@ -383,11 +384,12 @@ impl Server {
 
 /// Reads a plain connection's first bytes, as many as have arrived (up to
 /// [`SNIFF_BYTES`]), until they are known to be the h2 preface or not to be. The bytes are
-/// replayed to the server. This is what hyper-util's `auto` server does, but that reads the
+/// put back in `stream`, to be replayed to the server. This is what hyper-util's `auto`
+/// server does, but that reads the
 /// first 24 bytes apart, and hyper's HTTP/1.1 reader, given a first piece too short for a
 /// whole request head, then doubles its read buffer to 16 KB (a reallocation on every new
 /// connection, and 8 KB more held by every idle one).
-async fn sniff<S>(mut stream: S) -> std::io::Result<(Http, Rewind<S>)>
+async fn sniff<S>(mut stream: Rewind<S>) -> std::io::Result<(Http, Rewind<S>)>
 where
     S: AsyncRead + Unpin,
 {
@@ -402,7 +404,8 @@ where
             break Http::Two;
         }
     };
-    Ok((http, Rewind::new(stream, buf, 0)))
+    stream.replay_owned(buf);
+    Ok((http, stream))
 }
 
 /// Serves HTTP/1.1 (with upgrades) or h2 on one connection: `http`, else what [`sniff`]
@@ -415,18 +418,18 @@ where
 /// This future lives as long as the connection, idle or not, so what it holds is kept
 /// small: every wait that ends before the connection does (the sniff, each hyper
 /// connection and its watch) is boxed and freed when it ends, its inputs come boxed (see
-/// [`Serving`]), and it is written as a function returning an `async move` block, which
+/// [`ToServe`]), and it is written as a function returning an `async move` block, which
 /// (unlike an `async fn`) keeps no second copy of its arguments.
 #[allow(
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of its arguments"
 )]
-fn serve_http<S>(serving: Box<Serving<S>>) -> impl Future<Output = ()> + Send
+fn serve_http<S>(serving: Box<ToServe<S>>) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
-        let Serving {
+        let ToServe {
             stream,
             http,
             ctx,
@@ -443,7 +446,7 @@ where
             .connection_handling_timeout
             .map(|limit| Instant::now() + limit);
         let (http, stream) = match http {
-            Some(http) => (http, Rewind::new(stream, Vec::new(), 0)),
+            Some(http) => (http, stream),
             None => {
                 let first = Instant::now() + timeouts.request_header;
                 let first = deadline.map_or(first, |d| d.min(first));
@@ -496,10 +499,7 @@ where
         let watch = Watch {
             activity,
             heads,
-            header: timeouts.request_header,
-            keepalive: timeouts.keepalive,
-            send: timeouts.send,
-            counts,
+            limits: Arc::clone(&runtime.wait_limits),
         };
         match http {
             Http::One => {
@@ -509,7 +509,7 @@ where
             Http::Two => {
                 let exec = StreamExec {
                     send: timeouts.send,
-                    counts: Arc::clone(&watch.counts),
+                    counts: Arc::clone(&watch.limits.counts),
                 };
                 let conn = http2::Builder::new(exec)
                     .timer(TokioTimer::new())
@@ -648,65 +648,73 @@ where
 /// `connection_handling_timeout`). One timer serves both deadlines, and the drain is
 /// watched by `changed()`: this is the state an idle keep-alive connection is in, so it
 /// is kept small.
-async fn next_request<S>(
-    io: &mut Timed<Rewind<S>>,
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep a second copy of its arguments"
+)]
+fn next_request<'a, S>(
+    io: &'a mut Timed<Rewind<S>>,
     deadline: Option<Instant>,
-    stop: &mut watch::Receiver<bool>,
-    watch: &Watch,
-) -> bool
+    stop: &'a mut watch::Receiver<bool>,
+    watch: &'a Watch,
+) -> impl Future<Output = bool> + Send + 'a
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut first = [0u8; NEXT_HEAD_FIRST_READ_BYTES];
-    let mut stop_gone = false;
-    loop {
-        if *stop.borrow_and_update() {
-            return false;
-        }
-        let now = Instant::now();
-        let wake = match clock::expiry_or_wake(
-            &watch.activity,
-            true,
-            watch.header,
-            watch.keepalive,
-            now,
-        ) {
-            Ok(expired) => {
-                let kind = match expired {
-                    Expiry::Keepalive => TimeoutKind::Keepalive,
-                    Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
-                };
-                watch.counts.bump(kind);
-                debug!(
-                    timeout = kind.label(),
-                    "connection waited too long; closing"
-                );
+    async move {
+        let mut first = [0u8; NEXT_HEAD_FIRST_READ_BYTES];
+        let mut stop_gone = false;
+        loop {
+            if *stop.borrow_and_update() {
                 return false;
             }
-            Err(wake) => wake,
-        };
-        if deadline.is_some_and(|deadline| deadline <= now) {
-            debug!("connection_handling_timeout reached; closing");
-            return false;
-        }
-        let wake = deadline.map_or(wake, |deadline| deadline.min(wake));
-        tokio::select! {
-            read = io.read(&mut first) => {
-                return match read {
-                    Ok(0) => false,
-                    Ok(n) => {
-                        io.get_mut().replay(first.get(..n).unwrap_or_default());
-                        true
-                    }
-                    Err(err) => {
-                        debug!(error = %err, "connection failed between requests");
-                        false
-                    }
-                };
+            let Some(wake) = idle_wake(watch, deadline) else {
+                return false;
+            };
+            tokio::select! {
+                read = io.read(&mut first) => {
+                    return match read {
+                        Ok(0) => false,
+                        Ok(n) => {
+                            io.get_mut().replay(first.get(..n).unwrap_or_default());
+                            true
+                        }
+                        Err(err) => {
+                            debug!(error = %err, "connection failed between requests");
+                            false
+                        }
+                    };
+                }
+                changed = stop.changed(), if !stop_gone => stop_gone = changed.is_err(),
+                () = tokio::time::sleep_until(wake) => {}
             }
-            changed = stop.changed(), if !stop_gone => stop_gone = changed.is_err(),
-            () = tokio::time::sleep_until(wake) => {}
         }
+    }
+}
+
+/// When [`next_request`] looks again: the next time the keep-alive may have run out, or
+/// `deadline` if sooner; `None` (counted and logged) when one of them already has.
+fn idle_wake(watch: &Watch, deadline: Option<Instant>) -> Option<Instant> {
+    let now = Instant::now();
+    let limits = &*watch.limits;
+    match clock::expiry_or_wake(&watch.activity, true, limits.header, limits.keepalive, now) {
+        Ok(expired) => {
+            let kind = match expired {
+                Expiry::Keepalive => TimeoutKind::Keepalive,
+                Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
+            };
+            limits.counts.bump(kind);
+            debug!(
+                timeout = kind.label(),
+                "connection waited too long; closing"
+            );
+            None
+        }
+        Err(_) if deadline.is_some_and(|deadline| deadline <= now) => {
+            debug!("connection_handling_timeout reached; closing");
+            None
+        }
+        Err(wake) => Some(deadline.map_or(wake, |deadline| deadline.min(wake))),
     }
 }
 
@@ -746,11 +754,18 @@ struct Watch {
     activity: Arc<Activity>,
     /// HTTP/1: requests have heads to time.
     heads: bool,
+    limits: Arc<WaitLimits>,
+}
+
+/// The waits [`drive`] and [`next_request`] bound, and where their expiries are counted:
+/// one per generation, shared by its connections (each idle connection would otherwise
+/// carry its own copy).
+pub(super) struct WaitLimits {
     /// `request_header_timeout`, `keepalive_timeout`, `send_timeout`.
-    header: Duration,
-    keepalive: Duration,
-    send: Duration,
-    counts: Arc<TimeoutCounts>,
+    pub(super) header: Duration,
+    pub(super) keepalive: Duration,
+    pub(super) send: Duration,
+    pub(super) counts: Arc<TimeoutCounts>,
 }
 
 /// Runs a server connection to its end, or to `deadline`; when `stop` turns true, starts
@@ -773,6 +788,7 @@ where
     C: Future<Output = Result<(), hyper::Error>>,
 {
     let activity = &*watch.activity;
+    let limits = &*watch.limits;
     let drained = async {
         let expired = loop {
             tokio::select! {
@@ -787,14 +803,14 @@ where
                         return Some((conn.as_mut().await, Driven::Released));
                     }
                 }
-                expired = clock::expiry(activity, watch.heads, watch.header, watch.keepalive) => break expired,
+                expired = clock::expiry(activity, watch.heads, limits.header, limits.keepalive) => break expired,
             }
         };
         let kind = match expired {
             Expiry::Keepalive => TimeoutKind::Keepalive,
             Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
         };
-        watch.counts.bump(kind);
+        limits.counts.bump(kind);
         debug!(
             timeout = kind.label(),
             "connection waited too long; closing"
@@ -804,7 +820,7 @@ where
             _ if watch.heads => return None,
             _ => shutdown(conn.as_mut()),
         }
-        within(Some(Instant::now() + watch.send), conn.as_mut())
+        within(Some(Instant::now() + limits.send), conn.as_mut())
             .await
             .map(|result| (result, Driven::Ended))
     };
@@ -920,6 +936,7 @@ mod tests {
         for part in parts.iter().rev() {
             stream = Box::new(AsyncReadExt::chain(*part, stream));
         }
+        let stream = Rewind::new(stream, Vec::new(), 0);
         let (http, mut replay) = sniff(stream).await.expect("reads from memory");
         let mut all = Vec::new();
         replay

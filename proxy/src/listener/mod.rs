@@ -30,7 +30,7 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use bind::Reserved;
 pub use bind::{Bound, bind_all};
-use conn::{Accepted, PerIp};
+use conn::{Accepted, PerIp, WaitLimits};
 use shed::Shed;
 
 use crate::access_log::AccessLog;
@@ -102,6 +102,8 @@ pub struct Runtime {
     proxy: Option<ProxySettings>,
     limits: Limits,
     timeouts: Timeouts,
+    /// What each connection's watchdog reads (see `conn::WaitLimits`).
+    wait_limits: Arc<WaitLimits>,
 }
 
 impl Runtime {
@@ -134,6 +136,12 @@ impl Runtime {
         forwarder: Forwarder,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, ListenerError> {
+        let wait_limits = Arc::new(WaitLimits {
+            header: config.timeouts.request_header,
+            keepalive: config.timeouts.keepalive,
+            send: config.timeouts.send,
+            counts: Arc::clone(forwarder.timeouts()),
+        });
         Ok(Runtime {
             forwarder: Arc::new(forwarder),
             kernel_filter: config
@@ -152,6 +160,7 @@ impl Runtime {
             }),
             limits: config.limits.clone(),
             timeouts: config.timeouts,
+            wait_limits,
         })
     }
 }

@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream
 use tokio::sync::watch;
 
 use super::clock::{Activity, RELEASE_AFTER, Timed, Tracked};
-use super::{NEXT_HEAD_FIRST_READ_BYTES, Watch, serve_h1};
+use super::{NEXT_HEAD_FIRST_READ_BYTES, WaitLimits, Watch, serve_h1};
 use crate::forward::BodyEnd;
 use crate::metrics::{TimeoutCounts, TimeoutKind};
 use crate::proxy_protocol::Rewind;
@@ -116,10 +116,12 @@ fn serve(tell_body_end: bool) -> Served {
     let watch = Watch {
         activity,
         heads: true,
-        header: Duration::from_secs(60),
-        keepalive: KEEPALIVE,
-        send: Duration::from_secs(60),
-        counts: Arc::clone(&counts),
+        limits: Arc::new(WaitLimits {
+            header: Duration::from_secs(60),
+            keepalive: KEEPALIVE,
+            send: Duration::from_secs(60),
+            counts: Arc::clone(&counts),
+        }),
     };
     tokio::spawn(async move {
         serve_h1(io, service, REQUEST_MAX_HEADER_SIZE, None, stop, watch).await;

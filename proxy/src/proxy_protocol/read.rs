@@ -244,6 +244,18 @@ impl<S> Rewind<S> {
         self.pos = 0;
     }
 
+    /// Puts `bytes` back, to be replayed before what is still buffered; taken as they are
+    /// when nothing is (the usual case: no copy).
+    pub fn replay_owned(&mut self, bytes: Vec<u8>) {
+        if self.buffered().is_empty() {
+            self.buffered = bytes;
+            self.pos = 0;
+            self.release_if_replayed();
+        } else {
+            self.replay(&bytes);
+        }
+    }
+
     /// The inner stream and the bytes not yet replayed.
     pub fn into_parts(mut self) -> (S, Vec<u8>) {
         self.buffered.drain(..self.pos);
