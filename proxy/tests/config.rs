@@ -550,7 +550,7 @@ fn error_messages_name_the_file_key_value_and_the_fix() {
         (
             cfg("listen_port = 80", "[apps.b]\nallowhosts = [\"127.0.0.1\"]"),
             "t.toml: unknown key apps.b.allowhosts; it is neither an rpxy nor a trustgate key (see \
-             the README's configuration reference); unknown keys are refused so that a typo cannot silently change behaviour",
+             docs/config.md); unknown keys are refused so that a typo cannot silently change behaviour",
         ),
         (
             pp("timeout = 50"),

@@ -105,7 +105,7 @@ impl fmt::Display for KeyHint {
             }
             KeyHint::BelongsIn(table) => write!(f, "; this key belongs in [{table}]"),
             KeyHint::Nothing => f.write_str(
-                "; it is neither an rpxy nor a trustgate key (see the README's configuration reference); \
+                "; it is neither an rpxy nor a trustgate key (see docs/config.md); \
                  unknown keys are refused so that a typo cannot silently change behaviour",
             ),
         }

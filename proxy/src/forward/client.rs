@@ -27,8 +27,8 @@ use crate::config::UpstreamHttp;
 /// much, and each piece handed down pins its buffer until the client has taken it, so
 /// this bounds the memory a flowing response holds: about 120 KiB per download at 32 KiB,
 /// about 170 KiB at 64 KiB, for 10-25% more throughput (`cargo xtask bench download`,
-/// README). It also bounds a response head: an upstream head larger than this fails the
-/// request (a 502; nginx's default `proxy_buffer_size` is 4–8 KiB).
+/// docs/benchmarks.md). It also bounds a response head: an upstream head larger than this
+/// fails the request (a 502; nginx's default `proxy_buffer_size` is 4–8 KiB).
 pub(super) const UPSTREAM_BUF_BYTES: usize = 32 << 10;
 
 /// An h2 upstream stream's receive window: the response bytes one stream may hold here
