@@ -307,17 +307,28 @@ pub(super) fn expiry_or_wake(
     }
 }
 
+/// The waits a connection's watchdog and [`Timed`] bound, and where their expiries are
+/// counted: one per generation, shared by its connections (each idle connection would
+/// otherwise carry its own copy).
+pub(super) struct WaitLimits {
+    /// `request_header_timeout`, `keepalive_timeout`, `send_timeout`.
+    pub(super) header: Duration,
+    pub(super) keepalive: Duration,
+    pub(super) send: Duration,
+    pub(super) counts: Arc<TimeoutCounts>,
+}
+
 /// The client stream, timed: see the module header.
 pub(super) struct Timed<S> {
     inner: S,
     activity: Arc<Activity>,
     /// HTTP/1: reads while idle begin a request head.
     heads: bool,
-    send: Duration,
     /// Since when a write has been stalled, while one is.
     stalled: Option<Instant>,
     stall: Deadline,
-    counts: Arc<TimeoutCounts>,
+    /// `send` bounds a stalled write.
+    limits: Arc<WaitLimits>,
     /// HTTP/1: hyper is reading through this stream (not the serving loop between two
     /// hyper connections), so an idle read may find the connection due for release.
     serving: bool,
@@ -329,17 +340,15 @@ impl<S> Timed<S> {
         inner: S,
         activity: Arc<Activity>,
         heads: bool,
-        send: Duration,
-        counts: Arc<TimeoutCounts>,
+        limits: Arc<WaitLimits>,
     ) -> Timed<S> {
         Timed {
             inner,
             activity,
             heads,
-            send,
             stalled: None,
             stall: Deadline::default(),
-            counts,
+            limits,
             serving: true,
             release: Deadline::default(),
         }
@@ -381,10 +390,11 @@ impl<S> Timed<S> {
     /// write), failing once it has run for `send_timeout`.
     fn check_stall(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         let since = *self.stalled.get_or_insert_with(Instant::now);
-        let expired = self.stall.passed(since + self.send, cx);
+        let send = self.limits.send;
+        let expired = self.stall.passed(since + send, cx);
         if expired {
-            self.counts.bump(TimeoutKind::Send);
-            debug!(send_timeout = ?self.send, "client took no bytes: send_timeout");
+            self.limits.counts.bump(TimeoutKind::Send);
+            debug!(send_timeout = ?send, "client took no bytes: send_timeout");
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "send_timeout: the client took no bytes",

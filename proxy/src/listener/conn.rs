@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use http::Request;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
@@ -25,11 +26,11 @@ use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked};
+use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked, WaitLimits};
 use super::direct::{self, Screened};
 use super::{Protocol, Runtime, Server};
 use crate::forward::{ConnContext, ConnPools};
-use crate::metrics::{Metrics, TimeoutCounts, TimeoutKind};
+use crate::metrics::{Metrics, TimeoutKind};
 use crate::proxy_protocol::{self, Deadlines, ReadError, Rewind, read_header};
 use crate::trust::{Class, normalize};
 
@@ -75,6 +76,8 @@ struct ToServe<S> {
     stream: Rewind<S>,
     /// Known on TLS (by ALPN); `None`: sniffed from the first bytes.
     http: Option<Http>,
+    /// Where `connection_handling_timeout`, counted from the start of HTTP, ends it.
+    deadline: Option<Instant>,
     ctx: ConnContext,
     runtime: Arc<Runtime>,
     /// Turns true when the server drains.
@@ -321,6 +324,7 @@ impl Server {
         let serving = Box::new(ToServe {
             stream,
             http: None,
+            deadline: handling_deadline(&runtime),
             ctx,
             runtime,
             stop: self.stop.subscribe(),
@@ -340,6 +344,7 @@ impl Server {
         let ToServe {
             stream,
             http: _,
+            deadline: _,
             mut ctx,
             runtime,
             stop,
@@ -362,6 +367,7 @@ impl Server {
                 let serving = Box::new(ToServe {
                     stream: Rewind::new(stream, Vec::new(), 0),
                     http: Some(http),
+                    deadline: handling_deadline(&runtime),
                     ctx,
                     runtime,
                     stop,
@@ -389,7 +395,7 @@ impl Server {
 /// first 24 bytes apart, and hyper's HTTP/1.1 reader, given a first piece too short for a
 /// whole request head, then doubles its read buffer to 16 KB (a reallocation on every new
 /// connection, and 8 KB more held by every idle one).
-async fn sniff<S>(mut stream: Rewind<S>) -> std::io::Result<(Http, Rewind<S>)>
+async fn sniff<S>(stream: &mut Rewind<S>) -> std::io::Result<Http>
 where
     S: AsyncRead + Unpin,
 {
@@ -405,7 +411,7 @@ where
         }
     };
     stream.replay_owned(buf);
-    Ok((http, stream))
+    Ok(http)
 }
 
 /// Serves HTTP/1.1 (with upgrades) or h2 on one connection: `http`, else what [`sniff`]
@@ -424,38 +430,30 @@ where
     clippy::manual_async_fn,
     reason = "an async fn would keep a second copy of its arguments"
 )]
-fn serve_http<S>(serving: Box<ToServe<S>>) -> impl Future<Output = ()> + Send
+fn serve_http<S>(mut serving: Box<ToServe<S>>) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     async move {
-        let ToServe {
-            stream,
-            http,
-            ctx,
-            runtime,
-            mut stop,
-            per_ip,
-            activity,
-        } = unboxed(serving);
-        // Held to the end.
-        let _per_ip = per_ip;
-        let timeouts = &runtime.timeouts;
-        let deadline = runtime
-            .limits
-            .connection_handling_timeout
-            .map(|limit| Instant::now() + limit);
-        let (http, stream) = match http {
-            Some(http) => (http, stream),
+        let http = match serving.http {
+            Some(http) => http,
             None => {
-                let first = Instant::now() + timeouts.request_header;
+                let ToServe {
+                    stream,
+                    deadline,
+                    ctx,
+                    runtime,
+                    stop,
+                    ..
+                } = &mut *serving;
+                let first = Instant::now() + runtime.timeouts.request_header;
                 let first = deadline.map_or(first, |d| d.min(first));
                 let sniffed = tokio::select! {
                     sniffed = Box::pin(within(Some(first), sniff(stream))) => sniffed,
-                    () = stopped(&mut stop) => return,
+                    () = stopped(stop) => return,
                 };
                 match sniffed {
-                    Some(Ok(sniffed)) => sniffed,
+                    Some(Ok(http)) => http,
                     Some(Err(err)) => {
                         debug!(client = %ctx.client, error = %err, "connection failed before its first request");
                         return;
@@ -471,63 +469,83 @@ where
                 }
             }
         };
-        let counts = Arc::clone(runtime.forwarder.timeouts());
-        let forwarder = Arc::clone(&runtime.forwarder);
-        let ctx = Arc::new(ctx);
-        let requests = Arc::clone(&activity);
-        let heads = http == Http::One;
-        let service = service_fn(move |mut req: Request<Incoming>| {
-            let forwarder = Arc::clone(&forwarder);
-            let ctx = Arc::clone(&ctx);
-            let in_flight = requests.begin();
-            if heads {
-                requests.watch_request(&mut req);
-            }
-            async move {
-                let response = forwarder.handle(req, &ctx).await;
-                let clock = StreamClock::current();
-                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, clock)))
-            }
-        });
-        let io = Timed::new(
-            stream,
-            Arc::clone(&activity),
-            heads,
-            timeouts.send,
-            Arc::clone(&counts),
-        );
-        let watch = Watch {
-            activity,
-            heads,
-            limits: Arc::clone(&runtime.wait_limits),
-        };
-        match http {
-            Http::One => {
-                let limit = runtime.limits.request_max_header_size;
-                serve_h1(io, service, limit, deadline, stop, watch).await;
-            }
-            Http::Two => {
-                let exec = StreamExec {
-                    send: timeouts.send,
-                    counts: Arc::clone(&watch.limits.counts),
-                };
-                let conn = http2::Builder::new(exec)
-                    .timer(TokioTimer::new())
-                    .keep_alive_interval(Some(H2_PING_INTERVAL))
-                    .keep_alive_timeout(H2_PING_TIMEOUT)
-                    .max_concurrent_streams(runtime.limits.max_concurrent_streams)
-                    .max_header_list_size(runtime.limits.request_max_header_size)
-                    .max_send_buf_size(DOWNSTREAM_BUF_BYTES)
-                    .serve_connection(TokioIo::new(io), service);
-                Box::pin(drive(
-                    &mut Box::pin(conn),
-                    http2::Connection::graceful_shutdown,
-                    deadline,
-                    &mut stop,
-                    &watch,
-                ))
-                .await;
-            }
+        // Awaited as made: a future kept in a binding first would be stored twice.
+        serve_sniffed(serving, http).await
+    }
+}
+
+/// When `connection_handling_timeout`, if set, ends a connection whose HTTP starts now.
+fn handling_deadline(runtime: &Runtime) -> Option<Instant> {
+    let limit = runtime.limits.connection_handling_timeout;
+    limit.map(|limit| Instant::now() + limit)
+}
+
+/// [`serve_http`] once the protocol is known: hyper's server for it over the timed
+/// stream, with the forwarder as the service. HTTP/1.1's future is returned as it is, to
+/// be held inline by the caller; h2's is boxed (an h2 connection is large, and rarer).
+fn serve_sniffed<S>(serving: Box<ToServe<S>>, http: Http) -> impl Future<Output = ()> + Send
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let ToServe {
+        stream,
+        http: _,
+        deadline,
+        ctx,
+        runtime,
+        mut stop,
+        per_ip,
+        activity,
+    } = unboxed(serving);
+    let timeouts = &runtime.timeouts;
+    let forwarder = Arc::clone(&runtime.forwarder);
+    let ctx = Arc::new(ctx);
+    let requests = Arc::clone(&activity);
+    let heads = http == Http::One;
+    let service = service_fn(move |mut req: Request<Incoming>| {
+        let forwarder = Arc::clone(&forwarder);
+        let ctx = Arc::clone(&ctx);
+        let in_flight = requests.begin();
+        if heads {
+            requests.watch_request(&mut req);
+        }
+        async move {
+            let response = forwarder.handle(req, &ctx).await;
+            let clock = StreamClock::current();
+            Ok::<_, Infallible>(response.map(|body| Tracked::new(body, in_flight, clock)))
+        }
+    });
+    let limits = &runtime.wait_limits;
+    let io = Timed::new(stream, Arc::clone(&activity), heads, Arc::clone(limits));
+    let watch = Watch {
+        activity,
+        heads,
+        limits: Arc::clone(limits),
+        _per_ip: per_ip,
+    };
+    match http {
+        Http::One => {
+            let limit = runtime.limits.request_max_header_size;
+            Either::Left(serve_h1(io, service, limit, deadline, stop, watch))
+        }
+        Http::Two => {
+            let exec = StreamExec {
+                send: timeouts.send,
+                counts: Arc::clone(&watch.limits.counts),
+            };
+            let conn = http2::Builder::new(exec)
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Some(H2_PING_INTERVAL))
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .max_concurrent_streams(runtime.limits.max_concurrent_streams)
+                .max_header_list_size(runtime.limits.request_max_header_size)
+                .max_send_buf_size(DOWNSTREAM_BUF_BYTES)
+                .serve_connection(TokioIo::new(io), service);
+            Either::Right(Box::pin(async move {
+                let mut conn = Box::pin(conn);
+                let graceful = http2::Connection::graceful_shutdown;
+                drive(&mut conn, graceful, deadline, &mut stop, &watch).await;
+            }))
         }
     }
 }
@@ -755,17 +773,8 @@ struct Watch {
     /// HTTP/1: requests have heads to time.
     heads: bool,
     limits: Arc<WaitLimits>,
-}
-
-/// The waits [`drive`] and [`next_request`] bound, and where their expiries are counted:
-/// one per generation, shared by its connections (each idle connection would otherwise
-/// carry its own copy).
-pub(super) struct WaitLimits {
-    /// `request_header_timeout`, `keepalive_timeout`, `send_timeout`.
-    pub(super) header: Duration,
-    pub(super) keepalive: Duration,
-    pub(super) send: Duration,
-    pub(super) counts: Arc<TimeoutCounts>,
+    /// Held for the connection's life: its count against `max_clients_per_ip`.
+    _per_ip: Option<PerIpGuard>,
 }
 
 /// Runs a server connection to its end, or to `deadline`; when `stop` turns true, starts
@@ -936,8 +945,8 @@ mod tests {
         for part in parts.iter().rev() {
             stream = Box::new(AsyncReadExt::chain(*part, stream));
         }
-        let stream = Rewind::new(stream, Vec::new(), 0);
-        let (http, mut replay) = sniff(stream).await.expect("reads from memory");
+        let mut replay = Rewind::new(stream, Vec::new(), 0);
+        let http = sniff(&mut replay).await.expect("reads from memory");
         let mut all = Vec::new();
         replay
             .read_to_end(&mut all)

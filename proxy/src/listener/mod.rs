@@ -30,7 +30,8 @@ use tracing::{Instrument, debug, debug_span, info, warn};
 
 use bind::Reserved;
 pub use bind::{Bound, bind_all};
-use conn::{Accepted, PerIp, WaitLimits};
+use clock::WaitLimits;
+use conn::{Accepted, PerIp};
 use shed::Shed;
 
 use crate::access_log::AccessLog;
@@ -102,7 +103,7 @@ pub struct Runtime {
     proxy: Option<ProxySettings>,
     limits: Limits,
     timeouts: Timeouts,
-    /// What each connection's watchdog reads (see `conn::WaitLimits`).
+    /// What each connection's watchdog reads (see `clock::WaitLimits`).
     wait_limits: Arc<WaitLimits>,
 }
 
