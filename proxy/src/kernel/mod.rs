@@ -304,11 +304,6 @@ impl Kernel {
         Ok(kernel)
     }
 
-    /// The plan this filter was started with.
-    pub fn plan(&self) -> &Plan {
-        &self.plan
-    }
-
     /// Attaches the socket filter to a listening socket (socket mode only; a no-op
     /// otherwise, returning `None`). Attach before the socket accepts anything.
     pub fn protect_listener(

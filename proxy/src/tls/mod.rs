@@ -122,11 +122,6 @@ impl Tls {
         })
     }
 
-    /// Whether any app is served over TLS.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-
     /// How many keys of the ticket key file open tickets (with the one kept from before a
     /// rotation); `None` without a key file.
     pub fn ticket_keys(&self) -> Option<usize> {
