@@ -37,6 +37,7 @@ pub mod config;
 mod deadline;
 pub mod demo;
 pub mod forward;
+mod header_names;
 pub mod kernel;
 pub mod listener;
 pub mod metrics;

@@ -8,10 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::{HeaderMap, header};
 
+use crate::header_names::X_FORWARDED_FOR;
 use crate::trust::TrustList;
-
-/// The `X-Forwarded-For` header name.
-pub(super) const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
 /// One hop of the chain: who a proxy received the request from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,7 +9,7 @@ use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 use tracing::debug;
 
-use super::headers::is_managed;
+use crate::header_names::is_managed;
 
 /// One app's view of which client-sent names are dropped; shared by its requests'
 /// bodies, which filter their trailers with it.

@@ -50,7 +50,6 @@ use slots::{Slots, WithTurn};
 pub use body::ResponseBodyError as BodyError;
 pub use body::{BodyEnd, BodyEnded};
 pub use client::ConnPools;
-pub(crate) use headers::is_managed;
 pub use slots::UpstreamStats;
 
 /// The response body type: the upstream's body, or the proxy's own, streamed.

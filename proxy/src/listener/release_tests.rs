@@ -132,7 +132,10 @@ fn serve(tell_body_end: bool) -> Served {
     // What every idle keep-alive connection holds, besides its task (`cargo xtask bench
     // memory`): one allocation, of the 640-byte class with the size `serve_http` adds.
     let size = std::mem::size_of_val(&serving);
-    assert!(size <= SERVE_H1_MAX_BYTES, "serve_h1's future is {size} bytes");
+    assert!(
+        size <= SERVE_H1_MAX_BYTES,
+        "serve_h1's future is {size} bytes"
+    );
     tokio::spawn(serving);
     Served {
         client,

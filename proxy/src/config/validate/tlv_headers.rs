@@ -28,7 +28,7 @@ pub(super) fn tlv_headers(
         }
         let header = HeaderName::from_bytes(name.as_bytes())
             .map_err(|source| invalid(ValueError::BadHeaderName { source }))?;
-        if crate::forward::is_managed(&header) {
+        if crate::header_names::is_managed(&header) {
             return Err(invalid(ValueError::ManagedHeaderName));
         }
         if let Some(other) = out.iter().find(|h| h.name == header) {
