@@ -14,6 +14,7 @@ mod forwarded;
 mod headers;
 mod hygiene;
 mod pool;
+mod refusal;
 mod request;
 mod route;
 mod slots;
@@ -44,7 +45,8 @@ use body::{BodyFailure, BodyWatch, RequestBody, UpstreamBody};
 use client::{Bounds, UpstreamClient, UpstreamError};
 use headers::Downstream;
 use pool::{GiveBack, Key, PooledBody};
-use route::{Refusal, Router, Target};
+use refusal::Refusal;
+use route::{Router, Target};
 use slots::{Slots, WithTurn};
 
 pub use body::ResponseBodyError as BodyError;

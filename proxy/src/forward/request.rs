@@ -7,7 +7,7 @@ use std::str::FromStr;
 use http::uri::Authority;
 use http::{HeaderMap, Uri, Version, header};
 
-use super::route::Refusal;
+use super::refusal::Refusal;
 
 /// The host a request is addressed to: the URI authority (HTTP/2, or an absolute-form
 /// HTTP/1 target), else the Host header. An HTTP/1.1 request must carry a Host header

@@ -8,38 +8,15 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, StatusCode, Uri};
+use http::{HeaderValue, Uri};
 
 use super::ConnContext;
 use super::balance::Balancer;
 use super::hygiene::NameGuard;
+use super::refusal::Refusal;
 use super::request::RequestHost;
 use crate::config::{App, Config, Route, TlvHeader, UpstreamOptions};
 use crate::proxy_protocol::Version;
-
-/// Why a request is answered by the proxy instead of an upstream. An expected outcome of
-/// routing, not an error: each maps to one status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Refusal {
-    /// Missing (HTTP/1.1), repeated, malformed or self-contradicting Host; a path with
-    /// dot-segments.
-    BadRequest,
-    /// No app for the Host on the plain listener and no `default_app`, or no route.
-    NotFound,
-    /// On the TLS listener: the Host names another server than the app whose certificate
-    /// was served.
-    Misdirected,
-}
-
-impl Refusal {
-    pub(super) fn status(self) -> StatusCode {
-        match self {
-            Refusal::BadRequest => StatusCode::BAD_REQUEST,
-            Refusal::NotFound => StatusCode::NOT_FOUND,
-            Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-        }
-    }
-}
 
 /// Every app's routes, and how requests find them.
 #[derive(Debug)]
