@@ -518,8 +518,13 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
     for _ in 0..HOARDERS {
         hoarders.push(relayed(addr, b"").await);
     }
+    // A hoarder is counted accepted before it has a slot: until the last one has shed
+    // (or been refused), 512 are active while its shed is still to come.
     let full = scrape::until(metrics, "the hoarders in", SETTLE, |s| {
-        s.accepted() >= HOARDERS as u64 && s.active() == 512
+        s.accepted() >= HOARDERS as u64
+            && s.active() == 512
+            && s.get("trustgate_connections_shed_total") + s.refused("max_clients")
+                >= (HOARDERS - 512) as u64
     })
     .await;
     // Each hoarder past 512 shed an older one (or, on a machine too busy to close the shed
