@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
@@ -46,23 +46,38 @@ impl Watched {
     }
 }
 
+/// SIGHUP and SIGUSR1, listened for from [`Signals::install`] on. Install them before
+/// the first listener is bound: a signal sent once "listening" is logged must not meet
+/// the default action, which ends the process.
+pub struct Signals {
+    hup: Option<Signal>,
+    usr1: Option<Signal>,
+}
+
+impl Signals {
+    pub fn install() -> Signals {
+        let hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGHUP; reload only with -w");
+                None
+            }
+        };
+        let usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(usr1) => Some(usr1),
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGUSR1; the access log file is never reopened");
+                None
+            }
+        };
+        Signals { hup, usr1 }
+    }
+}
+
 /// Reloads into `server` on each SIGHUP, and on each change of the watched files when
 /// `watch_files`. Runs until the task is dropped.
-pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool) {
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => Some(hup),
-        Err(err) => {
-            warn!(error = %err, "cannot listen for SIGHUP; reload only with -w");
-            None
-        }
-    };
-    let mut usr1 = match signal(SignalKind::user_defined1()) {
-        Ok(usr1) => Some(usr1),
-        Err(err) => {
-            warn!(error = %err, "cannot listen for SIGUSR1; the access log file is never reopened");
-            None
-        }
-    };
+pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool, signals: Signals) {
+    let Signals { mut hup, mut usr1 } = signals;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {
