@@ -81,6 +81,7 @@ pub async fn run(
         }
         None => None,
     };
+    server.serve(listeners);
     let reloads = tokio::spawn(reload::run(
         Arc::clone(&server),
         watched,
@@ -88,7 +89,7 @@ pub async fn run(
         signals,
     ));
     tokio::select! {
-        _ = Arc::clone(&server).run(listeners, stop, options.grace) => {}
+        _ = Arc::clone(&server).run(stop, options.grace) => {}
         () = force => warn!("second signal: stopping without waiting for the drain"),
     }
     reloads.abort();
