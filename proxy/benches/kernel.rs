@@ -3,7 +3,7 @@
 //! run. Each frame kind is measured `ROUNDS` times; the table gives the median and the
 //! spread. Run with `cargo xtask bench kernel` (needs CAP_BPF).
 
-#[path = "../tests/common/frames.rs"]
+#[path = "../tests/it/common/frames.rs"]
 #[expect(
     dead_code,
     reason = "the benchmark uses only some of the frame builders"

@@ -5,7 +5,7 @@
 //! sent by curl must not arrive, whether or not the TLV came. Skips loudly without
 //! HAProxy, curl or openssl (fails under TRUSTGATE_REQUIRE_ALL).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;

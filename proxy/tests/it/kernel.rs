@@ -2,13 +2,14 @@
 //! every case asserts the verdict and which counter moved. Needs CAP_BPF; without it
 //! each test skips loudly (and fails where TRUSTGATE_REQUIRE_ALL is set).
 
-mod common;
-#[path = "kernel/model.rs"]
 mod model;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use common::frames::{self, *};
+use crate::common::{
+    self,
+    frames::{self, *},
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use proxy::kernel::{Kernel, KernelError, Plan, Program, ProgramCounters, XdpMode};

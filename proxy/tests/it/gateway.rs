@@ -5,7 +5,7 @@
 //! so the address the upstream sees can only have come from the PROXY header.
 //! Needs root for the namespace; skips loudly without (fails in CI).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

@@ -11,7 +11,7 @@
 //! reference for each default (`client_header_timeout`, `keepalive_timeout`,
 //! `client_body_timeout`, `proxy_read_timeout`, `send_timeout`).
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -6,7 +6,7 @@
 //! between two instances sharing `tls_ticket_key_file` behind HAProxy round-robin. Each
 //! test needs `openssl` (and `haproxy` where named), and skips without.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

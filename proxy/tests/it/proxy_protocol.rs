@@ -4,7 +4,7 @@
 //! must be accepted with the right addresses and TLVs, and the bytes behind it must reach
 //! the next layer intact. A missing tool skips loudly (fails under TRUSTGATE_REQUIRE_ALL).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

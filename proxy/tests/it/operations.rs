@@ -4,7 +4,7 @@
 //! HTTP, and SIGTERM letting a request in flight finish while new connections are
 //! refused. The reload test needs root (namespace) and CAP_BPF; it skips loudly without.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};

@@ -9,7 +9,7 @@
 //! written into the device, SYN-ACKs read back out. Needs root (namespaces) and
 //! CAP_BPF; skips loudly without.
 
-mod common;
+use crate::common;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
