@@ -1,10 +1,6 @@
 //! Helpers shared by the integration tests: skipping (or, in CI, failing) when a tool
 //! or a capability is missing. Compiled once, as a module of the one test binary
 //! (`tests/it/main.rs`); each area's module uses it as `crate::common`.
-#![allow(
-    dead_code,
-    reason = "each test crate uses a different subset of the helpers"
-)]
 
 pub mod adversary;
 pub mod forwarder;
