@@ -18,8 +18,9 @@ use crate::listener::Server;
 /// How often `-w` looks at the file.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The files a running config depends on, and their modification times when it was
-/// loaded. Take it right after loading, so no change made since is missed.
+/// The files a running config depends on, and their modification times from before it
+/// was read, so that no change made while it loads is missed (a change made before is
+/// read twice, which is harmless).
 pub struct Watched {
     path: PathBuf,
     files: Vec<PathBuf>,
@@ -43,6 +44,39 @@ impl Watched {
         let changed = now != self.stamps;
         self.stamps = now;
         changed
+    }
+
+    /// Re-reads the modification times; call it before a reload reads the files.
+    fn stamp(&mut self) {
+        self.stamps = stamps(&self.files);
+    }
+
+    /// What to watch once `config` is loaded: its files, each with the time [`stamp`]
+    /// took before the load when it was watched already (a file only the new config
+    /// names is stamped now). Stamped after the load instead, a certificate renewed
+    /// while the reload ran would never be picked up.
+    ///
+    /// [`stamp`]: Watched::stamp
+    fn reloaded(&self, config: &Config) -> Watched {
+        self.with_files(files(&self.path, config))
+    }
+
+    fn with_files(&self, files: Vec<PathBuf>) -> Watched {
+        let stamps = files
+            .iter()
+            .map(|f| {
+                self.files
+                    .iter()
+                    .zip(&self.stamps)
+                    .find(|(watched, _)| *watched == f)
+                    .map_or_else(|| modified(f), |(_, stamp)| *stamp)
+            })
+            .collect();
+        Watched {
+            path: self.path.clone(),
+            files,
+            stamps,
+        }
     }
 }
 
@@ -94,8 +128,9 @@ pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool, s
                 }
             }
         }
+        watched.stamp();
         if let Some(config) = reload(&server, &watched.path) {
-            watched = Watched::new(&watched.path, &config);
+            watched = watched.reloaded(&config);
         }
     }
 }
@@ -161,4 +196,39 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+
+    /// A certificate rewritten after the reload stamped the files but before it finished
+    /// (here: before the new watch list is made) is seen at the next check.
+    #[test]
+    fn a_change_made_during_a_reload_is_seen_at_the_next_check() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (config, cert) = (dir.path().join("c.toml"), dir.path().join("cert.pem"));
+        for f in [&config, &cert] {
+            std::fs::write(f, "x").expect("write");
+        }
+        let mut watched = Watched {
+            path: config.clone(),
+            files: vec![config.clone(), cert.clone()],
+            stamps: Vec::new(),
+        };
+        watched.stamp();
+        let later = SystemTime::now() + Duration::from_secs(10);
+        File::options()
+            .write(true)
+            .open(&cert)
+            .and_then(|f| f.set_modified(later))
+            .expect("set the certificate's mtime");
+        let new = dir.path().join("new.pem");
+        std::fs::write(&new, "x").expect("write");
+        let mut next = watched.with_files(vec![config, cert, new]);
+        assert!(next.changed(), "the certificate changed during the reload");
+        assert!(!next.changed(), "and nothing since");
+    }
 }
