@@ -44,7 +44,7 @@ impl Lab {
         let openssl = common::tool("openssl")?;
         let dir = tempfile::tempdir().expect("temp dir");
         for name in ["a.test", "b.test"] {
-            common::self_signed(&openssl, dir.path(), name);
+            common::certs::write_self_signed(dir.path(), name);
         }
         let (runtime, upstream) = upstream::demo_in_background();
         Some(Lab {
