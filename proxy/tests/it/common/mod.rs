@@ -3,6 +3,7 @@
 //! (`tests/it/main.rs`); each area's module uses it as `crate::common`.
 
 pub mod adversary;
+pub mod catalogue;
 pub mod certs;
 pub mod forwarder;
 pub mod frames;
