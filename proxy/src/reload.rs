@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config};
@@ -18,8 +18,9 @@ use crate::listener::Server;
 /// How often `-w` looks at the file.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The files a running config depends on, and their modification times when it was
-/// loaded. Take it right after loading, so no change made since is missed.
+/// The files a running config depends on, and their modification times from before it
+/// was read, so that no change made while it loads is missed (a change made before is
+/// read twice, which is harmless).
 pub struct Watched {
     path: PathBuf,
     files: Vec<PathBuf>,
@@ -44,25 +45,73 @@ impl Watched {
         self.stamps = now;
         changed
     }
+
+    /// Re-reads the modification times; call it before a reload reads the files.
+    fn stamp(&mut self) {
+        self.stamps = stamps(&self.files);
+    }
+
+    /// What to watch once `config` is loaded: its files, each with the time [`stamp`]
+    /// took before the load when it was watched already (a file only the new config
+    /// names is stamped now). Stamped after the load instead, a certificate renewed
+    /// while the reload ran would never be picked up.
+    ///
+    /// [`stamp`]: Watched::stamp
+    fn reloaded(&self, config: &Config) -> Watched {
+        self.with_files(files(&self.path, config))
+    }
+
+    fn with_files(&self, files: Vec<PathBuf>) -> Watched {
+        let stamps = files
+            .iter()
+            .map(|f| {
+                self.files
+                    .iter()
+                    .zip(&self.stamps)
+                    .find(|(watched, _)| *watched == f)
+                    .map_or_else(|| modified(f), |(_, stamp)| *stamp)
+            })
+            .collect();
+        Watched {
+            path: self.path.clone(),
+            files,
+            stamps,
+        }
+    }
+}
+
+/// SIGHUP and SIGUSR1, listened for from [`Signals::install`] on. Install them before
+/// the first listener is bound: a signal sent once "listening" is logged must not meet
+/// the default action, which ends the process.
+pub struct Signals {
+    hup: Option<Signal>,
+    usr1: Option<Signal>,
+}
+
+impl Signals {
+    pub fn install() -> Signals {
+        let hup = match signal(SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGHUP; reload only with -w");
+                None
+            }
+        };
+        let usr1 = match signal(SignalKind::user_defined1()) {
+            Ok(usr1) => Some(usr1),
+            Err(err) => {
+                warn!(error = %err, "cannot listen for SIGUSR1; the access log file is never reopened");
+                None
+            }
+        };
+        Signals { hup, usr1 }
+    }
 }
 
 /// Reloads into `server` on each SIGHUP, and on each change of the watched files when
 /// `watch_files`. Runs until the task is dropped.
-pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool) {
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(hup) => Some(hup),
-        Err(err) => {
-            warn!(error = %err, "cannot listen for SIGHUP; reload only with -w");
-            None
-        }
-    };
-    let mut usr1 = match signal(SignalKind::user_defined1()) {
-        Ok(usr1) => Some(usr1),
-        Err(err) => {
-            warn!(error = %err, "cannot listen for SIGUSR1; the access log file is never reopened");
-            None
-        }
-    };
+pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool, signals: Signals) {
+    let Signals { mut hup, mut usr1 } = signals;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tokio::select! {
@@ -79,8 +128,9 @@ pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool) {
                 }
             }
         }
+        watched.stamp();
         if let Some(config) = reload(&server, &watched.path) {
-            watched = Watched::new(&watched.path, &config);
+            watched = watched.reloaded(&config);
         }
     }
 }
@@ -146,4 +196,39 @@ fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
 
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::File;
+
+    use super::*;
+
+    /// A certificate rewritten after the reload stamped the files but before it finished
+    /// (here: before the new watch list is made) is seen at the next check.
+    #[test]
+    fn a_change_made_during_a_reload_is_seen_at_the_next_check() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (config, cert) = (dir.path().join("c.toml"), dir.path().join("cert.pem"));
+        for f in [&config, &cert] {
+            std::fs::write(f, "x").expect("write");
+        }
+        let mut watched = Watched {
+            path: config.clone(),
+            files: vec![config.clone(), cert.clone()],
+            stamps: Vec::new(),
+        };
+        watched.stamp();
+        let later = SystemTime::now() + Duration::from_secs(10);
+        File::options()
+            .write(true)
+            .open(&cert)
+            .and_then(|f| f.set_modified(later))
+            .expect("set the certificate's mtime");
+        let new = dir.path().join("new.pem");
+        std::fs::write(&new, "x").expect("write");
+        let mut next = watched.with_files(vec![config, cert, new]);
+        assert!(next.changed(), "the certificate changed during the reload");
+        assert!(!next.changed(), "and nothing since");
+    }
 }

@@ -65,6 +65,7 @@ pub async fn run(
     }
     info!(config = %options.config.display(), "config loaded");
     let watched = reload::Watched::new(&options.config, &config);
+    let signals = reload::Signals::install();
     nofile::raise_for(&config.limits);
     let access_log = AccessLog::start(&config.access_log)?;
     let runtime = Runtime::with_access_log(&config, access_log.clone())?;
@@ -80,9 +81,15 @@ pub async fn run(
         }
         None => None,
     };
-    let reloads = tokio::spawn(reload::run(Arc::clone(&server), watched, options.watch));
+    server.serve(listeners);
+    let reloads = tokio::spawn(reload::run(
+        Arc::clone(&server),
+        watched,
+        options.watch,
+        signals,
+    ));
     tokio::select! {
-        _ = Arc::clone(&server).run(listeners, stop, options.grace) => {}
+        _ = Arc::clone(&server).run(stop, options.grace) => {}
         () = force => warn!("second signal: stopping without waiting for the drain"),
     }
     reloads.abort();

@@ -196,7 +196,7 @@ fn ena_limit(driver: &str, mtu: u32) -> Option<NativeLimit> {
 ///
 /// L3 devices get generic XDP, which hands the program the skb from its MAC header; a
 /// tun device sets that at the IP header, so the frame starts there. Checked on 6.18
-/// by `tests/kernel_netns.rs` on a tun device: the IP walk drops an untrusted SYN
+/// by `tests/it/kernel_netns.rs` on a tun device: the IP walk drops an untrusted SYN
 /// written into it, while the Ethernet walk on the same device let it through (the
 /// SYN-ACK came back). Native XDP is not tried on L3 devices: on a tun device in TUN
 /// mode attaching it fails (EOPNOTSUPP on 6.18), and for another L3 driver that might

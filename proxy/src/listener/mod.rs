@@ -443,18 +443,23 @@ impl Server {
         });
     }
 
-    /// Serves `listeners` until `shutdown` completes, then stops accepting and lets
-    /// in-flight requests finish for up to `grace`; returns how many connections were
-    /// still open when the grace period ended.
-    pub async fn run(
-        self: Arc<Self>,
-        listeners: Vec<Bound>,
-        shutdown: impl Future<Output = ()>,
-        grace: Duration,
-    ) -> usize {
+    /// Starts an accept loop on each of `listeners`, which a reload then counts as
+    /// served. Call it before anything can reload (the reload task, SIGHUP): a reload
+    /// that came first would bind the same addresses again, and fail.
+    pub fn serve(self: &Arc<Self>, listeners: Vec<Bound>) {
         for bound in listeners {
             self.serve_listener(bound);
         }
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting and lets in-flight
+    /// requests finish for up to `grace`; returns how many connections were still open
+    /// when the grace period ended.
+    pub async fn run(
+        self: Arc<Self>,
+        shutdown: impl Future<Output = ()>,
+        grace: Duration,
+    ) -> usize {
         let summary = tokio::spawn(summarize(Arc::clone(&self.metrics)));
         shutdown.await;
         self.stop.send_replace(true);

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail};
 
 use super::client;
 use super::peers::{self, Extra, Limits, Target};
-use super::procs::{self, NGINX, OPENSSL, Proc, Scratch, TASKSET, USER_HZ};
+use super::procs::{self, NGINX, Proc, Scratch, TASKSET, USER_HZ};
 use super::{Measured, loadavg, median};
 use crate::util::{exec, output};
 
@@ -115,7 +115,7 @@ struct Sample {
 }
 
 pub fn run(opts: &super::Options, trustgate: &str, demo_upstream: &str) -> Result<Measured> {
-    procs::require(&[NGINX, OPENSSL, TASKSET])?;
+    procs::require(&[NGINX, TASKSET])?;
     let load_before = loadavg();
     let scratch = Scratch::new("bulk")?;
     let cert = peers::certificate(&scratch)?;

@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 
 use super::client;
 use super::peers::{self, Target};
-use super::procs::{self, NGINX, OPENSSL, Proc, Scratch, TASKSET};
+use super::procs::{self, NGINX, Proc, Scratch, TASKSET};
 use super::{Measured, loadavg, median};
 
 const PROXY_CPU: &str = "1";
@@ -57,7 +57,7 @@ struct Sample {
 }
 
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
-    procs::require(&[NGINX, OPENSSL, TASKSET])?;
+    procs::require(&[NGINX, TASKSET])?;
     let load_before = loadavg();
     let scratch = Scratch::new("download")?;
     let cert = peers::certificate(&scratch)?;

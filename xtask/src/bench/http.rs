@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use super::peers::{self, Target};
-use super::procs::{self, H2LOAD, HAPROXY, NGINX, OPENSSL, Scratch, TASKSET, WRK};
+use super::procs::{self, H2LOAD, HAPROXY, NGINX, Scratch, TASKSET, WRK};
 use super::{Measured, loadavg, median};
 
 /// CPU of the proxy under test.
@@ -116,7 +116,7 @@ pub(super) struct Sample {
 }
 
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
-    procs::require(&[WRK, H2LOAD, HAPROXY, NGINX, OPENSSL, TASKSET])?;
+    procs::require(&[WRK, H2LOAD, HAPROXY, NGINX, TASKSET])?;
     procs::require_nginx_stream()?;
     let load_before = loadavg();
     let scratch = Scratch::new("http")?;

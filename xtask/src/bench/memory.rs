@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 
 use super::client;
 use super::peers::{self, Target};
-use super::procs::{self, HAPROXY, NGINX, OPENSSL, Proc, Scratch, TASKSET};
+use super::procs::{self, HAPROXY, NGINX, Proc, Scratch, TASKSET};
 use super::{Measured, loadavg, median};
 
 /// The proxies measured. HAProxy is left out: for 10,000 proxied connections its
@@ -26,7 +26,7 @@ const OPEN_LIMIT: Duration = Duration::from_secs(120);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
-    procs::require(&[HAPROXY, NGINX, OPENSSL, TASKSET])?;
+    procs::require(&[HAPROXY, NGINX, TASKSET])?;
     let load_before = loadavg();
     let scratch = Scratch::new("memory")?;
     let cert = peers::certificate(&scratch)?;

@@ -5,6 +5,12 @@
 //! kernel, commit, load average and exact command at the top.
 
 mod bulk;
+#[path = "../../../proxy/tests/it/common/certs.rs"]
+#[expect(
+    dead_code,
+    reason = "the benches serve one self-signed certificate; the files and the CA are the tests'"
+)]
+mod certs;
 mod client;
 mod download;
 mod http;

@@ -5,10 +5,10 @@
 
 use std::net::SocketAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
-use super::procs::{OPENSSL, Proc, Scratch};
-use crate::util::exec;
+use super::certs;
+use super::procs::{Proc, Scratch};
 
 /// The upstream every proxy forwards to.
 pub const UPSTREAM_PORT: u16 = 18081;
@@ -106,38 +106,16 @@ pub fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A self-signed certificate for `localhost`: returns `(cert, key, cert+key)` paths.
+/// A self-signed certificate for `localhost`, made by the tests' helper: returns
+/// `(cert, key, cert+key)` paths.
 pub fn certificate(dir: &Scratch) -> Result<(String, String, String)> {
-    let cert = dir.path.join("cert.pem");
-    let key = dir.path.join("key.pem");
-    let mut cmd = std::process::Command::new(OPENSSL.program);
-    cmd.args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-    ])
-    .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
-    .args(["-addext", "subjectAltName=DNS:localhost"])
-    .arg("-keyout")
-    .arg(&key)
-    .arg("-out")
-    .arg(&cert)
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
-    exec(&mut cmd)?;
-    let both = format!(
-        "{}{}",
-        std::fs::read_to_string(&cert)?,
-        std::fs::read_to_string(&key)?
-    );
-    let pem = dir.write("both.pem", &both)?;
+    let certified =
+        certs::self_signed("localhost").context("making a certificate for localhost")?;
+    let (cert, key) = (certified.cert.pem(), certified.signing_key.serialize_pem());
     Ok((
-        cert.to_string_lossy().into_owned(),
-        key.to_string_lossy().into_owned(),
-        pem,
+        dir.write("cert.pem", &cert)?,
+        dir.write("key.pem", &key)?,
+        dir.write("both.pem", &format!("{cert}{key}"))?,
     ))
 }
 

@@ -37,10 +37,6 @@ pub const NGINX: Tool = Tool {
     program: "nginx",
     package: "nginx-light",
 };
-pub const OPENSSL: Tool = Tool {
-    program: "openssl",
-    package: "openssl",
-};
 pub const TASKSET: Tool = Tool {
     program: "taskset",
     package: "util-linux",

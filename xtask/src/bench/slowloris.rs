@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 
 use super::client;
 use super::peers::{self, Limits, NGINX_LISTENERS, NGINX_UPSTREAM_KEEPALIVE, Target};
-use super::procs::{self, NGINX, OPENSSL, Scratch, TASKSET};
+use super::procs::{self, NGINX, Scratch, TASKSET};
 use super::{Measured, loadavg, median};
 
 const MEASURED: [Target; 2] = [Target::Trustgate, Target::Nginx];
@@ -54,7 +54,7 @@ struct Held {
 }
 
 pub fn run(opts: &super::Options, trustgate: &str) -> Result<Measured> {
-    procs::require(&[NGINX, OPENSSL, TASKSET])?;
+    procs::require(&[NGINX, TASKSET])?;
     let load_before = loadavg();
     let scratch = Scratch::new("slowloris")?;
     let cert = peers::certificate(&scratch)?;

@@ -4,7 +4,7 @@
 //! FIFO) neither slows nor stops requests, and the records it cannot take are counted
 //! as dropped; an unwritable path is named by `trustgate check`.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};

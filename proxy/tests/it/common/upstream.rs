@@ -62,8 +62,7 @@ pub fn demo_in_background() -> (tokio::runtime::Runtime, SocketAddr) {
 
 /// A self-signed certificate for 127.0.0.1, as a server config and as a root store.
 pub fn self_signed() -> (Arc<rustls::ServerConfig>, rustls::RootCertStore) {
-    let certified =
-        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("a certificate");
+    let certified = super::certs::self_signed("127.0.0.1").expect("a certificate");
     let cert = certified.cert.der().clone();
     let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
         .expect("a private key");

@@ -3,7 +3,7 @@
 //! started here. HTTP/1.1 and h2c upstreams, 502/504/413, balancing, WebSocket, client
 //! identity, streaming both ways, TLS upstream verification.
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

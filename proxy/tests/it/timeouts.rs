@@ -11,7 +11,7 @@
 //! reference for each default (`client_header_timeout`, `keepalive_timeout`,
 //! `client_body_timeout`, `proxy_read_timeout`, `send_timeout`).
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -184,8 +184,10 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() {
         upstream,
         "keepalive_timeout = 1\nrequest_header_timeout = 30",
     );
-    let mut stream = lb::hold(gw.listeners[0], PROMPT).await;
+    // Taken before the request: the proxy's idle clock starts once it has answered, which
+    // is before this side has read the answer (by as long as this task waits to run).
     let idle_from = Instant::now();
+    let mut stream = lb::hold(gw.listeners[0], PROMPT).await;
     let (got, closed) = read_to_close(&mut stream, LIMIT + SLACK).await;
     assert_closed_in_time("idle keep-alive", idle_from, closed, LIMIT);
     assert!(got.is_empty(), "closed without a word: {got:?}");
@@ -259,10 +261,12 @@ async fn an_h2_connection_with_no_open_stream_gets_goaway_at_the_keepalive_timeo
     let req = Request::get("http://app.test/")
         .body(Empty::<Bytes>::new())
         .expect("request");
+    // Before the request, as in the HTTP/1.1 test: the proxy's idle clock starts before
+    // this side has the whole answer.
+    let idle_from = Instant::now();
     let response = sender.send_request(req).await.expect("a response");
     assert_eq!(response.status(), 200);
     let _ = response.into_body().collect().await.expect("the body");
-    let idle_from = Instant::now();
     // GOAWAY with no stream open: hyper's client connection then ends cleanly.
     let ended = tokio::time::timeout(LIMIT + SLACK, conn).await;
     let ended_at = Instant::now();
@@ -425,10 +429,11 @@ async fn an_h2_stream_whose_window_stays_shut_is_reset_at_the_send_timeout() {
             .body(Empty::<Bytes>::new())
             .expect("request")
     };
-    // The body is never read: the stream's window shuts at 64 KiB and stays shut.
+    // The body is never read: the stream's window shuts at 64 KiB and stays shut. Timed
+    // from before the request: the proxy may be stalled before this side has the head.
+    let started = Instant::now();
     let unread = sender.send_request(get()).await.expect("a response head");
     assert_eq!(unread.status(), 200);
-    let started = Instant::now();
     tokio::time::timeout(LIMIT + SLACK, dropped.recv())
         .await
         .expect("the proxy gave the stream up")
@@ -477,6 +482,9 @@ async fn a_silent_websocket_is_closed_at_the_tunnel_idle_timeout_and_an_active_o
     let mut silent_from = Instant::now();
     while Instant::now() < active_until {
         tokio::time::sleep(Duration::from_millis(300)).await;
+        // Before the message: the proxy's idle clock restarts with it and with its echo,
+        // both before the echo reaches this side.
+        let sending_at = Instant::now();
         ws.send(Message::text(format!("m{sent}")))
             .await
             .expect("send");
@@ -486,7 +494,7 @@ async fn a_silent_websocket_is_closed_at_the_tunnel_idle_timeout_and_an_active_o
             .expect("a message")
             .expect("a readable message");
         assert_eq!(echo, Message::text(format!("m{sent}")));
-        silent_from = Instant::now();
+        silent_from = sending_at;
         sent += 1;
     }
     assert_eq!(timeouts(&scrape::scrape(metrics).await, "tunnel_idle"), 0);
@@ -518,8 +526,13 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
     for _ in 0..HOARDERS {
         hoarders.push(relayed(addr, b"").await);
     }
+    // A hoarder is counted accepted before it has a slot: until the last one has shed
+    // (or been refused), 512 are active while its shed is still to come.
     let full = scrape::until(metrics, "the hoarders in", SETTLE, |s| {
-        s.accepted() >= HOARDERS as u64 && s.active() == 512
+        s.accepted() >= HOARDERS as u64
+            && s.active() == 512
+            && s.get("trustgate_connections_shed_total") + s.refused("max_clients")
+                >= (HOARDERS - 512) as u64
     })
     .await;
     // Each hoarder past 512 shed an older one (or, on a machine too busy to close the shed

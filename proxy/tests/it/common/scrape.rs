@@ -103,11 +103,6 @@ impl Scrape {
             proxy::metrics::UPSTREAM_REQUESTS_REFUSED
         ))
     }
-
-    /// `trustgate_requests_total{class="2xx"}`.
-    pub fn ok_responses(&self) -> u64 {
-        self.get("trustgate_requests_total{class=\"2xx\"}")
-    }
 }
 
 /// Scrapes `addr` once.

@@ -3,16 +3,17 @@
 //! trustgate binary → the demo upstream, whose echo shows the headers it received. The
 //! TLVs HAProxy sends must arrive as the configured headers, and headers of those names
 //! sent by curl must not arrive, whether or not the TLV came. Skips loudly without
-//! HAProxy, curl or openssl (fails under TRUSTGATE_REQUIRE_ALL).
+//! HAProxy or curl (fails under TRUSTGATE_REQUIRE_ALL).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::Path;
 
+use common::certs::{self, CLIENT_CN, Certificates};
 use common::forwarder::echoed;
 use common::gateway::Gateway;
-use common::peers::{self, CLIENT_CN, Certificates};
+use common::peers;
 use common::upstream::demo_in_background;
 
 /// The headers curl sends, each named like one the app maps, with a forged value.
@@ -146,11 +147,7 @@ fn unique_id_reaches_the_upstream_and_spoofed_headers_without_a_tlv_do_not() {
 
 #[test]
 fn tls_terminated_by_haproxy_sends_authority_alpn_and_the_verified_client_cn() {
-    let (Some(haproxy), Some(curl), Some(openssl)) = (
-        common::tool("haproxy"),
-        common::tool("curl"),
-        common::tool("openssl"),
-    ) else {
+    let (Some(haproxy), Some(curl)) = (common::tool("haproxy"), common::tool("curl")) else {
         return;
     };
     let certs_dir = tempfile::TempDir::new().expect("temp dir");
@@ -159,7 +156,7 @@ fn tls_terminated_by_haproxy_sends_authority_alpn_and_the_verified_client_cn() {
         server_pem,
         client_cert,
         client_key,
-    } = peers::certificates(&openssl, certs_dir.path());
+    } = certs::certificates(certs_dir.path());
     let (_demo_runtime, upstream) = demo_in_background();
     let gw = Gateway::start(&config(upstream), 1);
     let (front, ready) = (loopback_port(), loopback_port());

@@ -40,8 +40,8 @@ impl InProcess {
         let runtime = Runtime::new(&config, None).expect("preparing the runtime");
         let server = Server::new(runtime, Some(kernel), Arc::new(Metrics::default()));
         let (stop, stopped) = oneshot::channel::<()>();
+        server.serve(bound);
         let task = tokio::spawn(Arc::clone(&server).run(
-            bound,
             async move {
                 let _ = stopped.await;
             },

@@ -9,7 +9,7 @@
 //! the client's connection ends, not kept until the pool's idle timeout, and a TLS
 //! upstream gets the header before the handshake.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

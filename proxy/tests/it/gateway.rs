@@ -5,7 +5,7 @@
 //! so the address the upstream sees can only have come from the PROXY header.
 //! Needs root for the namespace; skips loudly without (fails in CI).
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -123,9 +123,9 @@ struct ServerCert {
     _dir: tempfile::TempDir,
 }
 
-fn server_cert(openssl: &std::path::Path) -> ServerCert {
+fn server_cert() -> ServerCert {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = common::self_signed(openssl, dir.path(), "localhost");
+    let (cert, key) = common::certs::write_self_signed(dir.path(), "localhost");
     ServerCert {
         cert,
         key,
@@ -257,13 +257,11 @@ fn haproxy_send_proxy_v1_and_v2_carry_the_namespace_client_v4_and_v6() {
 
 #[test]
 fn h2_prior_knowledge_and_tls_alpn_h2_through_haproxy() {
-    let (Some(haproxy), Some(curl), Some(openssl)) =
-        (tool("haproxy"), tool("curl"), tool("openssl"))
-    else {
+    let (Some(haproxy), Some(curl)) = (tool("haproxy"), tool("curl")) else {
         return;
     };
     let Some(lab) = lab() else { return };
-    let certs = server_cert(&openssl);
+    let certs = server_cert();
     let upstream = Upstream::start();
     let tls_port = peers::free_port("127.0.0.1");
     let mut gw = Gateway::start(

@@ -2,8 +2,8 @@
 //! BPF_PROG_TEST_RUN: Ethernet (with VLAN tags), IPv4 (with options and fragments),
 //! IPv6 (with extension headers) and TCP. Checksums are left zero there: the programs do
 //! not read them. [`syn4_checksummed`] and [`Tcp4::parse`] are for a real kernel (a tun
-//! device), which checks them. Shared by `tests/kernel.rs`, `tests/kernel_netns.rs` and
-//! `benches/kernel.rs` (through `#[path]`).
+//! device), which checks them. Shared by `tests/it/kernel.rs`, `tests/it/kernel_netns.rs`
+//! and `benches/kernel.rs` (through `#[path]`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 

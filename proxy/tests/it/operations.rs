@@ -4,7 +4,7 @@
 //! HTTP, and SIGTERM letting a request in flight finish while new connections are
 //! refused. The reload test needs root (namespace) and CAP_BPF; it skips loudly without.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -368,11 +368,8 @@ fn sigterm_lets_the_request_in_flight_finish_and_refuses_new_connections() {
 
 #[test]
 fn watch_reloads_when_the_config_or_a_certificate_changes() {
-    let Some(openssl) = common::find_tool("openssl") else {
-        return common::skip("openssl is not installed");
-    };
     let dir = tempfile::tempdir().expect("temp dir");
-    let make_cert = || common::self_signed(&openssl, dir.path(), "app.test");
+    let make_cert = || common::certs::write_self_signed(dir.path(), "app.test");
     let (cert, key) = make_cert();
     let tls_port = free_port();
     let text = config(Ipv4Addr::LOCALHOST.into(), "127.0.0.1:9".parse().expect("addr"), &["127.0.0.1/32".into()], "off", None)

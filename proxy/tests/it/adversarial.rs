@@ -6,7 +6,7 @@
 //! Each test checks every connection's outcome, the counters, that the proxy kept
 //! serving, and that memory and descriptors came back. Bounded in count and time.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};

@@ -1,11 +1,11 @@
-//! Real PROXY-protocol senders for the tests (HAProxy, nginx) and their test
-//! certificates. Each peer runs in its own temp dir with its own config, pid and log
+//! Real PROXY-protocol senders for the tests (HAProxy, nginx); their certificates come
+//! from `certs`. Each peer runs in its own temp dir with its own config, pid and log
 //! files, listens on loopback ports picked free, is awaited by polling connect against a
 //! deadline, and is killed and reaped when its [`Peer`] is dropped.
 
 use std::fs;
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -150,97 +150,3 @@ pub fn curl(program: &Path, args: &[&str]) -> std::process::Output {
 
 /// Where Debian's `libnginx-mod-stream` installs the stream module.
 pub const NGINX_STREAM_MODULE: &str = "/usr/lib/nginx/modules/ngx_stream_module.so";
-
-/// Test certificates made with the `openssl` command line: a CA, a server certificate
-/// for HAProxy (certificate and key in one PEM) and a client certificate for curl.
-pub struct Certificates {
-    pub ca: PathBuf,
-    pub server_pem: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
-}
-
-/// The Common Name of the client certificate.
-pub const CLIENT_CN: &str = "trustgate-test-client";
-
-/// Makes [`Certificates`] in `dir` with `openssl`.
-pub fn certificates(openssl: &Path, dir: &Path) -> Certificates {
-    let run = |args: &[&str]| {
-        let out = Command::new(openssl)
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("run openssl");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-days",
-            "2",
-            "-subj",
-            "/CN=trustgate-test-ca",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    ]
-    .concat());
-    for (name, cn, serial) in [("server", "localhost", "1"), ("client", CLIENT_CN, "2")] {
-        let (key, csr, crt) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.crt"),
-        );
-        let subject = format!("/CN={cn}");
-        run(&[
-            &["req"][..],
-            &ec,
-            &["-subj", &subject, "-keyout", &key, "-out", &csr],
-        ]
-        .concat());
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-set_serial",
-            serial,
-            "-days",
-            "2",
-            "-out",
-            &crt,
-        ]);
-    }
-    let server_pem = dir.join("server.pem");
-    let pem = [
-        fs::read(dir.join("server.crt")),
-        fs::read(dir.join("server.key")),
-    ]
-    .map(|r| r.expect("read what openssl wrote"))
-    .concat();
-    fs::write(&server_pem, pem).expect("write server.pem");
-    Certificates {
-        ca: dir.join("ca.crt"),
-        server_pem,
-        client_cert: dir.join("client.crt"),
-        client_key: dir.join("client.key"),
-    }
-}

@@ -6,7 +6,7 @@
 //! between two instances sharing `tls_ticket_key_file` behind HAProxy round-robin. Each
 //! test needs `openssl` (and `haproxy` where named), and skips without.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ impl Lab {
         let openssl = common::tool("openssl")?;
         let dir = tempfile::tempdir().expect("temp dir");
         for name in ["a.test", "b.test"] {
-            common::self_signed(&openssl, dir.path(), name);
+            common::certs::write_self_signed(dir.path(), name);
         }
         let (runtime, upstream) = upstream::demo_in_background();
         Some(Lab {

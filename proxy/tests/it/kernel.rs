@@ -2,13 +2,18 @@
 //! every case asserts the verdict and which counter moved. Needs CAP_BPF; without it
 //! each test skips loudly (and fails where TRUSTGATE_REQUIRE_ALL is set).
 
-mod common;
-#[path = "kernel/model.rs"]
 mod model;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use common::frames::{self, *};
+use crate::common::catalogue::{
+    self, Case, MALFORMED, NONE, OTHER_PORT, PORT, SEEN4_DROPPED, SEEN4_PASSED, SEEN6_DROPPED,
+    SEEN6_PASSED, TRUSTED_PREFIXES, TRUSTED4, TRUSTED6, UNTRUSTED4, UNTRUSTED6, Verdict,
+};
+use crate::common::{
+    self,
+    frames::{self, *},
+};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use proxy::kernel::{Kernel, KernelError, Plan, Program, ProgramCounters, XdpMode};
@@ -17,20 +22,13 @@ use proxy_common::Counter;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
-const PORT: u16 = 8443;
-const OTHER_PORT: u16 = 22;
-
-const TRUSTED4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 10);
-const UNTRUSTED4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 7);
-const TRUSTED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
-const UNTRUSTED6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xbad, 0, 0, 0, 0, 7);
 
 fn list(nets: &[&str]) -> TrustList {
     TrustList::new(nets.iter().map(|s| s.parse().expect("test prefix")))
 }
 
 fn default_list() -> TrustList {
-    list(&["192.0.2.0/24", "2001:db8::/64"])
+    list(&TRUSTED_PREFIXES)
 }
 
 const DIRECT4: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 20);
@@ -131,20 +129,17 @@ impl Harness {
         assert_eq!(got, verdict, "{case}: verdict (1 = drop, 2 = pass)");
         assert_eq!(got_moved, moved, "{case}: counters that moved");
     }
+
+    /// Runs a catalogued case on the XDP program and asserts what the catalogue says.
+    fn assert_case(&self, case: &Case) {
+        let verdict = match case.verdict {
+            Verdict::Pass => XDP_PASS,
+            Verdict::Drop => XDP_DROP,
+        };
+        self.assert_xdp(&case.frame, verdict, case.moved, case.name);
+    }
 }
 
-/// A passed SYN from a PROXY-class source (every prefix of [`list`]).
-const SEEN4_PASSED: &[Counter] = &[
-    Counter::SynSeenV4,
-    Counter::SynPassedV4,
-    Counter::SynPassedProxy,
-];
-const SEEN4_DROPPED: &[Counter] = &[Counter::SynSeenV4, Counter::SynDroppedV4];
-const SEEN6_PASSED: &[Counter] = &[
-    Counter::SynSeenV6,
-    Counter::SynPassedV6,
-    Counter::SynPassedProxy,
-];
 /// A passed SYN from a DIRECT-class source.
 const SEEN4_DIRECT: &[Counter] = &[
     Counter::SynSeenV4,
@@ -156,39 +151,49 @@ const SEEN6_DIRECT: &[Counter] = &[
     Counter::SynPassedV6,
     Counter::SynPassedDirect,
 ];
-const SEEN6_DROPPED: &[Counter] = &[Counter::SynSeenV6, Counter::SynDroppedV6];
-const MALFORMED: &[Counter] = &[Counter::DroppedMalformed];
-const NONE: &[Counter] = &[];
 
 #[test]
 fn xdp_trusted_syn_passes_untrusted_syn_drops() {
     let Some(h) = Harness::xdp(&default_list()) else {
         return;
     };
-    h.assert_xdp(
-        &tcp4(TRUSTED4, PORT, SYN),
-        XDP_PASS,
-        SEEN4_PASSED,
-        "trusted v4",
-    );
-    h.assert_xdp(
-        &tcp4(UNTRUSTED4, PORT, SYN),
-        XDP_DROP,
-        SEEN4_DROPPED,
-        "untrusted v4",
-    );
-    h.assert_xdp(
-        &tcp6(TRUSTED6, PORT, SYN),
-        XDP_PASS,
-        SEEN6_PASSED,
-        "trusted v6",
-    );
-    h.assert_xdp(
-        &tcp6(UNTRUSTED6, PORT, SYN),
-        XDP_DROP,
-        SEEN6_DROPPED,
-        "untrusted v6",
-    );
+    for case in [
+        catalogue::syn4_trusted(),
+        catalogue::syn4_untrusted(),
+        catalogue::syn6_trusted(),
+        catalogue::syn6_untrusted(),
+    ] {
+        h.assert_case(&case);
+    }
+}
+
+/// Every frame the kernel benchmark times, with the verdict and counters it is timed for.
+#[test]
+fn xdp_gives_every_catalogued_frame_its_verdict_and_counters() {
+    let Some(h) = Harness::xdp(&default_list()) else {
+        return;
+    };
+    for case in catalogue::all() {
+        h.assert_case(&case);
+    }
+}
+
+/// The catalogued frames the benchmark also times on the socket filter: same verdicts,
+/// same counters.
+#[test]
+fn socket_filter_gives_its_catalogued_frames_their_verdicts_and_counters() {
+    let Some(h) = Harness::socket(&default_list()) else {
+        return;
+    };
+    for case in catalogue::all().into_iter().filter(|c| c.socket) {
+        let (verdict, moved) = h.run(&case.frame);
+        let expect = match case.verdict {
+            Verdict::Pass => (case.frame.len() - 14) as u32,
+            Verdict::Drop => 0,
+        };
+        assert_eq!(verdict, expect, "{}: bytes kept (0 = drop)", case.name);
+        assert_eq!(moved, case.moved, "{}: counters", case.name);
+    }
 }
 
 /// Both programs on the classed list: PROXY and DIRECT sources pass, each counted under
@@ -333,24 +338,14 @@ fn xdp_passes_syn_to_unprotected_port_and_non_tcp() {
     let Some(h) = Harness::xdp(&default_list()) else {
         return;
     };
-    h.assert_xdp(
-        &tcp4(UNTRUSTED4, OTHER_PORT, SYN),
-        XDP_PASS,
-        NONE,
-        "v4 other port",
-    );
+    h.assert_case(&catalogue::syn4_unprotected_port());
     h.assert_xdp(
         &tcp6(UNTRUSTED6, OTHER_PORT, SYN),
         XDP_PASS,
         NONE,
         "v6 other port",
     );
-    let udp = eth(
-        &[],
-        ETH_P_IP,
-        &ipv4(UNTRUSTED4, UDP, 0, Frag::default(), &[0u8; 8]),
-    );
-    h.assert_xdp(&udp, XDP_PASS, NONE, "udp");
+    h.assert_case(&catalogue::udp4());
     let arp = eth(&[], 0x0806, &[0u8; 28]);
     h.assert_xdp(&arp, XDP_PASS, NONE, "arp");
 }
@@ -360,20 +355,9 @@ fn xdp_looks_through_one_and_two_vlan_tags_but_not_three() {
     let Some(h) = Harness::xdp(&default_list()) else {
         return;
     };
-    let inner = ipv4(UNTRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
     let trusted = ipv4(TRUSTED4, TCP, 0, Frag::default(), &frames::tcp(PORT, SYN));
-    h.assert_xdp(
-        &eth(&[ETH_P_8021Q], ETH_P_IP, &inner),
-        XDP_DROP,
-        SEEN4_DROPPED,
-        "802.1Q",
-    );
-    h.assert_xdp(
-        &eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &inner),
-        XDP_DROP,
-        SEEN4_DROPPED,
-        "QinQ",
-    );
+    h.assert_case(&catalogue::vlan_syn4_untrusted());
+    h.assert_case(&catalogue::qinq_syn4_untrusted());
     h.assert_xdp(
         &eth(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IP, &trusted),
         XDP_PASS,
@@ -471,23 +455,8 @@ fn xdp_judges_first_fragments_and_passes_later_ones() {
         more: true,
         offset: 0,
     };
-    let whole_first = eth(
-        &[],
-        ETH_P_IP,
-        &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)),
-    );
-    h.assert_xdp(
-        &whole_first,
-        XDP_DROP,
-        SEEN4_DROPPED,
-        "first fragment with whole TCP header",
-    );
-    let tiny = eth(
-        &[],
-        ETH_P_IP,
-        &ipv4(UNTRUSTED4, TCP, 0, first, &frames::tcp(PORT, SYN)[..8]),
-    );
-    h.assert_xdp(&tiny, XDP_DROP, MALFORMED, "tiny first fragment, untrusted");
+    h.assert_case(&catalogue::first_fragment_untrusted());
+    h.assert_case(&catalogue::tiny_first_fragment_untrusted());
     let tiny_trusted = eth(
         &[],
         ETH_P_IP,
@@ -499,21 +468,7 @@ fn xdp_judges_first_fragments_and_passes_later_ones() {
         NONE,
         "tiny first fragment, trusted",
     );
-    let later = eth(
-        &[],
-        ETH_P_IP,
-        &ipv4(
-            UNTRUSTED4,
-            TCP,
-            0,
-            Frag {
-                more: false,
-                offset: 1,
-            },
-            &[0u8; 12],
-        ),
-    );
-    h.assert_xdp(&later, XDP_PASS, NONE, "non-first fragment");
+    h.assert_case(&catalogue::later_fragment());
 }
 
 /// The datagram cases, shared by both programs: (frame, source trusted, counters an
@@ -763,19 +718,13 @@ fn xdp_judges_ipv4_mapped_sources_by_the_ipv4_trie() {
         return;
     };
     let mapped_trusted = TRUSTED4.to_ipv6_mapped();
-    let mapped_untrusted = UNTRUSTED4.to_ipv6_mapped();
     h.assert_xdp(
         &tcp6(mapped_trusted, PORT, SYN),
         XDP_PASS,
         SEEN4_PASSED,
         "mapped trusted",
     );
-    h.assert_xdp(
-        &tcp6(mapped_untrusted, PORT, SYN),
-        XDP_DROP,
-        SEEN4_DROPPED,
-        "mapped untrusted",
-    );
+    h.assert_case(&catalogue::syn_mapped_untrusted());
     // An IPv6 prefix covering the mapped range does not trust mapped sources.
     let Some(h6) = Harness::xdp(&list(&["::ffff:0.0.0.0/96"])) else {
         return;

@@ -9,7 +9,7 @@
 //! written into the device, SYN-ACKs read back out. Needs root (namespaces) and
 //! CAP_BPF; skips loudly without.
 
-mod common;
+use crate::common;
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -792,14 +792,12 @@ fn xdp_dropped_v4(scrape: &common::scrape::Scrape) -> u64 {
 /// is served on the new port after each move, and the failed move leaves no stray port
 /// protected.
 fn reload_moving_a_port_under_a_syn_flood(attach: &str, expect: &str) {
-    let (Some(lab), Some(curl), Some(openssl)) =
-        (lab(), common::tool("curl"), common::tool("openssl"))
-    else {
+    let (Some(lab), Some(curl)) = (lab(), common::tool("curl")) else {
         return;
     };
     let (_upstream_rt, upstream) = common::upstream::demo_in_background();
     let dir = tempfile::tempdir().expect("temp dir");
-    let cert = common::self_signed(&openssl, dir.path(), "app.test");
+    let cert = common::certs::write_self_signed(dir.path(), "app.test");
     // Held by another socket throughout: a reload moving the port there must fail.
     let taken = Echo::bind(SocketAddr::new(lab.host4.into(), 0)).serve();
     let host = lab.host4.to_string();

@@ -1,11 +1,10 @@
 //! Helpers shared by the integration tests: skipping (or, in CI, failing) when a tool
-//! or a capability is missing. Each test file pulls this in with `mod common;`.
-#![allow(
-    dead_code,
-    reason = "each test crate uses a different subset of the helpers"
-)]
+//! or a capability is missing. Compiled once, as a module of the one test binary
+//! (`tests/it/main.rs`); each area's module uses it as `crate::common`.
 
 pub mod adversary;
+pub mod catalogue;
+pub mod certs;
 pub mod forwarder;
 pub mod frames;
 pub mod gateway;
@@ -70,46 +69,4 @@ pub fn connect_from(
     socket.bind(&std::net::SocketAddr::new(src, 0).into())?;
     socket.connect_timeout(&dst.into(), timeout)?;
     Ok(socket.into())
-}
-
-/// Writes a self-signed X.509 v3 certificate for `name` (P-256 key, two days) into
-/// `dir` as `NAME.crt` and `NAME.key`, replacing earlier ones, and returns their paths.
-/// rustls refuses v1 certificates, which a plain `openssl x509 -req` makes.
-pub fn self_signed(
-    openssl: &std::path::Path,
-    dir: &std::path::Path,
-    name: &str,
-) -> (PathBuf, PathBuf) {
-    let (cert, key) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    let out = std::process::Command::new(openssl)
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "2",
-        ])
-        .arg("-subj")
-        .arg(format!("/CN={name}"))
-        .arg("-addext")
-        .arg(format!("subjectAltName=DNS:{name}"))
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
 }
