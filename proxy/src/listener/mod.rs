@@ -13,6 +13,7 @@ mod bind;
 mod clock;
 mod conn;
 mod direct;
+mod serving;
 mod shed;
 
 use std::collections::HashSet;
