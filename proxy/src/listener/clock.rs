@@ -318,6 +318,22 @@ pub(super) struct WaitLimits {
     pub(super) counts: Arc<TimeoutCounts>,
 }
 
+impl WaitLimits {
+    /// Counts and logs a wait that ran out (`expired`), before the connection is closed
+    /// or answered.
+    pub(super) fn count_expiry(&self, expired: Expiry) {
+        let kind = match expired {
+            Expiry::Keepalive => TimeoutKind::Keepalive,
+            Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
+        };
+        self.counts.bump(kind);
+        debug!(
+            timeout = kind.label(),
+            "connection waited too long; closing"
+        );
+    }
+}
+
 /// The client stream, timed: see the module header.
 pub(super) struct Timed<S> {
     inner: S,

@@ -402,15 +402,7 @@ fn idle_wake(watch: &Watch, deadline: Option<Instant>) -> Option<Instant> {
     let limits = &*watch.limits;
     match clock::expiry_or_wake(&watch.activity, true, limits.header, limits.keepalive, now) {
         Ok(expired) => {
-            let kind = match expired {
-                Expiry::Keepalive => TimeoutKind::Keepalive,
-                Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
-            };
-            limits.counts.bump(kind);
-            debug!(
-                timeout = kind.label(),
-                "connection waited too long; closing"
-            );
+            limits.count_expiry(expired);
             None
         }
         Err(_) if deadline.is_some_and(|deadline| deadline <= now) => {
@@ -500,15 +492,7 @@ where
                 expired = clock::expiry(activity, watch.heads, limits.header, limits.keepalive) => break expired,
             }
         };
-        let kind = match expired {
-            Expiry::Keepalive => TimeoutKind::Keepalive,
-            Expiry::RequestHeader { .. } => TimeoutKind::RequestHeader,
-        };
-        limits.counts.bump(kind);
-        debug!(
-            timeout = kind.label(),
-            "connection waited too long; closing"
-        );
+        limits.count_expiry(expired);
         match expired {
             Expiry::RequestHeader { begun: true } => activity.expire_head(),
             _ if watch.heads => return None,
