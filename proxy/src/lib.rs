@@ -26,6 +26,7 @@
 //! - [`metrics`] and [`admin`]: the counters and their OpenMetrics exposition.
 //! - [`reload`]: SIGHUP and `-w` reloads.
 //! - [`service`]: the whole service from config to drain, as `trustgate` runs it.
+//! - [`chain`]: an error with its causes, as logs and the command line write it.
 //! - [`nofile`]: raises the open-file limit at start; `deadline`: a timer allocated only
 //!   when waited on.
 //! - [`demo`]: the demo upstream that echoes the request it received.
@@ -33,6 +34,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod chain;
 pub mod config;
 mod deadline;
 pub mod demo;

@@ -76,24 +76,12 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("trustgate: {}", report(&err));
+            // The error and its causes, joined by ": "; each error writes its cause
+            // once, in its message or as its `source()`.
+            eprintln!("trustgate: {err:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, each once: some errors (the config's) already print their
-/// source in their own message.
-fn report(err: &anyhow::Error) -> String {
-    let mut text = err.to_string();
-    for cause in err.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 fn check(cli: &Cli) -> Result<()> {

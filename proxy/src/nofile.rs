@@ -10,6 +10,7 @@ use std::io;
 
 use tracing::{info, warn};
 
+use crate::chain::Chain;
 use crate::config::Limits;
 
 /// Descriptors needed besides the connections: listeners, the metrics listener, the
@@ -59,7 +60,7 @@ pub fn raise_for(limits: &Limits) {
             needed,
             "open-file limit"
         ),
-        Err(err) => warn!(error = %err, "cannot read or raise the open-file limit"),
+        Err(err) => warn!(error = %Chain(&err), "cannot read or raise the open-file limit"),
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tracing::{error, info, warn};
 
+use crate::chain::Chain;
 use crate::config::{self, Config};
 use crate::listener::Server;
 
@@ -140,7 +141,7 @@ pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
     let metrics = server.metrics();
     let applied = match config::load(path) {
         Err(err) => {
-            error!(config = %path.display(), error = %err, "reload refused: the config is invalid; the running config stays");
+            error!(config = %path.display(), error = %Chain(&err), "reload refused: the config is invalid; the running config stays");
             None
         }
         Ok((config, warnings)) => {
@@ -154,7 +155,7 @@ pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
                     Some(config)
                 }
                 Err(err) => {
-                    error!(config = %path.display(), error = %err, "reload failed; the running config stays");
+                    error!(config = %path.display(), error = %Chain(&err), "reload failed; the running config stays");
                     None
                 }
             }
@@ -175,7 +176,7 @@ fn reconfigure_access_log(server: &Arc<Server>, config: &Config) {
     if let Some(log) = server.runtime().forwarder.access_log()
         && let Err(err) = log.reconfigure(&config.access_log)
     {
-        error!(error = %err, "reload: the access log stays where it was");
+        error!(error = %Chain(&err), "reload: the access log stays where it was");
     }
 }
 

@@ -27,18 +27,15 @@ use crate::config::{AccessDestination, AccessFormat, AccessLogConfig};
 /// [`writer::TICK`], room for 400 000 requests a second before any is dropped.
 pub const QUEUE_RECORDS: usize = 4096;
 
-/// Why the access log could not start or switch to a new file.
+/// Why the access log could not start or switch to a new file. The open error is written
+/// into the message (before the advice), so it is a field and not a `source()`.
 #[derive(Debug, thiserror::Error)]
 pub enum AccessLogError {
     #[error(
-        "cannot open the access log {path:?} for appending: {source}; create its directory or \
+        "cannot open the access log {path:?} for appending: {cause}; create its directory or \
          give trustgate write access to it"
     )]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    Open { path: PathBuf, cause: io::Error },
     #[error("cannot start the access log's writer thread")]
     Spawn(#[source] io::Error),
 }
@@ -115,9 +112,9 @@ fn open_append(path: &Path) -> Result<File, AccessLogError> {
         .append(true)
         .create(true)
         .open(path)
-        .map_err(|source| AccessLogError::Open {
+        .map_err(|cause| AccessLogError::Open {
             path: path.to_owned(),
-            source,
+            cause,
         })
 }
 

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 
 use super::format::Formatter;
 use super::{Message, Output, Shared, open_append};
+use crate::chain::Chain;
 use crate::config::AccessFormat;
 
 /// How long the writer lets records gather while they keep coming.
@@ -155,7 +156,7 @@ impl Writer {
                     info!(path = %path.display(), "access log reopened");
                 }
                 Err(error) => {
-                    warn!(error = %error, "access log not reopened; writing on to the old file")
+                    warn!(error = %Chain(&error), "access log not reopened; writing on to the old file")
                 }
             }
         }

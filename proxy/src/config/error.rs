@@ -1,6 +1,8 @@
 //! Why a config file was refused. Every message names the file and the key path, shows
 //! the offending value when there is one, and says what to do. `Display` is complete on
-//! its own (logs print errors with `%`); library errors are kept as typed fields.
+//! its own and prints each cause once: a library error (io, TOML, URI) is a typed `cause`
+//! field written into the message where it reads best, not a `source()`, so that a chain
+//! printer (`main`'s report, [`crate::chain::Chain`]) does not print it a second time.
 
 use std::fmt;
 use std::io;
@@ -14,18 +16,13 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read the config file: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{path}: cannot read the config file: {cause}")]
+    Read { path: PathBuf, cause: io::Error },
     /// Not valid TOML, or a value of the wrong TOML type (the message shows the line).
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Syntax {
         path: PathBuf,
-        #[source]
-        source: toml::de::Error,
+        cause: toml::de::Error,
     },
     /// A key that neither rpxy nor trustgate knows.
     #[error("{file}: unknown key {key}{hint}")]
@@ -51,25 +48,23 @@ pub enum ConfigError {
         problem: ValueError,
     },
     /// A file named by the config (certificate, key, CA) cannot be read.
-    #[error("{file}: {key} = {path:?}: cannot read this file: {source}")]
+    #[error("{file}: {key} = {path:?}: cannot read this file: {cause}")]
     File {
         file: PathBuf,
         key: String,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// The access log file cannot be opened for appending.
     #[error(
-        "{file}: access_log.path = {path:?}: cannot open this file for appending: {source}; \
+        "{file}: access_log.path = {path:?}: cannot open this file for appending: {cause}; \
          create its directory or give trustgate write access to it, or write path = \"-\" \
          to log to stderr"
     )]
     AccessLogFile {
         file: PathBuf,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// Neither `listen_port` nor `listen_port_tls` is set.
     #[error(
@@ -205,7 +200,8 @@ pub enum ValueError {
     #[error("must be more than 0 milliseconds: every wait is bounded (such as 5000)")]
     ZeroMillis,
     #[error(
-        "is longer than request_header_timeout ({header:?}), which also bounds the wait for          the first byte: lower it, or raise request_header_timeout"
+        "is longer than request_header_timeout ({header:?}), which also bounds the wait for \
+         the first byte: lower it, or raise request_header_timeout"
     )]
     FirstByteAfterHeaderTimeout { header: std::time::Duration },
     #[error("not a timeout: write seconds from 0.001 to 86400, such as 60 or 0.5")]
@@ -222,11 +218,8 @@ pub enum ValueError {
     UpstreamScheme,
     #[error("an upstream is host[:port] only; rewrite paths with replace_path")]
     UpstreamPath,
-    #[error("not a host[:port]: {source}")]
-    UpstreamUri {
-        #[source]
-        source: http::uri::InvalidUri,
-    },
+    #[error("not a host[:port]: {cause}")]
+    UpstreamUri { cause: http::uri::InvalidUri },
     #[error("force_http11_upstream and force_http2_upstream exclude each other: keep one")]
     Http11AndHttp2,
     #[error(

@@ -23,9 +23,9 @@ pub(crate) fn deserialize(
     text: &str,
     file: &Path,
 ) -> Result<(ConfigFile, Vec<Warning>), ConfigError> {
-    let syntax = |source| ConfigError::Syntax {
+    let syntax = |cause| ConfigError::Syntax {
         path: file.to_owned(),
-        source,
+        cause,
     };
     let deserializer = toml::Deserializer::parse(text).map_err(syntax)?;
     let mut ignored = Vec::new();

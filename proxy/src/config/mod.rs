@@ -54,9 +54,9 @@ pub fn load_with(
     options: LoadOptions,
 ) -> Result<(Config, Vec<Warning>), ConfigError> {
     let path = path.as_ref();
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = fs::read_to_string(path).map_err(|cause| ConfigError::Read {
         path: path.to_owned(),
-        source,
+        cause,
     })?;
     let (config, warnings) = parse_str(&text, path)?;
     if options.check_files {
@@ -533,18 +533,18 @@ impl Config {
     /// files hold is checked where they are read, by `tls`.)
     pub fn check_files(&self) -> Result<(), ConfigError> {
         if let AccessDestination::File(path) = &self.access_log.destination {
-            appendable(path).map_err(|source| ConfigError::AccessLogFile {
+            appendable(path).map_err(|cause| ConfigError::AccessLogFile {
                 file: self.source.clone(),
                 path: path.clone(),
-                source,
+                cause,
             })?;
         }
         if let Some(path) = &self.tls_ticket_key_file {
-            openable(path).map_err(|source| ConfigError::File {
+            openable(path).map_err(|cause| ConfigError::File {
                 file: self.source.clone(),
                 key: "tls_ticket_key_file".into(),
                 path: path.clone(),
-                source,
+                cause,
             })?;
         }
         for app in &self.apps {
@@ -557,11 +557,11 @@ impl Config {
             ];
             for (name, path) in files {
                 let Some(path) = path else { continue };
-                openable(path).map_err(|source| ConfigError::File {
+                openable(path).map_err(|cause| ConfigError::File {
                     file: self.source.clone(),
                     key: key(name),
                     path: path.clone(),
-                    source,
+                    cause,
                 })?;
             }
         }

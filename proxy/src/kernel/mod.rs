@@ -33,6 +33,7 @@ pub use classic::TooLong;
 pub use link::{LinkType, XdpInterface, XdpWalk, xdp_interface};
 pub use maps::ProgramCounters;
 
+use crate::chain::Chain;
 pub use crate::config::XdpMode;
 use crate::config::{Config, KernelFilterMode};
 use crate::trust::TrustList;
@@ -252,7 +253,7 @@ impl Kernel {
             Plan::Socket => match load_socket(trust, observe_only) {
                 Ok(ebpf) => kernel.ebpf = Some(ebpf),
                 Err(err) => {
-                    warn!(error = %err, "eBPF socket filter unavailable; falling back to classic BPF (no kernel counters)");
+                    warn!(error = %Chain(&err), "eBPF socket filter unavailable; falling back to classic BPF (no kernel counters)");
                     classic::program(trust)?;
                 }
             },
@@ -587,7 +588,7 @@ fn attach_xdp(xdp: &mut Xdp, interface: &str, attach: XdpMode) -> Result<XdpAtta
                 Err(KernelError::InterfaceNotFound { interface })
             }
             Err(err) => {
-                info!(interface = %interface, error = %err, "native XDP unavailable; trying generic");
+                info!(interface = %interface, error = %Chain(&err), "native XDP unavailable; trying generic");
                 try_mode(xdp, AyaXdpMode::Skb, "generic").map(|()| XdpAttached::Generic)
             }
         },
@@ -630,7 +631,7 @@ pub fn start_for(config: &Config) -> Result<Option<Kernel>, KernelError> {
     ) {
         Ok(kernel) => Ok(Some(kernel)),
         Err(err) if !filter.required => {
-            error!(error = %err, "kernel filter not loaded (kernel_filter.required = false): only user space checks peers");
+            error!(error = %Chain(&err), "kernel filter not loaded (kernel_filter.required = false): only user space checks peers");
             Ok(None)
         }
         Err(err) => Err(err),

@@ -13,7 +13,7 @@ use proxy::config::{
     self, AccessDestination, AccessFormat, AccessLogConfig, App, AppTls, Config, ConfigError,
     HeaderRules, HostHeader, KernelFilterConfig, KernelFilterMode, Limits, Listeners, LoadBalance,
     LoadOptions, ProxyProtocolConfig, Route, Timeouts, TlvField, TlvHeader, Upstream, UpstreamHttp,
-    UpstreamOptions, Warning, WarningKind, XdpMode,
+    UpstreamOptions, ValueError, Warning, WarningKind, XdpMode,
 };
 use proxy::proxy_protocol::Version;
 use proxy::trust::{Class, TrustList};
@@ -827,20 +827,41 @@ fn error_messages_name_the_file_key_value_and_the_fix() {
 fn an_unparsable_upstream_keeps_the_uri_error() {
     let err = config::parse_str(&route("upstream = [{ location = \"a b\" }]"), "t.toml")
         .expect_err("refused");
+    let message = err.to_string();
     assert!(
-        err.to_string().starts_with(
+        message.starts_with(
             "t.toml: apps.a.reverse_proxy[0].upstream[0].location = \"a b\": not a host[:port]: "
         ),
-        "{err}"
+        "{message}"
     );
+    // The http crate's error is kept, typed, as the problem's cause: a field written into
+    // the message, not a `source()` that a chain printer would write a second time.
+    assert!(std::error::Error::source(&err).is_none());
     match err {
-        ConfigError::Invalid { problem, .. } => {
-            let source =
-                std::error::Error::source(&problem).expect("the http crate's error is kept");
-            assert!(source.is::<http::uri::InvalidUri>());
-        }
-        other => panic!("expected an invalid value, got {other}"),
+        ConfigError::Invalid {
+            problem: ValueError::UpstreamUri { cause },
+            ..
+        } => assert!(
+            message.ends_with(&format!("not a host[:port]: {cause}")),
+            "{message}"
+        ),
+        other => panic!("expected an invalid upstream uri, got {other}"),
     }
+}
+
+#[test]
+fn the_command_line_prints_a_cause_once() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_trustgate"))
+        .args(["--config", "/nonexistent/trustgate.toml", "check"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running trustgate check");
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "trustgate: /nonexistent/trustgate.toml: cannot read the config file: No such file or \
+         directory (os error 2)\n"
+    );
 }
 
 #[test]
@@ -865,8 +886,13 @@ fn a_missing_config_file_names_the_path() {
         err.to_string(),
         "/nonexistent/trustgate.toml: cannot read the config file: No such file or directory (os error 2)"
     );
-    assert!(
-        std::error::Error::source(&err).is_some(),
-        "the io::Error is kept as the source"
-    );
+    // The io::Error is kept, typed, as a field; it is written into the message above, so
+    // it is not also a `source()` that a chain printer would write a second time.
+    match &err {
+        ConfigError::Read { cause, .. } => {
+            assert_eq!(cause.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected a read error, got {other}"),
+    }
+    assert!(std::error::Error::source(&err).is_none());
 }

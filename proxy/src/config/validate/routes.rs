@@ -115,7 +115,7 @@ fn upstream(cx: &Cx<'_>, key: &str, file: UpstreamFile) -> Result<Upstream, Conf
     };
     let uri: Uri = format!("{scheme}://{location}")
         .parse()
-        .map_err(|source| invalid(ValueError::UpstreamUri { source }))?;
+        .map_err(|cause| invalid(ValueError::UpstreamUri { cause }))?;
     let has_path = !matches!(uri.path(), "" | "/") || uri.query().is_some();
     let parts = uri.into_parts();
     let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
