@@ -25,9 +25,11 @@ pub struct TestConfig {
     max_clients_per_ip: Option<u32>,
     max_upstream_connections: Option<u32>,
     max_upstream_connections_per_client: Option<u32>,
+    trusted_forwarded_proxies: Option<Vec<String>>,
     request_max_body_size: Option<Size>,
     request_max_header_size: Option<Size>,
     underscores_in_headers: Option<bool>,
+    upgrade_protocols: Option<Vec<String>>,
     redact_query_in_access_log: Option<bool>,
     request_header_timeout: Option<Secs>,
     keepalive_timeout: Option<Secs>,
@@ -148,6 +150,20 @@ impl TestConfig {
 
     pub fn max_upstream_connections_per_client(mut self, n: u32) -> Self {
         self.max_upstream_connections_per_client = Some(n);
+        self
+    }
+
+    /// `trusted_forwarded_proxies`, a list.
+    pub fn trusted_forwarded_proxies<T: Display>(
+        mut self,
+        trusted: impl IntoIterator<Item = T>,
+    ) -> Self {
+        self.trusted_forwarded_proxies = Some(strings(trusted));
+        self
+    }
+
+    pub fn upgrade_protocols<T: Display>(mut self, protocols: impl IntoIterator<Item = T>) -> Self {
+        self.upgrade_protocols = Some(strings(protocols));
         self
     }
 
