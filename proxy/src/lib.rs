@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod nofile;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod server;
 pub mod service;
 pub mod tls;
 pub mod trust;

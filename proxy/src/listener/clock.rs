@@ -54,7 +54,7 @@ fn at(epoch: Instant, stamp: u64) -> Instant {
 /// What one client connection is doing, shared by its stream wrapper, its service and its
 /// watchdog.
 #[derive(Debug)]
-pub(super) struct Activity {
+pub(crate) struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     /// [`stamp`] of the moment the last request ended; 0: none has ended yet.
@@ -310,7 +310,7 @@ pub(super) fn expiry_or_wake(
 /// The waits a connection's watchdog and [`Timed`] bound, and where their expiries are
 /// counted: one per generation, shared by its connections (each idle connection would
 /// otherwise carry its own copy).
-pub(super) struct WaitLimits {
+pub(crate) struct WaitLimits {
     /// `request_header_timeout`, `keepalive_timeout`, `send_timeout`.
     pub(super) header: Duration,
     pub(super) keepalive: Duration,

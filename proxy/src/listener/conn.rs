@@ -20,10 +20,11 @@ use tracing::debug;
 use super::clock::Activity;
 use super::direct::{self, Screened};
 use super::serving::{Http, ToServe, handling_deadline, serve_http, unboxed};
-use super::{Protocol, Runtime, Server};
+use super::{Protocol, Runtime};
 use crate::forward::{ConnContext, ConnPools};
 use crate::metrics::{Metrics, TimeoutKind};
 use crate::proxy_protocol::{self, Deadlines, ReadError, Rewind, read_header};
+use crate::server::Server;
 use crate::trust::{Class, normalize};
 
 /// How long a client may take over the TLS handshake.
@@ -32,12 +33,12 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SHED_WAIT: Duration = Duration::from_secs(1);
 
 /// A connection as the accept loop hands it to [`Server::connection`].
-pub(super) struct Accepted {
-    pub(super) stream: TcpStream,
-    pub(super) peer: SocketAddr,
+pub(crate) struct Accepted {
+    pub(crate) stream: TcpStream,
+    pub(crate) peer: SocketAddr,
     /// The listener's address.
-    pub(super) local: SocketAddr,
-    pub(super) protocol: Protocol,
+    pub(crate) local: SocketAddr,
+    pub(crate) protocol: Protocol,
 }
 
 /// What is known of a connection once its PROXY header is read.
@@ -63,7 +64,7 @@ impl Server {
         clippy::manual_async_fn,
         reason = "an async fn would keep a second copy of its arguments"
     )]
-    pub(super) fn connection(
+    pub(crate) fn connection(
         self: Arc<Self>,
         accepted: Box<Accepted>,
     ) -> impl Future<Output = ()> + Send + 'static {
@@ -354,7 +355,7 @@ impl Drop for Active<'_> {
 
 /// Open connections per client address (the recovered one under the PROXY protocol).
 #[derive(Default)]
-pub(super) struct PerIp {
+pub(crate) struct PerIp {
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 

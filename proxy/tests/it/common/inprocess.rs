@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use proxy::kernel::{Attachment, Kernel, KernelError, Plan};
-use proxy::listener::{Runtime, Server, bind_all};
+use proxy::listener::{Runtime, bind_all};
 use proxy::metrics::Metrics;
+use proxy::server::Server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
