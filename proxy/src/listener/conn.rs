@@ -396,6 +396,41 @@ impl Drop for PerIpGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+
+    /// The most a connection's task future may take (its `Future` alone, before tokio's
+    /// task header and the `conn` span): 240 bytes today, as measured when the layers
+    /// were split (issue 13). What every open connection holds for its whole life.
+    const CONNECTION_TASK_MAX_BYTES: usize = 240;
+
+    #[tokio::test]
+    async fn a_connection_task_stays_small() {
+        let text = "listen_port = 80\n[apps.a]\nserver_name = \"a.example\"\n\
+            reverse_proxy = [{ upstream = [{ location = \"127.0.0.1:8081\" }] }]\n";
+        let (config, _) = crate::config::parse_str(text, "t.toml").expect("a valid config");
+        let runtime = Runtime::new(&config, None).expect("the runtime of a valid config");
+        let server = Server::new(runtime, None, Arc::new(Metrics::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind on loopback");
+        let local = listener.local_addr().expect("a bound address");
+        let stream = TcpStream::connect(local)
+            .await
+            .expect("connect on loopback");
+        let peer = stream.local_addr().expect("a connected address");
+        let accepted = Box::new(Accepted {
+            stream,
+            peer,
+            local,
+            protocol: Protocol::Http,
+        });
+        let task = server.connection(accepted);
+        let size = std::mem::size_of_val(&task);
+        assert!(
+            size <= CONNECTION_TASK_MAX_BYTES,
+            "a connection's task future is {size} bytes"
+        );
+    }
 
     #[test]
     fn per_ip_limit_counts_and_releases() {
