@@ -34,6 +34,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod connection;
 mod deadline;
 pub mod demo;
 pub mod forward;

@@ -20,10 +20,10 @@ use tokio::task::JoinHandle;
 use tracing::{Instrument, debug, debug_span, info, warn};
 
 use crate::config::Config;
+use crate::connection::{Accepted, PerIp, Protocol, Runtime, RuntimeError};
 use crate::kernel::{Kernel, KernelError};
-use crate::listener::conn::{Accepted, PerIp};
 use crate::listener::shed::Shed;
-use crate::listener::{self, Bound, ListenerError, Protocol, Reserved, Runtime, RuntimeError};
+use crate::listener::{self, Bound, ListenerError, Reserved};
 use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot, Throttle};
 
 /// Accept-error backoff: first and longest pause.

@@ -15,8 +15,9 @@ use tracing::{info, warn};
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::config::{self, ConfigError};
+use crate::connection::{Runtime, RuntimeError};
 use crate::kernel::{self, KernelError};
-use crate::listener::{self, ListenerError, Runtime, RuntimeError};
+use crate::listener::{self, ListenerError};
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::{admin, nofile, reload};

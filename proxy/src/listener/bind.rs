@@ -10,8 +10,9 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use super::{ListenerError, Protocol};
+use super::ListenerError;
 use crate::config::Config;
+use crate::connection::Protocol;
 use crate::kernel::Kernel;
 
 /// A bound socket that does not listen yet: its port is known, and in socket mode the

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::clock::Activity;
+use crate::connection::Activity;
 
 /// Every open connection's [`Activity`], by a number of its own.
 #[derive(Debug, Default)]

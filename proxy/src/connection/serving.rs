@@ -24,7 +24,7 @@ use tracing::debug;
 
 use super::Runtime;
 use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked, WaitLimits};
-use super::conn::PerIpGuard;
+use super::per_ip::PerIpGuard;
 use crate::forward::ConnContext;
 use crate::metrics::TimeoutKind;
 use crate::proxy_protocol::Rewind;

@@ -4,12 +4,17 @@
 //! first byte), the per-client limit and TLS by SNI on the TLS port; then `serving` (HTTP
 //! over the forwarder). Each phase's future is boxed and freed when the phase ends.
 
-use std::collections::HashMap;
+mod clock;
+mod direct;
+mod per_ip;
+mod runtime;
+mod serving;
+
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -17,15 +22,24 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::clock::Activity;
-use super::direct::{self, Screened};
-use super::serving::{Http, ToServe, handling_deadline, serve_http, unboxed};
-use super::{Protocol, Runtime};
+pub(crate) use clock::Activity;
+use direct::Screened;
+pub(crate) use per_ip::PerIp;
+pub use runtime::{Runtime, RuntimeError};
+use serving::{Http, ToServe, handling_deadline, serve_http, unboxed};
+
 use crate::forward::{ConnContext, ConnPools};
 use crate::metrics::{Metrics, TimeoutKind};
 use crate::proxy_protocol::{self, Deadlines, ReadError, Rewind, read_header};
 use crate::server::Server;
 use crate::trust::{Class, normalize};
+
+/// Which protocol a listening socket speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http,
+    Https,
+}
 
 /// How long a client may take over the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -353,46 +367,6 @@ impl Drop for Active<'_> {
     }
 }
 
-/// Open connections per client address (the recovered one under the PROXY protocol).
-#[derive(Default)]
-pub(crate) struct PerIp {
-    open: Mutex<HashMap<IpAddr, usize>>,
-}
-
-impl PerIp {
-    /// Counts a connection from `ip`, unless `max` are open already.
-    fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<PerIpGuard> {
-        let ip = normalize(ip);
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(ip).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(PerIpGuard {
-            table: Arc::clone(self),
-            ip,
-        })
-    }
-}
-
-pub(super) struct PerIpGuard {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl Drop for PerIpGuard {
-    fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.ip);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,32 +404,5 @@ mod tests {
             size <= CONNECTION_TASK_MAX_BYTES,
             "a connection's task future is {size} bytes"
         );
-    }
-
-    #[test]
-    fn per_ip_limit_counts_and_releases() {
-        let table = Arc::new(PerIp::default());
-        let ip: IpAddr = "192.0.2.1".parse().expect("literal");
-        let a = table.enter(ip, 2).expect("first");
-        let _b = table.enter(ip, 2).expect("second");
-        assert!(table.enter(ip, 2).is_none(), "third is over the limit");
-        // The mapped form is the same client.
-        assert!(
-            table
-                .enter("::ffff:192.0.2.1".parse().expect("literal"), 2)
-                .is_none()
-        );
-        drop(a);
-        assert!(table.enter(ip, 2).is_some(), "a slot was released");
-    }
-
-    #[test]
-    fn per_ip_table_forgets_clients_with_no_connection() {
-        let table = Arc::new(PerIp::default());
-        let guard = table
-            .enter("2001:db8::1".parse().expect("literal"), 1)
-            .expect("enter");
-        drop(guard);
-        assert!(table.open.lock().expect("lock").is_empty());
     }
 }

@@ -91,7 +91,7 @@ pub(super) enum Expiry {
 }
 
 impl Activity {
-    pub(super) fn new() -> Arc<Activity> {
+    pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -109,7 +109,7 @@ impl Activity {
 
     /// Since when the connection has had no request in flight; `None` while one is, or
     /// once it has been picked to be shed.
-    pub(super) fn idle_from(&self) -> Option<Instant> {
+    pub(crate) fn idle_from(&self) -> Option<Instant> {
         if !self.idle() || self.shedding.load(Ordering::Acquire) {
             return None;
         }
@@ -120,7 +120,7 @@ impl Activity {
     }
 
     /// Picks the connection to be shed; false if it already was.
-    pub(super) fn shed(&self) -> bool {
+    pub(crate) fn shed(&self) -> bool {
         if self.shedding.swap(true, Ordering::AcqRel) {
             return false;
         }
@@ -129,13 +129,13 @@ impl Activity {
     }
 
     /// Completes once the connection has been picked to be shed.
-    pub(super) async fn shed_picked(&self) {
+    pub(crate) async fn shed_picked(&self) {
         self.shed.notified().await;
     }
 
     /// A request has begun; it is in flight until the guard is dropped (with its
     /// response body, or when the request is abandoned).
-    pub(super) fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(Arc::clone(self))
     }
@@ -259,7 +259,7 @@ impl BodyEnded for Activity {
 
 /// A request in flight (see [`Activity::begin`]).
 #[derive(Debug)]
-pub(super) struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {

@@ -1,63 +1,17 @@
-//! The listeners and what a connection is served by: binding (`bind`), a connection's
-//! life (`conn`: trust check, PROXY header under its deadline, TLS by SNI, HTTP/1.1 and
-//! h2 over the forwarder; `direct`: the PROXY-signature screen of a direct source's
-//! first bytes), its waits (`clock`: head, keep-alive, h2 idle and send deadlines),
-//! slots (`shed`: the idle connection goes first at `max_clients`), and the [`Runtime`]
-//! a connection keeps from accept to close. The running server, its reloads and drain
-//! are `server`'s. Connection errors end their task and are logged once, at debug:
-//! outsiders trigger them at will.
+//! What a connection is served by, from accept to close: a config's [`Runtime`] (the
+//! forwarder, the TLS configs by SNI, the PROXY settings, the limits and timeouts).
+//! Built anew on each reload; a connection keeps the one it started with.
 
-mod bind;
-pub(crate) mod clock;
-pub(crate) mod conn;
-mod direct;
-mod serving;
-pub(crate) mod shed;
-
-use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use bind::{Bound, bind_all};
-pub(crate) use bind::{Reserved, reserve, wanted};
-use clock::WaitLimits;
-
+use super::clock::WaitLimits;
 use crate::access_log::AccessLog;
 use crate::config::{Config, KernelFilterConfig, Limits, Timeouts};
 use crate::forward::{ForwardError, ForwardOptions, Forwarder};
-use crate::kernel::KernelError;
 use crate::proxy_protocol;
 use crate::tls::{Tls, TlsError};
 use crate::trust::TrustList;
-
-/// Why a listener could not be bound or made to listen.
-#[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    #[error("binding {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("listening on {addr} (bound, but listen() failed)")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("attaching the kernel filter to {addr}")]
-    Filter {
-        addr: SocketAddr,
-        #[source]
-        source: Box<KernelError>,
-    },
-    #[error("protecting the listen ports with XDP")]
-    Ports {
-        #[source]
-        source: Box<KernelError>,
-    },
-}
 
 /// Why a config's runtime could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -148,11 +102,4 @@ impl Runtime {
             wait_limits,
         })
     }
-}
-
-/// Which protocol a listening socket speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Http,
-    Https,
 }
