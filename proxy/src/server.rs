@@ -8,27 +8,19 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::connection::{Accepted, PerIp, Protocol, Runtime, RuntimeError};
+use crate::connection::{Protocol, Runtime, RuntimeError};
 use crate::kernel::{Kernel, KernelError};
-use crate::listener::shed::Shed;
-use crate::listener::{self, Bound, ListenerError, Reserved};
-use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot, Throttle};
-
-/// Accept-error backoff: first and longest pause.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+use crate::listener::{self, Bound, Gate, Listener, ListenerError, Reserved};
+use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot};
 
 /// Why a new config could not be applied (or the listeners could not start).
 #[derive(Debug, thiserror::Error)]
@@ -89,18 +81,10 @@ impl Listening {
     }
 }
 
-/// The running proxy: its current runtime, counters and connection limits.
+/// The running proxy: the gate its connections go through (current runtime, counters,
+/// connection limits, drain signal), the kernel filter and the listeners.
 pub struct Server {
-    pub(crate) runtime: ArcSwap<Runtime>,
-    pub(crate) metrics: Arc<Metrics>,
-    /// One permit per open connection (`max_clients`); holding them all means drained.
-    pub(crate) slots: Arc<Semaphore>,
-    pub(crate) max_clients: usize,
-    pub(crate) per_ip: Arc<PerIp>,
-    /// Every open connection, to pick one to shed when `max_clients` is reached.
-    pub(crate) shed: Arc<Shed>,
-    /// Set when draining starts; every listener and HTTP connection watches it.
-    pub(crate) stop: watch::Sender<bool>,
+    gate: Arc<Gate>,
     /// The kernel filter, updated on reload and read by scrapes; taken at exit. Lock it
     /// before `listening` when both are needed.
     kernel: Mutex<Option<Kernel>>,
@@ -110,15 +94,8 @@ pub struct Server {
 
 impl Server {
     pub fn new(runtime: Runtime, kernel: Option<Kernel>, metrics: Arc<Metrics>) -> Arc<Server> {
-        let max_clients = runtime.limits.max_clients;
         Arc::new(Server {
-            runtime: ArcSwap::from_pointee(runtime),
-            metrics,
-            slots: Arc::new(Semaphore::new(max_clients)),
-            max_clients,
-            per_ip: Arc::new(PerIp::default()),
-            shed: Arc::new(Shed::default()),
-            stop: watch::channel(false).0,
+            gate: Arc::new(Gate::new(runtime, metrics)),
             kernel: Mutex::new(kernel),
             listening: Mutex::new(Listening::default()),
         })
@@ -126,12 +103,12 @@ impl Server {
 
     /// The counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        self.gate.metrics()
     }
 
     /// The runtime new connections get.
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
+        self.gate.runtime()
     }
 
     /// Runs `f` on the kernel filter, if one is loaded.
@@ -156,7 +133,7 @@ impl Server {
     /// were. Connections already running keep their runtime. The filter mode and
     /// `max_clients` keep their startup values.
     pub fn apply(self: &Arc<Self>, config: &Config) -> Result<(), ServerError> {
-        let current = self.runtime.load_full();
+        let current = self.gate.runtime();
         let runtime = Runtime::new(config, Some(&current))?;
         if runtime.kernel_filter != current.kernel_filter {
             warn!(
@@ -183,7 +160,7 @@ impl Server {
                 source: Box::new(source),
             });
         }
-        self.runtime.store(Arc::new(runtime));
+        self.gate.switch(runtime);
         for bound in added {
             self.serve_listener(bound);
         }
@@ -304,8 +281,8 @@ impl Server {
         let (stop, own_stop) = watch::channel(false);
         let wanted = (bound.configured, bound.protocol);
         let local = bound.addr;
-        let server = Arc::clone(self);
-        let task = tokio::spawn(async move { server.accept_loop(bound, own_stop).await });
+        let listener = Listener::new(bound, Arc::clone(&self.gate), own_stop);
+        let task = tokio::spawn(listener.run());
         lock(&self.listening).serving.push(Serving {
             wanted,
             local,
@@ -331,9 +308,9 @@ impl Server {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) -> usize {
-        let summary = tokio::spawn(summarize(Arc::clone(&self.metrics)));
+        let summary = tokio::spawn(summarize(Arc::clone(self.gate.metrics())));
         shutdown.await;
-        self.stop.send_replace(true);
+        self.gate.stop();
         // Each loop shuts its listening socket down as it ends: after this, new
         // connections are refused by the kernel.
         let tasks: Vec<JoinHandle<()>> = lock(&self.listening)
@@ -346,14 +323,13 @@ impl Server {
         }
         info!("draining: listeners closed, waiting for in-flight requests");
         summary.abort();
-        let all = u32::try_from(self.max_clients).unwrap_or(u32::MAX);
-        match tokio::time::timeout(grace, self.slots.acquire_many(all)).await {
+        match tokio::time::timeout(grace, self.gate.closed()).await {
             Ok(_) => {
                 info!("drained");
                 0
             }
             Err(_) => {
-                let open = self.max_clients - self.slots.available_permits();
+                let open = self.gate.open();
                 warn!(
                     open,
                     grace_s = grace.as_secs(),
@@ -363,106 +339,6 @@ impl Server {
             }
         }
     }
-
-    async fn accept_loop(self: Arc<Self>, bound: Bound, mut own_stop: watch::Receiver<bool>) {
-        let mut stop = self.stop.subscribe();
-        let mut backoff = ACCEPT_BACKOFF_MIN;
-        // Peers can run the process out of descriptors again and again.
-        let mut throttle = Throttle::default();
-        let mut detach_throttle = Throttle::default();
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                _ = own_stop.changed() => break,
-                accepted = bound.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    if bound.detach_accepted {
-                        self.detach_inherited(&stream, &bound, &mut detach_throttle);
-                    }
-                    let server = Arc::clone(&self);
-                    let span = debug_span!("conn", peer = %peer, listener = %bound.addr);
-                    let accepted = Box::new(Accepted {
-                        stream,
-                        peer,
-                        local: bound.addr,
-                        protocol: bound.protocol,
-                    });
-                    let connection = server.connection(accepted);
-                    tokio::spawn(connection.instrument(span));
-                }
-                Err(err) if is_transient(&err) => continue,
-                Err(err) => {
-                    // Out of descriptors or memory: pause, never give up the listener.
-                    self.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
-                    let retry_ms = backoff.as_millis() as u64;
-                    match throttle.allow(tokio::time::Instant::now()) {
-                        Some(suppressed) => {
-                            warn!(listener = %bound.addr, error = %err, retry_ms, suppressed, "accept failed")
-                        }
-                        None => {
-                            debug!(listener = %bound.addr, error = %err, retry_ms, "accept failed")
-                        }
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-            }
-        }
-        // Stop listening now, even though the kernel filter holds a duplicate of this
-        // socket: on Linux, shutting a listening socket down closes it for new
-        // connections (refused with a RST) and resets those not yet accepted.
-        if let Err(err) = socket2::SockRef::from(&bound.listener).shutdown(std::net::Shutdown::Both)
-        {
-            debug!(listener = %bound.addr, error = %err, "shutting the listener down");
-        }
-        // Closed before the task ends: what a reload waits for before it unprotects the
-        // port (`Server::retire`).
-        let local = bound.addr;
-        drop(bound);
-        info!(listener = %local, "listener closed");
-    }
-}
-
-impl Server {
-    /// Takes the socket filter an accepted socket inherited off it. A failure is counted
-    /// and logged (one warning per interval): the connection goes on with the filter,
-    /// which passes everything but SYNs.
-    fn detach_inherited(
-        &self,
-        stream: &tokio::net::TcpStream,
-        bound: &Bound,
-        throttle: &mut Throttle,
-    ) {
-        let Err(err) = crate::kernel::detach_inherited(stream) else {
-            return;
-        };
-        self.metrics
-            .filter_detach_errors
-            .fetch_add(1, Ordering::Relaxed);
-        match throttle.allow(tokio::time::Instant::now()) {
-            Some(suppressed) => {
-                warn!(listener = %bound.addr, error = %err, suppressed, "detaching the inherited socket filter from an accepted socket failed; it keeps the filter")
-            }
-            None => {
-                debug!(listener = %bound.addr, error = %err, "detaching the inherited socket filter failed")
-            }
-        }
-    }
-}
-
-/// Errors after which accepting again at once is right: the failed connection was the
-/// peer's problem, not ours.
-fn is_transient(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }
 
 async fn summarize(metrics: Arc<Metrics>) {
