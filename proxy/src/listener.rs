@@ -1,6 +1,6 @@
 //! The listening sockets: binding the ones a config names (`bind`: the kernel filter
 //! attached and the port protected before `listen()`), one accept loop per socket
-//! ([`Listener::run`], backing off on errors it cannot help), and the [`Gate`] every
+//! (`Listener::run`, backing off on errors it cannot help), and the `Gate` every
 //! accepted connection goes through: a slot under `max_clients` (`shed`: the idle
 //! connection goes first), then the current runtime, then `connection::serve`. A
 //! connection's life is `connection`'s; the running server, its reloads and drain are

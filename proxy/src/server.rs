@@ -4,7 +4,7 @@
 //! in place before user space switches, listeners re-bound where their addresses
 //! changed), the accept loops, and graceful drain. In XDP mode it keeps the protected
 //! ports in step with the listening sockets: a socket listens only while its port is
-//! protected ([`Listening`]).
+//! protected (`Listening`).
 
 use std::collections::HashSet;
 use std::future::Future;

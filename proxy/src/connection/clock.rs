@@ -6,7 +6,7 @@
 //! head late. [`StreamExec`] runs h2 streams, ending one whose window stays shut.
 //! HTTP/1: [`Activity::watch_request`] and [`Timed`] also find the moment a connection has
 //! been idle long enough ([`RELEASE_AFTER`]) for its hyper connection to be let go (see
-//! `conn::serve_h1`).
+//! `serving::serve_h1`).
 
 use std::future::Future;
 use std::io;
