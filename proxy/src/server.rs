@@ -160,6 +160,8 @@ impl Server {
                 source: Box::new(source),
             });
         }
+        // Only now, after the kernel's list: a prefix is never trusted by user space
+        // before the kernel lets it in.
         self.gate.switch(runtime);
         for bound in added {
             self.serve_listener(bound);
