@@ -24,9 +24,9 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached, XdpWalk};
-use crate::listener::Server;
 use crate::metrics;
 use crate::metrics::TimeoutKind;
+use crate::server::Server;
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

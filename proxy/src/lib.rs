@@ -14,15 +14,25 @@
 //! - [`forward`]: a request's way upstream and back: routing, header rewriting with the
 //!   recovered client address and PROXY v2 TLVs, the pooled upstream client (PROXY
 //!   headers to upstreams that take them) under the upstream connection caps, upgrades,
-//!   each request's access record.
+//!   each request's access record; one request runs as the phases route, upstream
+//!   request, send, response and log.
 //! - [`access_log`]: the access log's bounded queue, its writer thread (batched writes,
 //!   reopen on SIGUSR1) and its formats (text, JSON, combined).
 //! - [`tls`]: per-app rustls configs chosen by SNI (with per-app client-certificate CAs),
 //!   `default_tls_app` for ClientHellos without SNI, `unrecognized_name` alerts, and
 //!   session resumption kept across reloads and shared through a ticket key file.
-//! - [`listener`]: binding, the accept loop, limits (idle connections shed at
-//!   `max_clients`), and a connection's life: trust check, PROXY header, TLS, HTTP/1.1
-//!   and h2, every wait timed by its clock; reload and graceful drain.
+//! - [`server`]: the running service: its generations (a [`connection::Runtime`] per
+//!   config), applying a reload (listeners bound and protected before they listen, the
+//!   kernel's trusted list before user space's), the kernel filter, graceful drain.
+//! - [`listener`]: binding (the filter attached before `listen()`), one accept loop per
+//!   socket with backoff, and the gate every connection goes through (a slot under
+//!   `max_clients`, idle connections shed).
+//! - [`connection`]: one connection's life, given its admission and runtime: trust check,
+//!   PROXY header, the per-client limit, TLS, HTTP/1.1 and h2, every wait timed by its
+//!   clock.
+//!
+//!   The layers run one way: `server` over `listener` over `connection` over `forward`;
+//!   none imports one above it.
 //! - [`metrics`] and [`admin`]: the counters and their OpenMetrics exposition.
 //! - [`reload`]: SIGHUP and `-w` reloads.
 //! - [`service`]: the whole service from config to drain, as `trustgate` runs it.
@@ -36,6 +46,7 @@ pub mod access_log;
 pub mod admin;
 pub mod chain;
 pub mod config;
+pub mod connection;
 mod deadline;
 pub mod demo;
 pub mod forward;
@@ -46,6 +57,7 @@ pub mod metrics;
 pub mod nofile;
 pub mod proxy_protocol;
 pub mod reload;
+pub mod server;
 pub mod service;
 pub mod tls;
 pub mod trust;

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 
 use crate::chain::Chain;
 use crate::config::{self, Config};
-use crate::listener::Server;
+use crate::server::Server;
 
 /// How often `-w` looks at the file.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
@@ -148,7 +148,7 @@ pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
             for w in &warnings {
                 warn!(warning = %w, "config");
             }
-            match server.reload(&config) {
+            match server.apply(&config) {
                 Ok(()) => {
                     reconfigure_access_log(server, &config);
                     info!(config = %path.display(), "config reloaded");

@@ -15,9 +15,11 @@ use tracing::{info, warn};
 
 use crate::access_log::{AccessLog, AccessLogError};
 use crate::config::{self, ConfigError};
+use crate::connection::{Runtime, RuntimeError};
 use crate::kernel::{self, KernelError};
-use crate::listener::{self, ListenerError, Runtime, Server};
+use crate::listener::{self, ListenerError};
 use crate::metrics::Metrics;
+use crate::server::Server;
 use crate::{admin, nofile, reload};
 
 /// How long the access log may take to write what is queued at exit.
@@ -42,6 +44,8 @@ pub enum ServiceError {
     Kernel(#[source] KernelError),
     #[error(transparent)]
     Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
     #[error("starting the access log")]
     AccessLog(#[from] AccessLogError),
     #[error("binding the metrics listener {addr}")]

@@ -1,6 +1,8 @@
 //! Forwarding: what happens to a request once the listener has read it. [`Forwarder`]
 //! routes it, rewrites its headers from the connection's facts ([`ConnContext`], with the
-//! client recovered from the PROXY header), sends it upstream and streams the answer back.
+//! client recovered from the PROXY header), sends it upstream and streams the answer back:
+//! `phases` runs `Forwarder::forward` as route, upstream request, send and response,
+//! and [`Forwarder::handle`] ends with the log phase.
 //! [`Forwarder::handle`] never fails: every failure is a response (400, 404, 405, 413, 421,
 //! 502, 503, 504, or a 301 to HTTPS). Immutable once built; a reload builds a new one,
 //! which shares the old one's upstream connection cap (`slots`).
@@ -13,6 +15,7 @@ mod connect;
 mod forwarded;
 mod headers;
 mod hygiene;
+mod phases;
 mod pool;
 mod refusal;
 mod request;
@@ -28,23 +31,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Body, Incoming};
+use hyper::body::Incoming;
 use rustls::RootCertStore;
 use tracing::{debug, warn};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, Timeouts};
 use crate::metrics::{TimeoutCounts, TimeoutKind};
-use crate::proxy_protocol::{self, ProxyInfo};
+use crate::proxy_protocol::ProxyInfo;
 use crate::trust::TrustList;
 use access::{AccessBody, Pending};
-use body::{BodyFailure, BodyWatch, RequestBody, UpstreamBody};
+use body::{BodyFailure, UpstreamBody};
 use client::{Bounds, UpstreamClient, UpstreamError};
-use headers::Downstream;
-use pool::{GiveBack, Key, PooledBody};
+use pool::PooledBody;
 use refusal::Refusal;
 use route::{Router, Target};
 use slots::{Slots, WithTurn};
@@ -295,9 +297,11 @@ impl Forwarder {
         }
     }
 
-    /// Answers one request that came on `conn`. Never fails; hands one record to the
-    /// access log when the response body ends or is dropped, if requests are logged (the
-    /// record is not even built otherwise).
+    /// Answers one request that came on `conn`. Never fails: `forward` runs the phases
+    /// (route, upstream request, send, response: see `phases`), and a failure in any is
+    /// the proxy's own response; then the log phase hands one record to the access log
+    /// when the response body ends or is dropped, if requests are logged (the record is
+    /// not even built otherwise).
     pub async fn handle(&self, req: Request<Incoming>, conn: &ConnContext) -> Response<ProxyBody> {
         let mut record = self
             .log_requests
@@ -313,6 +317,12 @@ impl Forwarder {
                 .map(|body| body.map_err(|never: Infallible| match never {}).boxed()),
         };
         self.count(response.status());
+        self.log(response, record)
+    }
+
+    /// The log phase: the response's body carries `record` to the access log, which
+    /// gets it when the body ends or is dropped.
+    fn log(&self, response: Response<ProxyBody>, record: Option<Pending>) -> Response<ProxyBody> {
         match (record, &self.access_log) {
             (Some(mut record), Some(log)) => {
                 record.record.status = response.status().as_u16();
@@ -326,148 +336,6 @@ impl Forwarder {
     fn count(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
         bump(&self.counters.responses[class]);
-    }
-
-    async fn forward(
-        &self,
-        mut req: Request<Incoming>,
-        conn: &ConnContext,
-        mut record: Option<&mut Pending>,
-    ) -> Result<(Response<Incoming>, GiveBack, Option<Turn>), Answer> {
-        if req.method() == Method::CONNECT {
-            return Err(Answer::Status(StatusCode::METHOD_NOT_ALLOWED));
-        }
-        let host = request::request_host(req.uri(), req.headers(), req.version())?;
-        if let Some(record) = record.as_deref_mut()
-            && let Some(host) = &host
-        {
-            record.record.set_host(host.original.as_str());
-        }
-        if request::has_dot_segment(req.uri().path()) {
-            return Err(Refusal::BadRequest.into());
-        }
-        let app = self.router.app_for(host.as_ref(), conn)?;
-        if !conn.tls
-            && app.https_redirection
-            && let Some(location) = self.router.redirect_location(app, req.uri())
-        {
-            return Err(Answer::Redirect(location));
-        }
-        let route = app.route_for(req.uri().path()).ok_or(Refusal::NotFound)?;
-        if self
-            .body_limit
-            .is_some_and(|limit| req.body().size_hint().lower() > limit)
-        {
-            bump(&self.counters.bodies_too_large);
-            return Err(Answer::Status(StatusCode::PAYLOAD_TOO_LARGE));
-        }
-        let target = route.pick();
-        if let Some(record) = record {
-            record.record.upstream = Some(target.authority.clone());
-        }
-        let path = route.upstream_path(req.uri()).ok_or(Refusal::BadRequest)?;
-        let uri = Uri::builder()
-            .scheme(target.scheme.clone())
-            .authority(target.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|error| {
-                debug!(%error, "upstream URI not buildable");
-                Refusal::BadRequest
-            })?;
-        let upgrade = upgrade::requested(req.version(), req.headers(), &self.upgrade_protocols);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let protocol = client::protocol(
-            route.options.http_version,
-            target.tls,
-            req.version(),
-            req.headers(),
-            upgrade.is_some(),
-        );
-        let (mut parts, body) = req.into_parts();
-        let mut headers = parts.headers;
-        app.names.clean_head(&mut headers);
-        if parts.version == Version::HTTP_2 && protocol.version() != Version::HTTP_2 {
-            hygiene::join_cookie_crumbs(&mut headers);
-        }
-        let downstream = Downstream {
-            client: conn.client,
-            front: conn.front(),
-            tls: conn.tls,
-            host: host.as_ref().map(|h| h.original.as_str()),
-        };
-        headers::prepare_request(
-            &mut headers,
-            &downstream,
-            &self.trusted,
-            &route.options,
-            &target.authority,
-            upgrade.as_ref(),
-        )
-        .map_err(|error| {
-            debug!(error = %error, "request headers not forwardable");
-            Refusal::BadRequest
-        })?;
-        let tlvs = conn.proxy.as_ref().map(|p| p.tlvs()).unwrap_or_default();
-        tlv::apply(&mut headers, &app.tlv_headers, tlvs);
-        let (body, BodyWatch { done, fate }) =
-            RequestBody::new(body, self.body_limit, self.timeouts.request_body);
-        let end = parts.extensions.remove::<BodyEnd>();
-        let body = body.guarding_trailers(Arc::clone(&app.names)).telling(end);
-        let mut upstream_req = Request::new(body);
-        *upstream_req.method_mut() = parts.method;
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = protocol.version();
-        *upstream_req.headers_mut() = headers;
-
-        let proxy_header = target
-            .send_proxy_protocol
-            .map(|version| proxy_protocol::encode(version, conn.client, conn.front()));
-        let key = Key {
-            authority: &target.authority,
-            protocol,
-            tls: target.tls,
-            header: proxy_header.as_deref(),
-        };
-        let pool = self.client.pool(&key, &conn.upstream_pools);
-        // Held until the response body ends, so h2 streams beyond the cap wait here
-        // holding no upstream connection.
-        let turn = conn
-            .upstream_pools
-            .turns
-            .take(self.per_client, self.client.slots())
-            .await;
-        let (mut response, give_back) = match self
-            .client
-            .send(pool, &key, upstream_req, done, &fate)
-            .await
-        {
-            Ok(sent) => sent,
-            Err(error) => return Err(self.upstream_failed(&error, target)),
-        };
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if switching {
-            let (Some(asked), Some(client_upgrade)) = (upgrade, client_upgrade) else {
-                debug!(upstream = %target.authority, "upstream switched protocols unasked");
-                return Err(Answer::Status(StatusCode::BAD_GATEWAY));
-            };
-            if !upgrade::matches(&asked, &response) {
-                debug!(upstream = %target.authority, "upstream switched to another protocol");
-                return Err(Answer::Status(StatusCode::BAD_GATEWAY));
-            }
-            let idle = self.timeouts.tunnel_idle.map(|limit| upgrade::Idle {
-                limit,
-                counts: Arc::clone(&self.counters.timeouts),
-            });
-            upgrade::tunnel(
-                client_upgrade,
-                &mut response,
-                target.authority.to_string(),
-                idle,
-            );
-        }
-        headers::prepare_response(response.headers_mut(), switching);
-        Ok((response, give_back, turn))
     }
 
     /// The answer to a request that got no response ([`UpstreamError::status`]),

@@ -10,13 +10,14 @@ use socket2::{Domain, Socket, Type};
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use super::{ListenerError, Protocol};
+use super::ListenerError;
 use crate::config::Config;
+use crate::connection::Protocol;
 use crate::kernel::Kernel;
 
 /// A bound socket that does not listen yet: its port is known, and in socket mode the
 /// filter is attached. Dropping it closes the socket.
-pub(super) struct Reserved {
+pub(crate) struct Reserved {
     socket: Socket,
     /// The address bound (with the port the kernel chose for port 0).
     addr: SocketAddr,
@@ -29,12 +30,12 @@ pub(super) struct Reserved {
 
 impl Reserved {
     /// The address bound.
-    pub(super) fn local_addr(&self) -> SocketAddr {
+    pub(crate) fn local_addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Starts listening. In XDP mode, call only once the port is protected.
-    pub(super) fn listen(self) -> Result<Bound, ListenerError> {
+    pub(crate) fn listen(self) -> Result<Bound, ListenerError> {
         let addr = self.addr;
         let err = |source| ListenerError::Listen { addr, source };
         self.socket.listen(self.backlog).map_err(err)?;
@@ -52,16 +53,16 @@ impl Reserved {
 
 /// A bound, listening socket, with the kernel filter already attached.
 pub struct Bound {
-    pub(super) listener: TcpListener,
+    pub(crate) listener: TcpListener,
     /// The address bound (with the port the kernel chose for port 0).
-    pub(super) addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     /// The address the config asked for.
-    pub(super) configured: SocketAddr,
-    pub(super) protocol: Protocol,
+    pub(crate) configured: SocketAddr,
+    pub(crate) protocol: Protocol,
     /// A socket filter is attached to this listener (socket mode) and
     /// `kernel_filter.detach_accepted` is on: each accepted socket gets the filter it
     /// inherited taken off (`kernel::detach_inherited`).
-    pub(super) detach_accepted: bool,
+    pub(crate) detach_accepted: bool,
 }
 
 impl Bound {
@@ -72,7 +73,7 @@ impl Bound {
 }
 
 /// Every listener `config` names: plain HTTP, then TLS.
-pub(super) fn wanted(config: &Config) -> Vec<(SocketAddr, Protocol)> {
+pub(crate) fn wanted(config: &Config) -> Vec<(SocketAddr, Protocol)> {
     let listeners = &config.listeners;
     listeners
         .plain
@@ -107,7 +108,7 @@ pub fn bind_all(
 
 /// Binds one listener without listening, with the socket filter attached. A filter that
 /// cannot be attached fails the bind unless `kernel_filter.required` is false.
-pub(super) fn reserve(
+pub(crate) fn reserve(
     addr: SocketAddr,
     protocol: Protocol,
     config: &Config,

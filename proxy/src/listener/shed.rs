@@ -9,18 +9,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::clock::Activity;
+use crate::connection::Activity;
 
 /// Every open connection's [`Activity`], by a number of its own.
 #[derive(Debug, Default)]
-pub(super) struct Shed {
+pub(crate) struct Shed {
     next: AtomicU64,
     open: Mutex<HashMap<u64, Arc<Activity>>>,
 }
 
 impl Shed {
     /// Lists `activity` until the guard is dropped.
-    pub(super) fn list(self: &Arc<Self>, activity: &Arc<Activity>) -> Listed {
+    pub(crate) fn list(self: &Arc<Self>, activity: &Arc<Activity>) -> Listed {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, Arc::clone(activity));
         Listed {
@@ -31,7 +31,7 @@ impl Shed {
 
     /// Picks the connection idle longest and tells it to close; false when every open
     /// connection has a request in flight (or is already being shed).
-    pub(super) fn shed_oldest_idle(&self) -> bool {
+    pub(crate) fn shed_oldest_idle(&self) -> bool {
         let open = self.lock();
         open.values()
             .filter_map(|a| a.idle_from().map(|since| (since, a)))
@@ -46,7 +46,7 @@ impl Shed {
 }
 
 /// A listed connection; unlisted when dropped.
-pub(super) struct Listed {
+pub(crate) struct Listed {
     shed: Arc<Shed>,
     id: u64,
 }

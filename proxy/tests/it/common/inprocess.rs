@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use proxy::connection::Runtime;
 use proxy::kernel::{Attachment, Kernel, KernelError, Plan};
-use proxy::listener::{Runtime, Server, bind_all};
+use proxy::listener::bind_all;
 use proxy::metrics::Metrics;
+use proxy::server::Server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

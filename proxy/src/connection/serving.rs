@@ -22,9 +22,9 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::Runtime;
 use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked, WaitLimits};
-use super::conn::PerIpGuard;
+use super::per_ip::PerIpGuard;
+use super::runtime::Runtime;
 use crate::forward::ConnContext;
 use crate::metrics::TimeoutKind;
 use crate::proxy_protocol::Rewind;

@@ -1,177 +1,39 @@
-//! The listeners and the running server: binding (`bind`), the accept loop with backoff,
-//! a connection's life (`conn`: trust check, PROXY header under its deadline, TLS by SNI,
-//! HTTP/1.1 and h2 over the forwarder; `direct`: the PROXY-signature screen of a direct
-//! source's first bytes), its waits (`clock`: head, keep-alive, h2 idle and
-//! send deadlines), slots (`shed`: the idle connection goes first at `max_clients`),
-//! reload (new runtime, kernel trusted list in place,
-//! listeners re-bound where their addresses changed) and graceful drain. In XDP mode it
-//! keeps the protected ports in step with the listening sockets: a socket listens only
-//! while its port is protected ([`Listening`]). Connection errors end their task and are
-//! logged once, at debug: outsiders trigger them at will.
-
-mod bind;
-mod clock;
-mod conn;
-mod direct;
-mod serving;
-mod shed;
+//! The running service: the current runtime (a new one per reload, each connection
+//! keeping the one it started with), applying a new config ([`Server::apply`]: new
+//! listeners bound and protected before they listen, the kernel's trusted list updated
+//! in place before user space switches, listeners re-bound where their addresses
+//! changed), the accept loops, and graceful drain. In XDP mode it keeps the protected
+//! ports in step with the listening sockets: a socket listens only while its port is
+//! protected (`Listening`).
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{info, warn};
 
-use bind::Reserved;
-pub use bind::{Bound, bind_all};
-use clock::WaitLimits;
-use conn::{Accepted, PerIp};
-use shed::Shed;
-
-use crate::access_log::AccessLog;
-use crate::config::{Config, KernelFilterConfig, Limits, Timeouts};
-use crate::forward::{ForwardError, ForwardOptions, Forwarder};
+use crate::config::Config;
+use crate::connection::{Protocol, Runtime, RuntimeError};
 use crate::kernel::{Kernel, KernelError};
-use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot, Throttle};
-use crate::proxy_protocol;
-use crate::tls::{Tls, TlsError};
-use crate::trust::TrustList;
+use crate::listener::{self, Bound, Gate, Listener, ListenerError, Reserved};
+use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot};
 
-/// Accept-error backoff: first and longest pause.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-
-/// Why the listeners could not start (or a new config could not be applied).
+/// Why a new config could not be applied (or the listeners could not start).
 #[derive(Debug, thiserror::Error)]
-pub enum ListenerError {
-    #[error("binding {addr}")]
-    Bind {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("listening on {addr} (bound, but listen() failed)")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: io::Error,
-    },
-    #[error("attaching the kernel filter to {addr}")]
-    Filter {
-        addr: SocketAddr,
-        #[source]
-        source: Box<KernelError>,
-    },
-    #[error("protecting the listen ports with XDP")]
-    Ports {
-        #[source]
-        source: Box<KernelError>,
-    },
+pub enum ServerError {
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
     #[error("updating the kernel's trusted list")]
     Sync {
         #[source]
         source: Box<KernelError>,
     },
     #[error(transparent)]
-    Tls(#[from] TlsError),
-    #[error(transparent)]
-    Forward(#[from] ForwardError),
-}
-
-/// The PROXY-protocol part of the runtime settings.
-struct ProxySettings {
-    trust: TrustList,
-    timeout: Duration,
-    first_byte_timeout: Duration,
-    limits: proxy_protocol::Limits,
-}
-
-/// Everything a new connection needs from the current config. Swapped whole on reload;
-/// a connection keeps the one it started with.
-pub struct Runtime {
-    pub(crate) forwarder: Arc<Forwarder>,
-    /// How to filter: a reload that changes the mode only warns (it takes effect at the
-    /// next start); the trusted list is applied at once.
-    kernel_filter: Option<KernelFilterConfig>,
-    tls: Tls,
-    proxy: Option<ProxySettings>,
-    limits: Limits,
-    timeouts: Timeouts,
-    /// What each connection's watchdog reads (see `clock::WaitLimits`).
-    wait_limits: Arc<WaitLimits>,
-}
-
-impl Runtime {
-    /// Builds the runtime of a validated config (reads the certificates and the ticket
-    /// key file). On reload, `previous` is the runtime it replaces: the counters, the TLS
-    /// session cache and ticket keys carry on from it.
-    pub fn new(config: &Config, previous: Option<&Runtime>) -> Result<Runtime, ListenerError> {
-        let forwarder = match previous {
-            Some(previous) => Forwarder::succeeding(config, &previous.forwarder)?,
-            None => Forwarder::new(config)?,
-        };
-        Runtime::build(config, forwarder, previous)
-    }
-
-    /// The first runtime of a process that logs requests to `access_log` (reloads carry
-    /// it on).
-    pub fn with_access_log(
-        config: &Config,
-        access_log: AccessLog,
-    ) -> Result<Runtime, ListenerError> {
-        let options = ForwardOptions {
-            access_log: Some(access_log),
-            ..ForwardOptions::default()
-        };
-        Runtime::build(config, Forwarder::with_options(config, options)?, None)
-    }
-
-    fn build(
-        config: &Config,
-        forwarder: Forwarder,
-        previous: Option<&Runtime>,
-    ) -> Result<Runtime, ListenerError> {
-        let wait_limits = Arc::new(WaitLimits {
-            header: config.timeouts.request_header,
-            keepalive: config.timeouts.keepalive,
-            send: config.timeouts.send,
-            counts: Arc::clone(forwarder.timeouts()),
-        });
-        Ok(Runtime {
-            forwarder: Arc::new(forwarder),
-            kernel_filter: config
-                .proxy_protocol
-                .as_ref()
-                .map(|p| p.kernel_filter.clone()),
-            tls: Tls::new(config, previous.map(|p| &p.tls))?,
-            proxy: config.proxy_protocol.as_ref().map(|p| ProxySettings {
-                trust: p.trust.clone(),
-                timeout: p.timeout,
-                first_byte_timeout: p.first_byte_timeout,
-                limits: proxy_protocol::Limits {
-                    accept_v1_mixed_families: p.accept_v1_mixed_families,
-                    ..proxy_protocol::Limits::default()
-                },
-            }),
-            limits: config.limits.clone(),
-            timeouts: config.timeouts,
-            wait_limits,
-        })
-    }
-}
-
-/// Which protocol a listening socket speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
-    Http,
-    Https,
+    Runtime(#[from] RuntimeError),
 }
 
 /// A listener being served: what the config asked for, and how to stop it alone.
@@ -180,7 +42,7 @@ struct Serving {
     wanted: (SocketAddr, Protocol),
     /// The bound address.
     local: SocketAddr,
-    stop: watch::Sender<bool>,
+    pub(crate) stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
@@ -188,7 +50,7 @@ struct Serving {
 ///
 /// Invariant (XDP mode): a socket listens only while its port is in the protected set.
 /// A new socket's port joins the set between its bind and its `listen()`
-/// ([`Server::add_listeners`], [`bind_all`]); a stopped listener stays in `closing` until
+/// ([`Server::add_listeners`], [`listener::bind_all`]); a stopped listener stays in `closing` until
 /// its accept loop has ended, which drops the socket, and only then is the set
 /// recomputed ([`Server::closed`]). Every update of the set is computed from all the
 /// sockets here (plus the ones being added) while the kernel lock is held, so concurrent
@@ -219,18 +81,10 @@ impl Listening {
     }
 }
 
-/// The running proxy: its current runtime, counters and connection limits.
+/// The running proxy: the gate its connections go through (current runtime, counters,
+/// connection limits, drain signal), the kernel filter and the listeners.
 pub struct Server {
-    runtime: ArcSwap<Runtime>,
-    metrics: Arc<Metrics>,
-    /// One permit per open connection (`max_clients`); holding them all means drained.
-    slots: Arc<Semaphore>,
-    max_clients: usize,
-    per_ip: Arc<PerIp>,
-    /// Every open connection, to pick one to shed when `max_clients` is reached.
-    shed: Arc<Shed>,
-    /// Set when draining starts; every listener and HTTP connection watches it.
-    stop: watch::Sender<bool>,
+    gate: Arc<Gate>,
     /// The kernel filter, updated on reload and read by scrapes; taken at exit. Lock it
     /// before `listening` when both are needed.
     kernel: Mutex<Option<Kernel>>,
@@ -240,15 +94,8 @@ pub struct Server {
 
 impl Server {
     pub fn new(runtime: Runtime, kernel: Option<Kernel>, metrics: Arc<Metrics>) -> Arc<Server> {
-        let max_clients = runtime.limits.max_clients;
         Arc::new(Server {
-            runtime: ArcSwap::from_pointee(runtime),
-            metrics,
-            slots: Arc::new(Semaphore::new(max_clients)),
-            max_clients,
-            per_ip: Arc::new(PerIp::default()),
-            shed: Arc::new(Shed::default()),
-            stop: watch::channel(false).0,
+            gate: Arc::new(Gate::new(runtime, metrics)),
             kernel: Mutex::new(kernel),
             listening: Mutex::new(Listening::default()),
         })
@@ -256,12 +103,12 @@ impl Server {
 
     /// The counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+        self.gate.metrics()
     }
 
     /// The runtime new connections get.
     pub fn runtime(&self) -> Arc<Runtime> {
-        self.runtime.load_full()
+        self.gate.runtime()
     }
 
     /// Runs `f` on the kernel filter, if one is loaded.
@@ -285,15 +132,15 @@ impl Server {
     /// listens on it. A failed reload leaves the listeners and the protected set as they
     /// were. Connections already running keep their runtime. The filter mode and
     /// `max_clients` keep their startup values.
-    pub fn reload(self: &Arc<Self>, config: &Config) -> Result<(), ListenerError> {
-        let current = self.runtime.load_full();
+    pub fn apply(self: &Arc<Self>, config: &Config) -> Result<(), ServerError> {
+        let current = self.gate.runtime();
         let runtime = Runtime::new(config, Some(&current))?;
         if runtime.kernel_filter != current.kernel_filter {
             warn!(
                 "reload: kernel_filter settings changed; the trusted list is applied now, the rest at the next restart"
             );
         }
-        let wanted: Vec<(SocketAddr, Protocol)> = bind::wanted(config);
+        let wanted: Vec<(SocketAddr, Protocol)> = listener::wanted(config);
         // Held to the end, so that no listener closing meanwhile recomputes the protected
         // ports from a half-updated list.
         let mut kernel = lock(&self.kernel);
@@ -309,11 +156,13 @@ impl Server {
             let opened: Vec<SocketAddr> = added.iter().map(|b| b.addr).collect();
             drop(added);
             self.unprotect(Some(k), &opened);
-            return Err(ListenerError::Sync {
+            return Err(ServerError::Sync {
                 source: Box::new(source),
             });
         }
-        self.runtime.store(Arc::new(runtime));
+        // Only now, after the kernel's list: a prefix is never trusted by user space
+        // before the kernel lets it in.
+        self.gate.switch(runtime);
         for bound in added {
             self.serve_listener(bound);
         }
@@ -351,7 +200,7 @@ impl Server {
         let mut open = || {
             let mut reserved: Vec<Reserved> = Vec::new();
             for &(addr, protocol) in wanted.iter().filter(|w| !serving.contains(w)) {
-                let socket = bind::reserve(addr, protocol, config, kernel.as_deref_mut())?;
+                let socket = listener::reserve(addr, protocol, config, kernel.as_deref_mut())?;
                 opened.push(socket.local_addr());
                 reserved.push(socket);
             }
@@ -434,8 +283,8 @@ impl Server {
         let (stop, own_stop) = watch::channel(false);
         let wanted = (bound.configured, bound.protocol);
         let local = bound.addr;
-        let server = Arc::clone(self);
-        let task = tokio::spawn(async move { server.accept_loop(bound, own_stop).await });
+        let listener = Listener::new(bound, Arc::clone(&self.gate), own_stop);
+        let task = tokio::spawn(listener.run());
         lock(&self.listening).serving.push(Serving {
             wanted,
             local,
@@ -461,9 +310,9 @@ impl Server {
         shutdown: impl Future<Output = ()>,
         grace: Duration,
     ) -> usize {
-        let summary = tokio::spawn(summarize(Arc::clone(&self.metrics)));
+        let summary = tokio::spawn(summarize(Arc::clone(self.gate.metrics())));
         shutdown.await;
-        self.stop.send_replace(true);
+        self.gate.stop();
         // Each loop shuts its listening socket down as it ends: after this, new
         // connections are refused by the kernel.
         let tasks: Vec<JoinHandle<()>> = lock(&self.listening)
@@ -476,14 +325,13 @@ impl Server {
         }
         info!("draining: listeners closed, waiting for in-flight requests");
         summary.abort();
-        let all = u32::try_from(self.max_clients).unwrap_or(u32::MAX);
-        match tokio::time::timeout(grace, self.slots.acquire_many(all)).await {
+        match tokio::time::timeout(grace, self.gate.closed()).await {
             Ok(_) => {
                 info!("drained");
                 0
             }
             Err(_) => {
-                let open = self.max_clients - self.slots.available_permits();
+                let open = self.gate.open();
                 warn!(
                     open,
                     grace_s = grace.as_secs(),
@@ -493,106 +341,6 @@ impl Server {
             }
         }
     }
-
-    async fn accept_loop(self: Arc<Self>, bound: Bound, mut own_stop: watch::Receiver<bool>) {
-        let mut stop = self.stop.subscribe();
-        let mut backoff = ACCEPT_BACKOFF_MIN;
-        // Peers can run the process out of descriptors again and again.
-        let mut throttle = Throttle::default();
-        let mut detach_throttle = Throttle::default();
-        loop {
-            let accepted = tokio::select! {
-                biased;
-                _ = stop.changed() => break,
-                _ = own_stop.changed() => break,
-                accepted = bound.listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((stream, peer)) => {
-                    backoff = ACCEPT_BACKOFF_MIN;
-                    if bound.detach_accepted {
-                        self.detach_inherited(&stream, &bound, &mut detach_throttle);
-                    }
-                    let server = Arc::clone(&self);
-                    let span = debug_span!("conn", peer = %peer, listener = %bound.addr);
-                    let accepted = Box::new(Accepted {
-                        stream,
-                        peer,
-                        local: bound.addr,
-                        protocol: bound.protocol,
-                    });
-                    let connection = server.connection(accepted);
-                    tokio::spawn(connection.instrument(span));
-                }
-                Err(err) if is_transient(&err) => continue,
-                Err(err) => {
-                    // Out of descriptors or memory: pause, never give up the listener.
-                    self.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
-                    let retry_ms = backoff.as_millis() as u64;
-                    match throttle.allow(tokio::time::Instant::now()) {
-                        Some(suppressed) => {
-                            warn!(listener = %bound.addr, error = %err, retry_ms, suppressed, "accept failed")
-                        }
-                        None => {
-                            debug!(listener = %bound.addr, error = %err, retry_ms, "accept failed")
-                        }
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                }
-            }
-        }
-        // Stop listening now, even though the kernel filter holds a duplicate of this
-        // socket: on Linux, shutting a listening socket down closes it for new
-        // connections (refused with a RST) and resets those not yet accepted.
-        if let Err(err) = socket2::SockRef::from(&bound.listener).shutdown(std::net::Shutdown::Both)
-        {
-            debug!(listener = %bound.addr, error = %err, "shutting the listener down");
-        }
-        // Closed before the task ends: what a reload waits for before it unprotects the
-        // port (`Server::retire`).
-        let local = bound.addr;
-        drop(bound);
-        info!(listener = %local, "listener closed");
-    }
-}
-
-impl Server {
-    /// Takes the socket filter an accepted socket inherited off it. A failure is counted
-    /// and logged (one warning per interval): the connection goes on with the filter,
-    /// which passes everything but SYNs.
-    fn detach_inherited(
-        &self,
-        stream: &tokio::net::TcpStream,
-        bound: &Bound,
-        throttle: &mut Throttle,
-    ) {
-        let Err(err) = crate::kernel::detach_inherited(stream) else {
-            return;
-        };
-        self.metrics
-            .filter_detach_errors
-            .fetch_add(1, Ordering::Relaxed);
-        match throttle.allow(tokio::time::Instant::now()) {
-            Some(suppressed) => {
-                warn!(listener = %bound.addr, error = %err, suppressed, "detaching the inherited socket filter from an accepted socket failed; it keeps the filter")
-            }
-            None => {
-                debug!(listener = %bound.addr, error = %err, "detaching the inherited socket filter failed")
-            }
-        }
-    }
-}
-
-/// Errors after which accepting again at once is right: the failed connection was the
-/// peer's problem, not ours.
-fn is_transient(err: &io::Error) -> bool {
-    matches!(
-        err.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-    )
 }
 
 async fn summarize(metrics: Arc<Metrics>) {

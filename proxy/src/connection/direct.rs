@@ -15,7 +15,7 @@ use crate::proxy_protocol::{
 };
 
 /// The first read's buffer: a whole ordinary request head or TLS ClientHello, so that the
-/// next layer gets it in one piece (see `conn::sniff`), as it would without the screen.
+/// next layer gets it in one piece (see `serving::sniff`), as it would without the screen.
 const SCREEN_BYTES: usize = 4096;
 
 /// How a direct source's connection opens.

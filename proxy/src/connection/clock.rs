@@ -6,7 +6,7 @@
 //! head late. [`StreamExec`] runs h2 streams, ending one whose window stays shut.
 //! HTTP/1: [`Activity::watch_request`] and [`Timed`] also find the moment a connection has
 //! been idle long enough ([`RELEASE_AFTER`]) for its hyper connection to be let go (see
-//! `conn::serve_h1`).
+//! `serving::serve_h1`).
 
 use std::future::Future;
 use std::io;
@@ -54,7 +54,7 @@ fn at(epoch: Instant, stamp: u64) -> Instant {
 /// What one client connection is doing, shared by its stream wrapper, its service and its
 /// watchdog.
 #[derive(Debug)]
-pub(super) struct Activity {
+pub(crate) struct Activity {
     epoch: Instant,
     in_flight: AtomicUsize,
     /// [`stamp`] of the moment the last request ended; 0: none has ended yet.
@@ -91,7 +91,7 @@ pub(super) enum Expiry {
 }
 
 impl Activity {
-    pub(super) fn new() -> Arc<Activity> {
+    pub(crate) fn new() -> Arc<Activity> {
         Arc::new(Activity {
             epoch: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -109,7 +109,7 @@ impl Activity {
 
     /// Since when the connection has had no request in flight; `None` while one is, or
     /// once it has been picked to be shed.
-    pub(super) fn idle_from(&self) -> Option<Instant> {
+    pub(crate) fn idle_from(&self) -> Option<Instant> {
         if !self.idle() || self.shedding.load(Ordering::Acquire) {
             return None;
         }
@@ -120,7 +120,7 @@ impl Activity {
     }
 
     /// Picks the connection to be shed; false if it already was.
-    pub(super) fn shed(&self) -> bool {
+    pub(crate) fn shed(&self) -> bool {
         if self.shedding.swap(true, Ordering::AcqRel) {
             return false;
         }
@@ -129,13 +129,13 @@ impl Activity {
     }
 
     /// Completes once the connection has been picked to be shed.
-    pub(super) async fn shed_picked(&self) {
+    pub(crate) async fn shed_picked(&self) {
         self.shed.notified().await;
     }
 
     /// A request has begun; it is in flight until the guard is dropped (with its
     /// response body, or when the request is abandoned).
-    pub(super) fn begin(self: &Arc<Self>) -> InFlight {
+    pub(crate) fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(Arc::clone(self))
     }
@@ -259,7 +259,7 @@ impl BodyEnded for Activity {
 
 /// A request in flight (see [`Activity::begin`]).
 #[derive(Debug)]
-pub(super) struct InFlight(Arc<Activity>);
+pub(crate) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -310,7 +310,7 @@ pub(super) fn expiry_or_wake(
 /// The waits a connection's watchdog and [`Timed`] bound, and where their expiries are
 /// counted: one per generation, shared by its connections (each idle connection would
 /// otherwise carry its own copy).
-pub(super) struct WaitLimits {
+pub(crate) struct WaitLimits {
     /// `request_header_timeout`, `keepalive_timeout`, `send_timeout`.
     pub(super) header: Duration,
     pub(super) keepalive: Duration,
