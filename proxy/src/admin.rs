@@ -1,7 +1,7 @@
 //! The admin listener (`[metrics] listen`): `GET /metrics` answers every counter in the
-//! OpenMetrics text format, encoded by `prometheus-client`. A scrape reads the counters
-//! where they live (user space atomics, the forwarder, the kernel's per-CPU maps) rather
-//! than copying them on the hot path. `trustgate stats` prints the same scrape.
+//! OpenMetrics text format, encoded by `prometheus-client`: the families registered in
+//! [`crate::metrics::Metrics`], then the kernel's per-CPU counters, read at scrape time by
+//! a collector. `trustgate stats` prints the same scrape.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -25,8 +25,6 @@ use tracing::{debug, info, warn};
 
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached, XdpWalk};
 use crate::listener::Server;
-use crate::metrics;
-use crate::metrics::TimeoutKind;
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -115,16 +113,19 @@ pub enum FetchError {
     Status(StatusCode),
 }
 
-/// One scrape, as OpenMetrics text.
+/// One scrape, as OpenMetrics text: the families of [`metrics::Metrics`], then the
+/// kernel's series, read from its per-CPU maps now.
 pub fn render(server: &Arc<Server>) -> Result<String, fmt::Error> {
-    let mut registry = Registry::with_prefix("trustgate");
-    registry.register_collector(Box::new(Scrape(Arc::clone(server))));
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    server.metrics().encode(&mut text)?;
+    let mut kernel = Registry::with_prefix("trustgate");
+    kernel.register_collector(Box::new(Scrape(Arc::clone(server))));
+    prometheus_client::encoding::text::encode_registry(&mut text, &kernel)?;
+    prometheus_client::encoding::text::encode_eof(&mut text)?;
     Ok(text)
 }
 
-/// Reads every counter at scrape time.
+/// Reads the kernel's counters at scrape time (they live in per-CPU maps, summed when read).
 struct Scrape(Arc<Server>);
 
 impl fmt::Debug for Scrape {
@@ -163,186 +164,6 @@ fn gauge(
 
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let server = &self.0;
-        let m = server.metrics().snapshot();
-        counter(
-            &mut enc,
-            "connections_accepted",
-            "TCP connections accepted",
-            &[(vec![], m.accepted)],
-        )?;
-        counter(
-            &mut enc,
-            "accept_errors",
-            "accept() failures not caused by the peer (out of descriptors or memory); the listener pauses and retries",
-            &[(vec![], m.accept_errors)],
-        )?;
-        counter(
-            &mut enc,
-            "filter_detach_errors",
-            "accepted sockets whose inherited socket filter could not be detached (kernel_filter.detach_accepted); they keep it",
-            &[(vec![], m.filter_detach_errors)],
-        )?;
-        counter(
-            &mut enc,
-            "connections_refused",
-            "Connections closed before HTTP, by reason",
-            &[
-                (
-                    vec![("reason", "untrusted_peer".into())],
-                    m.refused_untrusted,
-                ),
-                (
-                    vec![("reason", "direct_proxy_header".into())],
-                    m.refused_direct_header,
-                ),
-                (
-                    vec![("reason", "max_clients".into())],
-                    m.refused_max_clients,
-                ),
-                (
-                    vec![("reason", "max_clients_per_ip".into())],
-                    m.refused_per_ip,
-                ),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            "connections_closed",
-            "Connections closed before HTTP for a reason that is not a refusal, by reason (no_data: a trusted proxy connected and closed without a byte, a TCP health check)",
-            &[(vec![("reason", "no_data".into())], m.closed_no_data)],
-        )?;
-        counter(
-            &mut enc,
-            "proxy_v1_mixed_families",
-            "PROXY v1 lines whose addresses differed in family, accepted by accept_v1_mixed_families",
-            &[(vec![], m.v1_mixed_families)],
-        )?;
-        let dropped = server
-            .runtime()
-            .forwarder
-            .access_log()
-            .map_or(0, |log| log.dropped());
-        counter(
-            &mut enc,
-            "access_log_dropped",
-            "Access records dropped: the writer's queue was full (a slow or stalled log destination), or their write failed",
-            &[(vec![], dropped)],
-        )?;
-        counter(
-            &mut enc,
-            "connections_shed",
-            "Idle connections closed to make room for a new one when max_clients was reached",
-            &[(vec![], m.shed)],
-        )?;
-        let by_kind = |map: &std::collections::BTreeMap<&'static str, u64>| -> Vec<(Labels, u64)> {
-            map.iter()
-                .map(|(k, v)| (vec![("kind", (*k).to_string())], *v))
-                .collect()
-        };
-        counter(
-            &mut enc,
-            "proxy_header_errors",
-            "PROXY headers refused, by kind (timeout: none complete before the deadline)",
-            &by_kind(&m.header_errors),
-        )?;
-        counter(
-            &mut enc,
-            "tls_errors",
-            "TLS handshakes failed, by kind (no_sni, unknown_sni: refused with an unrecognized_name alert; handshake; timeout)",
-            &by_kind(&m.tls_errors),
-        )?;
-        counter(
-            &mut enc,
-            "tls_handshakes",
-            "TLS handshakes completed, by kind (full, or resumed from a session ticket or ID)",
-            &[
-                (vec![("kind", "full".into())], m.tls_full),
-                (vec![("kind", "resumed".into())], m.tls_resumed),
-            ],
-        )?;
-        gauge(
-            &mut enc,
-            "connections_active",
-            "Connections open now",
-            &[(vec![], m.active as i64)],
-        )?;
-        counter(
-            &mut enc,
-            "reloads",
-            "Config reloads, by outcome",
-            &[
-                (vec![("outcome", "ok".into())], m.reloads_ok),
-                (vec![("outcome", "error".into())], m.reloads_failed),
-            ],
-        )?;
-        let f = server.runtime().forwarder.stats();
-        let classes: Vec<(Labels, u64)> = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .zip(f.responses)
-            .map(|(class, n)| (vec![("class", (*class).to_string())], n))
-            .collect();
-        counter(
-            &mut enc,
-            "requests",
-            "HTTP responses sent, by status class",
-            &classes,
-        )?;
-        counter(
-            &mut enc,
-            "upstream_errors",
-            "Upstream failures, by kind (each answered 502, 504 or 413)",
-            &[
-                (vec![("kind", "unreachable".into())], f.upstream_errors),
-                (vec![("kind", "timeout".into())], f.upstream_timeouts),
-                (vec![("kind", "body_too_large".into())], f.bodies_too_large),
-            ],
-        )?;
-        let timeouts = server.runtime().forwarder.timeouts().clone();
-        let by_kind: Vec<(Labels, u64)> = TimeoutKind::ALL
-            .iter()
-            .map(|&kind| (vec![("kind", kind.label().to_string())], timeouts.get(kind)))
-            .collect();
-        counter(
-            &mut enc,
-            "timeouts",
-            "Connections and requests ended for waiting too long, by what they waited for",
-            &by_kind,
-        )?;
-        let u = server.runtime().forwarder.upstream_stats();
-        gauge(
-            &mut enc,
-            metrics::UPSTREAM_CONNECTIONS_OPEN,
-            "Upstream connections open now, idle pooled ones included",
-            &[(vec![], u.open as i64)],
-        )?;
-        gauge(
-            &mut enc,
-            metrics::UPSTREAM_CONNECTIONS_MAX,
-            "max_upstream_connections",
-            &[(vec![], u.max as i64)],
-        )?;
-        counter(
-            &mut enc,
-            metrics::UPSTREAM_REQUESTS_QUEUED,
-            "Upstream requests that waited, by the limit they waited for",
-            &[
-                (vec![("limit", "max_upstream_connections".into())], u.waited),
-                (
-                    vec![("limit", "max_upstream_connections_per_client".into())],
-                    u.waited_per_client,
-                ),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            metrics::UPSTREAM_REQUESTS_REFUSED,
-            "Requests answered 503: no upstream connection freed up within the connect timeout",
-            &[(
-                vec![("reason", "max_upstream_connections".into())],
-                u.refused,
-            )],
-        )?;
         self.encode_kernel(&mut enc)
     }
 }

@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -68,11 +67,9 @@ impl Server {
         accepted: Box<Accepted>,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.accepted.inc();
             let Some(_slot) = self.admit().await else {
-                self.metrics
-                    .refused_max_clients
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused_max_clients.inc();
                 debug!("refused: max_clients reached, and no idle connection to shed");
                 return;
             };
@@ -95,7 +92,7 @@ impl Server {
             tokio::select! {
                 () = served => {}
                 () = activity.shed_picked() => {
-                    self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.shed.inc();
                     debug!("shed: idle while max_clients was reached");
                 }
             }
@@ -153,7 +150,7 @@ impl Server {
         };
         match proxy.trust.class(peer.ip()) {
             None => {
-                metrics.refused_untrusted.fetch_add(1, Ordering::Relaxed);
+                metrics.refused_untrusted.inc();
                 debug!("refused: peer is not a trusted proxy");
                 None
             }
@@ -164,19 +161,17 @@ impl Server {
                     Some((stream, facts, runtime))
                 }
                 Ok(Screened::Signature(version)) => {
-                    metrics
-                        .refused_direct_header
-                        .fetch_add(1, Ordering::Relaxed);
+                    metrics.refused_direct_header.inc();
                     debug!(version = ?version, "refused: a direct source sent a PROXY header");
                     None
                 }
                 Ok(Screened::NoData) => {
-                    metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                    metrics.closed_no_data.inc();
                     debug!("direct source closed before any byte: a health check");
                     None
                 }
                 Ok(Screened::NoFirstByte) => {
-                    let timeouts = runtime.forwarder.timeouts();
+                    let timeouts = &runtime.forwarder.metrics().timeouts;
                     timeouts.bump(TimeoutKind::ProxyFirstByte);
                     debug!("direct source: no byte before first_byte_timeout; closing");
                     None
@@ -186,7 +181,7 @@ impl Server {
                     None
                 }
                 Ok(Screened::Timeout { received }) => {
-                    let timeouts = runtime.forwarder.timeouts();
+                    let timeouts = &runtime.forwarder.metrics().timeouts;
                     timeouts.bump(TimeoutKind::DirectFirstBytes);
                     debug!(received, "direct source: first bytes too late; closing");
                     None
@@ -199,7 +194,7 @@ impl Server {
             Some(Class::Proxy) => match read_header(stream, deadlines, &proxy.limits).await {
                 Ok((info, stream)) => {
                     if info.mixed_families() {
-                        metrics.v1_mixed_families.fetch_add(1, Ordering::Relaxed);
+                        metrics.v1_mixed_families.inc();
                     }
                     let client = info
                         .client()
@@ -210,12 +205,12 @@ impl Server {
                 }
                 // A trusted proxy that connects and closes is checking that the port is up.
                 Err(ReadError::NoData) => {
-                    metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                    metrics.closed_no_data.inc();
                     debug!("closed before any byte: a health check");
                     None
                 }
                 Err(ReadError::NoFirstByte) => {
-                    let timeouts = runtime.forwarder.timeouts();
+                    let timeouts = &runtime.forwarder.metrics().timeouts;
                     timeouts.bump(TimeoutKind::ProxyFirstByte);
                     debug!("no byte before first_byte_timeout; closing");
                     None
@@ -254,7 +249,7 @@ impl Server {
             Some(max) => match self.per_ip.enter(client.ip(), max) {
                 Some(guard) => Some(guard),
                 None => {
-                    self.metrics.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.refused_per_ip.inc();
                     debug!(client = %client, "refused: max_clients_per_ip reached");
                     return None;
                 }
@@ -341,14 +336,14 @@ struct Active<'a>(&'a Metrics);
 
 impl<'a> Active<'a> {
     fn new(metrics: &'a Metrics) -> Self {
-        metrics.active.fetch_add(1, Ordering::Relaxed);
+        metrics.active.inc();
         Active(metrics)
     }
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.dec();
     }
 }
 

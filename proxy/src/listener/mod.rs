@@ -20,7 +20,6 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -120,14 +119,16 @@ impl Runtime {
         Runtime::build(config, forwarder, previous)
     }
 
-    /// The first runtime of a process that logs requests to `access_log` (reloads carry
-    /// it on).
+    /// The first runtime of a process that logs requests to `access_log` and counts
+    /// into `metrics` (reloads carry both on).
     pub fn with_access_log(
         config: &Config,
         access_log: AccessLog,
+        metrics: Arc<Metrics>,
     ) -> Result<Runtime, ListenerError> {
         let options = ForwardOptions {
             access_log: Some(access_log),
+            metrics: Some(metrics),
             ..ForwardOptions::default()
         };
         Runtime::build(config, Forwarder::with_options(config, options)?, None)
@@ -142,7 +143,7 @@ impl Runtime {
             header: config.timeouts.request_header,
             keepalive: config.timeouts.keepalive,
             send: config.timeouts.send,
-            counts: Arc::clone(forwarder.timeouts()),
+            counts: Arc::clone(&forwarder.metrics().timeouts),
         });
         Ok(Runtime {
             forwarder: Arc::new(forwarder),
@@ -239,11 +240,13 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(runtime: Runtime, kernel: Option<Kernel>, metrics: Arc<Metrics>) -> Arc<Server> {
+    /// The server of `runtime`; it shares the runtime's counters (`Forwarder::metrics`),
+    /// which every later runtime carries on.
+    pub fn new(runtime: Runtime, kernel: Option<Kernel>) -> Arc<Server> {
         let max_clients = runtime.limits.max_clients;
         Arc::new(Server {
+            metrics: Arc::clone(runtime.forwarder.metrics()),
             runtime: ArcSwap::from_pointee(runtime),
-            metrics,
             slots: Arc::new(Semaphore::new(max_clients)),
             max_clients,
             per_ip: Arc::new(PerIp::default()),
@@ -527,7 +530,7 @@ impl Server {
                 Err(err) if is_transient(&err) => continue,
                 Err(err) => {
                     // Out of descriptors or memory: pause, never give up the listener.
-                    self.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.accept_errors.inc();
                     let retry_ms = backoff.as_millis() as u64;
                     match throttle.allow(tokio::time::Instant::now()) {
                         Some(suppressed) => {
@@ -570,9 +573,7 @@ impl Server {
         let Err(err) = crate::kernel::detach_inherited(stream) else {
             return;
         };
-        self.metrics
-            .filter_detach_errors
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.filter_detach_errors.inc();
         match throttle.allow(tokio::time::Instant::now()) {
             Some(suppressed) => {
                 warn!(listener = %bound.addr, error = %err, suppressed, "detaching the inherited socket filter from an accepted socket failed; it keeps the filter")
