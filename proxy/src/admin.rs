@@ -7,12 +7,13 @@ use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
@@ -21,6 +22,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 use proxy_common::{Class, Counter};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached, XdpWalk};
@@ -29,39 +31,73 @@ use crate::listener::Server;
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// At most this many admin connections at once; one more is closed at accept. A scraper
+/// needs one; the cap keeps whoever reaches the port from holding descriptors.
+pub const ADMIN_MAX_CONNECTIONS: usize = 16;
+/// The wait for a request head on an admin connection.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// An admin connection's whole life: one scrape (keep-alive is off).
+pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `/metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    serve_with(listener, move || render(&server)).await
+}
+
+/// Serves `scrape`'s text at `/metrics`, under the admin listener's caps: at most
+/// [`ADMIN_MAX_CONNECTIONS`], one request each, its head within [`ADMIN_HEADER_TIMEOUT`]
+/// and the whole connection within [`ADMIN_CONNECTION_TIMEOUT`].
+async fn serve_with<F>(listener: TcpListener, scrape: F)
+where
+    F: Fn() -> Result<String, fmt::Error> + Send + Sync + 'static,
+{
     if let Ok(addr) = listener.local_addr() {
         info!(listener = %addr, "metrics listening");
     }
+    let scrape = Arc::new(scrape);
+    let open = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 warn!(error = %err, "metrics accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let server = Arc::clone(&server);
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            debug!(peer = %peer, "metrics connection refused: {ADMIN_MAX_CONNECTIONS} open");
+            continue;
+        };
+        let scrape = Arc::clone(&scrape);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
-                let server = Arc::clone(&server);
-                async move { Ok::<_, Infallible>(answer(&req, &server)) }
+                let scrape = Arc::clone(&scrape);
+                async move { Ok::<_, Infallible>(answer(&req, &*scrape)) }
             });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(peer = %peer, error = %err, "metrics connection ended with an error");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    debug!(peer = %peer, error = %err, "metrics connection ended with an error")
+                }
+                Err(_elapsed) => debug!(peer = %peer, "metrics connection closed: too slow"),
             }
         });
     }
 }
 
-fn answer(req: &Request<hyper::body::Incoming>, server: &Arc<Server>) -> Response<Full<Bytes>> {
+fn answer(
+    req: &Request<hyper::body::Incoming>,
+    scrape: &dyn Fn() -> Result<String, fmt::Error>,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = if req.uri().path() == "/metrics" {
-        match render(server) {
+        match scrape() {
             Ok(text) => (StatusCode::OK, CONTENT_TYPE, text),
             Err(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -309,5 +345,72 @@ impl Scrape {
             "Untrusted SYNs let through by observe_only",
             &observed,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn admin() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_with(listener, || Ok("up 1\n".to_string())));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_scrape_is_answered_and_the_connection_closed() {
+        let addr = admin().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = String::new();
+        stream
+            .read_to_string(&mut got)
+            .await
+            .expect("read to close");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(got.ends_with("up 1\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_at_once() {
+        let addr = admin().await;
+        let mut held = Vec::new();
+        for _ in 0..ADMIN_MAX_CONNECTIONS {
+            held.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Accepted in order: the held ones took every permit before this one is accepted.
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(ADMIN_HEADER_TIMEOUT / 2, extra.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection past the cap is closed before any head timeout: {read:?}"
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_at_the_header_timeout() {
+        let addr = admin().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            ADMIN_HEADER_TIMEOUT + Duration::from_secs(3),
+            stream.read_to_end(&mut got),
+        )
+        .await;
+        assert!(read.is_ok(), "still open past the header timeout");
+        assert!(started.elapsed() >= ADMIN_HEADER_TIMEOUT - Duration::from_millis(100));
     }
 }
