@@ -20,7 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use proxy_common::{Class, Counter};
+use proxy_common::{Counter, KERNEL_FAMILIES};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
@@ -269,82 +269,27 @@ impl Scrape {
             "Where the kernel filter is attached, in which mode and (XDP) which walk",
             &attached,
         )?;
-        let mut syns = Vec::new();
-        let mut by_class = Vec::new();
-        let mut malformed = Vec::new();
-        let mut observed = Vec::new();
-        for (program, c) in &counters {
-            let program = match program {
-                // Both XDP walks count into one map, read once as `Program::Xdp`.
-                Program::Xdp | Program::XdpL3 => "xdp",
-                Program::Socket => "socket",
-            };
-            for (family, seen, passed, dropped) in [
-                (
-                    "ipv4",
-                    Counter::SynSeenV4,
-                    Counter::SynPassedV4,
-                    Counter::SynDroppedV4,
-                ),
-                (
-                    "ipv6",
-                    Counter::SynSeenV6,
-                    Counter::SynPassedV6,
-                    Counter::SynDroppedV6,
-                ),
-            ] {
-                for (outcome, slot) in [("seen", seen), ("passed", passed), ("dropped", dropped)] {
-                    let labels = vec![
-                        ("program", program.to_string()),
-                        ("family", family.to_string()),
-                        ("outcome", outcome.to_string()),
-                    ];
-                    syns.push((labels, c.get(slot)));
+        for (family, help) in KERNEL_FAMILIES {
+            let mut series = Vec::new();
+            for (program, c) in &counters {
+                let program = match program {
+                    // Both XDP walks count into one map, read once as `Program::Xdp`.
+                    Program::Xdp | Program::XdpL3 => "xdp",
+                    Program::Socket => "socket",
+                };
+                for slot in Counter::ALL {
+                    let (name, labels) = slot.series();
+                    if name != family {
+                        continue;
+                    }
+                    let mut all: Labels = vec![("program", program.to_string())];
+                    all.extend(labels.iter().map(|&(k, v)| (k, v.to_string())));
+                    series.push((all, c.get(slot)));
                 }
             }
-            for (class, slot) in [
-                (Class::Proxy, Counter::SynPassedProxy),
-                (Class::Direct, Counter::SynPassedDirect),
-            ] {
-                let labels = vec![
-                    ("program", program.to_string()),
-                    ("class", class.name().to_string()),
-                ];
-                by_class.push((labels, c.get(slot)));
-            }
-            malformed.push((
-                vec![("program", program.to_string())],
-                c.get(Counter::DroppedMalformed),
-            ));
-            observed.push((
-                vec![("program", program.to_string())],
-                c.get(Counter::ObservedOnly),
-            ));
+            counter(enc, family, help, &series)?;
         }
-        counter(
-            enc,
-            "kernel_syns",
-            "Initial SYNs to protected ports judged in the kernel",
-            &syns,
-        )?;
-        counter(
-            enc,
-            "kernel_syns_passed",
-            "Initial SYNs passed in the kernel, by the class of their source (proxy: trusted_proxies, direct: direct_sources)",
-            &by_class,
-        )?;
-        counter(
-            enc,
-            "kernel_dropped_malformed",
-            "Frames dropped because they could not be judged",
-            &malformed,
-        )?;
-        counter(
-            enc,
-            "kernel_observed_only",
-            "Untrusted SYNs let through by observe_only",
-            &observed,
-        )
+        Ok(())
     }
 }
 

@@ -14,6 +14,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -191,7 +193,7 @@ impl Families {
     }
 
     /// A family whose series are known in advance: one per `value` of `key`, all
-    /// exposed from the start (at 0), returned in the order given.
+    /// exposed from the start (at 0) in the order given, and returned in that order.
     fn series<const N: usize>(
         &mut self,
         name: &str,
@@ -199,8 +201,14 @@ impl Families {
         key: &'static str,
         values: [&'static str; N],
     ) -> [Counter; N] {
-        let family = self.family(name, help);
-        values.map(|value| family.get_or_create_owned(&[(key, value)]))
+        let counters: [Counter; N] = std::array::from_fn(|_| Counter::default());
+        let series = Series {
+            key,
+            values,
+            counters: counters.clone(),
+        };
+        self.0.register(name, help, series);
+        counters
     }
 
     /// A family whose series appear as they are first counted (kinds of failure).
@@ -208,6 +216,28 @@ impl Families {
         let family = Family::<Label, Counter>::default();
         self.0.register(name, help, family.clone());
         family
+    }
+}
+
+/// A counter family with a fixed set of series, encoded in a fixed order (a `Family`
+/// keeps its series in a hash map and needs a lock to find one).
+#[derive(Debug)]
+struct Series<const N: usize> {
+    key: &'static str,
+    values: [&'static str; N],
+    counters: [Counter; N],
+}
+
+impl<const N: usize> EncodeMetric for Series<N> {
+    fn encode(&self, mut encoder: MetricEncoder) -> fmt::Result {
+        for (value, counter) in self.values.iter().zip(&self.counters) {
+            counter.encode(encoder.encode_family(&[(self.key, *value)])?)?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
     }
 }
 
