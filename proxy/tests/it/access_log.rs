@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{Gateway, message};
 use common::http1::Conn;
+use common::testconfig::{AccessLog, App, KernelFilter, ProxyProtocol, TestConfig};
 use common::upstream;
 use nix::sys::signal::Signal;
 use serde_json::Value;
@@ -30,27 +31,19 @@ const CLIENT: &str = "203.0.113.7:4711";
 /// `%d/%b/%Y:%H:%M:%S %z`.
 const FLUENTD_APACHE2: &str = r#"^(?<host>[^ ]*) [^ ]* (?<user>[^ ]*) \[(?<time>[^\]]*)\] "(?<method>\S+)(?: +(?<path>(?:[^\"]|\\.)*?)(?: +\S*)?)?" (?<code>[^ ]*) (?<size>[^ ]*)(?: "(?<referer>(?:[^\"]|\\.)*)" "(?<agent>(?:[^\"]|\\.)*)")?$"#;
 
-fn config(upstream: SocketAddr, access_log: &str) -> String {
-    format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "127.0.0.1"
-default_app = "app"
-redact_query_in_access_log = true
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["127.0.0.1/32"]
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "off"
-[metrics]
-listen = "127.0.0.1:0"
-[access_log]
-{access_log}
-"#
-    )
+fn config(upstream: SocketAddr, access_log: AccessLog) -> String {
+    TestConfig::new()
+        .listen_port(0)
+        .listen_v4("127.0.0.1")
+        .default_app("app")
+        .redact_query_in_access_log(true)
+        .app("app", App::new("app.test").upstream(upstream))
+        .proxy_protocol(
+            ProxyProtocol::trusting(["127.0.0.1/32"]).kernel_filter(KernelFilter::mode("off")),
+        )
+        .metrics("127.0.0.1:0")
+        .access_log(access_log)
+        .render()
 }
 
 /// A keep-alive connection to `gw` that starts with a PROXY header naming [`CLIENT`].
@@ -101,8 +94,7 @@ fn one_record(format: &str) -> String {
     let (_rt, demo) = upstream::demo_in_background();
     let dir = temp_dir();
     let path = dir.path().join("access.log");
-    let table = format!("path = \"{}\"\nformat = \"{format}\"", path.display());
-    let gw = Gateway::start(&config(demo, &table), 1);
+    let gw = Gateway::start(&config(demo, AccessLog::to(&path).format(format)), 1);
     let (status, _) = connect(&gw)
         .get("/logged?token=s3cret&x")
         .expect("a response");
@@ -191,8 +183,7 @@ fn sigusr1_after_a_rename_writes_to_a_new_file_at_the_path() {
     let dir = temp_dir();
     let path = dir.path().join("access.log");
     let rotated = dir.path().join("access.log.1");
-    let table = format!("path = \"{}\"\nformat = \"combined\"", path.display());
-    let mut gw = Gateway::start(&config(demo, &table), 1);
+    let mut gw = Gateway::start(&config(demo, AccessLog::to(&path).format("combined")), 1);
     let mut conn = connect(&gw);
     conn.get("/before").expect("a response");
     lines_once(&path, 1);
@@ -224,25 +215,20 @@ fn a_reload_changes_the_path_and_the_format_and_turns_the_log_off() {
     let dir = temp_dir();
     let first = dir.path().join("first.log");
     let second = dir.path().join("second.log");
-    let table = |path: &Path, format: &str, off: bool| {
-        format!(
-            "path = \"{}\"\nformat = \"{format}\"\noff = {off}",
-            path.display()
-        )
-    };
-    let mut gw = Gateway::start(&config(demo, &table(&first, "json", false)), 1);
+    let table = |path: &Path, format: &str, off: bool| AccessLog::to(path).format(format).off(off);
+    let mut gw = Gateway::start(&config(demo, table(&first, "json", false)), 1);
     let mut conn = connect(&gw);
     conn.get("/one").expect("a response");
     lines_once(&first, 1);
-    reload(&mut gw, &config(demo, &table(&second, "combined", false)));
+    reload(&mut gw, &config(demo, table(&second, "combined", false)));
     conn.get("/two").expect("a response");
     let lines = lines_once(&second, 1);
     assert!(lines[0].contains("\"GET /two HTTP/1.1\""), "{lines:?}");
-    reload(&mut gw, &config(demo, &table(&second, "combined", true)));
+    reload(&mut gw, &config(demo, table(&second, "combined", true)));
     // Requests on a new connection get the new runtime; the old one keeps its own.
     let mut fresh = connect(&gw);
     fresh.get("/unlogged").expect("a response");
-    reload(&mut gw, &config(demo, &table(&second, "combined", false)));
+    reload(&mut gw, &config(demo, table(&second, "combined", false)));
     connect(&gw).get("/three").expect("a response");
     let lines = lines_once(&second, 2);
     assert_eq!(lines.len(), 2, "{lines:?}");
@@ -270,8 +256,7 @@ fn a_log_nobody_reads_neither_slows_requests_nor_stops_them_and_drops_are_counte
         .custom_flags(libc::O_NONBLOCK)
         .open(&fifo)
         .expect("opening the FIFO's read end");
-    let table = format!("path = \"{}\"\nformat = \"json\"", fifo.display());
-    let mut gw = Gateway::start(&config(demo, &table), 1);
+    let mut gw = Gateway::start(&config(demo, AccessLog::to(&fifo).format("json")), 1);
     let metrics = gw.metrics_listener();
     let addr = gw.listeners[0];
     // More than the pipe (64 KiB) and the queue (4096 records) hold together.
@@ -321,7 +306,7 @@ fn check_names_an_access_log_path_that_cannot_be_opened() {
     let missing = dir.path().join("no-such-dir").join("access.log");
     let text = config(
         "127.0.0.1:9".parse().expect("address"),
-        &format!("path = \"{}\"", missing.display()),
+        AccessLog::to(&missing),
     );
     let (_cfg_dir, config_path): (tempfile::TempDir, PathBuf) =
         common::gateway::write_config(&text);
@@ -346,7 +331,10 @@ fn check_names_an_access_log_path_that_cannot_be_opened() {
 
 #[test]
 fn an_unknown_format_is_refused_with_the_nearest_name() {
-    let text = config("127.0.0.1:9".parse().expect("address"), "format = \"jsno\"");
+    let text = config(
+        "127.0.0.1:9".parse().expect("address"),
+        AccessLog::new().format("jsno"),
+    );
     let (_dir, config_path) = common::gateway::write_config(&text);
     let out = Command::new(env!("CARGO_BIN_EXE_trustgate"))
         .arg("-c")

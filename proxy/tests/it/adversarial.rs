@@ -21,6 +21,7 @@ use common::lb;
 use common::netns::Lab;
 use common::probe::{self, Held, room_for};
 use common::scrape::{self, Scrape};
+use common::testconfig::{App, KernelFilter, ProxyProtocol, TestConfig};
 use common::upstream;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::{JoinSet, block_in_place};
@@ -33,50 +34,39 @@ const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the proxy may take to exit on SIGTERM once idle.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A config for the binary: plain HTTP on an ephemeral port of `listen`, one app routed
-/// to `upstream`, PROXY headers from `trusted` within `timeout_ms`, the kernel filter
-/// section `filter`, metrics on an ephemeral loopback port, and `top` added at the top.
+/// A config for the binary: `base` (its listen addresses and top-level keys) with plain
+/// HTTP on an ephemeral port, one app routed to `upstream`, PROXY headers from `trusted`
+/// within `timeout_ms`, the kernel filter `filter`, and metrics on an ephemeral loopback
+/// port.
 fn config(
+    base: TestConfig,
     upstream: SocketAddr,
-    listen: &str,
     trusted: &[String],
     timeout_ms: u64,
-    filter: &str,
-    top: &str,
+    filter: KernelFilter,
 ) -> String {
-    let trusted: Vec<String> = trusted.iter().map(|t| format!("\"{t}\"")).collect();
-    format!(
-        r#"
-listen_port = 0
-{listen}
-{top}
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = [{trusted}]
-timeout = {timeout_ms}
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-{filter}
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-        trusted = trusted.join(", ")
-    )
+    base.listen_port(0)
+        .default_app("app")
+        .app("app", App::new("app.test").upstream(upstream))
+        .proxy_protocol(
+            ProxyProtocol::trusting(trusted)
+                .timeout(timeout_ms)
+                .kernel_filter(filter),
+        )
+        .metrics("127.0.0.1:0")
+        .render()
 }
 
 /// A loopback config trusting 127.0.0.1, without a kernel filter: the adversaries here
-/// are trusted peers, which every filter mode lets through alike.
-fn loopback_config(upstream: SocketAddr, timeout_ms: u64, top: &str) -> String {
+/// are trusted peers, which every filter mode lets through alike. `top` holds the
+/// top-level keys under test.
+fn loopback_config(upstream: SocketAddr, timeout_ms: u64, top: TestConfig) -> String {
     config(
+        top.listen_v4("127.0.0.1"),
         upstream,
-        "listen_address_v4 = \"127.0.0.1\"",
         &["127.0.0.1/32".into()],
         timeout_ms,
-        "mode = \"off\"",
-        top,
+        KernelFilter::mode("off"),
     )
 }
 
@@ -239,7 +229,7 @@ async fn slow_header_drips_are_closed_at_the_timeout_while_others_are_served() {
     let (upstream, hits) = upstream::counting().await;
     let timeout_ms = SLOW_TIMEOUT.as_millis() as u64;
     let (gw, metrics) = start(
-        &loopback_config(upstream, timeout_ms, "max_clients = 4096"),
+        &loopback_config(upstream, timeout_ms, TestConfig::new().max_clients(4096)),
         1,
     );
     let addr = gw.listeners[0];
@@ -309,7 +299,7 @@ async fn proxy_raises_its_open_file_soft_limit_to_the_hard_limit() {
     }
     let gw = block_in_place(|| {
         // max_clients = 1 needs 66 descriptors: the raise is logged at info, not warned.
-        let text = loopback_config(upstream, 1000, "max_clients = 1");
+        let text = loopback_config(upstream, 1000, TestConfig::new().max_clients(1));
         Gateway::start_with_nofile(&text, 1, 256, None)
     });
     let (soft_now, hard_now) = probe::nofile_limits(gw.pid().as_raw());
@@ -344,7 +334,7 @@ async fn descriptor_exhaustion_is_warned_about_once_and_service_resumes() {
     }
     let (upstream, hits) = upstream::counting().await;
     let timeout_ms = EXHAUSTION_TIMEOUT.as_millis() as u64;
-    let text = loopback_config(upstream, timeout_ms, "max_clients = 4096");
+    let text = loopback_config(upstream, timeout_ms, TestConfig::new().max_clients(4096));
     let mut gw = block_in_place(|| {
         Gateway::start_with_nofile(&text, 1, EXHAUSTION_NOFILE, Some(EXHAUSTION_NOFILE))
     });
@@ -456,7 +446,11 @@ async fn storm_beyond_max_clients_is_refused_while_every_slot_is_busy_and_sheds_
     let (open_gate, gate) = watch::channel(false);
     let (upstream, hits) = gated_upstream(gate).await;
     let (gw, metrics) = start(
-        &loopback_config(upstream, 1000, &format!("max_clients = {MAX_CLIENTS}")),
+        &loopback_config(
+            upstream,
+            1000,
+            TestConfig::new().max_clients(MAX_CLIENTS as u32),
+        ),
         1,
     );
     let addr = gw.listeners[0];
@@ -670,7 +664,7 @@ async fn hostile_header_bytes_are_closed_and_counted_without_panic_or_growth() {
         return;
     }
     let (upstream, hits) = upstream::counting().await;
-    let (mut gw, metrics) = start(&loopback_config(upstream, 1000, ""), 1);
+    let (mut gw, metrics) = start(&loopback_config(upstream, 1000, TestConfig::new()), 1);
     let addr = gw.listeners[0];
     let cases = hostile::cases();
     normal_requests(addr, 5, "warm-up").await;
@@ -722,21 +716,17 @@ fn lab() -> Option<Lab> {
 }
 
 /// The spoof test's config: listeners on the lab's host addresses (v4 and v6), the lab's
-/// trusted addresses trusted, and the given filter section.
-fn lab_config(lab: &Lab, upstream: SocketAddr, filter: &str) -> String {
+/// trusted addresses trusted, and the given kernel filter.
+fn lab_config(lab: &Lab, upstream: SocketAddr, filter: KernelFilter) -> String {
     config(
+        TestConfig::new().listen_v4(lab.host4).listen_v6(lab.host6),
         upstream,
-        &format!(
-            "listen_address_v4 = \"{}\"\nlisten_address_v6 = \"{}\"",
-            lab.host4, lab.host6
-        ),
         &[
             format!("{}/32", lab.trusted4),
             format!("{}/128", lab.trusted6),
         ],
         1000,
         filter,
-        "",
     )
 }
 
@@ -799,10 +789,10 @@ fn dropped(counters: &Scrape, program: Option<&str>, family: &str) -> u64 {
 
 /// Runs the spoof test against the binary with `filter`; `dropped_by` names the program
 /// whose kernel counters must show the drops (`None`: no kernel filter).
-async fn spoof_through_the_binary(filter: impl Fn(&Lab) -> String, dropped_by: Option<&str>) {
+async fn spoof_through_the_binary(filter: impl Fn(&Lab) -> KernelFilter, dropped_by: Option<&str>) {
     let Some(lab) = lab() else { return };
     let (upstream, hits) = upstream::counting().await;
-    let (gw, metrics) = start(&lab_config(&lab, upstream, &filter(&lab)), 2);
+    let (gw, metrics) = start(&lab_config(&lab, upstream, filter(&lab)), 2);
     if let Some(program) = dropped_by {
         // `required = false` and socket mode's classic fallback both start without the
         // eBPF program when it cannot be loaded; that is a skip here, not a pass.
@@ -868,14 +858,14 @@ async fn spoof_through_the_binary(filter: impl Fn(&Lab) -> String, dropped_by: O
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_header_from_an_untrusted_source_never_reaches_the_upstream_without_a_filter() {
-    spoof_through_the_binary(|_| "mode = \"off\"".into(), None).await;
+    spoof_through_the_binary(|_| KernelFilter::mode("off"), None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_header_from_an_untrusted_source_never_reaches_the_upstream_with_the_ebpf_socket_filter()
  {
     spoof_through_the_binary(
-        |_| "mode = \"socket\"\nrequired = false".into(),
+        |_| KernelFilter::mode("socket").required(false),
         Some("socket"),
     )
     .await;
@@ -885,10 +875,9 @@ async fn spoofed_header_from_an_untrusted_source_never_reaches_the_upstream_with
 async fn spoofed_header_from_an_untrusted_source_never_reaches_the_upstream_with_xdp() {
     spoof_through_the_binary(
         |lab| {
-            format!(
-                "mode = \"xdp\"\ninterfaces = [\"{}\"]\nrequired = false",
-                lab.host_if
-            )
+            KernelFilter::mode("xdp")
+                .interfaces([&lab.host_if])
+                .required(false)
         },
         Some("xdp"),
     )
@@ -903,7 +892,7 @@ async fn spoofed_header_from_an_untrusted_source_never_reaches_the_upstream_with
  {
     let Some(lab) = lab() else { return };
     let (upstream, hits) = upstream::counting().await;
-    let text = lab_config(&lab, upstream, "mode = \"socket\"");
+    let text = lab_config(&lab, upstream, KernelFilter::mode("socket"));
     let proxy = common::inprocess::InProcess::start(&text, proxy::kernel::Plan::ClassicSocket)
         .expect("the classic filter needs no privilege");
     let attached = proxy.attachments();
@@ -974,11 +963,11 @@ async fn stalled_h2_uploads_hold_at_most_their_share_of_upstream_connections_and
         return;
     }
     let (upstream, seen) = upstream::body_reading().await;
-    let top = format!(
-        "max_clients = {STALL_MAX_CLIENTS}\nmax_upstream_connections = {UPSTREAM_CAP}\n\
-         max_upstream_connections_per_client = {PER_CLIENT}"
-    );
-    let (gw, metrics) = start(&loopback_config(upstream, 1000, &top), 1);
+    let top = TestConfig::new()
+        .max_clients(STALL_MAX_CLIENTS as u32)
+        .max_upstream_connections(UPSTREAM_CAP as u32)
+        .max_upstream_connections_per_client(PER_CLIENT as u32);
+    let (gw, metrics) = start(&loopback_config(upstream, 1000, top), 1);
     let addr = gw.listeners[0];
     let pid = gw.pid().as_raw();
     normal_requests(addr, 2, "warm-up").await;
@@ -1074,11 +1063,12 @@ async fn at_max_upstream_connections_requests_wait_then_get_503_and_are_counted(
     const CAP: usize = 4;
     const STREAMS: usize = 8;
     let (upstream, seen) = upstream::body_reading().await;
-    let top = format!(
-        "max_clients = {STALL_MAX_CLIENTS}\nmax_upstream_connections = {CAP}\n\
-         max_upstream_connections_per_client = {STREAMS}\nupstream_connect_timeout = 1"
-    );
-    let (gw, metrics) = start(&loopback_config(upstream, 1000, &top), 1);
+    let top = TestConfig::new()
+        .max_clients(STALL_MAX_CLIENTS as u32)
+        .max_upstream_connections(CAP as u32)
+        .max_upstream_connections_per_client(STREAMS as u32)
+        .upstream_connect_timeout(1);
+    let (gw, metrics) = start(&loopback_config(upstream, 1000, top), 1);
     let addr = gw.listeners[0];
     let mut staller = common::stall::open(addr, &lb::client_header(addr), STREAMS, "/upload").await;
     let full = scrape::until(

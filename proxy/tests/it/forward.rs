@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::forwarder::{
-    ReqBody, config, echoed, get, get_from, post, proxy, proxy_with, send, send_h2, text,
+    HOST, ReqBody, app, config, config_to, echoed, get, get_from, post, proxy, proxy_with, route,
+    send, send_h2, text,
 };
+use common::testconfig::{App, Route, TestConfig, Tls, Upstream};
 use common::upstream::{self, UpBody};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, StatusCode, header};
@@ -33,7 +35,7 @@ const HANG_GUARD: Duration = Duration::from_secs(60);
 #[tokio::test]
 async fn http1_request_reaches_the_upstream_with_the_client_identity() {
     let demo = upstream::demo().await;
-    let p = proxy(&config("", &[demo], "")).await;
+    let p = proxy(&config_to(&[demo])).await;
     let response = send(p.addr, get("/hello?x=1")).await;
     assert_eq!(response.status(), StatusCode::OK);
     let echo = text(response).await;
@@ -51,7 +53,7 @@ async fn http1_request_reaches_the_upstream_with_the_client_identity() {
 #[tokio::test]
 async fn untrusted_clients_forwarding_headers_are_not_passed_on() {
     let demo = upstream::demo().await;
-    let p = proxy(&config("", &[demo], "")).await;
+    let p = proxy(&config_to(&[demo])).await;
     let req = Request::get("/")
         .header(header::HOST, "app.example")
         .header("x-forwarded-for", "6.6.6.6")
@@ -69,12 +71,10 @@ async fn untrusted_clients_forwarding_headers_are_not_passed_on() {
 #[tokio::test]
 async fn trusted_clients_chain_is_extended_and_forwarded_added() {
     let demo = upstream::demo().await;
-    let top = "trusted_forwarded_proxies = [\"203.0.113.0/24\"]";
-    let p = proxy(&config(
-        top,
-        &[demo],
-        "upstream_options = [\"forwarded_header\"]",
-    ))
+    let forwarded = route(&[demo]).upstream_option("forwarded_header");
+    let p = proxy(
+        &config(App::new(HOST).route(forwarded)).trusted_forwarded_proxies(["203.0.113.0/24"]),
+    )
     .await;
     let req = Request::get("/")
         .header(header::HOST, "app.example")
@@ -99,9 +99,7 @@ async fn trusted_clients_chain_is_extended_and_forwarded_added() {
 async fn http2_upstream_is_spoken_with_prior_knowledge_when_forced() {
     let demo = upstream::demo().await;
     let p = proxy(&config(
-        "",
-        &[demo],
-        "upstream_options = [\"force_http2_upstream\"]",
+        App::new(HOST).route(route(&[demo]).upstream_option("force_http2_upstream")),
     ))
     .await;
     let echo = text(send(p.addr, get("/h2")).await).await;
@@ -150,8 +148,10 @@ async fn at_once(addr: SocketAddr, n: usize) -> Vec<(StatusCode, String)> {
 async fn concurrent_requests_to_an_h2c_upstream_share_one_connection() {
     const N: usize = 6;
     let (up, connections) = answering_together(N, None).await;
-    let route = "upstream_options = [\"force_http2_upstream\"]";
-    let p = proxy(&config("", &[up], route)).await;
+    let p = proxy(&config(
+        App::new(HOST).route(route(&[up]).upstream_option("force_http2_upstream")),
+    ))
+    .await;
     let answers = at_once(p.addr, N).await;
     assert!(
         answers
@@ -172,10 +172,8 @@ async fn requests_to_a_tls_upstream_that_chose_h2_share_its_connection() {
     let (server, roots) = upstream::self_signed();
     // The first request opens the connection (ALPN decides h2), the rest multiplex on it.
     let (up, connections) = answering_together(1, Some(Arc::clone(&server))).await;
-    let text_config = format!(
-        "listen_port = 8080\n[apps.app]\nserver_name = \"app.example\"\n\
-         [[apps.app.reverse_proxy]]\nupstream = [{{ location = \"{up}\", tls = true }}]\n"
-    );
+    let text_config =
+        config(App::new("app.example").route(Route::new().upstream(Upstream::at(up).tls(true))));
     let options = ForwardOptions {
         upstream_roots: Some(roots),
         ..ForwardOptions::default()
@@ -193,7 +191,7 @@ async fn requests_to_a_tls_upstream_that_chose_h2_share_its_connection() {
 #[tokio::test]
 async fn http2_client_reaches_a_plain_upstream_over_http11_with_its_authority_as_host() {
     let demo = upstream::demo().await;
-    let p = proxy(&config("", &[demo], "")).await;
+    let p = proxy(&config_to(&[demo])).await;
     let req = Request::get("http://app.example/from-h2")
         .body(Empty::new().boxed())
         .expect("test request");
@@ -208,7 +206,7 @@ async fn http2_client_reaches_a_plain_upstream_over_http11_with_its_authority_as
 #[tokio::test]
 async fn unreachable_upstream_is_a_502() {
     let down = upstream::closed_port().await;
-    let p = proxy(&config("", &[down], "")).await;
+    let p = proxy(&config_to(&[down])).await;
     let response = send(p.addr, get("/")).await;
     assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
     let stats = p.forwarder.metrics();
@@ -229,7 +227,7 @@ async fn upstream_without_a_response_head_in_time_is_a_504() {
         }
     })
     .await;
-    let p = proxy(&config("upstream_read_timeout = 0.2", &[silent], "")).await;
+    let p = proxy(&config_to(&[silent]).upstream_read_timeout(0.2)).await;
     let response = send(p.addr, get("/")).await;
     assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(p.forwarder.metrics().upstream_timeouts.get(), 1);
@@ -257,7 +255,7 @@ async fn counting_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn declared_body_over_the_limit_is_a_413_that_never_reaches_the_upstream() {
     let (up, count) = counting_upstream().await;
-    let p = proxy(&config("request_max_body_size = 1024", &[up], "")).await;
+    let p = proxy(&config_to(&[up]).request_max_body_size(1024)).await;
     let response = send(p.addr, post("/", vec![b'a'; 1025])).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(count.load(Ordering::SeqCst), 0);
@@ -284,7 +282,7 @@ fn streamed(chunks: &[usize]) -> Request<ReqBody> {
 #[tokio::test]
 async fn chunked_body_over_the_limit_is_a_413() {
     let (up, _count) = counting_upstream().await;
-    let p = proxy(&config("request_max_body_size = 1024", &[up], "")).await;
+    let p = proxy(&config_to(&[up]).request_max_body_size(1024)).await;
     let response = send(p.addr, streamed(&[1000, 24])).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(text(response).await, "1024 bytes");
@@ -301,7 +299,10 @@ async fn round_robin_takes_three_upstreams_in_turn() {
             upstream::serve(move |_req| async move { upstream::text(format!("{id}")) }).await,
         );
     }
-    let p = proxy(&config("", &upstreams, "load_balance = \"round_robin\"")).await;
+    let p = proxy(&config(
+        App::new(HOST).route(route(&upstreams).load_balance("round_robin")),
+    ))
+    .await;
     let mut seen = Vec::new();
     for _ in 0..6 {
         seen.push(text(send(p.addr, get("/")).await).await);
@@ -312,7 +313,7 @@ async fn round_robin_takes_three_upstreams_in_turn() {
 #[tokio::test]
 async fn websocket_echoes_through_the_proxy() {
     let demo = upstream::demo().await;
-    let p = proxy(&config("", &[demo], "")).await;
+    let p = proxy(&config_to(&[demo])).await;
     let stream = TcpStream::connect(p.addr)
         .await
         .expect("connect to the proxy");
@@ -367,7 +368,7 @@ async fn large_response_streams_through_without_being_held() {
         }
     })
     .await;
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     let run = async {
         let mut body = send(p.addr, get("/big")).await.into_body();
         let mut total = 0usize;
@@ -412,7 +413,7 @@ async fn request_body_streams_to_the_upstream_before_it_ends() {
         }
     })
     .await;
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     let (mut tx, body) = Channel::<Bytes, Infallible>::new(2);
     let req = Request::post("/upload")
         .header(header::HOST, "app.example")
@@ -442,13 +443,15 @@ async fn request_body_streams_to_the_upstream_before_it_ends() {
 #[tokio::test]
 async fn proxy_answers_no_route_and_redirect_itself() {
     let demo = upstream::demo().await;
-    let text_config = format!(
-        "listen_port = 8080\nlisten_port_tls = 8443\n\
-         [apps.app]\nserver_name = \"app.example\"\n\
-         tls = {{ tls_cert_path = \"c.pem\", tls_cert_key_path = \"k.pem\" }}\n\
-         [[apps.app.reverse_proxy]]\nupstream = [{{ location = \"{demo}\" }}]\n\
-         [apps.api]\nserver_name = \"api.example\"\n\
-         [[apps.api.reverse_proxy]]\npath = \"/v1\"\nupstream = [{{ location = \"{demo}\" }}]\n"
+    let text_config = config(
+        App::new("app.example")
+            .tls(Tls::files("c.pem", "k.pem"))
+            .upstream(demo),
+    )
+    .listen_port_tls(8443)
+    .app(
+        "api",
+        App::new("api.example").route(Route::new().path("/v1").upstream(Upstream::at(demo))),
     );
     let p = proxy(&text_config).await;
     let response = send(p.addr, get("/a?b=c")).await;
@@ -482,10 +485,8 @@ async fn tls_upstream_is_verified() {
         server,
     )
     .await;
-    let text_config = format!(
-        "listen_port = 8080\n[apps.app]\nserver_name = \"app.example\"\n\
-         [[apps.app.reverse_proxy]]\nupstream = [{{ location = \"{up}\", tls = true }}]\n"
-    );
+    let text_config =
+        config(App::new("app.example").route(Route::new().upstream(Upstream::at(up).tls(true))));
     // Not signed by a Mozilla root: refused.
     let p = proxy(&text_config).await;
     assert_eq!(
@@ -534,7 +535,7 @@ fn names(headers: &http::HeaderMap) -> Vec<&str> {
 #[tokio::test]
 async fn underscored_request_headers_never_reach_the_upstream() {
     let (up, mut rx) = upstream::recording().await;
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     let req = get_with(&[
         ("X_Forwarded_For", "6.6.6.6"),
         ("X_Request_Id", "forged"),
@@ -553,8 +554,9 @@ async fn underscored_request_headers_never_reach_the_upstream() {
 #[tokio::test]
 async fn allowed_underscores_pass_unless_they_fold_onto_a_managed_or_tlv_header() {
     let (up, mut rx) = upstream::recording().await;
-    let route = "[apps.app.proxy_protocol_tlv_headers]\nssl_cn = \"x-client-cn\"";
-    let p = proxy(&config("underscores_in_headers = true", &[up], route)).await;
+    let p =
+        proxy(&config(app(&[up]).tlv_header("ssl_cn", "x-client-cn")).underscores_in_headers(true))
+            .await;
     let req = get_with(&[
         ("X_Forwarded_For", "6.6.6.6"),
         ("X_Real_IP", "6.6.6.6"),
@@ -578,8 +580,8 @@ async fn allowed_underscores_pass_unless_they_fold_onto_a_managed_or_tlv_header(
 #[tokio::test]
 async fn h2c_upgrade_is_forwarded_as_a_plain_request_without_upgrade() {
     let (up, mut rx) = upstream::recording().await;
-    let top = "upgrade_protocols = [\"websocket\", \"x-custom\"]";
-    let p = proxy(&config(top, &[up], "")).await;
+    let top = config_to(&[up]).upgrade_protocols(["websocket", "x-custom"]);
+    let p = proxy(&top).await;
     let req = get_with(&[
         ("connection", "Upgrade, HTTP2-Settings"),
         ("upgrade", "h2c"),
@@ -597,7 +599,7 @@ async fn h2c_upgrade_is_forwarded_as_a_plain_request_without_upgrade() {
 async fn only_listed_upgrade_protocols_reach_the_upstream() {
     let (up, mut rx) = upstream::recording().await;
     let upgrade = [("connection", "upgrade"), ("upgrade", "x-custom")];
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     assert_eq!(
         send(p.addr, get_with(&upgrade)).await.status(),
         StatusCode::OK
@@ -605,8 +607,8 @@ async fn only_listed_upgrade_protocols_reach_the_upstream() {
     let got = received(&mut rx).await;
     assert!(!got.headers.contains_key("upgrade"), "{got:?}");
 
-    let top = "upgrade_protocols = [\"websocket\", \"X-Custom\"]";
-    let p = proxy(&config(top, &[up], "")).await;
+    let top = config_to(&[up]).upgrade_protocols(["websocket", "X-Custom"]);
+    let p = proxy(&top).await;
     let response = send(p.addr, get_with(&upgrade)).await;
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     let got = received(&mut rx).await;
@@ -648,16 +650,22 @@ fn post_with_trailers() -> Request<ReqBody> {
         .expect("test request")
 }
 
-fn trailer_config(upstream: SocketAddr, route: &str) -> String {
-    let tlv = "[apps.app.proxy_protocol_tlv_headers]\nssl_cn = \"x-client-cn\"";
-    config("", &[upstream], &format!("{route}\n{tlv}"))
+/// The one app with `route`, mapping the `ssl_cn` TLV to `x-client-cn`.
+fn trailer_config(route: Route) -> TestConfig {
+    config(
+        App::new(HOST)
+            .route(route)
+            .tlv_header("ssl_cn", "x-client-cn"),
+    )
 }
 
 #[tokio::test]
 async fn forged_trailers_never_reach_an_h2_upstream() {
     let (up, mut rx) = upstream::recording().await;
-    let route = "upstream_options = [\"force_http2_upstream\"]";
-    let p = proxy(&trailer_config(up, route)).await;
+    let p = proxy(&trailer_config(
+        route(&[up]).upstream_option("force_http2_upstream"),
+    ))
+    .await;
     for h2_client in [false, true] {
         let response = if h2_client {
             send_h2(p.addr, post_with_trailers()).await
@@ -678,7 +686,7 @@ async fn forged_trailers_never_reach_an_h2_upstream() {
 #[tokio::test]
 async fn forged_trailers_never_reach_an_http11_upstream() {
     let (up, mut rx) = upstream::recording().await;
-    let p = proxy(&trailer_config(up, "")).await;
+    let p = proxy(&trailer_config(route(&[up]))).await;
     for h2_client in [false, true] {
         let response = if h2_client {
             send_h2(p.addr, post_with_trailers()).await
@@ -704,13 +712,13 @@ fn head_of(len: usize) -> Vec<u8> {
 }
 
 /// trustgate's own listener (no PROXY protocol, no kernel filter) in front of `upstream`.
-fn listener_for(upstream: SocketAddr, top: &str) -> common::inprocess::InProcess {
-    let text = config(
-        &format!("listen_address_v4 = \"127.0.0.1\"\n{top}"),
-        &[upstream],
-        "",
-    )
-    .replacen("listen_port = 8080", "listen_port = 0", 1);
+/// `top` holds the top-level keys under test.
+fn listener_for(upstream: SocketAddr, top: TestConfig) -> common::inprocess::InProcess {
+    let text = top
+        .listen_port(0)
+        .listen_v4("127.0.0.1")
+        .app("app", app(&[upstream]))
+        .render();
     common::inprocess::InProcess::start(&text, proxy::kernel::Plan::Off)
         .expect("no kernel filter to load")
 }
@@ -720,8 +728,8 @@ fn listener_for(upstream: SocketAddr, top: &str) -> common::inprocess::InProcess
 #[tokio::test]
 async fn http1_head_over_request_max_header_size_is_a_431_the_upstream_never_sees() {
     for (top, limit) in [
-        ("", 64 * 1024),
-        ("request_max_header_size = \"8k\"", 8 * 1024),
+        (TestConfig::new(), 64 * 1024),
+        (TestConfig::new().request_max_header_size("8k"), 8 * 1024),
     ] {
         let (up, hits) = upstream::counting().await;
         let gate = listener_for(up, top);
@@ -744,7 +752,7 @@ async fn http1_head_over_request_max_header_size_is_a_431_the_upstream_never_see
 #[tokio::test]
 async fn h2_header_list_is_bounded_by_request_max_header_size() {
     let (up, hits) = upstream::counting().await;
-    let gate = listener_for(up, "");
+    let gate = listener_for(up, TestConfig::new());
     let addr = gate.listeners[0];
     let with_pad = |len: usize| {
         Request::get("http://app.example/")
@@ -787,7 +795,7 @@ async fn response_framed_by_transfer_encoding_loses_its_content_length() {
           Connection: close\r\n\r\na\r\n0123456789\r\n0\r\n\r\n",
     )
     .await;
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     let answer = common::forwarder::raw_exchange(
         p.addr,
         b"GET / HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
@@ -807,7 +815,7 @@ async fn response_framed_by_transfer_encoding_loses_its_content_length() {
 #[tokio::test]
 async fn h2_cookie_crumbs_reach_an_http11_upstream_as_one_header() {
     let (up, mut rx) = upstream::recording().await;
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     let req = Request::get("http://app.example/")
         .header(header::COOKIE, "a=1")
         .header(header::COOKIE, "b=2")
@@ -830,7 +838,7 @@ async fn h2_cookie_crumbs_reach_an_http11_upstream_as_one_header() {
 #[tokio::test]
 async fn absolute_form_http11_request_without_host_is_a_400_the_upstream_never_sees() {
     let (up, hits) = upstream::counting().await;
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     let exchange = |req: &'static str| common::forwarder::raw_exchange(p.addr, req.as_bytes());
     let answer = exchange("GET http://app.example/ HTTP/1.1\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
@@ -849,7 +857,7 @@ async fn absolute_form_http11_request_without_host_is_a_400_the_upstream_never_s
 #[tokio::test]
 async fn dot_segments_behind_params_backslashes_or_encoded_slashes_never_reach_the_upstream() {
     let (up, hits) = upstream::counting().await;
-    let p = proxy(&config("", &[up], "")).await;
+    let p = proxy(&config_to(&[up])).await;
     for path in [
         "/s/..;/x",
         "/s/.;p=1/x",

@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::gateway::{self, Gateway, field, message};
 use common::netns::Lab;
 use common::peers::{self, Peer};
+use common::testconfig::{App, KernelFilter, ProxyProtocol, TestConfig, Tls};
 
 /// How long a refused connection may take to be closed, or a request to be answered.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -85,35 +86,31 @@ fn config(
     mode: &str,
     tls: Option<(u16, &ServerCert)>,
 ) -> String {
-    let trusted: Vec<String> = trusted.iter().map(|t| format!("\"{t}\"")).collect();
-    let (tls_port, tls_table) = match tls {
-        Some((port, certs)) => (
-            format!("listen_port_tls = {port}\n"),
-            format!(
-                "tls = {{ tls_cert_path = \"{}\", tls_cert_key_path = \"{}\", https_redirection = false }}\n",
-                certs.cert.display(),
-                certs.key.display()
-            ),
-        ),
-        None => (String::new(), String::new()),
-    };
-    format!(
-        r#"
-listen_port = 0
-{tls_port}listen_address_v4 = "127.0.0.1"
-default_app = "app"
-[apps.app]
-server_name = "localhost"
-{tls_table}[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = [{trusted}]
-timeout = 200
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "{mode}"
-"#,
-        trusted = trusted.join(", ")
-    )
+    config_with(upstream, proxy_protocol(trusted, mode), tls)
+}
+
+/// The PROXY table of [`config`]: headers from `trusted` within 200 ms, the kernel
+/// filter in `mode`.
+fn proxy_protocol(trusted: &[&str], mode: &str) -> ProxyProtocol {
+    ProxyProtocol::trusting(trusted)
+        .timeout(200)
+        .kernel_filter(KernelFilter::mode(mode))
+}
+
+/// [`config`] with the PROXY table `pp`.
+fn config_with(upstream: SocketAddr, pp: ProxyProtocol, tls: Option<(u16, &ServerCert)>) -> String {
+    let mut app = App::new("localhost").upstream(upstream);
+    let mut config = TestConfig::new().listen_port(0);
+    if let Some((port, certs)) = tls {
+        app = app.tls(Tls::files(&certs.cert, &certs.key).https_redirection(false));
+        config = config.listen_port_tls(port);
+    }
+    config
+        .listen_v4("127.0.0.1")
+        .default_app("app")
+        .app("app", app)
+        .proxy_protocol(pp)
+        .render()
 }
 
 /// A self-signed X.509 v3 certificate for `localhost` (rustls refuses v1 ones).
@@ -545,12 +542,8 @@ fn check_prints_the_plan_and_exits_zero_or_names_the_bad_key() {
             .output()
             .expect("trustgate check")
     };
-    let good = config(
-        "127.0.0.1:9".parse().expect("addr"),
-        &["10.0.0.0/8"],
-        "socket",
-        None,
-    );
+    let check_upstream: SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    let good = config(check_upstream, &["10.0.0.0/8"], "socket", None);
     let out = run(&good);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -562,7 +555,7 @@ fn check_prints_the_plan_and_exits_zero_or_names_the_bad_key() {
         stdout.contains("10.0.0.0/8") && stdout.contains("kernel filter"),
         "{stdout}"
     );
-    let bad = good.replace("\"10.0.0.0/8\"", "\"10.0.0.1/8\"");
+    let bad = config(check_upstream, &["10.0.0.1/8"], "socket", None);
     let out = run(&bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -570,7 +563,11 @@ fn check_prints_the_plan_and_exits_zero_or_names_the_bad_key() {
         stderr.contains("trusted_proxies") && stderr.contains("10.0.0.0/8"),
         "{stderr}"
     );
-    let misspelt = good.replace("trusted_proxies", "trusted_proxy");
+    let misspelt = config_with(
+        check_upstream,
+        proxy_protocol(&["10.0.0.0/8"], "socket").misspell_trusted_proxies("trusted_proxy"),
+        None,
+    );
     let out = run(&misspelt);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

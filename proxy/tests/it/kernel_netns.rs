@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::frames::{ACK, SYN, Tcp4};
 use common::netns::{Lab, TunLab, in_namespace};
 use common::scrape::Scrape;
+use common::testconfig::{App, KernelFilter, ProxyProtocol, TestConfig, Tls};
 use common::wire::{inject_and_count_syn_acks, syn_fragments, syn4_checksummed};
 use ipnet::IpNet;
 use proxy::kernel::{
@@ -486,26 +487,19 @@ fn unknown_interface_is_named_in_the_error() {
 
 /// A trustgate process in XDP mode on the lab's host end, listening on the host address.
 fn xdp_gateway(lab: &Lab) -> common::gateway::Gateway {
-    let config = format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "{host4}"
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "127.0.0.1:9" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["{trusted4}/32"]
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "xdp"
-interfaces = ["{host_if}"]
-xdp_mode = "generic"
-"#,
-        host4 = lab.host4,
-        trusted4 = lab.trusted4,
-        host_if = lab.host_if,
-    );
+    let config = TestConfig::new()
+        .listen_port(0)
+        .listen_v4(lab.host4)
+        .default_app("app")
+        .app("app", App::new("app.test").upstream("127.0.0.1:9"))
+        .proxy_protocol(
+            ProxyProtocol::trusting([format!("{}/32", lab.trusted4)]).kernel_filter(
+                KernelFilter::mode("xdp")
+                    .interfaces([&lab.host_if])
+                    .xdp_mode("generic"),
+            ),
+        )
+        .render();
     common::gateway::Gateway::start(&config, 1)
 }
 
@@ -556,23 +550,14 @@ const UNPRIVILEGED: &[&str] = &[
     "--no-new-privs",
 ];
 
-fn unprivileged_config(mode: &str, extra: &str) -> String {
-    format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "127.0.0.1"
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "127.0.0.1:9" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["127.0.0.1/32"]
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "{mode}"
-{extra}
-"#
-    )
+fn unprivileged_config(filter: KernelFilter) -> String {
+    TestConfig::new()
+        .listen_port(0)
+        .listen_v4("127.0.0.1")
+        .default_app("app")
+        .app("app", App::new("app.test").upstream("127.0.0.1:9"))
+        .proxy_protocol(ProxyProtocol::trusting(["127.0.0.1/32"]).kernel_filter(filter))
+        .render()
 }
 
 fn can_drop_privileges() -> bool {
@@ -598,7 +583,7 @@ fn with_net_admin_alone_socket_mode_falls_back_to_classic_bpf_and_still_drops() 
     }
     let mut gw = common::gateway::Gateway::start_under(
         NET_ADMIN_ONLY,
-        &unprivileged_config("socket", ""),
+        &unprivileged_config(KernelFilter::mode("socket")),
         1,
     );
     let addr = gw.listeners[0];
@@ -625,8 +610,10 @@ fn without_any_capability_socket_mode_refuses_to_start_unless_not_required() {
         return;
     }
     // This kernel wants CAP_NET_ADMIN even for SO_ATTACH_FILTER.
-    let (ok, stderr) =
-        common::gateway::run_to_exit(UNPRIVILEGED, &unprivileged_config("socket", ""));
+    let (ok, stderr) = common::gateway::run_to_exit(
+        UNPRIVILEGED,
+        &unprivileged_config(KernelFilter::mode("socket")),
+    );
     assert!(
         !ok,
         "started with no filter at all although it is required: {stderr}"
@@ -638,7 +625,7 @@ fn without_any_capability_socket_mode_refuses_to_start_unless_not_required() {
     // required = false: it serves, and user space alone refuses outsiders.
     let mut gw = common::gateway::Gateway::start_under(
         UNPRIVILEGED,
-        &unprivileged_config("socket", "required = false"),
+        &unprivileged_config(KernelFilter::mode("socket").required(false)),
         1,
     );
     let addr = gw.listeners[0];
@@ -656,18 +643,22 @@ fn without_privileges_xdp_mode_refuses_to_start_and_names_the_capability() {
     if !can_drop_privileges() {
         return;
     }
-    let extra = "interfaces = [\"lo\"]\nxdp_mode = \"generic\"";
+    let filter = KernelFilter::mode("xdp")
+        .interfaces(["lo"])
+        .xdp_mode("generic");
     let (ok, stderr) =
-        common::gateway::run_to_exit(UNPRIVILEGED, &unprivileged_config("xdp", extra));
+        common::gateway::run_to_exit(UNPRIVILEGED, &unprivileged_config(filter.clone()));
     assert!(!ok, "started without CAP_BPF: {stderr}");
     assert!(
         stderr.contains("CAP_BPF") && stderr.contains("CAP_NET_ADMIN"),
         "{stderr}"
     );
     // required = false: it runs, with the user-space check only.
-    let extra = format!("{extra}\nrequired = false");
-    let gw =
-        common::gateway::Gateway::start_under(UNPRIVILEGED, &unprivileged_config("xdp", &extra), 1);
+    let gw = common::gateway::Gateway::start_under(
+        UNPRIVILEGED,
+        &unprivileged_config(filter.required(false)),
+        1,
+    );
     assert!(
         gw.seen.iter().any(|e| common::gateway::message(e)
             .is_some_and(|m| m.starts_with("kernel filter not loaded"))),
@@ -713,32 +704,26 @@ fn moving_tls_config(
     tls_port: u16,
     attach: &str,
 ) -> String {
-    format!(
-        r#"
-listen_port = 0
-listen_port_tls = {tls_port}
-listen_address_v4 = "{host4}"
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-tls = {{ tls_cert_path = "{cert}", tls_cert_key_path = "{key}", https_redirection = false }}
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[metrics]
-listen = "127.0.0.1:0"
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["{trusted4}/32"]
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "xdp"
-interfaces = ["{host_if}"]
-xdp_mode = "{attach}"
-"#,
-        cert = cert.display(),
-        key = key.display(),
-        host4 = lab.host4,
-        trusted4 = lab.trusted4,
-        host_if = lab.host_if,
-    )
+    TestConfig::new()
+        .listen_port(0)
+        .listen_port_tls(tls_port)
+        .listen_v4(lab.host4)
+        .default_app("app")
+        .app(
+            "app",
+            App::new("app.test")
+                .tls(Tls::files(cert, key).https_redirection(false))
+                .upstream(upstream),
+        )
+        .metrics("127.0.0.1:0")
+        .proxy_protocol(
+            ProxyProtocol::trusting([format!("{}/32", lab.trusted4)]).kernel_filter(
+                KernelFilter::mode("xdp")
+                    .interfaces([&lab.host_if])
+                    .xdp_mode(attach),
+            ),
+        )
+        .render()
 }
 
 /// Waits until the events logged since `mark` say the reload was applied and the
@@ -940,28 +925,25 @@ const ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// trustgate in XDP mode on the lab's tun device, run inside the lab's namespace,
 /// listening on the device's address; only `trusted4` is trusted, not the device's /24.
 fn tun_config(lab: &TunLab, xdp_mode: &str) -> String {
-    format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "{local4}"
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "127.0.0.1:9" }}]
-[metrics]
-listen = "127.0.0.1:0"
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["{trusted4}/32"]
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "xdp"
-interfaces = ["{tun_if}"]
-xdp_mode = "{xdp_mode}"
-"#,
-        local4 = lab.local4,
-        trusted4 = lab.trusted4,
-        tun_if = lab.tun_if,
-    )
+    tun_config_on(lab, &[&lab.tun_if], xdp_mode)
+}
+
+/// [`tun_config`] with the filter on `interfaces`.
+fn tun_config_on(lab: &TunLab, interfaces: &[&str], xdp_mode: &str) -> String {
+    TestConfig::new()
+        .listen_port(0)
+        .listen_v4(lab.local4)
+        .default_app("app")
+        .app("app", App::new("app.test").upstream("127.0.0.1:9"))
+        .metrics("127.0.0.1:0")
+        .proxy_protocol(
+            ProxyProtocol::trusting([format!("{}/32", lab.trusted4)]).kernel_filter(
+                KernelFilter::mode("xdp")
+                    .interfaces(interfaces)
+                    .xdp_mode(xdp_mode),
+            ),
+        )
+        .render()
 }
 
 /// Runs trustgate (`args` before `-c CONFIG`) inside `ns` to completion, returning its
@@ -1101,10 +1083,7 @@ fn xdp_refuses_a_device_of_an_unsupported_link_type_and_check_says_why() {
         Ok(lab) => lab,
         Err(why) => return common::skip(&format!("cannot build a relabelled tun device: {why}")),
     };
-    let config = tun_config(&lab, "auto").replace(
-        &format!("interfaces = [\"{}\"]", lab.tun_if),
-        &format!("interfaces = [\"lo\", \"{}\"]", lab.tun_if),
-    );
+    let config = tun_config_on(&lab, &["lo", &lab.tun_if], "auto");
     let (ok, stdout, stderr) = run_in(lab.ns(), &["check"], &config);
     assert!(!ok, "check passed a CAN device:\n{stdout}");
     assert!(
@@ -1342,50 +1321,33 @@ fn classes_config(
     upstream: SocketAddr,
     proxy: &[IpAddr],
     direct: &[IpAddr],
-    kernel_filter: &str,
+    kernel_filter: KernelFilter,
 ) -> String {
-    let list = |a: &[IpAddr]| {
-        a.iter()
-            .map(|a| format!("\"{a}\""))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "{host4}"
-listen_address_v6 = "{host6}"
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[metrics]
-listen = "127.0.0.1:0"
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = [{proxy}]
-direct_sources = [{direct}]
-# Generous: these tests are about classes, not timing, on a shared machine.
-timeout = 1000
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-{kernel_filter}
-"#,
-        host4 = lab.host4,
-        host6 = lab.host6,
-        proxy = list(proxy),
-        direct = list(direct),
-    )
+    TestConfig::new()
+        .listen_port(0)
+        .listen_v4(lab.host4)
+        .listen_v6(lab.host6)
+        .default_app("app")
+        .app("app", App::new("app.test").upstream(upstream))
+        .metrics("127.0.0.1:0")
+        .proxy_protocol(
+            ProxyProtocol::trusting(proxy)
+                .direct_sources(direct)
+                // Generous: these tests are about classes, not timing, on a shared machine.
+                .timeout(1000)
+                .kernel_filter(kernel_filter),
+        )
+        .render()
 }
 
-fn socket_filter_table(_lab: &Lab) -> String {
-    "mode = \"socket\"".into()
+fn socket_filter_table(_lab: &Lab) -> KernelFilter {
+    KernelFilter::mode("socket")
 }
 
-fn generic_xdp_table(lab: &Lab) -> String {
-    format!(
-        "mode = \"xdp\"\ninterfaces = [\"{}\"]\nxdp_mode = \"generic\"",
-        lab.host_if
-    )
+fn generic_xdp_table(lab: &Lab) -> KernelFilter {
+    KernelFilter::mode("xdp")
+        .interfaces([&lab.host_if])
+        .xdp_mode("generic")
 }
 
 /// The gateway's listener of `dst`'s family.
@@ -1448,7 +1410,7 @@ const PROBES_PER_FAMILY: u64 = 10;
 /// connect); connect-and-close probes from it are health checks, not header errors; a direct source without a header is
 /// the client; a direct source that opens with a header is refused and counted; an
 /// outsider gets no SYN-ACK. The kernel counts passed SYNs by class.
-fn classes_end_to_end(table: fn(&Lab) -> String, program: &str) {
+fn classes_end_to_end(table: fn(&Lab) -> KernelFilter, program: &str) {
     let Some(lab) = lab() else { return };
     let (_upstream_rt, upstream) = common::upstream::demo_in_background();
     let config = classes_config(
@@ -1456,7 +1418,7 @@ fn classes_end_to_end(table: fn(&Lab) -> String, program: &str) {
         upstream,
         &[lab.trusted4.into(), lab.trusted6.into()],
         &[lab.direct4.into(), lab.direct6.into()],
-        &table(&lab),
+        table(&lab),
     );
     let mut gw = common::gateway::Gateway::start(&config, 2);
     let named4: SocketAddr = "203.0.113.50:4000".parse().expect("literal");
@@ -1571,7 +1533,7 @@ fn reload_to(gw: &mut common::gateway::Gateway, config: &str) {
 /// A reload moves `direct4` from trusted_proxies to direct_sources and back: each time
 /// new connections follow its new class at once, and the connections made before, of
 /// either class, go on being served as they were.
-fn reload_moves_a_host_between_classes_end_to_end(table: fn(&Lab) -> String) {
+fn reload_moves_a_host_between_classes_end_to_end(table: fn(&Lab) -> KernelFilter) {
     let Some(lab) = lab() else { return };
     let (_upstream_rt, upstream) = common::upstream::demo_in_background();
     let moving = IpAddr::from(lab.direct4);
@@ -1580,14 +1542,14 @@ fn reload_moves_a_host_between_classes_end_to_end(table: fn(&Lab) -> String) {
         upstream,
         &[lab.trusted4.into(), moving],
         &[],
-        &table(&lab),
+        table(&lab),
     );
     let as_direct = classes_config(
         &lab,
         upstream,
         &[lab.trusted4.into()],
         &[moving],
-        &table(&lab),
+        table(&lab),
     );
     let mut gw = common::gateway::Gateway::start(&as_proxy, 2);
     let dst = listener_for(&gw, false);

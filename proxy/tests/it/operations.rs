@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::gateway::{Gateway, message};
 use common::http1::Conn;
 use common::netns::Lab;
+use common::testconfig::{App, KernelFilter, ProxyProtocol, TestConfig, Tls};
 use common::upstream;
 use nix::sys::signal::Signal;
 
@@ -35,27 +36,38 @@ fn config(
     mode: &str,
     metrics: Option<u16>,
 ) -> String {
-    let trusted: Vec<String> = trusted.iter().map(|t| format!("\"{t}\"")).collect();
-    let metrics = metrics.map_or(String::new(), |p| {
-        format!("[metrics]\nlisten = \"127.0.0.1:{p}\"\n")
-    });
-    format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "{listen}"
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = [{trusted}]
-timeout = 200
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "{mode}"
-{metrics}"#,
-        trusted = trusted.join(", ")
-    )
+    config_of(listen, app(upstream), trusted, mode, metrics).render()
+}
+
+/// The one app, `app.test`, routing to `upstream`.
+fn app(upstream: SocketAddr) -> App {
+    App::new("app.test").upstream(upstream)
+}
+
+/// [`config`] serving `app`, for a test to add to: listening on `listen` (port 0),
+/// PROXY headers from `trusted` within 200 ms, the kernel filter in `mode`, and metrics
+/// on `metrics` of loopback when given.
+fn config_of(
+    listen: IpAddr,
+    app: App,
+    trusted: &[String],
+    mode: &str,
+    metrics: Option<u16>,
+) -> TestConfig {
+    let config = TestConfig::new()
+        .listen_port(0)
+        .listen_v4(listen)
+        .default_app("app")
+        .app("app", app)
+        .proxy_protocol(
+            ProxyProtocol::trusting(trusted)
+                .timeout(200)
+                .kernel_filter(KernelFilter::mode(mode)),
+        );
+    match metrics {
+        Some(port) => config.metrics(format!("127.0.0.1:{port}")),
+        None => config,
+    }
 }
 
 /// Rewrites the config and reloads with SIGHUP; returns the reload's log message.
@@ -187,7 +199,13 @@ fn reload_changes_who_is_trusted_in_kernel_and_user_space_without_losing_a_reque
                 200
             );
             // A broken config is refused and changes nothing.
-            let broken = before.replace(&lb, "10.0.0.1/8");
+            let broken = config(
+                lab.host4.into(),
+                upstream,
+                &["10.0.0.1/8".into()],
+                mode,
+                None,
+            );
             assert!(
                 reload(&mut gw, &broken).starts_with("reload refused"),
                 "{mode}: a bad config was applied"
@@ -372,22 +390,25 @@ fn watch_reloads_when_the_config_or_a_certificate_changes() {
     let make_cert = || common::certs::write_self_signed(dir.path(), "app.test");
     let (cert, key) = make_cert();
     let tls_port = free_port();
-    let text = config(Ipv4Addr::LOCALHOST.into(), "127.0.0.1:9".parse().expect("addr"), &["127.0.0.1/32".into()], "off", None)
-        .replace("listen_port = 0\n", &format!("listen_port = 0\nlisten_port_tls = {tls_port}\n"))
-        .replace(
-            "server_name = \"app.test\"\n",
-            &format!(
-                "server_name = \"app.test\"\ntls = {{ tls_cert_path = \"{}\", tls_cert_key_path = \"{}\", https_redirection = false }}\n",
-                cert.display(),
-                key.display()
-            ),
-        );
-    let mut gw = Gateway::start_with_args(&["-w"], &text, 2);
+    let text = |trusted: &str| {
+        let app = app("127.0.0.1:9".parse().expect("addr"))
+            .tls(Tls::files(&cert, &key).https_redirection(false));
+        config_of(
+            Ipv4Addr::LOCALHOST.into(),
+            app,
+            &[trusted.into()],
+            "off",
+            None,
+        )
+        .listen_port_tls(tls_port)
+        .render()
+    };
+    let mut gw = Gateway::start_with_args(&["-w"], &text("127.0.0.1/32"), 2);
     let reloaded = |gw: &mut Gateway, what: &str| {
         gw.wait_for(|e| message(e) == Some("config reloaded"), EVENT_TIMEOUT)
             .unwrap_or_else(|| panic!("no reload after {what}:\n{}", gw.log()));
     };
-    std::fs::write(&gw.config_path, text.replace("127.0.0.1/32", "127.0.0.0/8")).expect("rewrite");
+    std::fs::write(&gw.config_path, text("127.0.0.0/8")).expect("rewrite");
     reloaded(&mut gw, "the config changed");
     make_cert();
     reloaded(&mut gw, "the certificate changed");
@@ -445,17 +466,15 @@ fn grace_period_bounds_the_drain() {
 fn max_clients_per_ip_counts_the_recovered_client() {
     let rt = runtime();
     let upstream = rt.block_on(upstream::demo());
-    let text = config(
+    let text = config_of(
         Ipv4Addr::LOCALHOST.into(),
-        upstream,
+        app(upstream),
         &["127.0.0.1/32".into()],
         "off",
         None,
     )
-    .replace(
-        "listen_port = 0\n",
-        "listen_port = 0\nmax_clients_per_ip = 2\n",
-    );
+    .max_clients_per_ip(2)
+    .render();
     let mut gw = Gateway::start(&text, 1);
     let addr = gw.listeners[0];
     let alice = SocketAddr::new(Ipv4Addr::new(198, 51, 100, 1).into(), 1000);
@@ -497,14 +516,15 @@ fn reload_rebinds_a_listener_whose_port_changed() {
     let upstream = rt.block_on(upstream::demo());
     let (first, second) = (free_port(), free_port());
     let text = |port: u16| {
-        config(
+        config_of(
             Ipv4Addr::LOCALHOST.into(),
-            upstream,
+            app(upstream),
             &["127.0.0.1/32".into()],
             "socket",
             None,
         )
-        .replace("listen_port = 0\n", &format!("listen_port = {port}\n"))
+        .listen_port(port)
+        .render()
     };
     let mut gw = Gateway::start(&text(first), 1);
     let old: SocketAddr = (Ipv4Addr::LOCALHOST, first).into();

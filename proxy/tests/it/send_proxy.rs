@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::forwarder::{self, CLIENT, HOST, ReqBody, connect_relayed, get, text};
 use common::gateway::Gateway;
 use common::peers::{self, Peer};
+use common::testconfig::{App, KernelFilter, ProxyProtocol, Route, TestConfig, Upstream};
 use hyper::client::conn::http1::SendRequest;
 use proxy::forward::ForwardOptions;
 
@@ -39,26 +40,27 @@ fn haproxy_upstream(haproxy: &std::path::Path, listen: SocketAddr) -> Peer {
 /// trustgate on an ephemeral loopback port, PROXY protocol from 127.0.0.1, with `/v1`
 /// and `/v2` sending that version to `upstream`.
 fn config(upstream: SocketAddr) -> String {
-    format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "127.0.0.1"
-default_app = "app"
-[apps.app]
-server_name = "app.example"
-[[apps.app.reverse_proxy]]
-path = "/v1"
-upstream = [{{ location = "{upstream}", send_proxy_protocol = "v1" }}]
-[[apps.app.reverse_proxy]]
-path = "/v2"
-upstream = [{{ location = "{upstream}", send_proxy_protocol = "v2" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["127.0.0.1/32"]
-timeout = 1000
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "off"
-"#
-    )
+    let sending = |path: &str, version: &str| {
+        Route::new()
+            .path(path)
+            .upstream(Upstream::at(upstream).send_proxy_protocol(version))
+    };
+    TestConfig::new()
+        .listen_port(0)
+        .listen_v4("127.0.0.1")
+        .default_app("app")
+        .app(
+            "app",
+            App::new("app.example")
+                .route(sending("/v1", "v1"))
+                .route(sending("/v2", "v2")),
+        )
+        .proxy_protocol(
+            ProxyProtocol::trusting(["127.0.0.1/32"])
+                .timeout(1000)
+                .kernel_filter(KernelFilter::mode("off")),
+        )
+        .render()
 }
 
 /// Starts HAProxy and trustgate; `None` after a loud skip.
@@ -149,10 +151,9 @@ fn alternating_clients_never_share_an_upstream_connection() {
 #[tokio::test]
 async fn a_clients_upstream_connection_closes_when_its_connection_does() {
     let (upstream, mut ends) = common::upstream::proxy_reading(None).await;
-    let config = format!(
-        "listen_port = 8080\n[apps.app]\nserver_name = \"{HOST}\"\n\
-         [[apps.app.reverse_proxy]]\n\
-         upstream = [{{ location = \"{upstream}\", send_proxy_protocol = \"v2\" }}]\n"
+    let config = forwarder::config(
+        App::new(HOST)
+            .route(Route::new().upstream(Upstream::at(upstream).send_proxy_protocol("v2"))),
     );
     let proxy = forwarder::proxy(&config).await;
     // The in-process forwarder presents every connection as relayed for CLIENT itself,
@@ -176,11 +177,10 @@ async fn a_clients_upstream_connection_closes_when_its_connection_does() {
 async fn tls_upstream_reads_the_header_before_the_handshake() {
     let (server, roots) = common::upstream::self_signed();
     let (upstream, _ends) = common::upstream::proxy_reading(Some(server)).await;
-    let config = format!(
-        "listen_port = 8080\n[apps.app]\nserver_name = \"{HOST}\"\n\
-         [[apps.app.reverse_proxy]]\n\
-         upstream = [{{ location = \"{upstream}\", tls = true, send_proxy_protocol = \"v1\" }}]\n"
-    );
+    let config =
+        forwarder::config(App::new(HOST).route(
+            Route::new().upstream(Upstream::at(upstream).tls(true).send_proxy_protocol("v1")),
+        ));
     let options = ForwardOptions {
         upstream_roots: Some(roots),
         ..ForwardOptions::default()

@@ -24,6 +24,7 @@ use common::gateway::Gateway;
 use common::lb;
 use common::probe::room_for;
 use common::scrape::{self, Scrape};
+use common::testconfig::{App, KernelFilter, ProxyProtocol, TestConfig};
 use common::upstream::{self, UpBody};
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response};
@@ -49,31 +50,25 @@ const PROMPT: Duration = Duration::from_secs(5);
 
 /// The binary on loopback, trusting 127.0.0.1, one app routed to `upstream`, with `top`
 /// (the timeouts under test) at the top level and a 1 s PROXY header `timeout`.
-fn start(upstream: SocketAddr, top: &str) -> (Gateway, SocketAddr) {
-    start_with(upstream, top, "timeout = 1000")
+fn start(upstream: SocketAddr, top: TestConfig) -> (Gateway, SocketAddr) {
+    start_with(
+        upstream,
+        top,
+        ProxyProtocol::trusting(["127.0.0.1/32"]).timeout(1000),
+    )
 }
 
-/// [`start`] with `pp` as the rest of the PROXY table (its `timeout` and the like).
-fn start_with(upstream: SocketAddr, top: &str, pp: &str) -> (Gateway, SocketAddr) {
-    let text = format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "127.0.0.1"
-{top}
-default_app = "app"
-[apps.app]
-server_name = "app.test"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["127.0.0.1/32"]
-{pp}
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "off"
-[metrics]
-listen = "127.0.0.1:0"
-"#
-    );
+/// [`start`] with `pp` as the PROXY table (its `timeout` and the like; the kernel
+/// filter is set off here).
+fn start_with(upstream: SocketAddr, top: TestConfig, pp: ProxyProtocol) -> (Gateway, SocketAddr) {
+    let text = top
+        .listen_port(0)
+        .listen_v4("127.0.0.1")
+        .default_app("app")
+        .app("app", App::new("app.test").upstream(upstream))
+        .proxy_protocol(pp.kernel_filter(KernelFilter::mode("off")))
+        .metrics("127.0.0.1:0")
+        .render();
     block_in_place(|| {
         let mut gw = Gateway::start(&text, 1);
         let metrics = gw.metrics_listener();
@@ -136,7 +131,9 @@ async fn a_connection_that_sends_nothing_after_its_proxy_header_is_closed_at_the
     let (upstream, hits) = upstream::counting().await;
     let (gw, metrics) = start(
         upstream,
-        "request_header_timeout = 1\nkeepalive_timeout = 30",
+        TestConfig::new()
+            .request_header_timeout(1)
+            .keepalive_timeout(30),
     );
     let started = Instant::now();
     let mut stream = relayed(gw.listeners[0], b"").await;
@@ -150,7 +147,7 @@ async fn a_connection_that_sends_nothing_after_its_proxy_header_is_closed_at_the
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_dripped_past_its_deadline_gets_408_and_never_reaches_the_upstream() {
     let (upstream, hits) = upstream::counting().await;
-    let (gw, metrics) = start(upstream, "request_header_timeout = 1");
+    let (gw, metrics) = start(upstream, TestConfig::new().request_header_timeout(1));
     let mut stream = relayed(gw.listeners[0], b"").await;
     let started = Instant::now();
     // A byte every 100 ms: a timeout per read would never fire; the head's deadline does.
@@ -182,7 +179,9 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout() {
     let (upstream, hits) = upstream::counting().await;
     let (gw, metrics) = start(
         upstream,
-        "keepalive_timeout = 1\nrequest_header_timeout = 30",
+        TestConfig::new()
+            .keepalive_timeout(1)
+            .request_header_timeout(30),
     );
     // Taken before the request: the proxy's idle clock starts once it has answered, which
     // is before this side has read the answer (by as long as this task waits to run).
@@ -204,8 +203,9 @@ async fn a_keep_alive_connection_idle_past_its_release_serves_pipelined_requests
     let (upstream, hits) = upstream::counting().await;
     let (gw, metrics) = start(
         upstream,
-        "request_header_timeout = 1
-keepalive_timeout = 30",
+        TestConfig::new()
+            .request_header_timeout(1)
+            .keepalive_timeout(30),
     );
     let mut stream = lb::hold(gw.listeners[0], PROMPT).await;
     for round in 0..2 {
@@ -250,7 +250,9 @@ async fn an_h2_connection_with_no_open_stream_gets_goaway_at_the_keepalive_timeo
     let (upstream, hits) = upstream::counting().await;
     let (gw, metrics) = start(
         upstream,
-        "keepalive_timeout = 1\nrequest_header_timeout = 30",
+        TestConfig::new()
+            .keepalive_timeout(1)
+            .request_header_timeout(30),
     );
     let stream = relayed(gw.listeners[0], b"").await;
     let (mut sender, conn) =
@@ -299,7 +301,7 @@ async fn body_reporting() -> (SocketAddr, mpsc::UnboundedReceiver<Result<usize, 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_body_that_stops_gets_408_and_the_upstream_sees_it_cut_short() {
     let (upstream, mut bodies) = body_reporting().await;
-    let (gw, metrics) = start(upstream, "request_body_timeout = 1");
+    let (gw, metrics) = start(upstream, TestConfig::new().request_body_timeout(1));
     let head = b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\n0123456789";
     let mut stream = relayed(gw.listeners[0], head).await;
     let started = Instant::now();
@@ -338,7 +340,7 @@ async fn stalling_upstream() -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_body_that_stops_is_cut_at_the_upstream_read_timeout() {
     let upstream = stalling_upstream().await;
-    let (gw, metrics) = start(upstream, "upstream_read_timeout = 1");
+    let (gw, metrics) = start(upstream, TestConfig::new().upstream_read_timeout(1));
     let mut stream = relayed(gw.listeners[0], &lb::get("/big")).await;
     let started = Instant::now();
     let (got, closed) = read_to_close(&mut stream, LIMIT + SLACK).await;
@@ -387,7 +389,7 @@ impl Drop for DropSignal {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
     let (upstream, sent, mut dropped) = endless_upstream().await;
-    let (gw, metrics) = start(upstream, "send_timeout = 1");
+    let (gw, metrics) = start(upstream, TestConfig::new().send_timeout(1));
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket
         .set_recv_buffer_size(4096)
@@ -417,7 +419,10 @@ async fn a_client_that_stops_reading_is_closed_at_the_send_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_stream_whose_window_stays_shut_is_reset_at_the_send_timeout() {
     let (upstream, _sent, mut dropped) = endless_upstream().await;
-    let (gw, metrics) = start(upstream, "send_timeout = 1\nkeepalive_timeout = 30");
+    let (gw, metrics) = start(
+        upstream,
+        TestConfig::new().send_timeout(1).keepalive_timeout(30),
+    );
     let stream = relayed(gw.listeners[0], b"").await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -470,7 +475,7 @@ async fn an_h2_stream_whose_window_stays_shut_is_reset_at_the_send_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_websocket_is_closed_at_the_tunnel_idle_timeout_and_an_active_one_is_not() {
     let demo = upstream::demo().await;
-    let (gw, metrics) = start(demo, "tunnel_idle_timeout = 1");
+    let (gw, metrics) = start(demo, TestConfig::new().tunnel_idle_timeout(1));
     let stream = relayed(gw.listeners[0], b"").await;
     let (mut ws, response) = tokio_tungstenite::client_async("ws://app.test/chat", stream)
         .await
@@ -520,7 +525,7 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
     }
     let (upstream, hits) = upstream::counting().await;
     // The head timeout is long: it is not what lets the normal client in.
-    let (gw, metrics) = start(upstream, "request_header_timeout = 60");
+    let (gw, metrics) = start(upstream, TestConfig::new().request_header_timeout(60));
     let addr = gw.listeners[0];
     let mut hoarders = Vec::with_capacity(HOARDERS);
     for _ in 0..HOARDERS {
@@ -574,9 +579,14 @@ async fn connections_that_send_only_a_proxy_header_do_not_lock_out_a_normal_clie
 }
 
 /// The binary with the PROXY receiver's defaults (`timeout` 50 ms from the first byte,
-/// the first byte within 5 s), and `pp` added to its table.
-fn start_with_receiver_defaults(upstream: SocketAddr, pp: &str) -> (Gateway, SocketAddr) {
-    start_with(upstream, "", pp)
+/// the first byte within 5 s) but for `pp`, the PROXY table trusting 127.0.0.1.
+fn start_with_receiver_defaults(upstream: SocketAddr, pp: ProxyProtocol) -> (Gateway, SocketAddr) {
+    start_with(upstream, TestConfig::new(), pp)
+}
+
+/// The PROXY table trusting 127.0.0.1, every other key at its default.
+fn loopback() -> ProxyProtocol {
+    ProxyProtocol::trusting(["127.0.0.1/32"])
 }
 
 fn closed_no_data(s: &Scrape) -> u64 {
@@ -590,7 +600,7 @@ fn closed_no_data(s: &Scrape) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_sent_late_with_the_first_request_is_served_under_the_default_timeout() {
     let (upstream, hits) = upstream::counting().await;
-    let (gw, metrics) = start_with_receiver_defaults(upstream, "");
+    let (gw, metrics) = start_with_receiver_defaults(upstream, loopback());
     let addr = gw.listeners[0];
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -624,7 +634,7 @@ async fn a_header_sent_late_with_the_first_request_is_served_under_the_default_t
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_and_close_probes_count_as_health_checks_not_header_errors() {
     let (upstream, hits) = upstream::counting().await;
-    let (mut gw, metrics) = start_with_receiver_defaults(upstream, "");
+    let (mut gw, metrics) = start_with_receiver_defaults(upstream, loopback());
     for _ in 0..20 {
         let stream = TcpStream::connect(gw.listeners[0]).await.expect("connect");
         drop(stream);
@@ -650,7 +660,7 @@ async fn connect_and_close_probes_count_as_health_checks_not_header_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_never_sends_a_byte_is_closed_at_first_byte_timeout() {
     let (upstream, hits) = upstream::counting().await;
-    let (gw, metrics) = start_with_receiver_defaults(upstream, "first_byte_timeout = 1000");
+    let (gw, metrics) = start_with_receiver_defaults(upstream, loopback().first_byte_timeout(1000));
     let started = Instant::now();
     let mut stream = TcpStream::connect(gw.listeners[0]).await.expect("connect");
     let (got, closed) = read_to_close(&mut stream, LIMIT + SLACK).await;
@@ -673,7 +683,7 @@ async fn haproxy_tcp_checks_pass_and_are_never_header_errors() {
         return;
     };
     let (upstream, _hits) = upstream::counting().await;
-    let (mut gw, metrics) = start_with_receiver_defaults(upstream, "");
+    let (mut gw, metrics) = start_with_receiver_defaults(upstream, loopback());
     let ours = gw.listeners[0];
     let front = common::peers::free_addr("127.0.0.1");
     let ready = common::peers::free_addr("127.0.0.1");

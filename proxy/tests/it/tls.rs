@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use common::gateway::{Gateway, message};
 use common::scrape::{self, Scrape};
+use common::testconfig::{App, KernelFilter, ProxyProtocol, TestConfig, Tls};
 use common::{peers, upstream};
 use nix::sys::signal::Signal;
 
@@ -60,43 +61,42 @@ impl Lab {
     }
 
     /// A TLS-only config on an ephemeral port of 127.0.0.1 serving `apps` (of "a", "b"),
-    /// with `top` at the top level, metrics on an ephemeral port, and the PROXY protocol
-    /// from loopback when `proxied`.
-    fn config(&self, apps: &[&str], top: &str, proxied: bool) -> String {
-        let mut text = format!(
-            "listen_port_tls = 0\nlisten_address_v4 = \"127.0.0.1\"\n{top}\n\
-             [metrics]\nlisten = \"127.0.0.1:0\"\n"
-        );
+    /// with `top` holding the top-level keys under test, metrics on an ephemeral port,
+    /// and the PROXY protocol from loopback when `proxied`.
+    fn config(&self, apps: &[&str], top: TestConfig, proxied: bool) -> String {
+        let mut config = top
+            .listen_port_tls(0)
+            .listen_v4("127.0.0.1")
+            .metrics("127.0.0.1:0");
         for app in apps {
             let (cert, key) = (
                 self.path(&format!("{app}.test.crt")),
                 self.path(&format!("{app}.test.key")),
             );
-            text.push_str(&format!(
-                "[apps.{app}]\nserver_name = \"{app}.test\"\n\
-                 tls = {{ tls_cert_path = \"{}\", tls_cert_key_path = \"{}\" }}\n\
-                 [[apps.{app}.reverse_proxy]]\nupstream = [{{ location = \"{}\" }}]\n",
-                cert.display(),
-                key.display(),
-                self.upstream
-            ));
-        }
-        if proxied {
-            text.push_str(
-                "[experimental.tcp_recv_proxy_protocol]\ntrusted_proxies = [\"127.0.0.1/32\"]\n\
-                 timeout = 1000\n[experimental.tcp_recv_proxy_protocol.kernel_filter]\nmode = \"off\"\n",
+            config = config.app(
+                app,
+                App::new(&format!("{app}.test"))
+                    .tls(Tls::files(cert, key))
+                    .upstream(self.upstream),
             );
         }
-        text
+        if proxied {
+            config = config.proxy_protocol(
+                ProxyProtocol::trusting(["127.0.0.1/32"])
+                    .timeout(1000)
+                    .kernel_filter(KernelFilter::mode("off")),
+            );
+        }
+        config.render()
     }
 
     /// Writes `keys` (first encrypts) to the key file with mode 600; returns the config
-    /// line naming it.
-    fn key_file(&self, keys: &[&str]) -> String {
+    /// naming it, to add the keys under test to.
+    fn key_file(&self, keys: &[&str]) -> TestConfig {
         let path = self.path("ticket.keys");
         std::fs::write(&path, format!("# test keys\n{}\n", keys.join("\n"))).expect("write keys");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-        format!("tls_ticket_key_file = \"{}\"", path.display())
+        TestConfig::new().tls_ticket_key_file(path)
     }
 
     /// Runs `openssl s_client -connect addr ARGS`, sending an HTTP/1.1 GET with `host`
@@ -244,7 +244,7 @@ fn handshakes(s: &Scrape, kind: &str) -> u64 {
 #[test]
 fn without_sni_the_only_tls_app_is_served() {
     let Some(lab) = Lab::new() else { return };
-    let tg = Instance::start(&lab.config(&["a"], "", false));
+    let tg = Instance::start(&lab.config(&["a"], TestConfig::new(), false));
     let c = lab.s_client(tg.tls, &["-noservername"], Some("a.test"));
     assert_eq!(c.subject(), Some("CN = a.test"), "{}", c.dump());
     assert_eq!(c.status(), Some("HTTP/1.1 200 OK"), "{}", c.dump());
@@ -259,7 +259,7 @@ fn without_sni_the_only_tls_app_is_served() {
 #[test]
 fn without_sni_and_without_a_default_several_tls_apps_refuse_with_unrecognized_name() {
     let Some(lab) = Lab::new() else { return };
-    let tg = Instance::start(&lab.config(&["a", "b"], "", false));
+    let tg = Instance::start(&lab.config(&["a", "b"], TestConfig::new(), false));
     let c = lab.s_client(tg.tls, &["-noservername"], Some("a.test"));
     assert!(c.unrecognized_name(), "{}", c.dump());
     assert_eq!(c.subject(), None, "no certificate was served: {}", c.dump());
@@ -271,7 +271,8 @@ fn without_sni_and_without_a_default_several_tls_apps_refuse_with_unrecognized_n
 #[test]
 fn default_tls_app_serves_no_sni_and_the_host_must_name_it() {
     let Some(lab) = Lab::new() else { return };
-    let tg = Instance::start(&lab.config(&["a", "b"], "default_tls_app = \"B\"", false));
+    let tg =
+        Instance::start(&lab.config(&["a", "b"], TestConfig::new().default_tls_app("B"), false));
     let c = lab.s_client(tg.tls, &["-noservername"], Some("b.test"));
     assert_eq!(c.subject(), Some("CN = b.test"), "{}", c.dump());
     assert_eq!(c.status(), Some("HTTP/1.1 200 OK"), "{}", c.dump());
@@ -296,7 +297,8 @@ fn default_tls_app_serves_no_sni_and_the_host_must_name_it() {
 fn unknown_sni_gets_unrecognized_name_and_is_counted() {
     let Some(lab) = Lab::new() else { return };
     // The default covers no SNI only: a name that no app serves is refused.
-    let tg = Instance::start(&lab.config(&["a", "b"], "default_tls_app = \"a\"", false));
+    let tg =
+        Instance::start(&lab.config(&["a", "b"], TestConfig::new().default_tls_app("a"), false));
     let c = lab.s_client(tg.tls, &["-servername", "c.test"], Some("c.test"));
     assert!(c.unrecognized_name(), "{}", c.dump());
     assert_eq!(c.subject(), None, "{}", c.dump());
@@ -310,7 +312,7 @@ fn unknown_sni_gets_unrecognized_name_and_is_counted() {
 #[test]
 fn the_server_cipher_order_wins_unless_the_client_puts_chacha_first() {
     let Some(lab) = Lab::new() else { return };
-    let tg = Instance::start(&lab.config(&["a"], "", false));
+    let tg = Instance::start(&lab.config(&["a"], TestConfig::new(), false));
     let cipher = |args: &[&str]| -> String {
         let mut all = vec!["-servername", "a.test"];
         all.extend_from_slice(args);
@@ -366,7 +368,7 @@ fn resumed(lab: &Lab, addr: SocketAddr, version: &str, file: &str) -> bool {
 #[test]
 fn sessions_resume_for_tls13_and_tls12_before_and_after_a_reload() {
     let Some(lab) = Lab::new() else { return };
-    let config = lab.config(&["a", "b"], "", false);
+    let config = lab.config(&["a", "b"], TestConfig::new(), false);
     let mut tg = Instance::start(&config);
     for version in ["-tls1_3", "-tls1_2"] {
         new_session(&lab, tg.tls, version, "s.pem");
@@ -382,7 +384,7 @@ fn sessions_resume_for_tls13_and_tls12_before_and_after_a_reload() {
         );
         // A config that changes (another app's certificate gone) keeps it too.
         assert_eq!(
-            tg.reload(Some(&lab.config(&["a"], "", false))),
+            tg.reload(Some(&lab.config(&["a"], TestConfig::new(), false))),
             "config reloaded"
         );
         assert!(
@@ -399,10 +401,10 @@ fn sessions_resume_for_tls13_and_tls12_before_and_after_a_reload() {
 fn rotated_ticket_keys_keep_sessions_resuming_across_reloads() {
     let Some(lab) = Lab::new() else { return };
     for version in ["-tls1_3", "-tls1_2"] {
-        let mut tg = Instance::start(&lab.config(&["a"], &lab.key_file(&[KEY_A]), false));
+        let mut tg = Instance::start(&lab.config(&["a"], lab.key_file(&[KEY_A]), false));
         new_session(&lab, tg.tls, version, "by-a.pem");
         // The new key first, the old one second.
-        let rotated = lab.config(&["a"], &lab.key_file(&[KEY_B, KEY_A]), false);
+        let rotated = lab.config(&["a"], lab.key_file(&[KEY_B, KEY_A]), false);
         assert_eq!(tg.reload(Some(&rotated)), "config reloaded");
         assert!(
             resumed(&lab, tg.tls, version, "by-a.pem"),
@@ -411,7 +413,7 @@ fn rotated_ticket_keys_keep_sessions_resuming_across_reloads() {
         new_session(&lab, tg.tls, version, "by-b.pem");
         // The new key alone: the one that encrypted before (B) still decrypts; A, neither
         // listed nor the last to encrypt, is gone.
-        let alone = lab.config(&["a"], &lab.key_file(&[KEY_C]), false);
+        let alone = lab.config(&["a"], lab.key_file(&[KEY_C]), false);
         assert_eq!(tg.reload(Some(&alone)), "config reloaded");
         assert!(
             resumed(&lab, tg.tls, version, "by-b.pem"),
@@ -433,7 +435,7 @@ fn rotated_ticket_keys_keep_sessions_resuming_across_reloads() {
 #[test]
 fn a_group_readable_key_file_is_refused_at_check_start_and_reload() {
     let Some(lab) = Lab::new() else { return };
-    let good = lab.config(&["a"], &lab.key_file(&[KEY_A]), false);
+    let good = lab.config(&["a"], lab.key_file(&[KEY_A]), false);
     let mut tg = Instance::start(&good);
     new_session(&lab, tg.tls, "-tls1_3", "s.pem");
     let path = lab.path("ticket.keys");
@@ -532,7 +534,10 @@ fn haproxy_check_ssl_without_check_sni_is_served() {
     let Some(haproxy) = common::tool("haproxy") else {
         return;
     };
-    for (top, passes) in [("default_tls_app = \"b\"", true), ("", false)] {
+    for (top, passes) in [
+        (TestConfig::new().default_tls_app("b"), true),
+        (TestConfig::new(), false),
+    ] {
         let tg = Instance::start(&lab.config(&["a", "b"], top, true));
         let front = peers::free_addr("127.0.0.1");
         let backend = format!(
@@ -559,7 +564,7 @@ fn two_instances_sharing_a_key_file_resume_each_others_sessions_behind_haproxy()
     let Some(haproxy) = common::tool("haproxy") else {
         return;
     };
-    let config = lab.config(&["a"], &lab.key_file(&[KEY_A]), true);
+    let config = lab.config(&["a"], lab.key_file(&[KEY_A]), true);
     let mut one = Instance::start(&config);
     let two = Instance::start(&config);
     let front = peers::free_addr("127.0.0.1");

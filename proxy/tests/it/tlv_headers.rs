@@ -14,6 +14,7 @@ use common::certs::{self, CLIENT_CN, Certificates};
 use common::forwarder::echoed;
 use common::gateway::Gateway;
 use common::peers;
+use common::testconfig::{App, KernelFilter, ProxyProtocol, TestConfig};
 use common::upstream::demo_in_background;
 
 /// The headers curl sends, each named like one the app maps, with a forged value.
@@ -28,29 +29,27 @@ const SPOOFED: [(&str, &str); 5] = [
 /// trustgate on an ephemeral loopback port, PROXY protocol from 127.0.0.1 (no kernel
 /// filter: it is not what this tests), one app mapping TLVs to headers.
 fn config(upstream: SocketAddr) -> String {
-    format!(
-        r#"
-listen_port = 0
-listen_address_v4 = "127.0.0.1"
-default_app = "app"
-[apps.app]
-server_name = "app.example"
-[apps.app.proxy_protocol_tlv_headers]
-unique_id = "X-Request-Id"
-authority = "X-PP-Authority"
-alpn = "X-PP-ALPN"
-ssl_version = "X-Client-TLS-Version"
-ssl_cn = "X-Client-CN"
-ssl_verify = "X-Client-Verify"
-[[apps.app.reverse_proxy]]
-upstream = [{{ location = "{upstream}" }}]
-[experimental.tcp_recv_proxy_protocol]
-trusted_proxies = ["127.0.0.1/32"]
-timeout = 1000
-[experimental.tcp_recv_proxy_protocol.kernel_filter]
-mode = "off"
-"#
-    )
+    TestConfig::new()
+        .listen_port(0)
+        .listen_v4("127.0.0.1")
+        .default_app("app")
+        .app(
+            "app",
+            App::new("app.example")
+                .tlv_header("unique_id", "X-Request-Id")
+                .tlv_header("authority", "X-PP-Authority")
+                .tlv_header("alpn", "X-PP-ALPN")
+                .tlv_header("ssl_version", "X-Client-TLS-Version")
+                .tlv_header("ssl_cn", "X-Client-CN")
+                .tlv_header("ssl_verify", "X-Client-Verify")
+                .upstream(upstream),
+        )
+        .proxy_protocol(
+            ProxyProtocol::trusting(["127.0.0.1/32"])
+                .timeout(1000)
+                .kernel_filter(KernelFilter::mode("off")),
+        )
+        .render()
 }
 
 /// HAProxy in TCP mode: a `ready` frontend to wait on, and `listen` (bind and server

@@ -1,7 +1,7 @@
 //! A `Forwarder` behind a minimal hyper server, standing in for the listener: every
 //! connection presents itself as relayed by a load balancer whose PROXY header named
 //! [`CLIENT`] connecting to [`FRONT`]. Plus the HTTP/1.1 and h2c clients the forwarding
-//! tests speak with, and a config builder. Binds 127.0.0.1:0.
+//! tests speak with, and the configs of one app for [`HOST`] they start from. Binds 127.0.0.1:0.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,6 +20,7 @@ use proxy::proxy_protocol::{self, ProxyInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::testconfig::{App, Route, TestConfig, Upstream};
 use super::upstream;
 
 /// The client the PROXY header names.
@@ -38,23 +39,32 @@ pub struct Proxy {
     pub forwarder: Arc<Forwarder>,
 }
 
-/// A config with one plain app, [`HOST`], whose `/` route goes to `upstreams`; `top` and
-/// `route` add keys at the top level and to the route.
-pub fn config(top: &str, upstreams: &[SocketAddr], route: &str) -> String {
-    let list: Vec<String> = upstreams
+/// A config on port 8080 (which the forwarder never binds) with the one app `app`,
+/// which should be for [`HOST`] (see [`app`]).
+pub fn config(app: App) -> TestConfig {
+    TestConfig::new().listen_port(8080).app("app", app)
+}
+
+/// [`config`] of [`app`]: one plain app whose `/` route goes to `upstreams`.
+pub fn config_to(upstreams: &[SocketAddr]) -> TestConfig {
+    config(app(upstreams))
+}
+
+/// The app for [`HOST`] with the one [`route`] to `upstreams`.
+pub fn app(upstreams: &[SocketAddr]) -> App {
+    App::new(HOST).route(route(upstreams))
+}
+
+/// A route of every path to the plain `upstreams`.
+pub fn route(upstreams: &[SocketAddr]) -> Route {
+    upstreams
         .iter()
-        .map(|a| format!("{{ location = \"{a}\" }}"))
-        .collect();
-    format!(
-        "listen_port = 8080\n{top}\n[apps.app]\nserver_name = \"{HOST}\"\n\
-         [[apps.app.reverse_proxy]]\nupstream = [{}]\n{route}\n",
-        list.join(", ")
-    )
+        .fold(Route::new(), |route, a| route.upstream(Upstream::at(a)))
 }
 
 /// [`proxy_with`] the default options.
-pub async fn proxy(config_text: &str) -> Proxy {
-    proxy_with(config_text, ForwardOptions::default()).await
+pub async fn proxy(config: &TestConfig) -> Proxy {
+    proxy_with(config, ForwardOptions::default()).await
 }
 
 fn proxy_info() -> Arc<ProxyInfo> {
@@ -73,10 +83,10 @@ fn proxy_info() -> Arc<ProxyInfo> {
     Arc::new(ProxyInfo::from(header))
 }
 
-/// Serves a forwarder for `config_text` on 127.0.0.1:0.
-pub async fn proxy_with(config_text: &str, options: ForwardOptions) -> Proxy {
-    let (config, _warnings) =
-        proxy::config::parse_str(config_text, "forward-test.toml").expect("test config is valid");
+/// Serves a forwarder for `config` on 127.0.0.1:0.
+pub async fn proxy_with(config: &TestConfig, options: ForwardOptions) -> Proxy {
+    let (config, _warnings) = proxy::config::parse_str(&config.render(), "forward-test.toml")
+        .expect("test config is valid");
     let forwarder = Arc::new(Forwarder::with_options(&config, options).expect("forwarder builds"));
     let (listener, addr) = upstream::bind().await;
     let serving = forwarder.clone();

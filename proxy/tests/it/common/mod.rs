@@ -18,6 +18,7 @@ pub mod probe;
 pub mod scrape;
 pub mod stall;
 pub mod synflood;
+pub mod testconfig;
 pub mod upstream;
 pub mod wire;
 
