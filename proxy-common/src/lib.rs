@@ -150,22 +150,51 @@ impl Counter {
         Counter::SynPassedDirect,
     ];
 
-    /// A stable snake_case name, used for metrics.
-    pub const fn name(self) -> &'static str {
+    /// Where this counter is exposed: its family (after the `trustgate_` prefix; counters
+    /// get `_total`) and its labels besides `program`. One place names every kernel series,
+    /// so adding a counter is one edit here and one bump in the eBPF crate.
+    pub const fn series(self) -> (&'static str, &'static [(&'static str, &'static str)]) {
         match self {
-            Counter::SynSeenV4 => "syn_seen_v4",
-            Counter::SynPassedV4 => "syn_passed_v4",
-            Counter::SynDroppedV4 => "syn_dropped_v4",
-            Counter::SynSeenV6 => "syn_seen_v6",
-            Counter::SynPassedV6 => "syn_passed_v6",
-            Counter::SynDroppedV6 => "syn_dropped_v6",
-            Counter::DroppedMalformed => "dropped_malformed",
-            Counter::ObservedOnly => "observed_only",
-            Counter::SynPassedProxy => "syn_passed_proxy",
-            Counter::SynPassedDirect => "syn_passed_direct",
+            Counter::SynSeenV4 => (KERNEL_SYNS, &[("family", "ipv4"), ("outcome", "seen")]),
+            Counter::SynPassedV4 => (KERNEL_SYNS, &[("family", "ipv4"), ("outcome", "passed")]),
+            Counter::SynDroppedV4 => (KERNEL_SYNS, &[("family", "ipv4"), ("outcome", "dropped")]),
+            Counter::SynSeenV6 => (KERNEL_SYNS, &[("family", "ipv6"), ("outcome", "seen")]),
+            Counter::SynPassedV6 => (KERNEL_SYNS, &[("family", "ipv6"), ("outcome", "passed")]),
+            Counter::SynDroppedV6 => (KERNEL_SYNS, &[("family", "ipv6"), ("outcome", "dropped")]),
+            Counter::DroppedMalformed => ("kernel_dropped_malformed", &[]),
+            Counter::ObservedOnly => ("kernel_observed_only", &[]),
+            Counter::SynPassedProxy => (KERNEL_SYNS_PASSED, CLASS_PROXY_LABEL),
+            Counter::SynPassedDirect => (KERNEL_SYNS_PASSED, CLASS_DIRECT_LABEL),
         }
     }
 }
+
+const KERNEL_SYNS: &str = "kernel_syns";
+const KERNEL_SYNS_PASSED: &str = "kernel_syns_passed";
+const CLASS_PROXY_LABEL: &[(&str, &str)] = &[("class", Class::Proxy.name())];
+const CLASS_DIRECT_LABEL: &[(&str, &str)] = &[("class", Class::Direct.name())];
+
+/// The kernel's counter families, in exposition order, with their help text; every
+/// [`Counter::series`] names one of them.
+pub const KERNEL_FAMILIES: [(&str, &str); 4] = [
+    (
+        KERNEL_SYNS,
+        "Initial SYNs to protected ports judged in the kernel",
+    ),
+    (
+        KERNEL_SYNS_PASSED,
+        "Initial SYNs passed in the kernel, by the class of their source (proxy: \
+         trusted_proxies, direct: direct_sources)",
+    ),
+    (
+        "kernel_dropped_malformed",
+        "Frames dropped because they could not be judged",
+    ),
+    (
+        "kernel_observed_only",
+        "Untrusted SYNs let through by observe_only",
+    ),
+];
 
 /// IP family of a judged segment. IPv4-mapped IPv6 sources are [`Family::V4`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -270,6 +299,24 @@ pub const fn decide(segment: Segment, class: Option<Class>, observe_only: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_counter_is_one_series_of_a_known_family() {
+        let mut seen: [Option<(&str, &[(&str, &str)])>; COUNTER_SLOTS as usize] =
+            [None; COUNTER_SLOTS as usize];
+        for (i, counter) in Counter::ALL.into_iter().enumerate() {
+            let (family, labels) = counter.series();
+            assert!(
+                KERNEL_FAMILIES.iter().any(|(f, _)| *f == family),
+                "{counter:?}: {family} is not in KERNEL_FAMILIES"
+            );
+            assert!(
+                !seen.contains(&Some((family, labels))),
+                "{counter:?} shares a series"
+            );
+            seen[i] = Some((family, labels));
+        }
+    }
 
     const SYN4: Segment = Segment::Syn {
         family: Family::V4,

@@ -1,69 +1,103 @@
 //! The admin listener (`[metrics] listen`): `GET /metrics` answers every counter in the
-//! OpenMetrics text format, encoded by `prometheus-client`. A scrape reads the counters
-//! where they live (user space atomics, the forwarder, the kernel's per-CPU maps) rather
-//! than copying them on the hot path. `trustgate stats` prints the same scrape.
+//! OpenMetrics text format, encoded by `prometheus-client`: the families registered in
+//! [`crate::metrics::Metrics`], then the kernel's per-CPU counters, read at scrape time by
+//! a collector. `trustgate stats` prints the same scrape.
 
 use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
-use proxy_common::{Class, Counter};
+use proxy_common::{Counter, KERNEL_FAMILIES};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached, XdpWalk};
-use crate::metrics;
-use crate::metrics::TimeoutKind;
 use crate::server::Server;
 
 /// The content type of the OpenMetrics text format.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// At most this many admin connections at once; one more is closed at accept. A scraper
+/// needs one; the cap keeps whoever reaches the port from holding descriptors.
+pub const ADMIN_MAX_CONNECTIONS: usize = 16;
+/// The wait for a request head on an admin connection.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// An admin connection's whole life: one scrape (keep-alive is off).
+pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves `/metrics` on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+    serve_with(listener, move || render(&server)).await
+}
+
+/// Serves `scrape`'s text at `/metrics`, under the admin listener's caps: at most
+/// [`ADMIN_MAX_CONNECTIONS`], one request each, its head within [`ADMIN_HEADER_TIMEOUT`]
+/// and the whole connection within [`ADMIN_CONNECTION_TIMEOUT`].
+async fn serve_with<F>(listener: TcpListener, scrape: F)
+where
+    F: Fn() -> Result<String, fmt::Error> + Send + Sync + 'static,
+{
     if let Ok(addr) = listener.local_addr() {
         info!(listener = %addr, "metrics listening");
     }
+    let scrape = Arc::new(scrape);
+    let open = Arc::new(Semaphore::new(ADMIN_MAX_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
                 warn!(error = %err, "metrics accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let server = Arc::clone(&server);
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            debug!(peer = %peer, "metrics connection refused: {ADMIN_MAX_CONNECTIONS} open");
+            continue;
+        };
+        let scrape = Arc::clone(&scrape);
         tokio::spawn(async move {
+            let _permit = permit;
             let service = service_fn(move |req| {
-                let server = Arc::clone(&server);
-                async move { Ok::<_, Infallible>(answer(&req, &server)) }
+                let scrape = Arc::clone(&scrape);
+                async move { Ok::<_, Infallible>(answer(&req, &*scrape)) }
             });
-            if let Err(err) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(peer = %peer, error = %err, "metrics connection ended with an error");
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => {
+                    debug!(peer = %peer, error = %err, "metrics connection ended with an error")
+                }
+                Err(_elapsed) => debug!(peer = %peer, "metrics connection closed: too slow"),
             }
         });
     }
 }
 
-fn answer(req: &Request<hyper::body::Incoming>, server: &Arc<Server>) -> Response<Full<Bytes>> {
+fn answer(
+    req: &Request<hyper::body::Incoming>,
+    scrape: &dyn Fn() -> Result<String, fmt::Error>,
+) -> Response<Full<Bytes>> {
     let (status, content_type, body) = if req.uri().path() == "/metrics" {
-        match render(server) {
+        match scrape() {
             Ok(text) => (StatusCode::OK, CONTENT_TYPE, text),
             Err(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,16 +149,19 @@ pub enum FetchError {
     Status(StatusCode),
 }
 
-/// One scrape, as OpenMetrics text.
+/// One scrape, as OpenMetrics text: the families of [`metrics::Metrics`], then the
+/// kernel's series, read from its per-CPU maps now.
 pub fn render(server: &Arc<Server>) -> Result<String, fmt::Error> {
-    let mut registry = Registry::with_prefix("trustgate");
-    registry.register_collector(Box::new(Scrape(Arc::clone(server))));
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    server.metrics().encode(&mut text)?;
+    let mut kernel = Registry::with_prefix("trustgate");
+    kernel.register_collector(Box::new(Scrape(Arc::clone(server))));
+    prometheus_client::encoding::text::encode_registry(&mut text, &kernel)?;
+    prometheus_client::encoding::text::encode_eof(&mut text)?;
     Ok(text)
 }
 
-/// Reads every counter at scrape time.
+/// Reads the kernel's counters at scrape time (they live in per-CPU maps, summed when read).
 struct Scrape(Arc<Server>);
 
 impl fmt::Debug for Scrape {
@@ -163,186 +200,6 @@ fn gauge(
 
 impl Collector for Scrape {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let server = &self.0;
-        let m = server.metrics().snapshot();
-        counter(
-            &mut enc,
-            "connections_accepted",
-            "TCP connections accepted",
-            &[(vec![], m.accepted)],
-        )?;
-        counter(
-            &mut enc,
-            "accept_errors",
-            "accept() failures not caused by the peer (out of descriptors or memory); the listener pauses and retries",
-            &[(vec![], m.accept_errors)],
-        )?;
-        counter(
-            &mut enc,
-            "filter_detach_errors",
-            "accepted sockets whose inherited socket filter could not be detached (kernel_filter.detach_accepted); they keep it",
-            &[(vec![], m.filter_detach_errors)],
-        )?;
-        counter(
-            &mut enc,
-            "connections_refused",
-            "Connections closed before HTTP, by reason",
-            &[
-                (
-                    vec![("reason", "untrusted_peer".into())],
-                    m.refused_untrusted,
-                ),
-                (
-                    vec![("reason", "direct_proxy_header".into())],
-                    m.refused_direct_header,
-                ),
-                (
-                    vec![("reason", "max_clients".into())],
-                    m.refused_max_clients,
-                ),
-                (
-                    vec![("reason", "max_clients_per_ip".into())],
-                    m.refused_per_ip,
-                ),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            "connections_closed",
-            "Connections closed before HTTP for a reason that is not a refusal, by reason (no_data: a trusted proxy connected and closed without a byte, a TCP health check)",
-            &[(vec![("reason", "no_data".into())], m.closed_no_data)],
-        )?;
-        counter(
-            &mut enc,
-            "proxy_v1_mixed_families",
-            "PROXY v1 lines whose addresses differed in family, accepted by accept_v1_mixed_families",
-            &[(vec![], m.v1_mixed_families)],
-        )?;
-        let dropped = server
-            .runtime()
-            .forwarder
-            .access_log()
-            .map_or(0, |log| log.dropped());
-        counter(
-            &mut enc,
-            "access_log_dropped",
-            "Access records dropped: the writer's queue was full (a slow or stalled log destination), or their write failed",
-            &[(vec![], dropped)],
-        )?;
-        counter(
-            &mut enc,
-            "connections_shed",
-            "Idle connections closed to make room for a new one when max_clients was reached",
-            &[(vec![], m.shed)],
-        )?;
-        let by_kind = |map: &std::collections::BTreeMap<&'static str, u64>| -> Vec<(Labels, u64)> {
-            map.iter()
-                .map(|(k, v)| (vec![("kind", (*k).to_string())], *v))
-                .collect()
-        };
-        counter(
-            &mut enc,
-            "proxy_header_errors",
-            "PROXY headers refused, by kind (timeout: none complete before the deadline)",
-            &by_kind(&m.header_errors),
-        )?;
-        counter(
-            &mut enc,
-            "tls_errors",
-            "TLS handshakes failed, by kind (no_sni, unknown_sni: refused with an unrecognized_name alert; handshake; timeout)",
-            &by_kind(&m.tls_errors),
-        )?;
-        counter(
-            &mut enc,
-            "tls_handshakes",
-            "TLS handshakes completed, by kind (full, or resumed from a session ticket or ID)",
-            &[
-                (vec![("kind", "full".into())], m.tls_full),
-                (vec![("kind", "resumed".into())], m.tls_resumed),
-            ],
-        )?;
-        gauge(
-            &mut enc,
-            "connections_active",
-            "Connections open now",
-            &[(vec![], m.active as i64)],
-        )?;
-        counter(
-            &mut enc,
-            "reloads",
-            "Config reloads, by outcome",
-            &[
-                (vec![("outcome", "ok".into())], m.reloads_ok),
-                (vec![("outcome", "error".into())], m.reloads_failed),
-            ],
-        )?;
-        let f = server.runtime().forwarder.stats();
-        let classes: Vec<(Labels, u64)> = ["1xx", "2xx", "3xx", "4xx", "5xx"]
-            .iter()
-            .zip(f.responses)
-            .map(|(class, n)| (vec![("class", (*class).to_string())], n))
-            .collect();
-        counter(
-            &mut enc,
-            "requests",
-            "HTTP responses sent, by status class",
-            &classes,
-        )?;
-        counter(
-            &mut enc,
-            "upstream_errors",
-            "Upstream failures, by kind (each answered 502, 504 or 413)",
-            &[
-                (vec![("kind", "unreachable".into())], f.upstream_errors),
-                (vec![("kind", "timeout".into())], f.upstream_timeouts),
-                (vec![("kind", "body_too_large".into())], f.bodies_too_large),
-            ],
-        )?;
-        let timeouts = server.runtime().forwarder.timeouts().clone();
-        let by_kind: Vec<(Labels, u64)> = TimeoutKind::ALL
-            .iter()
-            .map(|&kind| (vec![("kind", kind.label().to_string())], timeouts.get(kind)))
-            .collect();
-        counter(
-            &mut enc,
-            "timeouts",
-            "Connections and requests ended for waiting too long, by what they waited for",
-            &by_kind,
-        )?;
-        let u = server.runtime().forwarder.upstream_stats();
-        gauge(
-            &mut enc,
-            metrics::UPSTREAM_CONNECTIONS_OPEN,
-            "Upstream connections open now, idle pooled ones included",
-            &[(vec![], u.open as i64)],
-        )?;
-        gauge(
-            &mut enc,
-            metrics::UPSTREAM_CONNECTIONS_MAX,
-            "max_upstream_connections",
-            &[(vec![], u.max as i64)],
-        )?;
-        counter(
-            &mut enc,
-            metrics::UPSTREAM_REQUESTS_QUEUED,
-            "Upstream requests that waited, by the limit they waited for",
-            &[
-                (vec![("limit", "max_upstream_connections".into())], u.waited),
-                (
-                    vec![("limit", "max_upstream_connections_per_client".into())],
-                    u.waited_per_client,
-                ),
-            ],
-        )?;
-        counter(
-            &mut enc,
-            metrics::UPSTREAM_REQUESTS_REFUSED,
-            "Requests answered 503: no upstream connection freed up within the connect timeout",
-            &[(
-                vec![("reason", "max_upstream_connections".into())],
-                u.refused,
-            )],
-        )?;
         self.encode_kernel(&mut enc)
     }
 }
@@ -412,81 +269,93 @@ impl Scrape {
             "Where the kernel filter is attached, in which mode and (XDP) which walk",
             &attached,
         )?;
-        let mut syns = Vec::new();
-        let mut by_class = Vec::new();
-        let mut malformed = Vec::new();
-        let mut observed = Vec::new();
-        for (program, c) in &counters {
-            let program = match program {
-                // Both XDP walks count into one map, read once as `Program::Xdp`.
-                Program::Xdp | Program::XdpL3 => "xdp",
-                Program::Socket => "socket",
-            };
-            for (family, seen, passed, dropped) in [
-                (
-                    "ipv4",
-                    Counter::SynSeenV4,
-                    Counter::SynPassedV4,
-                    Counter::SynDroppedV4,
-                ),
-                (
-                    "ipv6",
-                    Counter::SynSeenV6,
-                    Counter::SynPassedV6,
-                    Counter::SynDroppedV6,
-                ),
-            ] {
-                for (outcome, slot) in [("seen", seen), ("passed", passed), ("dropped", dropped)] {
-                    let labels = vec![
-                        ("program", program.to_string()),
-                        ("family", family.to_string()),
-                        ("outcome", outcome.to_string()),
-                    ];
-                    syns.push((labels, c.get(slot)));
+        for (family, help) in KERNEL_FAMILIES {
+            let mut series = Vec::new();
+            for (program, c) in &counters {
+                let program = match program {
+                    // Both XDP walks count into one map, read once as `Program::Xdp`.
+                    Program::Xdp | Program::XdpL3 => "xdp",
+                    Program::Socket => "socket",
+                };
+                for slot in Counter::ALL {
+                    let (name, labels) = slot.series();
+                    if name != family {
+                        continue;
+                    }
+                    let mut all: Labels = vec![("program", program.to_string())];
+                    all.extend(labels.iter().map(|&(k, v)| (k, v.to_string())));
+                    series.push((all, c.get(slot)));
                 }
             }
-            for (class, slot) in [
-                (Class::Proxy, Counter::SynPassedProxy),
-                (Class::Direct, Counter::SynPassedDirect),
-            ] {
-                let labels = vec![
-                    ("program", program.to_string()),
-                    ("class", class.name().to_string()),
-                ];
-                by_class.push((labels, c.get(slot)));
-            }
-            malformed.push((
-                vec![("program", program.to_string())],
-                c.get(Counter::DroppedMalformed),
-            ));
-            observed.push((
-                vec![("program", program.to_string())],
-                c.get(Counter::ObservedOnly),
-            ));
+            counter(enc, family, help, &series)?;
         }
-        counter(
-            enc,
-            "kernel_syns",
-            "Initial SYNs to protected ports judged in the kernel",
-            &syns,
-        )?;
-        counter(
-            enc,
-            "kernel_syns_passed",
-            "Initial SYNs passed in the kernel, by the class of their source (proxy: trusted_proxies, direct: direct_sources)",
-            &by_class,
-        )?;
-        counter(
-            enc,
-            "kernel_dropped_malformed",
-            "Frames dropped because they could not be judged",
-            &malformed,
-        )?;
-        counter(
-            enc,
-            "kernel_observed_only",
-            "Untrusted SYNs let through by observe_only",
-            &observed,
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    async fn admin() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(serve_with(listener, || Ok("up 1\n".to_string())));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_scrape_is_answered_and_the_connection_closed() {
+        let addr = admin().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
+        let mut got = String::new();
+        stream
+            .read_to_string(&mut got)
+            .await
+            .expect("read to close");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+        assert!(got.ends_with("up 1\n"), "{got}");
+    }
+
+    #[tokio::test]
+    async fn connections_past_the_cap_are_closed_at_once() {
+        let addr = admin().await;
+        let mut held = Vec::new();
+        for _ in 0..ADMIN_MAX_CONNECTIONS {
+            held.push(TcpStream::connect(addr).await.expect("connect"));
+        }
+        // Accepted in order: the held ones took every permit before this one is accepted.
+        let mut extra = TcpStream::connect(addr).await.expect("connect");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(ADMIN_HEADER_TIMEOUT / 2, extra.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection past the cap is closed before any head timeout: {read:?}"
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_at_the_header_timeout() {
+        let addr = admin().await;
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let started = Instant::now();
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(
+            ADMIN_HEADER_TIMEOUT + Duration::from_secs(3),
+            stream.read_to_end(&mut got),
         )
+        .await;
+        assert!(read.is_ok(), "still open past the header timeout");
+        assert!(started.elapsed() >= ADMIN_HEADER_TIMEOUT - Duration::from_millis(100));
     }
 }

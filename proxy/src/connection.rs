@@ -18,7 +18,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -142,7 +141,7 @@ async fn screened(
     };
     match proxy.trust.class(peer.ip()) {
         None => {
-            metrics.refused_untrusted.fetch_add(1, Ordering::Relaxed);
+            metrics.refused_untrusted.inc();
             debug!("refused: peer is not a trusted proxy");
             None
         }
@@ -153,19 +152,17 @@ async fn screened(
                 Some((stream, facts, runtime, shared))
             }
             Ok(Screened::Signature(version)) => {
-                metrics
-                    .refused_direct_header
-                    .fetch_add(1, Ordering::Relaxed);
+                metrics.refused_direct_header.inc();
                 debug!(version = ?version, "refused: a direct source sent a PROXY header");
                 None
             }
             Ok(Screened::NoData) => {
-                metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                metrics.closed_no_data.inc();
                 debug!("direct source closed before any byte: a health check");
                 None
             }
             Ok(Screened::NoFirstByte) => {
-                let timeouts = runtime.forwarder.timeouts();
+                let timeouts = &runtime.forwarder.metrics().timeouts;
                 timeouts.bump(TimeoutKind::ProxyFirstByte);
                 debug!("direct source: no byte before first_byte_timeout; closing");
                 None
@@ -175,7 +172,7 @@ async fn screened(
                 None
             }
             Ok(Screened::Timeout { received }) => {
-                let timeouts = runtime.forwarder.timeouts();
+                let timeouts = &runtime.forwarder.metrics().timeouts;
                 timeouts.bump(TimeoutKind::DirectFirstBytes);
                 debug!(received, "direct source: first bytes too late; closing");
                 None
@@ -188,7 +185,7 @@ async fn screened(
         Some(Class::Proxy) => match read_header(stream, deadlines, &proxy.limits).await {
             Ok((info, stream)) => {
                 if info.mixed_families() {
-                    metrics.v1_mixed_families.fetch_add(1, Ordering::Relaxed);
+                    metrics.v1_mixed_families.inc();
                 }
                 let client = info
                     .client()
@@ -199,12 +196,12 @@ async fn screened(
             }
             // A trusted proxy that connects and closes is checking that the port is up.
             Err(ReadError::NoData) => {
-                metrics.closed_no_data.fetch_add(1, Ordering::Relaxed);
+                metrics.closed_no_data.inc();
                 debug!("closed before any byte: a health check");
                 None
             }
             Err(ReadError::NoFirstByte) => {
-                let timeouts = runtime.forwarder.timeouts();
+                let timeouts = &runtime.forwarder.metrics().timeouts;
                 timeouts.bump(TimeoutKind::ProxyFirstByte);
                 debug!("no byte before first_byte_timeout; closing");
                 None
@@ -248,7 +245,7 @@ fn admitted(
         Some(max) => match per_ip.enter(client.ip(), max) {
             Some(guard) => Some(guard),
             None => {
-                metrics.refused_per_ip.fetch_add(1, Ordering::Relaxed);
+                metrics.refused_per_ip.inc();
                 debug!(client = %client, "refused: max_clients_per_ip reached");
                 return None;
             }

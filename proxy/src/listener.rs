@@ -13,7 +13,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -154,11 +153,9 @@ impl Gate {
         admission: Box<Admission>,
     ) -> impl Future<Output = ()> + Send + 'static {
         async move {
-            self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.accepted.inc();
             let Some(_slot) = self.admit().await else {
-                self.metrics
-                    .refused_max_clients
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.refused_max_clients.inc();
                 debug!("refused: max_clients reached, and no idle connection to shed");
                 return;
             };
@@ -169,7 +166,7 @@ impl Gate {
             tokio::select! {
                 () = connection::serve(admission, Arc::clone(&activity), runtime) => {}
                 () = activity.shed_picked() => {
-                    self.metrics.shed.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.shed.inc();
                     debug!("shed: idle while max_clients was reached");
                 }
             }
@@ -198,14 +195,14 @@ struct Active<'a>(&'a Metrics);
 
 impl<'a> Active<'a> {
     fn new(metrics: &'a Metrics) -> Self {
-        metrics.active.fetch_add(1, Ordering::Relaxed);
+        metrics.active.inc();
         Active(metrics)
     }
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.dec();
     }
 }
 
@@ -269,7 +266,7 @@ impl Listener {
                 Err(err) if is_transient(&err) => continue,
                 Err(err) => {
                     // Out of descriptors or memory: pause, never give up the listener.
-                    gate.metrics.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    gate.metrics.accept_errors.inc();
                     let retry_ms = backoff.as_millis() as u64;
                     match throttle.allow(tokio::time::Instant::now()) {
                         Some(suppressed) => {
@@ -311,7 +308,7 @@ fn detach_inherited(
     let Err(err) = crate::kernel::detach_inherited(stream) else {
         return;
     };
-    metrics.filter_detach_errors.fetch_add(1, Ordering::Relaxed);
+    metrics.filter_detach_errors.inc();
     match throttle.allow(tokio::time::Instant::now()) {
         Some(suppressed) => {
             warn!(listener = %bound.addr, error = %err, suppressed, "detaching the inherited socket filter from an accepted socket failed; it keeps the filter")

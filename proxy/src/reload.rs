@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -166,7 +165,7 @@ pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
     } else {
         &metrics.reloads_failed
     };
-    counter.fetch_add(1, Ordering::Relaxed);
+    counter.inc();
     applied
 }
 

@@ -93,7 +93,10 @@ pub struct Server {
 }
 
 impl Server {
-    pub fn new(runtime: Runtime, kernel: Option<Kernel>, metrics: Arc<Metrics>) -> Arc<Server> {
+    /// The server of `runtime`; it shares the runtime's counters (`Forwarder::metrics`),
+    /// which every later runtime carries on.
+    pub fn new(runtime: Runtime, kernel: Option<Kernel>) -> Arc<Server> {
+        let metrics = Arc::clone(runtime.forwarder.metrics());
         Arc::new(Server {
             gate: Arc::new(Gate::new(runtime, metrics)),
             kernel: Mutex::new(kernel),

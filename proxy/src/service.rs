@@ -71,11 +71,14 @@ pub async fn run(
     let watched = reload::Watched::new(&options.config, &config);
     let signals = reload::Signals::install();
     nofile::raise_for(&config.limits);
-    let access_log = AccessLog::start(&config.access_log)?;
-    let runtime = Runtime::with_access_log(&config, access_log.clone())?;
+    // The process's one home for its counters: the server, every forwarder and the
+    // access log count into it.
+    let metrics = Arc::new(Metrics::new());
+    let access_log = AccessLog::start(&config.access_log, metrics.access_log_dropped.clone())?;
+    let runtime = Runtime::with_access_log(&config, access_log.clone(), metrics)?;
     let mut kernel = kernel::start_for(&config).map_err(ServiceError::Kernel)?;
     let listeners = listener::bind_all(&config, kernel.as_mut())?;
-    let server = Server::new(runtime, kernel, Arc::new(Metrics::default()));
+    let server = Server::new(runtime, kernel);
     let admin = match config.metrics_listen {
         Some(addr) => {
             let listener = TcpListener::bind(addr)

@@ -13,13 +13,13 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
 use http::{Method, Version};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::{AccessDestination, AccessFormat, AccessLogConfig};
 
@@ -67,7 +67,8 @@ struct Control {
 }
 
 struct Shared {
-    dropped: AtomicU64,
+    /// The process's `trustgate_access_log_dropped_total` (`Metrics::access_log_dropped`).
+    dropped: Counter,
     control: Mutex<Control>,
     /// Receives `()` when the writer has written everything and stopped.
     stopped: Mutex<Receiver<()>>,
@@ -119,14 +120,15 @@ fn open_append(path: &Path) -> Result<File, AccessLogError> {
 }
 
 impl AccessLog {
-    /// Opens the destination of `config` and starts the writer. Started even when the
-    /// log is off, so that a reload can turn it on.
-    pub fn start(config: &AccessLogConfig) -> Result<AccessLog, AccessLogError> {
+    /// Opens the destination of `config` and starts the writer, which counts the records
+    /// it drops in `dropped`. Started even when the log is off, so that a reload can turn
+    /// it on.
+    pub fn start(config: &AccessLogConfig, dropped: Counter) -> Result<AccessLog, AccessLogError> {
         let output = Output::open(&config.destination)?;
         let (queue, records) = mpsc::sync_channel(QUEUE_RECORDS);
         let (done, stopped) = mpsc::channel();
         let shared = Arc::new(Shared {
-            dropped: AtomicU64::new(0),
+            dropped,
             control: Mutex::new(Control::default()),
             stopped: Mutex::new(stopped),
         });
@@ -146,14 +148,14 @@ impl AccessLog {
         match self.0.queue.try_send(Message::Record(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.0.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                self.0.shared.dropped.inc();
             }
         }
     }
 
     /// Records dropped since start: queue full, or lost to a failed write.
     pub fn dropped(&self) -> u64 {
-        self.0.shared.dropped.load(Ordering::Relaxed)
+        self.0.shared.dropped.get()
     }
 
     /// Reopens the file by its path after the records queued so far (logrotate's

@@ -6,7 +6,6 @@
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
@@ -110,9 +109,7 @@ impl Writer {
             Output::File { file, .. } => file.write_all(&self.batch),
         };
         if let Err(error) = written {
-            self.shared
-                .dropped
-                .fetch_add(self.batched, Ordering::Relaxed);
+            self.shared.dropped.inc_by(self.batched);
             self.warn_write(&error);
         }
         self.batch.clear();
@@ -135,7 +132,7 @@ impl Writer {
         warn!(
             path,
             error = %error,
-            dropped = self.shared.dropped.load(Ordering::Relaxed),
+            dropped = self.shared.dropped.get(),
             "access log write failed; its records are dropped and counted"
         );
     }

@@ -9,6 +9,7 @@ use super::clock::WaitLimits;
 use crate::access_log::AccessLog;
 use crate::config::{Config, KernelFilterConfig, Limits, Timeouts};
 use crate::forward::{ForwardError, ForwardOptions, Forwarder};
+use crate::metrics::Metrics;
 use crate::proxy_protocol;
 use crate::tls::{Tls, TlsError};
 use crate::trust::TrustList;
@@ -57,14 +58,16 @@ impl Runtime {
         Runtime::build(config, forwarder, previous)
     }
 
-    /// The first runtime of a process that logs requests to `access_log` (reloads carry
-    /// it on).
+    /// The first runtime of a process that logs requests to `access_log` and counts
+    /// into `metrics` (reloads carry both on).
     pub fn with_access_log(
         config: &Config,
         access_log: AccessLog,
+        metrics: Arc<Metrics>,
     ) -> Result<Runtime, RuntimeError> {
         let options = ForwardOptions {
             access_log: Some(access_log),
+            metrics: Some(metrics),
             ..ForwardOptions::default()
         };
         Runtime::build(config, Forwarder::with_options(config, options)?, None)
@@ -79,7 +82,7 @@ impl Runtime {
             header: config.timeouts.request_header,
             keepalive: config.timeouts.keepalive,
             send: config.timeouts.send,
-            counts: Arc::clone(forwarder.timeouts()),
+            counts: Arc::clone(&forwarder.metrics().timeouts),
         });
         Ok(Runtime {
             forwarder: Arc::new(forwarder),

@@ -146,7 +146,8 @@ where
                     None => {
                         runtime
                             .forwarder
-                            .timeouts()
+                            .metrics()
+                            .timeouts
                             .bump(TimeoutKind::RequestHeader);
                         debug!(client = %ctx.client, "no request before request_header_timeout; closing");
                         return;

@@ -375,7 +375,12 @@ mod tests {
             response: Duration::from_secs(1),
             pool_idle: Duration::from_secs(1),
         };
-        let client = UpstreamClient::new(bounds, None, Slots::new(8)).expect("client builds");
+        let client = UpstreamClient::new(
+            bounds,
+            None,
+            Slots::new(8, crate::metrics::UpstreamCounters::default()),
+        )
+        .expect("client builds");
         let authority = http::uri::Authority::from_static("127.0.0.1:1");
         let key = |header| Key {
             authority: &authority,

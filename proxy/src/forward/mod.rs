@@ -40,7 +40,7 @@ use tracing::{debug, warn};
 
 use crate::access_log::AccessLog;
 use crate::config::{Config, Timeouts};
-use crate::metrics::{TimeoutCounts, TimeoutKind};
+use crate::metrics::{Metrics, TimeoutKind};
 use crate::proxy_protocol::ProxyInfo;
 use crate::trust::TrustList;
 use access::{AccessBody, Pending};
@@ -54,7 +54,6 @@ use slots::{Slots, WithTurn};
 pub use body::ResponseBodyError as BodyError;
 pub use body::{BodyEnd, BodyEnded};
 pub use client::ConnPools;
-pub use slots::UpstreamStats;
 
 /// The response body type: the upstream's body, or the proxy's own, streamed.
 pub type ProxyBody = BoxBody<Bytes, BodyError>;
@@ -107,6 +106,8 @@ pub struct ForwardOptions {
     pub upstream_roots: Option<RootCertStore>,
     /// Where access records go when the config's `[access_log]` is on; none: nowhere.
     pub access_log: Option<AccessLog>,
+    /// The process's counters (the server's); none: a home of this forwarder's own.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 impl Default for ForwardOptions {
@@ -115,6 +116,7 @@ impl Default for ForwardOptions {
             pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
             upstream_roots: None,
             access_log: None,
+            metrics: None,
         }
     }
 }
@@ -124,33 +126,6 @@ impl Default for ForwardOptions {
 pub enum ForwardError {
     #[error("building the upstream TLS client failed")]
     Tls(#[from] rustls::Error),
-}
-
-/// Counts since the forwarder was built.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ForwardStats {
-    /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
-    pub responses: [u64; 5],
-    /// Upstream requests that failed (each also a 502).
-    pub upstream_errors: u64,
-    /// Upstreams too slow to answer (each also a 504).
-    pub upstream_timeouts: u64,
-    /// Request bodies over `request_max_body_size` (each also a 413).
-    pub bodies_too_large: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    responses: [AtomicU64; 5],
-    upstream_errors: AtomicU64,
-    upstream_timeouts: AtomicU64,
-    bodies_too_large: AtomicU64,
-    /// Every timeout of the process by kind, the listener's included.
-    timeouts: Arc<TimeoutCounts>,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Routes and forwards requests for one configuration.
@@ -171,7 +146,7 @@ pub struct Forwarder {
     /// `upgrade_protocols`: lowercase, never `h2c`.
     upgrade_protocols: Vec<String>,
     /// Shared with the forwarder this one replaced on reload, so counts never go back.
-    counters: Arc<Counters>,
+    metrics: Arc<Metrics>,
     upstream_warning: Throttle,
 }
 
@@ -223,14 +198,19 @@ impl Forwarder {
         config: &Config,
         options: ForwardOptions,
     ) -> Result<Forwarder, ForwardError> {
-        let slots = Slots::new(config.limits.max_upstream_connections);
-        Forwarder::build(config, options, slots)
+        let metrics = options.metrics.clone().unwrap_or_default();
+        let slots = Slots::new(
+            config.limits.max_upstream_connections,
+            metrics.upstream.clone(),
+        );
+        Forwarder::build(config, options, slots, metrics)
     }
 
     fn build(
         config: &Config,
         options: ForwardOptions,
         slots: Arc<Slots>,
+        metrics: Arc<Metrics>,
     ) -> Result<Forwarder, ForwardError> {
         let bounds = Bounds {
             connect: config.timeouts.upstream_connect,
@@ -249,7 +229,7 @@ impl Forwarder {
             access_log: options.access_log,
             log_requests,
             upgrade_protocols: config.headers.upgrade_protocols.clone(),
-            counters: Arc::default(),
+            metrics,
             upstream_warning: Throttle::new(UPSTREAM_WARN_PERIOD),
         })
     }
@@ -264,9 +244,7 @@ impl Forwarder {
             access_log: previous.access_log.clone(),
             ..ForwardOptions::default()
         };
-        let mut next = Forwarder::build(config, options, slots)?;
-        next.counters = Arc::clone(&previous.counters);
-        Ok(next)
+        Forwarder::build(config, options, slots, Arc::clone(&previous.metrics))
     }
 
     /// The access log this forwarder was given (also when `[access_log]` is off).
@@ -274,27 +252,9 @@ impl Forwarder {
         self.access_log.as_ref()
     }
 
-    /// Timeouts by kind, shared by every forwarder of this process and its listener.
-    pub fn timeouts(&self) -> &Arc<TimeoutCounts> {
-        &self.counters.timeouts
-    }
-
-    /// The upstream connections open now, the cap, and the requests that waited for
-    /// room or got none, since the process started.
-    pub fn upstream_stats(&self) -> UpstreamStats {
-        self.client.slots().stats()
-    }
-
-    /// Counts since the first forwarder of this process was built.
-    pub fn stats(&self) -> ForwardStats {
-        let c = &self.counters;
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        ForwardStats {
-            responses: [0, 1, 2, 3, 4].map(|i| load(&c.responses[i])),
-            upstream_errors: load(&c.upstream_errors),
-            upstream_timeouts: load(&c.upstream_timeouts),
-            bodies_too_large: load(&c.bodies_too_large),
-        }
+    /// The process's counters, shared by every forwarder of this process and its server.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Answers one request that came on `conn`. Never fails: `forward` runs the phases
@@ -309,7 +269,7 @@ impl Forwarder {
         let response = match self.forward(req, conn, record.as_mut()).await {
             Ok((response, give_back, turn)) => response.map(|body| {
                 let read = self.timeouts.upstream_read;
-                let body = UpstreamBody::new(body, read, Arc::clone(&self.counters.timeouts));
+                let body = UpstreamBody::new(body, read, Arc::clone(&self.metrics.timeouts));
                 WithTurn::new(PooledBody::new(body, Some(give_back)), turn).boxed()
             }),
             Err(answer) => answer
@@ -335,7 +295,7 @@ impl Forwarder {
 
     fn count(&self, status: StatusCode) {
         let class = usize::from(status.as_u16() / 100).clamp(1, 5) - 1;
-        bump(&self.counters.responses[class]);
+        self.metrics.responses[class].inc();
     }
 
     /// The answer to a request that got no response ([`UpstreamError::status`]),
@@ -346,11 +306,11 @@ impl Forwarder {
         let status = error.status();
         match error {
             UpstreamError::ClientBody(BodyFailure::TooLarge) => {
-                bump(&self.counters.bodies_too_large);
+                self.metrics.bodies_too_large.inc();
                 return Answer::Status(status);
             }
             UpstreamError::ClientBody(BodyFailure::TimedOut) => {
-                self.counters.timeouts.bump(TimeoutKind::RequestBody);
+                self.metrics.timeouts.bump(TimeoutKind::RequestBody);
                 debug!(upstream = %target.authority, error = ?error, "client request body timed out");
                 return Answer::Status(status);
             }
@@ -364,19 +324,20 @@ impl Forwarder {
                 return Answer::Status(status);
             }
             UpstreamError::Timeout(_) => {
-                bump(&self.counters.upstream_timeouts);
-                self.counters.timeouts.bump(TimeoutKind::UpstreamRead);
+                self.metrics.upstream_timeouts.inc();
+                self.metrics.timeouts.bump(TimeoutKind::UpstreamRead);
             }
-            _ => bump(&self.counters.upstream_errors),
+            _ => {
+                self.metrics.upstream_errors.inc();
+            }
         }
         debug!(upstream = %target.authority, error = ?error, "upstream request failed");
         if self.upstream_warning.ready() {
-            let stats = self.stats();
             warn!(
                 upstream = %target.authority,
                 error = ?error,
-                upstream_errors = stats.upstream_errors,
-                upstream_timeouts = stats.upstream_timeouts,
+                upstream_errors = self.metrics.upstream_errors.get(),
+                upstream_timeouts = self.metrics.upstream_timeouts.get(),
                 "upstream requests failing"
             );
         }

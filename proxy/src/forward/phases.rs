@@ -21,7 +21,7 @@ use super::pool::{GiveBack, Key};
 use super::refusal::Refusal;
 use super::request::{self, RequestHost};
 use super::route::{AppRoutes, RouteEntry, Target};
-use super::{Answer, ConnContext, Forwarder, Turn, bump, client, hygiene, tlv, upgrade};
+use super::{Answer, ConnContext, Forwarder, Turn, client, hygiene, tlv, upgrade};
 use crate::proxy_protocol;
 
 /// Where `route` sends a request.
@@ -100,7 +100,7 @@ impl Forwarder {
             .body_limit
             .is_some_and(|limit| req.body().size_hint().lower() > limit)
         {
-            bump(&self.counters.bodies_too_large);
+            self.metrics.bodies_too_large.inc();
             return Err(Answer::Status(StatusCode::PAYLOAD_TOO_LARGE));
         }
         let target = route.pick();
@@ -258,7 +258,7 @@ impl Forwarder {
             }
             let idle = self.timeouts.tunnel_idle.map(|limit| upgrade::Idle {
                 limit,
-                counts: Arc::clone(&self.counters.timeouts),
+                counts: Arc::clone(&self.metrics.timeouts),
             });
             upgrade::tunnel(
                 client_upgrade,

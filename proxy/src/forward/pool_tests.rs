@@ -95,7 +95,7 @@ async fn upstream(speaks: Speaks, together: usize) -> (Uri, Accepted) {
 
 /// A pool under a cap of `max` connections, waiting at most 200 ms at it.
 fn pool(idle_timeout: Duration, max: usize) -> (TestPool, Arc<Slots>) {
-    let slots = Slots::new(max);
+    let slots = Slots::new(max, crate::metrics::UpstreamCounters::default());
     let connector = Connector::new(Duration::from_millis(200), None, Arc::clone(&slots))
         .expect("the TLS config builds");
     let pool = TestPool::new(

@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,6 +17,8 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use hyper::rt::{Read, ReadBufCursor, Write};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::UpstreamCounters;
 
 /// No upstream connection could be had within the wait: the process holds
 /// `max_upstream_connections` of them and none was idle to close.
@@ -33,19 +35,20 @@ pub(super) trait Evict: Send + Sync {
     fn evict_idle(&self) -> bool;
 }
 
-/// Counts since the process started, read by the metrics.
+/// The cap's counts at one instant, as the unit tests read them.
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UpstreamStats {
+pub(super) struct UpstreamStats {
     /// Upstream connections open now (idle pooled ones included).
-    pub open: u64,
+    pub(super) open: u64,
     /// `max_upstream_connections`.
-    pub max: u64,
+    pub(super) max: u64,
     /// Connects that found the cap reached and had to wait.
-    pub waited: u64,
+    pub(super) waited: u64,
     /// Requests answered 503 because no connection freed up within the wait.
-    pub refused: u64,
+    pub(super) refused: u64,
     /// Requests that waited for their connection's `max_upstream_connections_per_client`.
-    pub waited_per_client: u64,
+    pub(super) waited_per_client: u64,
 }
 
 /// The process-wide cap on upstream connections. Shared by the forwarders a reload
@@ -53,37 +56,33 @@ pub struct UpstreamStats {
 /// the cap keeps its startup value, like `max_clients` (the open-file limit was sized
 /// for it at start).
 pub(super) struct Slots {
-    /// Slots taken; never more than `max`.
-    open: AtomicUsize,
     max: usize,
     /// Signalled once per slot given back.
     freed: Notify,
     /// The pools to ask for idle connections at the cap, in order.
     pools: Mutex<Vec<Weak<dyn Evict>>>,
-    waited: AtomicU64,
-    refused: AtomicU64,
-    waited_per_client: AtomicU64,
+    /// The process's series for the cap; `counters.open` is the count of slots taken
+    /// (never more than `max`) that the cap enforces.
+    counters: UpstreamCounters,
 }
 
 impl std::fmt::Debug for Slots {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Slots")
-            .field("open", &self.open.load(Ordering::Relaxed))
+            .field("open", &self.counters.open.get())
             .field("max", &self.max)
             .finish_non_exhaustive()
     }
 }
 
 impl Slots {
-    pub(super) fn new(max: usize) -> Arc<Slots> {
+    pub(super) fn new(max: usize, counters: UpstreamCounters) -> Arc<Slots> {
+        counters.max.set(i64::try_from(max).unwrap_or(i64::MAX));
         Arc::new(Slots {
-            open: AtomicUsize::new(0),
             max,
             freed: Notify::new(),
             pools: Mutex::new(Vec::new()),
-            waited: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
-            waited_per_client: AtomicU64::new(0),
+            counters,
         })
     }
 
@@ -95,14 +94,15 @@ impl Slots {
         pools.push(pool);
     }
 
+    #[cfg(test)]
     pub(super) fn stats(&self) -> UpstreamStats {
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.counters;
         UpstreamStats {
-            open: self.open.load(Ordering::Relaxed) as u64,
+            open: u64::try_from(c.open.get()).unwrap_or(0),
             max: self.max as u64,
-            waited: load(&self.waited),
-            refused: load(&self.refused),
-            waited_per_client: load(&self.waited_per_client),
+            waited: c.waited.get(),
+            refused: c.refused.get(),
+            waited_per_client: c.waited_per_client.get(),
         }
     }
 
@@ -112,7 +112,7 @@ impl Slots {
         if let Some(slot) = self.try_take() {
             return Ok(slot);
         }
-        self.waited.fetch_add(1, Ordering::Relaxed);
+        self.counters.waited.inc();
         let waiting = async {
             loop {
                 let freed = self.freed.notified();
@@ -130,7 +130,7 @@ impl Slots {
         match tokio::time::timeout(wait, waiting).await {
             Ok(slot) => Ok(slot),
             Err(_elapsed) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
+                self.counters.refused.inc();
                 Err(SlotsFull {
                     max: self.max,
                     waited: wait,
@@ -140,8 +140,10 @@ impl Slots {
     }
 
     fn try_take(self: &Arc<Self>) -> Option<Slot> {
-        let max = self.max;
-        self.open
+        let max = i64::try_from(self.max).unwrap_or(i64::MAX);
+        self.counters
+            .open
+            .inner()
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
                 (open < max).then_some(open + 1)
             })
@@ -165,7 +167,7 @@ impl Slots {
     }
 
     fn waited_per_client(&self) {
-        self.waited_per_client.fetch_add(1, Ordering::Relaxed);
+        self.counters.waited_per_client.inc();
     }
 }
 
@@ -177,7 +179,11 @@ pub(super) struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.slots.open.fetch_sub(1, Ordering::AcqRel);
+        self.slots
+            .counters
+            .open
+            .inner()
+            .fetch_sub(1, Ordering::AcqRel);
         self.slots.freed.notify_one();
     }
 }
@@ -321,7 +327,7 @@ mod tests {
 
     #[tokio::test]
     async fn slots_up_to_the_cap_are_given_at_once_and_one_more_is_not() {
-        let slots = Slots::new(3);
+        let slots = Slots::new(3, UpstreamCounters::default());
         let held: Vec<Slot> = (0..3)
             .map(|_| slots.try_take().expect("under the cap"))
             .collect();
@@ -334,7 +340,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_a_connect_waits_the_bound_then_is_refused_and_counted() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, UpstreamCounters::default());
         let _busy = slots.take(WAIT).await.expect("the first");
         let started = tokio::time::Instant::now();
         let full = slots.take(WAIT).await.expect_err("the cap is reached");
@@ -346,7 +352,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_waiting_connect_gets_the_slot_a_closing_connection_gives_back() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, UpstreamCounters::default());
         let busy = slots.take(WAIT).await.expect("the first");
         let waiter = tokio::spawn({
             let slots = Arc::clone(&slots);
@@ -377,7 +383,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_the_cap_an_idle_connection_is_closed_to_make_room() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, UpstreamCounters::default());
         let pool = Arc::new(OneIdle {
             slot: Mutex::new(Some(slots.try_take().expect("the idle one"))),
             asked: AtomicBool::new(false),
@@ -393,7 +399,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_gets_its_cap_of_turns_and_the_next_waits_for_one() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, UpstreamCounters::default());
         let turns = Turns::default();
         let mut held = Vec::new();
         for _ in 0..2 {
@@ -414,7 +420,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_response_body_gives_its_turn_back_when_it_ends() {
-        let slots = Slots::new(1);
+        let slots = Slots::new(1, UpstreamCounters::default());
         let turns = Turns::default();
         let turn = turns.take(1, &slots).await;
         let body = WithTurn::new(http_body_util::Full::new(Bytes::from("x")), turn);

@@ -10,7 +10,6 @@ use std::time::Duration;
 use proxy::connection::Runtime;
 use proxy::kernel::{Attachment, Kernel, KernelError, Plan};
 use proxy::listener::bind_all;
-use proxy::metrics::Metrics;
 use proxy::server::Server;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -40,7 +39,7 @@ impl InProcess {
         let bound = bind_all(&config, Some(&mut kernel)).expect("binding the listeners");
         let listeners = bound.iter().map(|b| b.local_addr()).collect();
         let runtime = Runtime::new(&config, None).expect("preparing the runtime");
-        let server = Server::new(runtime, Some(kernel), Arc::new(Metrics::default()));
+        let server = Server::new(runtime, Some(kernel));
         let (stop, stopped) = oneshot::channel::<()>();
         server.serve(bound);
         let task = tokio::spawn(Arc::clone(&server).run(

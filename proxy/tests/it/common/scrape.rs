@@ -82,26 +82,19 @@ impl Scrape {
 
     /// `trustgate_upstream_connections_open`.
     pub fn upstream_open(&self) -> u64 {
-        self.get(&format!(
-            "trustgate_{}",
-            proxy::metrics::UPSTREAM_CONNECTIONS_OPEN
-        ))
+        self.get("trustgate_upstream_connections_open")
     }
 
     /// `trustgate_upstream_requests_queued_total{limit="…"}`.
     pub fn upstream_queued(&self, limit: &str) -> u64 {
         self.get(&format!(
-            "trustgate_{}_total{{limit=\"{limit}\"}}",
-            proxy::metrics::UPSTREAM_REQUESTS_QUEUED
+            "trustgate_upstream_requests_queued_total{{limit=\"{limit}\"}}"
         ))
     }
 
     /// `trustgate_upstream_requests_refused_total{reason="max_upstream_connections"}`.
     pub fn upstream_refused(&self) -> u64 {
-        self.get(&format!(
-            "trustgate_{}_total{{reason=\"max_upstream_connections\"}}",
-            proxy::metrics::UPSTREAM_REQUESTS_REFUSED
-        ))
+        self.get("trustgate_upstream_requests_refused_total{reason=\"max_upstream_connections\"}")
     }
 }
 
