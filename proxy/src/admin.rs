@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::chain::Chain;
 use crate::kernel::{Attachment, Program, SocketFilterKind, XdpAttached, XdpWalk};
 use crate::server::Server;
 
@@ -84,7 +85,7 @@ where
             match tokio::time::timeout(ADMIN_CONNECTION_TIMEOUT, conn).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => {
-                    debug!(peer = %peer, error = %err, "metrics connection ended with an error")
+                    debug!(peer = %peer, error = %Chain(&err), "metrics connection ended with an error")
                 }
                 Err(_elapsed) => debug!(peer = %peer, "metrics connection closed: too slow"),
             }

@@ -31,6 +31,7 @@ pub(crate) use per_ip::PerIp;
 pub use runtime::{Runtime, RuntimeError};
 use serving::{Http, ToServe, handling_deadline, serve_http, unboxed};
 
+use crate::chain::Chain;
 use crate::forward::{ConnContext, ConnPools};
 use crate::metrics::{Metrics, TimeoutKind};
 use crate::proxy_protocol::{self, Deadlines, ReadError, Rewind, read_header};
@@ -208,7 +209,7 @@ async fn screened(
             }
             Err(err) => {
                 metrics.header_error(err.kind());
-                debug!(error = %err, kind = err.kind(), "refused: PROXY header");
+                debug!(error = %Chain(&err), kind = err.kind(), "refused: PROXY header");
                 None
             }
         },
@@ -315,7 +316,7 @@ async fn serve_tls(serving: Box<ToServe<TcpStream>>, metrics: Arc<Metrics>) {
         }
         Ok(Err(err)) => {
             metrics.tls_error(err.kind());
-            debug!(client = %ctx.client, error = %err, "TLS handshake failed");
+            debug!(client = %ctx.client, error = %Chain(&err), "TLS handshake failed");
         }
         Err(_) => {
             metrics.tls_error("timeout");

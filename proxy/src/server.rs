@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::chain::Chain;
 use crate::config::Config;
 use crate::connection::{Protocol, Runtime, RuntimeError};
 use crate::kernel::{Kernel, KernelError};
@@ -240,7 +241,7 @@ impl Server {
         }
         let ports = lock(&self.listening).ports([]);
         if let Err(err) = kernel.set_ports(&ports) {
-            warn!(error = %err, "updating the XDP-protected ports failed; ports no longer listened on stay protected until the next update");
+            warn!(error = %Chain(&err), "updating the XDP-protected ports failed; ports no longer listened on stay protected until the next update");
         }
     }
 
@@ -277,7 +278,7 @@ impl Server {
         if let Some(kernel) = kernel.as_mut()
             && let Err(err) = kernel.set_ports(&ports)
         {
-            warn!(listener = %local, error = %err, "updating the XDP-protected ports failed; the closed listener's port stays protected until the next update");
+            warn!(listener = %local, error = %Chain(&err), "updating the XDP-protected ports failed; the closed listener's port stays protected until the next update");
         }
     }
 

@@ -25,6 +25,7 @@ use tracing::debug;
 use super::clock::{self, Activity, Expiry, StreamClock, StreamExec, Timed, Tracked, WaitLimits};
 use super::per_ip::PerIpGuard;
 use super::runtime::Runtime;
+use crate::chain::Chain;
 use crate::forward::ConnContext;
 use crate::metrics::TimeoutKind;
 use crate::proxy_protocol::Rewind;
@@ -140,7 +141,7 @@ where
                 match sniffed {
                     Some(Ok(http)) => http,
                     Some(Err(err)) => {
-                        debug!(client = %ctx.client, error = %err, "connection failed before its first request");
+                        debug!(client = %ctx.client, error = %Chain(&err), "connection failed before its first request");
                         return;
                     }
                     None => {
@@ -384,7 +385,7 @@ where
                             true
                         }
                         Err(err) => {
-                            debug!(error = %err, "connection failed between requests");
+                            debug!(error = %Chain(&err), "connection failed between requests");
                             false
                         }
                     };
@@ -510,7 +511,7 @@ where
         }
         Some(None) => Driven::Ended,
         Some(Some((Err(err), _))) => {
-            debug!(error = %err, "connection ended with an error");
+            debug!(error = %Chain(&err), "connection ended with an error");
             Driven::Ended
         }
         Some(Some((Ok(()), driven))) => driven,

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use super::ListenerError;
+use crate::chain::Chain;
 use crate::config::Config;
 use crate::connection::Protocol;
 use crate::kernel::Kernel;
@@ -141,7 +142,7 @@ pub(crate) fn reserve(
             Ok(Some(_)) => detach_accepted = filter.is_some_and(|f| f.detach_accepted),
             Ok(None) => {}
             Err(err) if !required => {
-                error!(listener = %addr, error = %err, "kernel filter not attached (kernel_filter.required = false): only user space checks peers on this listener");
+                error!(listener = %addr, error = %Chain(&err), "kernel filter not attached (kernel_filter.required = false): only user space checks peers on this listener");
             }
             Err(source) => {
                 return Err(ListenerError::Filter {
