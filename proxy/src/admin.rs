@@ -34,14 +34,14 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// At most this many admin connections at once; one more is closed at accept. A scraper
 /// needs one; the cap keeps whoever reaches the port from holding descriptors.
-pub const ADMIN_MAX_CONNECTIONS: usize = 16;
+pub(crate) const ADMIN_MAX_CONNECTIONS: usize = 16;
 /// The wait for a request head on an admin connection.
-pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// An admin connection's whole life: one scrape (keep-alive is off).
-pub const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const ADMIN_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Serves `/metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, server: Arc<Server>) {
+pub(crate) async fn serve(listener: TcpListener, server: Arc<Server>) {
     serve_with(listener, move || render(&server)).await
 }
 
@@ -152,7 +152,7 @@ pub enum FetchError {
 
 /// One scrape, as OpenMetrics text: the families of [`metrics::Metrics`], then the
 /// kernel's series, read from its per-CPU maps now.
-pub fn render(server: &Arc<Server>) -> Result<String, fmt::Error> {
+pub(crate) fn render(server: &Arc<Server>) -> Result<String, fmt::Error> {
     let mut text = String::new();
     server.metrics().encode(&mut text)?;
     let mut kernel = Registry::with_prefix("trustgate");

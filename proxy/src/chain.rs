@@ -8,7 +8,7 @@ use std::error::Error;
 use std::fmt;
 
 /// Displays `err` followed by every `source()` under it.
-pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+pub(crate) struct Chain<'a>(pub &'a (dyn Error + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

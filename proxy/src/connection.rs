@@ -39,7 +39,7 @@ use crate::trust::{Class, normalize};
 
 /// Which protocol a listening socket speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     Http,
     Https,
 }

@@ -40,11 +40,15 @@
 //! - [`nofile`]: raises the open-file limit at start; `deadline`: a timer allocated only
 //!   when waited on.
 //! - [`demo`]: the demo upstream that echoes the request it received.
+//!
+//! The public surface is what the binaries, the integration tests, the benches and the
+//! fuzz target use (and the PROXY codec's whole result API); everything else is
+//! `pub(crate)` or private, so the compiler reports what nothing calls.
 #![deny(unsafe_code)]
 
-pub mod access_log;
+mod access_log;
 pub mod admin;
-pub mod chain;
+mod chain;
 pub mod config;
 pub mod connection;
 mod deadline;
@@ -53,10 +57,10 @@ pub mod forward;
 mod header_names;
 pub mod kernel;
 pub mod listener;
-pub mod metrics;
+mod metrics;
 pub mod nofile;
 pub mod proxy_protocol;
-pub mod reload;
+mod reload;
 pub mod server;
 pub mod service;
 pub mod tls;

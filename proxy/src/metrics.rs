@@ -26,7 +26,7 @@ use tracing::warn;
 /// What a connection or a request waited for too long (the `kind` label of
 /// `trustgate_timeouts_total`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TimeoutKind {
+pub(crate) enum TimeoutKind {
     /// No complete request head within `request_header_timeout`.
     RequestHeader,
     /// Idle past `keepalive_timeout`.
@@ -47,7 +47,7 @@ pub enum TimeoutKind {
 }
 
 impl TimeoutKind {
-    pub const ALL: [TimeoutKind; 8] = [
+    pub(crate) const ALL: [TimeoutKind; 8] = [
         TimeoutKind::RequestHeader,
         TimeoutKind::Keepalive,
         TimeoutKind::RequestBody,
@@ -58,7 +58,7 @@ impl TimeoutKind {
         TimeoutKind::DirectFirstBytes,
     ];
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             TimeoutKind::RequestHeader => "request_header",
             TimeoutKind::Keepalive => "keepalive",
@@ -77,14 +77,15 @@ type Label = [(&'static str, &'static str); 1];
 
 /// Timeouts by kind, counted where they happen (the listener and the forwarder share one).
 #[derive(Debug, Default)]
-pub struct TimeoutCounts([Counter; TimeoutKind::ALL.len()]);
+pub(crate) struct TimeoutCounts([Counter; TimeoutKind::ALL.len()]);
 
 impl TimeoutCounts {
-    pub fn bump(&self, kind: TimeoutKind) {
+    pub(crate) fn bump(&self, kind: TimeoutKind) {
         self.0[kind as usize].inc();
     }
 
-    pub fn get(&self, kind: TimeoutKind) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn get(&self, kind: TimeoutKind) -> u64 {
         self.0[kind as usize].get()
     }
 }
@@ -92,21 +93,21 @@ impl TimeoutCounts {
 /// The upstream connection cap's series, shared with the cap itself (`forward/slots.rs`):
 /// `open` is the count the cap enforces, not a copy of it.
 #[derive(Clone, Debug, Default)]
-pub struct UpstreamCounters {
+pub(crate) struct UpstreamCounters {
     /// Upstream connections open now, idle pooled ones included.
-    pub open: Gauge,
+    pub(crate) open: Gauge,
     /// `max_upstream_connections`.
-    pub max: Gauge,
+    pub(crate) max: Gauge,
     /// Connects that found the cap reached and had to wait.
-    pub waited: Counter,
+    pub(crate) waited: Counter,
     /// Requests that waited for their connection's `max_upstream_connections_per_client`.
-    pub waited_per_client: Counter,
+    pub(crate) waited_per_client: Counter,
     /// Requests answered 503 because no connection freed up within the wait.
-    pub refused: Counter,
+    pub(crate) refused: Counter,
 }
 
 /// How often the refusal summary may be logged.
-pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
+pub(crate) const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Every user-space counter of the process; see the module's documentation.
 pub struct Metrics {
@@ -115,25 +116,25 @@ pub struct Metrics {
     registry: Registry,
     pub accepted: Counter,
     /// accept() failures other than the peer's own (EMFILE, ENOBUFS, …).
-    pub accept_errors: Counter,
+    pub(crate) accept_errors: Counter,
     /// Accepted sockets whose inherited socket filter could not be detached
     /// (`detach_accepted`); they keep it, which passes everything but SYNs.
-    pub filter_detach_errors: Counter,
-    pub active: Gauge,
+    pub(crate) filter_detach_errors: Counter,
+    pub(crate) active: Gauge,
     pub refused_untrusted: Counter,
     /// Connections from a `direct_sources` network that opened with a PROXY signature.
-    pub refused_direct_header: Counter,
-    pub refused_max_clients: Counter,
-    pub refused_per_ip: Counter,
+    pub(crate) refused_direct_header: Counter,
+    pub(crate) refused_max_clients: Counter,
+    pub(crate) refused_per_ip: Counter,
     /// Connections from a trusted proxy closed before their first byte: TCP health
     /// checks, counted apart from header errors and never warned about.
-    pub closed_no_data: Counter,
+    pub(crate) closed_no_data: Counter,
     /// v1 lines accepted by `accept_v1_mixed_families` whose addresses differed in family.
-    pub v1_mixed_families: Counter,
+    pub(crate) v1_mixed_families: Counter,
     /// Access records dropped: the writer's queue was full, or their write failed.
-    pub access_log_dropped: Counter,
+    pub(crate) access_log_dropped: Counter,
     /// Idle connections closed to make room for a new one at `max_clients`.
-    pub shed: Counter,
+    pub(crate) shed: Counter,
     /// PROXY header failures by `ReadError::kind` (timeout and eof included).
     header_errors: Family<Label, Counter>,
     /// TLS failures by `HandshakeError::kind`.
@@ -145,8 +146,8 @@ pub struct Metrics {
     /// Completed TLS handshakes: full (with or without a HelloRetryRequest), resumed.
     tls_full: Counter,
     tls_resumed: Counter,
-    pub reloads_ok: Counter,
-    pub reloads_failed: Counter,
+    pub(crate) reloads_ok: Counter,
+    pub(crate) reloads_failed: Counter,
     /// Responses by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub responses: [Counter; 5],
     /// Upstream requests that failed (each also a 502).
@@ -157,8 +158,8 @@ pub struct Metrics {
     pub bodies_too_large: Counter,
     /// Every timeout of the process by kind; shared with the connections' clocks and the
     /// body wrappers, which outlive a reload.
-    pub timeouts: std::sync::Arc<TimeoutCounts>,
-    pub upstream: UpstreamCounters,
+    pub(crate) timeouts: std::sync::Arc<TimeoutCounts>,
+    pub(crate) upstream: UpstreamCounters,
 }
 
 impl fmt::Debug for Metrics {
@@ -243,7 +244,7 @@ impl<const N: usize> EncodeMetric for Series<N> {
 
 impl Metrics {
     /// Registers every family of the process, at zero.
-    pub fn new() -> Metrics {
+    pub(crate) fn new() -> Metrics {
         let mut f = Families(Registry::with_prefix("trustgate"));
         let accepted = f.counter("connections_accepted", "TCP connections accepted");
         let accept_errors = f.counter(
@@ -391,31 +392,32 @@ impl Metrics {
     }
 
     /// Writes every family, without the closing `# EOF` (the kernel's series follow).
-    pub fn encode(&self, text: &mut String) -> fmt::Result {
+    pub(crate) fn encode(&self, text: &mut String) -> fmt::Result {
         prometheus_client::encoding::text::encode_registry(text, &self.registry)
     }
 
-    pub fn header_error(&self, kind: &'static str) {
+    pub(crate) fn header_error(&self, kind: &'static str) {
         self.header_errors.get_or_create(&[("kind", kind)]).inc();
         self.header_errors_total.inc();
     }
 
-    pub fn tls_error(&self, kind: &'static str) {
+    pub(crate) fn tls_error(&self, kind: &'static str) {
         self.tls_errors.get_or_create(&[("kind", kind)]).inc();
         self.tls_errors_total.inc();
     }
 
     /// Counts a completed handshake by its kind (`None`, which rustls reports only
     /// before the handshake is done, counts as full).
-    pub fn tls_handshake(&self, kind: Option<rustls::HandshakeKind>) {
+    pub(crate) fn tls_handshake(&self, kind: Option<rustls::HandshakeKind>) {
         match kind {
             Some(rustls::HandshakeKind::Resumed) => self.tls_resumed.inc(),
             _ => self.tls_full.inc(),
         };
     }
 
+    #[cfg(test)]
     /// PROXY header failures of `kind` so far.
-    pub fn header_errors(&self, kind: &'static str) -> u64 {
+    pub(crate) fn header_errors(&self, kind: &'static str) -> u64 {
         self.header_errors
             .get(&[("kind", kind)])
             .map_or(0, |c| c.get())
@@ -434,7 +436,7 @@ impl Metrics {
 
     /// Logs one warning for what was refused since `previous`, if anything was, and
     /// returns the new snapshot to compare with next time.
-    pub fn summarize(&self, previous: &Snapshot) -> Snapshot {
+    pub(crate) fn summarize(&self, previous: &Snapshot) -> Snapshot {
         let now = self.snapshot();
         let since = |f: fn(&Snapshot) -> u64| f(&now) - f(previous);
         let untrusted = since(|s| s.untrusted);
@@ -461,7 +463,7 @@ impl Metrics {
 
 /// What [`Metrics::summarize`] compares between two intervals.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     untrusted: u64,
     direct_headers: u64,
     limited: u64,
@@ -474,7 +476,7 @@ pub struct Snapshot {
 /// cause over and over (such as running the process out of descriptors); the others
 /// are counted, to be reported with the next one that gets through.
 #[derive(Debug, Default)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     last: Option<Instant>,
     suppressed: u64,
 }
@@ -482,7 +484,7 @@ pub struct Throttle {
 impl Throttle {
     /// `Some(n)` when a warning may be logged now, `n` being how many were held back
     /// since the last one; `None` when this one should go to debug.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, now: Instant) -> Option<u64> {
         match self.last {
             Some(last) if now.duration_since(last) < SUMMARY_INTERVAL => {
                 self.suppressed += 1;

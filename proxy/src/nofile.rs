@@ -19,13 +19,13 @@ pub const RESERVED_FDS: u64 = 64;
 
 /// The soft limit before and after [`raise`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limit {
-    pub before: u64,
-    pub now: u64,
+pub(crate) struct Limit {
+    pub(crate) before: u64,
+    pub(crate) now: u64,
 }
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit.
-pub fn raise() -> io::Result<Limit> {
+pub(crate) fn raise() -> io::Result<Limit> {
     let (before, _hard) = rlimit::Resource::NOFILE.get()?;
     let now = rlimit::increase_nofile_limit(u64::MAX)?;
     Ok(Limit { before, now })
@@ -34,7 +34,7 @@ pub fn raise() -> io::Result<Limit> {
 /// Descriptors the limits allow trustgate to hold: one per client connection
 /// (`max_clients`), one per upstream connection, open or idle, whatever the number of
 /// h2 streams (`max_upstream_connections`), and [`RESERVED_FDS`].
-pub fn needed(limits: &Limits) -> u64 {
+pub(crate) fn needed(limits: &Limits) -> u64 {
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
     count(limits.max_clients)
         .saturating_add(count(limits.max_upstream_connections))
@@ -44,7 +44,7 @@ pub fn needed(limits: &Limits) -> u64 {
 /// [`raise`], logged: at info when it worked, at warn when it failed or when the limit
 /// still cannot hold what `limits` allow (accept() or upstream connects would then fail
 /// with EMFILE before the caps are reached).
-pub fn raise_for(limits: &Limits) {
+pub(crate) fn raise_for(limits: &Limits) {
     let needed = needed(limits);
     match raise() {
         Ok(limit) if limit.now < needed => warn!(

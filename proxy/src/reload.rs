@@ -21,14 +21,14 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// The files a running config depends on, and their modification times from before it
 /// was read, so that no change made while it loads is missed (a change made before is
 /// read twice, which is harmless).
-pub struct Watched {
+pub(crate) struct Watched {
     path: PathBuf,
     files: Vec<PathBuf>,
     stamps: Vec<Option<SystemTime>>,
 }
 
 impl Watched {
-    pub fn new(path: &Path, config: &Config) -> Watched {
+    pub(crate) fn new(path: &Path, config: &Config) -> Watched {
         let files = files(path, config);
         let stamps = stamps(&files);
         Watched {
@@ -83,13 +83,13 @@ impl Watched {
 /// SIGHUP and SIGUSR1, listened for from [`Signals::install`] on. Install them before
 /// the first listener is bound: a signal sent once "listening" is logged must not meet
 /// the default action, which ends the process.
-pub struct Signals {
+pub(crate) struct Signals {
     hup: Option<Signal>,
     usr1: Option<Signal>,
 }
 
 impl Signals {
-    pub fn install() -> Signals {
+    pub(crate) fn install() -> Signals {
         let hup = match signal(SignalKind::hangup()) {
             Ok(hup) => Some(hup),
             Err(err) => {
@@ -110,7 +110,12 @@ impl Signals {
 
 /// Reloads into `server` on each SIGHUP, and on each change of the watched files when
 /// `watch_files`. Runs until the task is dropped.
-pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool, signals: Signals) {
+pub(crate) async fn run(
+    server: Arc<Server>,
+    mut watched: Watched,
+    watch_files: bool,
+    signals: Signals,
+) {
     let Signals { mut hup, mut usr1 } = signals;
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
@@ -136,7 +141,7 @@ pub async fn run(server: Arc<Server>, mut watched: Watched, watch_files: bool, s
 }
 
 /// Loads `path` and applies it; returns the config when it was applied.
-pub fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
+pub(crate) fn reload(server: &Arc<Server>, path: &Path) -> Option<Config> {
     let metrics = server.metrics();
     let applied = match config::load(path) {
         Err(err) => {

@@ -25,7 +25,7 @@ use crate::metrics::{Metrics, SUMMARY_INTERVAL, Snapshot};
 
 /// Why a new config could not be applied (or the listeners could not start).
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     #[error(transparent)]
     Listener(#[from] ListenerError),
     #[error("updating the kernel's trusted list")]
@@ -111,7 +111,7 @@ impl Server {
     }
 
     /// The runtime new connections get.
-    pub fn runtime(&self) -> Arc<Runtime> {
+    pub(crate) fn runtime(&self) -> Arc<Runtime> {
         self.gate.runtime()
     }
 
@@ -136,7 +136,7 @@ impl Server {
     /// listens on it. A failed reload leaves the listeners and the protected set as they
     /// were. Connections already running keep their runtime. The filter mode and
     /// `max_clients` keep their startup values.
-    pub fn apply(self: &Arc<Self>, config: &Config) -> Result<(), ServerError> {
+    pub(crate) fn apply(self: &Arc<Self>, config: &Config) -> Result<(), ServerError> {
         let current = self.gate.runtime();
         let runtime = Runtime::new(config, Some(&current))?;
         if runtime.kernel_filter != current.kernel_filter {

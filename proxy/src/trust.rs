@@ -29,11 +29,11 @@ pub struct TrustList {
     second_class.name()
 )]
 pub struct ClassConflict {
-    pub net: IpNet,
-    pub first: usize,
-    pub first_class: Class,
-    pub second: usize,
-    pub second_class: Class,
+    pub(crate) net: IpNet,
+    pub(crate) first: usize,
+    pub(crate) first_class: Class,
+    pub(crate) second: usize,
+    pub(crate) second_class: Class,
 }
 
 impl TrustList {
@@ -78,7 +78,7 @@ impl TrustList {
     /// The class of the longest prefix holding `addr`, or `None` when no prefix does (the
     /// kernel drops its SYNs). An IPv4-mapped IPv6 address is judged by the IPv4
     /// prefixes only, as the kernel programs do.
-    pub fn class(&self, addr: IpAddr) -> Option<Class> {
+    pub(crate) fn class(&self, addr: IpAddr) -> Option<Class> {
         match normalize(addr) {
             IpAddr::V4(a) => longest(self.v4.iter().filter(|(n, _)| n.contains(&a)), |n| {
                 n.prefix_len()
@@ -95,17 +95,17 @@ impl TrustList {
     }
 
     /// The IPv4 prefixes and their classes.
-    pub fn v4(&self) -> &[(Ipv4Net, Class)] {
+    pub(crate) fn v4(&self) -> &[(Ipv4Net, Class)] {
         &self.v4
     }
 
     /// The IPv6 prefixes and their classes.
-    pub fn v6(&self) -> &[(Ipv6Net, Class)] {
+    pub(crate) fn v6(&self) -> &[(Ipv6Net, Class)] {
         &self.v6
     }
 
     /// The prefixes of one class, IPv4 first, in the order given.
-    pub fn of_class(&self, class: Class) -> Vec<IpNet> {
+    pub(crate) fn of_class(&self, class: Class) -> Vec<IpNet> {
         let v4 = self.v4.iter().map(|(n, c)| (IpNet::V4(*n), *c));
         let v6 = self.v6.iter().map(|(n, c)| (IpNet::V6(*n), *c));
         v4.chain(v6)
@@ -115,12 +115,12 @@ impl TrustList {
     }
 
     /// Number of prefixes of both families and classes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.v4.len() + self.v6.len()
     }
 
     /// Whether the list admits nobody.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
@@ -153,7 +153,7 @@ impl fmt::Display for TrustList {
 
 /// Turns an IPv4-mapped IPv6 address into the IPv4 address it carries; any other
 /// address is returned as it is.
-pub fn normalize(addr: IpAddr) -> IpAddr {
+pub(crate) fn normalize(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(a) => match a.to_ipv4_mapped() {
             Some(v4) => IpAddr::V4(v4),

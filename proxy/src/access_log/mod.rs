@@ -25,7 +25,7 @@ use crate::config::{AccessDestination, AccessFormat, AccessLogConfig};
 
 /// Records the queue holds while the writer is busy: at a batch per
 /// [`writer::TICK`], room for 400 000 requests a second before any is dropped.
-pub const QUEUE_RECORDS: usize = 4096;
+pub(crate) const QUEUE_RECORDS: usize = 4096;
 
 /// Why the access log could not start or switch to a new file. The open error is written
 /// into the message (before the advice), so it is a field and not a `source()`.
@@ -123,7 +123,10 @@ impl AccessLog {
     /// Opens the destination of `config` and starts the writer, which counts the records
     /// it drops in `dropped`. Started even when the log is off, so that a reload can turn
     /// it on.
-    pub fn start(config: &AccessLogConfig, dropped: Counter) -> Result<AccessLog, AccessLogError> {
+    pub(crate) fn start(
+        config: &AccessLogConfig,
+        dropped: Counter,
+    ) -> Result<AccessLog, AccessLogError> {
         let output = Output::open(&config.destination)?;
         let (queue, records) = mpsc::sync_channel(QUEUE_RECORDS);
         let (done, stopped) = mpsc::channel();
@@ -144,7 +147,7 @@ impl AccessLog {
     }
 
     /// Queues `record`, or drops and counts it when the queue is full. Never blocks.
-    pub fn record(&self, record: Record) {
+    pub(crate) fn record(&self, record: Record) {
         match self.0.queue.try_send(Message::Record(record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -154,20 +157,20 @@ impl AccessLog {
     }
 
     /// Records dropped since start: queue full, or lost to a failed write.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.0.shared.dropped.get()
     }
 
     /// Reopens the file by its path after the records queued so far (logrotate's
     /// `postrotate`); nothing for stderr. The writer logs "access log reopened".
-    pub fn reopen(&self) {
+    pub(crate) fn reopen(&self) {
         self.0.shared.control().reopen = true;
         self.wake();
     }
 
     /// Switches to the destination and format of `config` (a reload), after the records
     /// queued so far. The new file is opened here, so a failure leaves the old one.
-    pub fn reconfigure(&self, config: &AccessLogConfig) -> Result<(), AccessLogError> {
+    pub(crate) fn reconfigure(&self, config: &AccessLogConfig) -> Result<(), AccessLogError> {
         let output = Output::open(&config.destination)?;
         self.0.shared.control().switch = Some((output, config.format));
         self.wake();
@@ -176,7 +179,7 @@ impl AccessLog {
 
     /// Writes what is queued and stops the writer, waiting at most `timeout` (a writer
     /// stuck on a full pipe is left behind). Records sent afterwards are dropped.
-    pub fn close(&self, timeout: Duration) {
+    pub(crate) fn close(&self, timeout: Duration) {
         self.0.shared.control().stop = true;
         self.wake();
         let stopped = self
@@ -197,21 +200,21 @@ impl AccessLog {
 /// One request as the access log tells it. Built on the worker with one allocation
 /// (the request's texts, back to back); formatted by the writer.
 #[derive(Debug)]
-pub struct Record {
-    pub client: SocketAddr,
-    pub peer: SocketAddr,
-    pub method: Method,
-    pub version: Version,
-    pub status: u16,
+pub(crate) struct Record {
+    pub(crate) client: SocketAddr,
+    pub(crate) peer: SocketAddr,
+    pub(crate) method: Method,
+    pub(crate) version: Version,
+    pub(crate) status: u16,
     /// The upstream chosen, once there is one (shares the config's bytes).
-    pub upstream: Option<Authority>,
+    pub(crate) upstream: Option<Authority>,
     /// Response body bytes sent.
-    pub bytes: u64,
-    pub duration: Duration,
+    pub(crate) bytes: u64,
+    pub(crate) duration: Duration,
     /// When the response ended.
-    pub time: SystemTime,
+    pub(crate) time: SystemTime,
     /// Redact query values of the path and the Referer when formatting.
-    pub redact: bool,
+    pub(crate) redact: bool,
     /// Path and query, Referer, User-Agent, host, in that order.
     text: Vec<u8>,
     path_end: usize,
@@ -226,7 +229,7 @@ impl Record {
         clippy::too_many_arguments,
         reason = "one call site, every field named"
     )]
-    pub fn new(
+    pub(crate) fn new(
         client: SocketAddr,
         peer: SocketAddr,
         method: Method,
@@ -262,27 +265,27 @@ impl Record {
     }
 
     /// The host the request named, as received (replaces any set before).
-    pub fn set_host(&mut self, host: &str) {
+    pub(crate) fn set_host(&mut self, host: &str) {
         self.text.truncate(self.agent_end);
         self.text.extend_from_slice(host.as_bytes());
     }
 
-    pub fn path(&self) -> &[u8] {
+    pub(crate) fn path(&self) -> &[u8] {
         &self.text[..self.path_end]
     }
 
     /// Empty when the request had none.
-    pub fn referer(&self) -> &[u8] {
+    pub(crate) fn referer(&self) -> &[u8] {
         &self.text[self.path_end..self.referer_end]
     }
 
     /// Empty when the request had none.
-    pub fn user_agent(&self) -> &[u8] {
+    pub(crate) fn user_agent(&self) -> &[u8] {
         &self.text[self.referer_end..self.agent_end]
     }
 
     /// Empty when the request named none.
-    pub fn host(&self) -> &[u8] {
+    pub(crate) fn host(&self) -> &[u8] {
         &self.text[self.agent_end..]
     }
 }

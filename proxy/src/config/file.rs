@@ -14,58 +14,58 @@ use super::{AccessFormat, TlvField, XdpMode, keys};
 /// The whole file. Field names are the TOML keys.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ConfigFile {
-    pub listen_port: Option<u16>,
-    pub listen_port_tls: Option<u16>,
-    pub listen_address_v4: Option<OneOrMany>,
-    pub listen_address_v6: Option<OneOrMany>,
-    pub listen_ipv6: Option<bool>,
-    pub public_https_port: Option<u16>,
+    pub(crate) listen_port: Option<u16>,
+    pub(crate) listen_port_tls: Option<u16>,
+    pub(crate) listen_address_v4: Option<OneOrMany>,
+    pub(crate) listen_address_v6: Option<OneOrMany>,
+    pub(crate) listen_ipv6: Option<bool>,
+    pub(crate) public_https_port: Option<u16>,
     /// rpxy's earlier name for `public_https_port`.
-    pub https_redirection_port: Option<u16>,
-    pub tcp_listen_backlog: Option<u32>,
-    pub max_concurrent_streams: Option<u32>,
-    pub max_clients: Option<u32>,
-    pub max_clients_per_ip: Option<u32>,
+    pub(crate) https_redirection_port: Option<u16>,
+    pub(crate) tcp_listen_backlog: Option<u32>,
+    pub(crate) max_concurrent_streams: Option<u32>,
+    pub(crate) max_clients: Option<u32>,
+    pub(crate) max_clients_per_ip: Option<u32>,
     /// trustgate's own key.
-    pub max_upstream_connections: Option<u32>,
+    pub(crate) max_upstream_connections: Option<u32>,
     /// trustgate's own key.
-    pub max_upstream_connections_per_client: Option<u32>,
-    pub trusted_forwarded_proxies: Option<OneOrMany>,
-    pub request_max_body_size: Option<BodySize>,
+    pub(crate) max_upstream_connections_per_client: Option<u32>,
+    pub(crate) trusted_forwarded_proxies: Option<OneOrMany>,
+    pub(crate) request_max_body_size: Option<BodySize>,
     /// nginx's name (`underscores_in_headers`).
-    pub underscores_in_headers: Option<bool>,
+    pub(crate) underscores_in_headers: Option<bool>,
     /// trustgate's own key.
-    pub upgrade_protocols: Option<Vec<String>>,
+    pub(crate) upgrade_protocols: Option<Vec<String>>,
     /// trustgate's own key.
-    pub request_max_header_size: Option<BodySize>,
-    pub redact_query_in_access_log: Option<bool>,
+    pub(crate) request_max_header_size: Option<BodySize>,
+    pub(crate) redact_query_in_access_log: Option<bool>,
     /// trustgate's own keys: how long each wait may last (see `validate::timeouts`).
-    pub request_header_timeout: Option<Seconds>,
-    pub keepalive_timeout: Option<Seconds>,
-    pub request_body_timeout: Option<Seconds>,
-    pub upstream_connect_timeout: Option<Seconds>,
-    pub upstream_read_timeout: Option<Seconds>,
-    pub send_timeout: Option<Seconds>,
-    pub tunnel_idle_timeout: Option<Seconds>,
-    pub default_app: Option<String>,
+    pub(crate) request_header_timeout: Option<Seconds>,
+    pub(crate) keepalive_timeout: Option<Seconds>,
+    pub(crate) request_body_timeout: Option<Seconds>,
+    pub(crate) upstream_connect_timeout: Option<Seconds>,
+    pub(crate) upstream_read_timeout: Option<Seconds>,
+    pub(crate) send_timeout: Option<Seconds>,
+    pub(crate) tunnel_idle_timeout: Option<Seconds>,
+    pub(crate) default_app: Option<String>,
     /// trustgate's own keys: the app whose certificate a ClientHello without SNI gets,
     /// and the file of session-ticket keys.
-    pub default_tls_app: Option<String>,
-    pub tls_ticket_key_file: Option<String>,
-    pub apps: Option<BTreeMap<String, AppFile>>,
-    pub experimental: Option<ExperimentalFile>,
+    pub(crate) default_tls_app: Option<String>,
+    pub(crate) tls_ticket_key_file: Option<String>,
+    pub(crate) apps: Option<BTreeMap<String, AppFile>>,
+    pub(crate) experimental: Option<ExperimentalFile>,
     /// trustgate's own table.
-    pub metrics: Option<MetricsFile>,
+    pub(crate) metrics: Option<MetricsFile>,
     /// trustgate's own table (nginx's vocabulary: `access_log path format`, `off`).
-    pub access_log: Option<AccessLogFile>,
-    pub sticky_cookie_secret: Option<Unsupported>,
+    pub(crate) access_log: Option<AccessLogFile>,
+    pub(crate) sticky_cookie_secret: Option<Unsupported>,
 }
 
 /// A key of an rpxy feature trustgate lacks: any value, and whether it asks for the
 /// feature (`health_check = false` and the like do not).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Unsupported {
-    pub asked: bool,
+    pub(crate) asked: bool,
 }
 
 impl<'de> Deserialize<'de> for Unsupported {
@@ -87,7 +87,7 @@ pub(crate) enum OneOrMany {
 
 impl OneOrMany {
     /// Each entry with its key path: `key` for the single form, `key[i]` for a list.
-    pub fn entries<'a>(&'a self, key: &'a str) -> Vec<(String, &'a str)> {
+    pub(crate) fn entries<'a>(&'a self, key: &'a str) -> Vec<(String, &'a str)> {
         match self {
             OneOrMany::One(s) => vec![(key.to_owned(), s.as_str())],
             OneOrMany::Many(v) => v
@@ -122,8 +122,8 @@ pub(crate) enum Seconds {
 #[derive(Debug, Clone)]
 pub(crate) struct Choice<T> {
     /// As written.
-    pub text: String,
-    pub value: Option<T>,
+    pub(crate) text: String,
+    pub(crate) value: Option<T>,
 }
 
 impl<'de, T: DeserializeOwned> Deserialize<'de> for Choice<T> {
@@ -177,11 +177,11 @@ pub(crate) enum KernelModeFile {
 /// `[apps.NAME]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AppFile {
-    pub server_name: Option<String>,
-    pub tls: Option<TlsFile>,
-    pub reverse_proxy: Option<Vec<RouteFile>>,
+    pub(crate) server_name: Option<String>,
+    pub(crate) tls: Option<TlsFile>,
+    pub(crate) reverse_proxy: Option<Vec<RouteFile>>,
     /// trustgate's own table.
-    pub proxy_protocol_tlv_headers: Option<TlvHeadersFile>,
+    pub(crate) proxy_protocol_tlv_headers: Option<TlvHeadersFile>,
 }
 
 /// `apps.NAME.proxy_protocol_tlv_headers`: for each TLV, the request header it becomes.
@@ -225,81 +225,81 @@ impl<'de> de::Visitor<'de> for TlvHeadersVisitor {
 /// `apps.NAME.tls`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct TlsFile {
-    pub tls_cert_path: Option<String>,
-    pub tls_cert_key_path: Option<String>,
-    pub client_ca_cert_path: Option<String>,
-    pub https_redirection: Option<bool>,
+    pub(crate) tls_cert_path: Option<String>,
+    pub(crate) tls_cert_key_path: Option<String>,
+    pub(crate) client_ca_cert_path: Option<String>,
+    pub(crate) https_redirection: Option<bool>,
     /// Declared so that `validate` can say what happens to an ACME-only app.
-    pub acme: Option<bool>,
+    pub(crate) acme: Option<bool>,
 }
 
 /// `[[apps.NAME.reverse_proxy]]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct RouteFile {
-    pub path: Option<String>,
-    pub replace_path: Option<String>,
-    pub upstream: Option<Vec<UpstreamFile>>,
-    pub load_balance: Option<Choice<LoadBalanceFile>>,
-    pub upstream_options: Option<Vec<Choice<UpstreamOptionFile>>>,
-    pub health_check: Option<Unsupported>,
+    pub(crate) path: Option<String>,
+    pub(crate) replace_path: Option<String>,
+    pub(crate) upstream: Option<Vec<UpstreamFile>>,
+    pub(crate) load_balance: Option<Choice<LoadBalanceFile>>,
+    pub(crate) upstream_options: Option<Vec<Choice<UpstreamOptionFile>>>,
+    pub(crate) health_check: Option<Unsupported>,
 }
 
 /// One entry of `upstream = [...]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct UpstreamFile {
-    pub location: Option<String>,
-    pub tls: Option<bool>,
+    pub(crate) location: Option<String>,
+    pub(crate) tls: Option<bool>,
     /// trustgate's own key.
-    pub send_proxy_protocol: Option<Choice<ProxyVersionFile>>,
+    pub(crate) send_proxy_protocol: Option<Choice<ProxyVersionFile>>,
 }
 
 /// `[experimental]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ExperimentalFile {
-    pub ignore_sni_consistency: Option<bool>,
-    pub connection_handling_timeout: Option<u64>,
-    pub tcp_recv_proxy_protocol: Option<ProxyProtocolFile>,
-    pub h3: Option<Unsupported>,
-    pub cache: Option<Unsupported>,
-    pub acme: Option<Unsupported>,
+    pub(crate) ignore_sni_consistency: Option<bool>,
+    pub(crate) connection_handling_timeout: Option<u64>,
+    pub(crate) tcp_recv_proxy_protocol: Option<ProxyProtocolFile>,
+    pub(crate) h3: Option<Unsupported>,
+    pub(crate) cache: Option<Unsupported>,
+    pub(crate) acme: Option<Unsupported>,
 }
 
 /// `[experimental.tcp_recv_proxy_protocol]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct ProxyProtocolFile {
-    pub trusted_proxies: Option<Vec<String>>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
     /// trustgate's own: sources that connect without a PROXY header.
-    pub direct_sources: Option<Vec<String>>,
-    pub timeout: Option<u64>,
+    pub(crate) direct_sources: Option<Vec<String>>,
+    pub(crate) timeout: Option<u64>,
     /// trustgate's own keys: the wait for the first byte (ms), and nginx stream's v1
     /// lines whose two addresses differ in family.
-    pub first_byte_timeout: Option<u64>,
-    pub accept_v1_mixed_families: Option<bool>,
+    pub(crate) first_byte_timeout: Option<u64>,
+    pub(crate) accept_v1_mixed_families: Option<bool>,
     /// trustgate's own table.
-    pub kernel_filter: Option<KernelFilterFile>,
+    pub(crate) kernel_filter: Option<KernelFilterFile>,
 }
 
 /// `[experimental.tcp_recv_proxy_protocol.kernel_filter]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct KernelFilterFile {
-    pub mode: Option<Choice<KernelModeFile>>,
-    pub interfaces: Option<Vec<String>>,
-    pub xdp_mode: Option<Choice<XdpMode>>,
-    pub required: Option<bool>,
-    pub observe_only: Option<bool>,
-    pub detach_accepted: Option<bool>,
+    pub(crate) mode: Option<Choice<KernelModeFile>>,
+    pub(crate) interfaces: Option<Vec<String>>,
+    pub(crate) xdp_mode: Option<Choice<XdpMode>>,
+    pub(crate) required: Option<bool>,
+    pub(crate) observe_only: Option<bool>,
+    pub(crate) detach_accepted: Option<bool>,
 }
 
 /// `[metrics]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct MetricsFile {
-    pub listen: Option<String>,
+    pub(crate) listen: Option<String>,
 }
 
 /// `[access_log]`.
 #[derive(Debug, Default, Deserialize)]
 pub(crate) struct AccessLogFile {
-    pub path: Option<String>,
-    pub format: Option<Choice<AccessFormat>>,
-    pub off: Option<bool>,
+    pub(crate) path: Option<String>,
+    pub(crate) format: Option<Choice<AccessFormat>>,
+    pub(crate) off: Option<bool>,
 }

@@ -160,7 +160,7 @@ pub enum AccessFormat {
 
 impl AccessFormat {
     /// Its value of `format`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         keys::variant_name::<Self>(self as usize)
     }
 }
@@ -243,10 +243,10 @@ pub struct Timeouts {
 }
 
 /// The smallest `request_max_header_size`: room for an ordinary request line and headers.
-pub const REQUEST_MAX_HEADER_SIZE_MIN: u32 = 1 << 10;
+pub(crate) const REQUEST_MAX_HEADER_SIZE_MIN: u32 = 1 << 10;
 /// The largest `request_max_header_size`: hyper's HTTP/1 read buffer (about 400 KB by
 /// default) would otherwise cut the head first.
-pub const REQUEST_MAX_HEADER_SIZE_MAX: u32 = 256 << 10;
+pub(crate) const REQUEST_MAX_HEADER_SIZE_MAX: u32 = 256 << 10;
 
 /// Top-level header hygiene: what a client may send upstream by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -326,8 +326,9 @@ pub enum TlvField {
 }
 
 impl TlvField {
+    #[cfg(test)]
     /// Every field, in the order headers are set.
-    pub fn all() -> Vec<TlvField> {
+    pub(crate) fn all() -> Vec<TlvField> {
         keys::names::<Self>()
             .iter()
             .filter_map(|key| keys::variant(key))
@@ -335,7 +336,7 @@ impl TlvField {
     }
 
     /// Its key in `proxy_protocol_tlv_headers`.
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         keys::variant_name::<Self>(self as usize)
     }
 }
@@ -516,7 +517,7 @@ impl Config {
     /// The app whose certificate a ClientHello without SNI (or with an IP address as its
     /// SNI) gets: `default_tls_app`, else the only app with TLS when there is exactly one.
     /// `None`: such handshakes are refused.
-    pub fn no_sni_app(&self) -> Option<&App> {
+    pub(crate) fn no_sni_app(&self) -> Option<&App> {
         if let Some(name) = self.default_tls_app.as_deref() {
             return self.apps.iter().find(|a| a.name == name);
         }
@@ -531,7 +532,7 @@ impl Config {
     /// file, is a file that can be opened, and that the access log file can be opened for
     /// appending (it is created if missing, as `nginx -t` does). Errors name the key and the path. (What the
     /// files hold is checked where they are read, by `tls`.)
-    pub fn check_files(&self) -> Result<(), ConfigError> {
+    pub(crate) fn check_files(&self) -> Result<(), ConfigError> {
         if let AccessDestination::File(path) = &self.access_log.destination {
             appendable(path).map_err(|cause| ConfigError::AccessLogFile {
                 file: self.source.clone(),

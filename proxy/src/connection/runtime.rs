@@ -60,7 +60,7 @@ impl Runtime {
 
     /// The first runtime of a process that logs requests to `access_log` and counts
     /// into `metrics` (reloads carry both on).
-    pub fn with_access_log(
+    pub(crate) fn with_access_log(
         config: &Config,
         access_log: AccessLog,
         metrics: Arc<Metrics>,

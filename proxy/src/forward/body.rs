@@ -27,7 +27,7 @@ use crate::metrics::{TimeoutCounts, TimeoutKind};
 use super::hygiene::NameGuard;
 
 /// Told when a request body has been read to its end (see [`BodyEnd`]).
-pub trait BodyEnded: Send + Sync {
+pub(crate) trait BodyEnded: Send + Sync {
     fn body_ended(&self);
 }
 
@@ -35,15 +35,15 @@ pub trait BodyEnded: Send + Sync {
 /// when the forwarder has read the body to its end, so the listener knows hyper's read
 /// side is at a request boundary again. A body cut short or abandoned never fires it.
 #[derive(Clone)]
-pub struct BodyEnd(Arc<dyn BodyEnded>);
+pub(crate) struct BodyEnd(Arc<dyn BodyEnded>);
 
 impl BodyEnd {
-    pub fn new(told: Arc<dyn BodyEnded>) -> BodyEnd {
+    pub(crate) fn new(told: Arc<dyn BodyEnded>) -> BodyEnd {
         BodyEnd(told)
     }
 
     /// The body has been read to its end.
-    pub fn fire(self) {
+    pub(crate) fn fire(self) {
         self.0.body_ended();
     }
 }

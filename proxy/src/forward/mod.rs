@@ -51,15 +51,15 @@ use refusal::Refusal;
 use route::{Router, Target};
 use slots::{Slots, WithTurn};
 
-pub use body::ResponseBodyError as BodyError;
-pub use body::{BodyEnd, BodyEnded};
+pub(crate) use body::ResponseBodyError as BodyError;
+pub(crate) use body::{BodyEnd, BodyEnded};
 pub use client::ConnPools;
 
 /// The response body type: the upstream's body, or the proxy's own, streamed.
-pub type ProxyBody = BoxBody<Bytes, BodyError>;
+pub(crate) type ProxyBody = BoxBody<Bytes, BodyError>;
 
 /// How long an idle upstream connection stays pooled (rpxy's `UPSTREAM_IDLE_TIMEOUT_SEC`).
-pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(20);
 /// At most one warning per this period about failing upstreams; the rest go to debug.
 const UPSTREAM_WARN_PERIOD: Duration = Duration::from_secs(10);
 
@@ -90,7 +90,7 @@ impl ConnContext {
     /// The address the client connected to: the PROXY header's destination, else the
     /// local address. `X-Forwarded-Port` and `Forwarded: by=` come from it, since that is
     /// the port the client used and the one links back to it must name.
-    pub fn front(&self) -> SocketAddr {
+    pub(crate) fn front(&self) -> SocketAddr {
         self.proxy
             .as_ref()
             .and_then(|p| p.destination())
@@ -189,7 +189,7 @@ impl Answer {
 
 impl Forwarder {
     /// Builds the forwarder for `config` with the default [`ForwardOptions`].
-    pub fn new(config: &Config) -> Result<Forwarder, ForwardError> {
+    pub(crate) fn new(config: &Config) -> Result<Forwarder, ForwardError> {
         Forwarder::with_options(config, ForwardOptions::default())
     }
 
@@ -238,7 +238,10 @@ impl Forwarder {
     /// `previous` left off (and `previous` still counts its in-flight requests there),
     /// and its upstream connections are under the same cap as those `previous` holds
     /// (`max_upstream_connections` keeps its startup value, as `max_clients` does).
-    pub fn succeeding(config: &Config, previous: &Forwarder) -> Result<Forwarder, ForwardError> {
+    pub(crate) fn succeeding(
+        config: &Config,
+        previous: &Forwarder,
+    ) -> Result<Forwarder, ForwardError> {
         let slots = Arc::clone(previous.client.slots());
         let options = ForwardOptions {
             access_log: previous.access_log.clone(),
@@ -248,7 +251,7 @@ impl Forwarder {
     }
 
     /// The access log this forwarder was given (also when `[access_log]` is off).
-    pub fn access_log(&self) -> Option<&AccessLog> {
+    pub(crate) fn access_log(&self) -> Option<&AccessLog> {
         self.access_log.as_ref()
     }
 

@@ -16,7 +16,7 @@ use socket2::SockFilter;
 use crate::trust::TrustList;
 
 /// The kernel's limit on a classic filter's length (BPF_MAXINSNS).
-pub const MAX_INSTRUCTIONS: usize = 4096;
+pub(crate) const MAX_INSTRUCTIONS: usize = 4096;
 
 const BPF_LD: u16 = 0x00;
 const BPF_W: u16 = 0x00;
@@ -56,11 +56,11 @@ const DROP: u32 = 0;
     "the trusted list needs a classic BPF filter of {needed} instructions; the kernel accepts {MAX_INSTRUCTIONS}: shorten trusted_proxies or use the eBPF modes"
 )]
 pub struct TooLong {
-    pub needed: usize,
+    pub(crate) needed: usize,
 }
 
 /// Builds the filter for `trust`.
-pub fn program(trust: &TrustList) -> Result<Vec<SockFilter>, TooLong> {
+pub(crate) fn program(trust: &TrustList) -> Result<Vec<SockFilter>, TooLong> {
     let mut p = vec![
         // A = tcp flags & (SYN|ACK); anything but an initial SYN is accepted.
         stmt(BPF_LD | BPF_B | BPF_ABS, TCP_FLAGS_OFFSET),

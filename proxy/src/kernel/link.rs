@@ -51,7 +51,7 @@ pub struct LinkType(pub u16);
 
 impl LinkType {
     /// The walk this link type's frames need, or `None` when XDP cannot judge them.
-    pub fn walk(self) -> Option<XdpWalk> {
+    pub(crate) fn walk(self) -> Option<XdpWalk> {
         match self.0 {
             ARPHRD_ETHER | ARPHRD_LOOPBACK => Some(XdpWalk::Ethernet),
             ARPHRD_NONE | ARPHRD_TUNNEL | ARPHRD_TUNNEL6 | ARPHRD_SIT | ARPHRD_IPGRE
@@ -97,7 +97,7 @@ impl fmt::Display for LinkType {
 /// Reads `interface`'s link type from sysfs. sysfs shows the network namespace it was
 /// mounted in, which is this process's own under `ip netns exec` and in containers;
 /// attaching (by name, through netlink) uses the process's namespace.
-pub fn link_type(interface: &str) -> Result<LinkType, KernelError> {
+pub(crate) fn link_type(interface: &str) -> Result<LinkType, KernelError> {
     let not_found = || KernelError::InterfaceNotFound {
         interface: interface.to_owned(),
     };
@@ -130,10 +130,10 @@ pub fn link_type(interface: &str) -> Result<LinkType, KernelError> {
 /// frames get, the mode it is attached in, and what is known to keep native XDP off it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct XdpInterface {
-    pub link_type: LinkType,
-    pub walk: XdpWalk,
-    pub attach: XdpMode,
-    pub native_limit: Option<NativeLimit>,
+    pub(crate) link_type: LinkType,
+    pub(crate) walk: XdpWalk,
+    pub(crate) attach: XdpMode,
+    pub(crate) native_limit: Option<NativeLimit>,
 }
 
 impl fmt::Display for XdpInterface {
@@ -149,7 +149,7 @@ impl fmt::Display for XdpInterface {
 /// A driver's documented condition for native XDP that this interface does not meet, so
 /// that `xdp_mode = "auto"` will attach generic (and `"native"` fail).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NativeLimit {
+pub(crate) enum NativeLimit {
     /// AWS ENA: native XDP needs an MTU of at most [`ENA_XDP_MAX_MTU`] (and at most half
     /// the channels in use, which is not read here).
     EnaMtu { mtu: u32 },
@@ -157,7 +157,7 @@ pub enum NativeLimit {
 
 /// The largest MTU at which the ENA driver takes a native XDP program (its
 /// documentation, "ENA Linux Driver ... XDP").
-pub const ENA_XDP_MAX_MTU: u32 = 3498;
+pub(crate) const ENA_XDP_MAX_MTU: u32 = 3498;
 
 impl fmt::Display for NativeLimit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -174,7 +174,7 @@ impl fmt::Display for NativeLimit {
 
 /// What keeps native XDP off `interface`, as far as its driver and MTU tell (sysfs).
 /// Unreadable facts are no limit: the attach itself decides and logs why.
-pub fn native_limit(interface: &str) -> Option<NativeLimit> {
+pub(crate) fn native_limit(interface: &str) -> Option<NativeLimit> {
     let dir = sysfs_type(interface)?.parent()?.to_path_buf();
     let driver = std::fs::read_link(dir.join("device/driver")).ok()?;
     let driver = driver.file_name()?.to_str()?.to_owned();

@@ -29,7 +29,7 @@ use proxy_common::{
 };
 use tracing::{error, info, warn};
 
-pub use classic::TooLong;
+pub(crate) use classic::TooLong;
 pub use link::{LinkType, XdpInterface, XdpWalk, xdp_interface};
 pub use maps::ProgramCounters;
 
@@ -345,7 +345,7 @@ impl Kernel {
 
     /// Forgets the listener bound to `local` (closed by a reload): its duplicate
     /// descriptor is closed, and a later sync no longer touches it.
-    pub fn forget_listener(&mut self, local: SocketAddr) {
+    pub(crate) fn forget_listener(&mut self, local: SocketAddr) {
         self.sockets.retain(|s| s.local != Some(local));
     }
 
@@ -380,7 +380,7 @@ impl Kernel {
     /// it). On failure the map may hold some of both sets: both are remembered, so the
     /// next call clears what should not stay. A no-op in the socket modes, where each
     /// listener carries its own filter.
-    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
+    pub(crate) fn set_ports(&mut self, ports: &[u16]) -> Result<(), KernelError> {
         if let (Plan::Xdp { .. }, Some(ebpf)) = (&self.plan, &mut self.ebpf) {
             if let Err(err) = maps::set_ports(ebpf, &self.ports, ports) {
                 for port in ports {
@@ -614,7 +614,7 @@ impl From<&KernelFilterMode> for Plan {
 /// Starts the filter a config asks for, applying its `required` setting: `Ok(None)`
 /// when there is no PROXY section or the mode is `off`, and when the filter failed to
 /// load but is not required (logged at error, user space still checks every peer).
-pub fn start_for(config: &Config) -> Result<Option<Kernel>, KernelError> {
+pub(crate) fn start_for(config: &Config) -> Result<Option<Kernel>, KernelError> {
     let Some(proxy) = &config.proxy_protocol else {
         return Ok(None);
     };

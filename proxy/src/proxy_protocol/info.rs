@@ -57,12 +57,12 @@ impl ProxyInfo {
     }
 
     /// Set when a valid UNIX or DGRAM header fell back to the peer address.
-    pub fn fallback(&self) -> Option<Fallback> {
+    pub(crate) fn fallback(&self) -> Option<Fallback> {
         self.endpoints.fallback_reason()
     }
 
     /// Whether a v1 line's addresses differed in family ([`Header::mixed_families`]).
-    pub fn mixed_families(&self) -> bool {
+    pub(crate) fn mixed_families(&self) -> bool {
         self.mixed_families
     }
 

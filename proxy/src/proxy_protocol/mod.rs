@@ -182,7 +182,7 @@ impl<'a> Header<'a> {
     /// Whether this v1 line's addresses differed in family (accepted only by
     /// [`Limits::accept_v1_mixed_families`]).
     #[inline]
-    pub fn mixed_families(&self) -> bool {
+    pub(crate) fn mixed_families(&self) -> bool {
         self.mixed_families
     }
 }
@@ -211,7 +211,7 @@ pub fn parse<'a>(
 
 /// What the bytes at the start of a buffer are, as far as the two signatures go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Signature {
+pub(crate) enum Signature {
     /// A whole signature (v1's `PROXY ` or v2's twelve bytes).
     Found(Version),
     /// A proper prefix of one (or nothing yet): more bytes decide.
@@ -221,11 +221,11 @@ pub enum Signature {
 }
 
 /// The longest signature, in bytes (v2's).
-pub const SIGNATURE_MAX_BYTES: usize = v2::SIGNATURE.len();
+pub(crate) const SIGNATURE_MAX_BYTES: usize = v2::SIGNATURE.len();
 
 /// Whether `bytes` begin with a PROXY signature. For a second header behind the first,
 /// and for connections that must not send one.
-pub fn signature_at(bytes: &[u8]) -> Signature {
+pub(crate) fn signature_at(bytes: &[u8]) -> Signature {
     let mut maybe = false;
     for (signature, version) in [
         (v1::SIGNATURE_WITH_SPACE, Version::V1),

@@ -207,7 +207,7 @@ pub struct Rewind<S> {
 
 impl<S> Rewind<S> {
     /// A stream that replays `buffered[pos..]`, then reads `inner`.
-    pub fn new(inner: S, buffered: Vec<u8>, pos: usize) -> Self {
+    pub(crate) fn new(inner: S, buffered: Vec<u8>, pos: usize) -> Self {
         let mut rewind = Self {
             inner,
             buffered,
@@ -218,7 +218,7 @@ impl<S> Rewind<S> {
     }
 
     /// The bytes still to be replayed before the inner stream is read.
-    pub fn buffered(&self) -> &[u8] {
+    pub(crate) fn buffered(&self) -> &[u8] {
         self.buffered.get(self.pos..).unwrap_or_default()
     }
 
@@ -233,7 +233,7 @@ impl<S> Rewind<S> {
     }
 
     /// Puts `bytes` back, to be replayed before what is still buffered.
-    pub fn replay(&mut self, bytes: &[u8]) {
+    pub(crate) fn replay(&mut self, bytes: &[u8]) {
         if bytes.is_empty() {
             return;
         }
@@ -246,7 +246,7 @@ impl<S> Rewind<S> {
 
     /// Puts `bytes` back, to be replayed before what is still buffered; taken as they are
     /// when nothing is (the usual case: no copy).
-    pub fn replay_owned(&mut self, bytes: Vec<u8>) {
+    pub(crate) fn replay_owned(&mut self, bytes: Vec<u8>) {
         if self.buffered().is_empty() {
             self.buffered = bytes;
             self.pos = 0;

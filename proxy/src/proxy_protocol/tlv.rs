@@ -10,7 +10,7 @@ pub(super) const TLV_HEAD_BYTES: usize = 3;
 /// Bytes of the SSL TLV's `client` and `verify` fields, before its sub-TLVs.
 const SSL_HEAD_BYTES: usize = 5;
 /// The longest UNIQUE_ID value the specification allows.
-pub const UNIQUE_ID_MAX_BYTES: usize = 128;
+pub(crate) const UNIQUE_ID_MAX_BYTES: usize = 128;
 pub(super) const CRC32C_BYTES: usize = 4;
 /// The subtype byte that starts the AWS and Azure TLVs' values.
 const CLOUD_SUBTYPE_ID: u8 = 0x01;
@@ -37,25 +37,25 @@ pub struct TlvIter<'a> {
 
 impl Tlv<'_> {
     /// `PP2_TYPE_ALPN`: the negotiated application protocol.
-    pub const ALPN: u8 = 0x01;
+    pub(crate) const ALPN: u8 = 0x01;
     /// `PP2_TYPE_AUTHORITY`: the host name the client asked for (TLS SNI).
-    pub const AUTHORITY: u8 = 0x02;
+    pub(crate) const AUTHORITY: u8 = 0x02;
     /// `PP2_TYPE_CRC32C`: checksum of the whole header.
-    pub const CRC32C: u8 = 0x03;
+    pub(crate) const CRC32C: u8 = 0x03;
     /// `PP2_TYPE_NOOP`: padding.
     pub const NOOP: u8 = 0x04;
     /// `PP2_TYPE_UNIQUE_ID`: an opaque connection id of at most 128 bytes.
-    pub const UNIQUE_ID: u8 = 0x05;
+    pub(crate) const UNIQUE_ID: u8 = 0x05;
     /// `PP2_TYPE_SSL`: the client's TLS session, see [`Ssl`].
-    pub const SSL: u8 = 0x20;
+    pub(crate) const SSL: u8 = 0x20;
     /// `PP2_TYPE_NETNS`: the network namespace's name.
-    pub const NETNS: u8 = 0x30;
+    pub(crate) const NETNS: u8 = 0x30;
     /// Google Cloud Private Service Connect: the PSC connection id, a big-endian u64.
-    pub const GCP: u8 = 0xE0;
+    pub(crate) const GCP: u8 = 0xE0;
     /// AWS: subtype 0x01 followed by the VPC endpoint id.
-    pub const AWS: u8 = 0xEA;
+    pub(crate) const AWS: u8 = 0xEA;
     /// Azure: subtype 0x01 followed by the private endpoint's LINKID, a little-endian u32.
-    pub const AZURE: u8 = 0xEE;
+    pub(crate) const AZURE: u8 = 0xEE;
 }
 
 impl<'a> Tlv<'a> {
@@ -66,7 +66,7 @@ impl<'a> Tlv<'a> {
 
     /// The type byte.
     #[inline]
-    pub fn kind(&self) -> u8 {
+    pub(crate) fn kind(&self) -> u8 {
         self.kind
     }
 
@@ -119,12 +119,12 @@ impl<'a> Tlvs<'a> {
     }
 
     /// True when the header carried no TLV.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.area.is_empty()
     }
 
     /// The value of the first TLV of type `kind`.
-    pub fn find(&self, kind: u8) -> Option<&'a [u8]> {
+    pub(crate) fn find(&self, kind: u8) -> Option<&'a [u8]> {
         self.iter()
             .find(|tlv| tlv.kind == kind)
             .map(|tlv| tlv.value)
@@ -233,19 +233,19 @@ impl SslClient {
 
 impl Ssl<'_> {
     /// `PP2_SUBTYPE_SSL_VERSION`, e.g. `TLSv1.3`.
-    pub const VERSION: u8 = 0x21;
+    pub(crate) const VERSION: u8 = 0x21;
     /// `PP2_SUBTYPE_SSL_CN`: the client certificate's Common Name.
-    pub const CN: u8 = 0x22;
+    pub(crate) const CN: u8 = 0x22;
     /// `PP2_SUBTYPE_SSL_CIPHER`, e.g. `ECDHE-RSA-AES128-GCM-SHA256`.
-    pub const CIPHER: u8 = 0x23;
+    pub(crate) const CIPHER: u8 = 0x23;
     /// `PP2_SUBTYPE_SSL_SIG_ALG`: the algorithm that signed the frontend's certificate.
-    pub const SIG_ALG: u8 = 0x24;
+    pub(crate) const SIG_ALG: u8 = 0x24;
     /// `PP2_SUBTYPE_SSL_KEY_ALG`: the algorithm of the frontend certificate's key.
-    pub const KEY_ALG: u8 = 0x25;
+    pub(crate) const KEY_ALG: u8 = 0x25;
     /// `PP2_SUBTYPE_SSL_GROUP`: the key exchange group, e.g. `X25519`.
-    pub const GROUP: u8 = 0x26;
+    pub(crate) const GROUP: u8 = 0x26;
     /// `PP2_SUBTYPE_SSL_SIG_SCHEME`: the TLS signature scheme, e.g. `rsa_pss_rsae_sha256`.
-    pub const SIG_SCHEME: u8 = 0x27;
+    pub(crate) const SIG_SCHEME: u8 = 0x27;
     /// `PP2_SUBTYPE_SSL_CLIENT_CERT`: the client certificate, DER.
     pub const CLIENT_CERT: u8 = 0x28;
 }
@@ -269,7 +269,7 @@ impl<'a> Ssl<'a> {
     }
 
     /// The value of the first sub-TLV of type `kind`.
-    pub fn find(&self, kind: u8) -> Option<&'a [u8]> {
+    pub(crate) fn find(&self, kind: u8) -> Option<&'a [u8]> {
         self.sub_tlvs()
             .find(|tlv| tlv.kind == kind)
             .map(|tlv| tlv.value)

@@ -8,7 +8,7 @@
 //! reload; what resumption needs is handed on from the runtime before (`tickets`).
 
 mod hello;
-pub mod tickets;
+pub(crate) mod tickets;
 
 use std::collections::HashMap;
 use std::io;
@@ -27,7 +27,7 @@ use tokio_rustls::server::TlsStream;
 
 use crate::config::{App, AppTls, Config};
 use tickets::Resumption;
-pub use tickets::TicketKeyError;
+pub(crate) use tickets::TicketKeyError;
 
 /// Why the TLS settings could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub enum TlsError {
 
 /// Why a TLS handshake did not complete.
 #[derive(Debug, thiserror::Error)]
-pub enum HandshakeError {
+pub(crate) enum HandshakeError {
     #[error(
         "the ClientHello named no server (no SNI, or an IP address), and no default_tls_app serves it"
     )]
@@ -74,7 +74,7 @@ pub enum HandshakeError {
 
 impl HandshakeError {
     /// A stable label for metrics.
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::NoSni => "no_sni",
             Self::UnknownSni(_) => "unknown_sni",
@@ -131,7 +131,10 @@ impl Tls {
     /// Reads the ClientHello, picks the app's config by SNI and completes the handshake.
     /// Returns the stream and the server name of the app whose certificate was served.
     /// A ClientHello no app serves is answered with a fatal `unrecognized_name` alert.
-    pub async fn accept<S>(&self, mut stream: S) -> Result<(TlsStream<S>, String), HandshakeError>
+    pub(crate) async fn accept<S>(
+        &self,
+        mut stream: S,
+    ) -> Result<(TlsStream<S>, String), HandshakeError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {

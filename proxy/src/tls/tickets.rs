@@ -19,9 +19,9 @@ use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSess
 use crate::config::App;
 
 /// A ticket key: 32 bytes, an AES-256-GCM key.
-pub const TICKET_KEY_BYTES: usize = 32;
+pub(crate) const TICKET_KEY_BYTES: usize = 32;
 /// The most keys one file may hold: rotation needs two or three.
-pub const MAX_TICKET_KEYS: usize = 16;
+pub(crate) const MAX_TICKET_KEYS: usize = 16;
 /// What a ticket starts with: the name of the key that sealed it (derived from the key).
 const KEY_NAME_BYTES: usize = 16;
 /// The AES-GCM tag.
@@ -93,11 +93,11 @@ pub enum LineProblem {
 }
 
 /// One key's secret, as read from the file.
-pub type Secret = [u8; TICKET_KEY_BYTES];
+pub(crate) type Secret = [u8; TICKET_KEY_BYTES];
 
 /// Parses the key file's text: one key per line (64 hex digits), the first one encrypts;
 /// blank lines and `#` comments are skipped. Errors carry the 1-based line number.
-pub fn parse_keys(text: &str) -> Result<Vec<Secret>, (usize, LineProblem)> {
+pub(crate) fn parse_keys(text: &str) -> Result<Vec<Secret>, (usize, LineProblem)> {
     let mut keys: Vec<(usize, Secret)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -128,7 +128,7 @@ fn hex_secret(text: &str) -> Option<Secret> {
 
 /// Reads the key file at `path`: refused when its group or other users may read or
 /// write it, or when it holds no key, a line that is not one, or too many.
-pub fn read_key_file(path: &Path) -> Result<Vec<Secret>, TicketKeyError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<Vec<Secret>, TicketKeyError> {
     let read = |source| TicketKeyError::Read {
         path: path.to_owned(),
         source,
@@ -191,7 +191,7 @@ impl TicketKey {
 /// Tickets sealed with the key file's keys: `name ‖ nonce ‖ AES-256-GCM(session) ‖ tag`,
 /// the key name as associated data and a random nonce per ticket. The first key seals;
 /// every key opens a ticket that names it.
-pub struct KeyFileTicketer {
+pub(crate) struct KeyFileTicketer {
     /// Never empty; the first one encrypts. The file's keys, in its order, then the one
     /// kept from before the file last changed.
     keys: Vec<Arc<TicketKey>>,
@@ -235,7 +235,7 @@ impl KeyFileTicketer {
     }
 
     /// How many keys open tickets.
-    pub fn decrypting(&self) -> usize {
+    pub(crate) fn decrypting(&self) -> usize {
         self.keys.len()
     }
 }
@@ -297,7 +297,7 @@ impl ProducesTickets for KeyFileTicketer {
 
 /// What resumption is made of; handed from each runtime to the next.
 #[derive(Clone)]
-pub struct Resumption {
+pub(crate) struct Resumption {
     /// This process's own ticket keys (rustls's rotating ticketer: a new key every 6 h,
     /// the one before still accepted), made once: used when no key file is set.
     own: Arc<dyn ProducesTickets>,
@@ -310,7 +310,7 @@ pub struct Resumption {
 impl Resumption {
     /// Resumption for a new runtime: `previous`'s own keys and cache (new ones at start),
     /// and the key file's keys when `key_file` is set, read now.
-    pub fn new(
+    pub(crate) fn new(
         key_file: Option<&Path>,
         previous: Option<&Resumption>,
     ) -> Result<Resumption, TicketKeyError> {
@@ -338,14 +338,17 @@ impl Resumption {
     }
 
     /// The key file's ticketer, when one is set.
-    pub fn key_file(&self) -> Option<&KeyFileTicketer> {
+    pub(crate) fn key_file(&self) -> Option<&KeyFileTicketer> {
         self.file.as_deref()
     }
 
     /// The ticketer and the session store of `app`: shared with every app, but scoped to
     /// this one, so that a session resumes only on the app (and client-certificate
     /// settings) it was made on.
-    pub fn for_app(&self, app: &App) -> (Arc<dyn ProducesTickets>, Arc<dyn StoresServerSessions>) {
+    pub(crate) fn for_app(
+        &self,
+        app: &App,
+    ) -> (Arc<dyn ProducesTickets>, Arc<dyn StoresServerSessions>) {
         let scope = scope(app);
         let tickets: Arc<dyn ProducesTickets> = match &self.file {
             Some(file) => Arc::clone(file) as Arc<dyn ProducesTickets>,

@@ -15,9 +15,9 @@ use crate::config::{App, AppTls, Route};
 
 /// All apps, sorted by name, and the checked app names of the top level.
 pub(super) struct Apps {
-    pub apps: Vec<App>,
-    pub default_app: Option<String>,
-    pub default_tls_app: Option<String>,
+    pub(crate) apps: Vec<App>,
+    pub(crate) default_app: Option<String>,
+    pub(crate) default_tls_app: Option<String>,
 }
 
 /// All apps, sorted by name, with the checked `default_app` and `default_tls_app`.
