@@ -153,7 +153,7 @@ impl Counter {
     /// Where this counter is exposed: its family (after the `trustgate_` prefix; counters
     /// get `_total`) and its labels besides `program`. One place names every kernel series,
     /// so adding a counter is one edit here and one bump in the eBPF crate.
-    pub const fn series(self) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    pub const fn series(self) -> Series {
         match self {
             Counter::SynSeenV4 => (KERNEL_SYNS, &[("family", "ipv4"), ("outcome", "seen")]),
             Counter::SynPassedV4 => (KERNEL_SYNS, &[("family", "ipv4"), ("outcome", "passed")]),
@@ -168,6 +168,9 @@ impl Counter {
         }
     }
 }
+
+/// A kernel counter's place in the exposition: its family and its labels besides `program`.
+pub type Series = (&'static str, &'static [(&'static str, &'static str)]);
 
 const KERNEL_SYNS: &str = "kernel_syns";
 const KERNEL_SYNS_PASSED: &str = "kernel_syns_passed";
@@ -302,8 +305,7 @@ mod tests {
 
     #[test]
     fn every_counter_is_one_series_of_a_known_family() {
-        let mut seen: [Option<(&str, &[(&str, &str)])>; COUNTER_SLOTS as usize] =
-            [None; COUNTER_SLOTS as usize];
+        let mut seen: [Option<Series>; COUNTER_SLOTS as usize] = [None; COUNTER_SLOTS as usize];
         for (i, counter) in Counter::ALL.into_iter().enumerate() {
             let (family, labels) = counter.series();
             assert!(
