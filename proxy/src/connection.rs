@@ -163,8 +163,7 @@ async fn screened(
                 None
             }
             Ok(Screened::NoFirstByte) => {
-                let timeouts = &runtime.forwarder.metrics().timeouts;
-                timeouts.bump(TimeoutKind::ProxyFirstByte);
+                metrics.timeouts.bump(TimeoutKind::ProxyFirstByte);
                 debug!("direct source: no byte before first_byte_timeout; closing");
                 None
             }
@@ -173,8 +172,7 @@ async fn screened(
                 None
             }
             Ok(Screened::Timeout { received }) => {
-                let timeouts = &runtime.forwarder.metrics().timeouts;
-                timeouts.bump(TimeoutKind::DirectFirstBytes);
+                metrics.timeouts.bump(TimeoutKind::DirectFirstBytes);
                 debug!(received, "direct source: first bytes too late; closing");
                 None
             }
@@ -202,8 +200,7 @@ async fn screened(
                 None
             }
             Err(ReadError::NoFirstByte) => {
-                let timeouts = &runtime.forwarder.metrics().timeouts;
-                timeouts.bump(TimeoutKind::ProxyFirstByte);
+                metrics.timeouts.bump(TimeoutKind::ProxyFirstByte);
                 debug!("no byte before first_byte_timeout; closing");
                 None
             }

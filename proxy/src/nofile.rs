@@ -11,7 +11,6 @@ use std::io;
 use tracing::{info, warn};
 
 use crate::chain::Chain;
-use crate::config::Limits;
 
 /// Descriptors needed besides the connections: listeners, the metrics listener, the
 /// runtime's epoll and wakers, log output, eBPF programs and maps.
@@ -34,24 +33,24 @@ pub(crate) fn raise() -> io::Result<Limit> {
 /// Descriptors the limits allow trustgate to hold: one per client connection
 /// (`max_clients`), one per upstream connection, open or idle, whatever the number of
 /// h2 streams (`max_upstream_connections`), and [`RESERVED_FDS`].
-pub(crate) fn needed(limits: &Limits) -> u64 {
+pub(crate) fn needed(max_clients: usize, max_upstream_connections: usize) -> u64 {
     let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-    count(limits.max_clients)
-        .saturating_add(count(limits.max_upstream_connections))
+    count(max_clients)
+        .saturating_add(count(max_upstream_connections))
         .saturating_add(RESERVED_FDS)
 }
 
 /// [`raise`], logged: at info when it worked, at warn when it failed or when the limit
-/// still cannot hold what `limits` allow (accept() or upstream connects would then fail
-/// with EMFILE before the caps are reached).
-pub(crate) fn raise_for(limits: &Limits) {
-    let needed = needed(limits);
+/// still cannot hold what the two caps allow (accept() or upstream connects would then
+/// fail with EMFILE before the caps are reached).
+pub(crate) fn raise_for(max_clients: usize, max_upstream_connections: usize) {
+    let needed = needed(max_clients, max_upstream_connections);
     match raise() {
         Ok(limit) if limit.now < needed => warn!(
             limit = limit.now,
             needed,
-            max_clients = limits.max_clients,
-            max_upstream_connections = limits.max_upstream_connections,
+            max_clients,
+            max_upstream_connections,
             "the open-file limit (hard limit included) is below what max_clients and max_upstream_connections need; raise LimitNOFILE or lower them"
         ),
         Ok(limit) => info!(
@@ -68,23 +67,10 @@ pub(crate) fn raise_for(limits: &Limits) {
 mod tests {
     use super::*;
 
-    /// The defaults (built by validation, so new limits need no change here) with the
-    /// two caps set.
-    fn limits(max_clients: usize, max_upstream_connections: usize) -> Limits {
-        let text = "listen_port = 80\n[apps.a]\nserver_name = \"a.example\"\n\
-            reverse_proxy = [{ upstream = [{ location = \"127.0.0.1:8081\" }] }]\n";
-        let (config, _) = crate::config::parse_str(text, "t.toml").expect("a valid config");
-        Limits {
-            max_clients,
-            max_upstream_connections,
-            ..config.limits
-        }
-    }
-
     #[test]
     fn each_client_and_each_upstream_connection_needs_one_descriptor() {
-        assert_eq!(needed(&limits(512, 512)), 2 * 512 + RESERVED_FDS);
-        assert_eq!(needed(&limits(1000, 50)), 1050 + RESERVED_FDS);
-        assert_eq!(needed(&limits(usize::MAX, 1)), u64::MAX);
+        assert_eq!(needed(512, 512), 2 * 512 + RESERVED_FDS);
+        assert_eq!(needed(1000, 50), 1050 + RESERVED_FDS);
+        assert_eq!(needed(usize::MAX, 1), u64::MAX);
     }
 }

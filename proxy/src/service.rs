@@ -70,7 +70,10 @@ pub async fn run(
     info!(config = %options.config.display(), "config loaded");
     let watched = reload::Watched::new(&options.config, &config);
     let signals = reload::Signals::install();
-    nofile::raise_for(&config.limits);
+    nofile::raise_for(
+        config.limits.max_clients,
+        config.limits.max_upstream_connections,
+    );
     // The process's one home for its counters: the server, every forwarder and the
     // access log count into it.
     let metrics = Arc::new(Metrics::new());

@@ -62,7 +62,7 @@ impl fmt::Display for Config {
              (more wait); descriptors needed: {} ({} clients + {} upstream + {} reserved)",
             l.max_upstream_connections,
             l.max_upstream_connections_per_client,
-            crate::nofile::needed(l),
+            crate::nofile::needed(l.max_clients, l.max_upstream_connections),
             l.max_clients,
             l.max_upstream_connections,
             crate::nofile::RESERVED_FDS,
