@@ -18,13 +18,13 @@ use crate::server::Server;
 /// How often `-w` looks at the file.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
-/// The files a running config depends on, and their modification times from before it
-/// was read, so that no change made while it loads is missed (a change made before is
-/// read twice, which is harmless).
+/// The files a running config depends on, and their [`Stamp`]s from before it was read, so
+/// that no change made while it loads is missed (a change made before is read twice, which
+/// is harmless).
 pub(crate) struct Watched {
     path: PathBuf,
     files: Vec<PathBuf>,
-    stamps: Vec<Option<SystemTime>>,
+    stamps: Vec<Option<Stamp>>,
 }
 
 impl Watched {
@@ -195,12 +195,28 @@ fn files(path: &Path, config: &Config) -> Vec<PathBuf> {
     files
 }
 
-fn stamps(files: &[PathBuf]) -> Vec<Option<SystemTime>> {
+/// What tells that a file changed: its modification time, and its inode and length, which
+/// catch a rewrite within the same timestamp tick when it changes the length or replaces
+/// the file (as certbot and Kubernetes secret volumes do, by rename).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: SystemTime,
+    inode: u64,
+    len: u64,
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
     files.iter().map(|f| modified(f)).collect()
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+fn modified(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp {
+        modified: meta.modified().ok()?,
+        inode: meta.ino(),
+        len: meta.len(),
+    })
 }
 
 #[cfg(test)]
@@ -235,5 +251,42 @@ mod tests {
         let mut next = watched.with_files(vec![config, cert, new]);
         assert!(next.changed(), "the certificate changed during the reload");
         assert!(!next.changed(), "and nothing since");
+    }
+
+    /// A rewrite that lands within the same timestamp tick (here: its modification time
+    /// put back) is seen when it changes the file's length or replaces the file.
+    #[test]
+    fn a_rewrite_in_the_same_tick_is_seen_by_its_length_or_its_inode() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cert = dir.path().join("cert.pem");
+        std::fs::write(&cert, "one").expect("write");
+        let mtime = std::fs::metadata(&cert)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        let mut watched = Watched {
+            path: cert.clone(),
+            files: vec![cert.clone()],
+            stamps: Vec::new(),
+        };
+        watched.stamp();
+        let same_tick = |path: &Path| {
+            File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_modified(mtime))
+                .expect("put the mtime back");
+        };
+        std::fs::write(&cert, "longer").expect("rewrite");
+        same_tick(&cert);
+        assert!(watched.changed(), "a new length in the same tick");
+        assert!(!watched.changed(), "and nothing since");
+        let next = dir.path().join("cert.pem.new");
+        std::fs::write(&next, "longer").expect("write the replacement");
+        same_tick(&next);
+        std::fs::rename(&next, &cert).expect("rename into place");
+        assert!(
+            watched.changed(),
+            "a replaced file with the same length and mtime"
+        );
     }
 }
