@@ -79,13 +79,14 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    /// The gate of a process whose first runtime is `runtime`; `max_clients` keeps its
-    /// value from this one.
-    pub(crate) fn new(runtime: Runtime, metrics: Arc<Metrics>) -> Gate {
+    /// The gate of a process whose first runtime is `runtime`: it counts into that
+    /// runtime's metrics, which every later runtime carries on, and `max_clients` keeps
+    /// its value from this one.
+    pub(crate) fn new(runtime: Runtime) -> Gate {
         let max_clients = runtime.limits.max_clients;
         Gate {
+            metrics: Arc::clone(runtime.forwarder.metrics()),
             runtime: ArcSwap::from_pointee(runtime),
-            metrics,
             slots: Arc::new(Semaphore::new(max_clients)),
             max_clients,
             per_ip: Arc::new(PerIp::default()),
@@ -346,7 +347,7 @@ mod tests {
             reverse_proxy = [{ upstream = [{ location = \"127.0.0.1:8081\" }] }]\n";
         let (config, _) = crate::config::parse_str(text, "t.toml").expect("a valid config");
         let runtime = Runtime::new(&config, None).expect("the runtime of a valid config");
-        let gate = Arc::new(Gate::new(runtime, Arc::new(Metrics::default())));
+        let gate = Arc::new(Gate::new(runtime));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind on loopback");

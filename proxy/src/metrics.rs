@@ -12,6 +12,7 @@
 //! flood can control the log's volume.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
@@ -158,7 +159,7 @@ pub struct Metrics {
     pub bodies_too_large: Counter,
     /// Every timeout of the process by kind; shared with the connections' clocks and the
     /// body wrappers, which outlive a reload.
-    pub(crate) timeouts: std::sync::Arc<TimeoutCounts>,
+    pub(crate) timeouts: Arc<TimeoutCounts>,
     pub(crate) upstream: UpstreamCounters,
 }
 
@@ -328,7 +329,7 @@ impl Metrics {
             "kind",
             ["unreachable", "timeout", "body_too_large"],
         );
-        let timeouts = std::sync::Arc::new(TimeoutCounts(f.series(
+        let timeouts = Arc::new(TimeoutCounts(f.series(
             "timeouts",
             "Connections and requests ended for waiting too long, by what they waited for",
             "kind",

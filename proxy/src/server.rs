@@ -97,9 +97,8 @@ impl Server {
     /// The server of `runtime`; it shares the runtime's counters (`Forwarder::metrics`),
     /// which every later runtime carries on.
     pub fn new(runtime: Runtime, kernel: Option<Kernel>) -> Arc<Server> {
-        let metrics = Arc::clone(runtime.forwarder.metrics());
         Arc::new(Server {
-            gate: Arc::new(Gate::new(runtime, metrics)),
+            gate: Arc::new(Gate::new(runtime)),
             kernel: Mutex::new(kernel),
             listening: Mutex::new(Listening::default()),
         })
